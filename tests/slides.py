@@ -142,7 +142,11 @@ def _tissue(width: int, height: int, seed: int) -> Image.Image:
     mask[:, : math.ceil(width * 0.3)] = False
 
     stroma = np.array([230, 160, 195], dtype=np.int16)
-    shade = rng.integers(-20, 20, size=(height, width, 1), dtype=np.int16)
+    # Smooth staining variation plus a little grain: textured, yet not so
+    # noisy that JPEG errors swamp the tolerance of pixel comparisons.
+    blotches = rng.integers(0, 50, size=(sh, sw), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(blotches).resize((width, height), Image.Resampling.BICUBIC), np.int16) - 25
+    shade = (smooth + rng.integers(-6, 7, size=(height, width), dtype=np.int16))[..., None]
     pixels = np.empty((height, width, 3), dtype=np.uint8)
     pixels[:] = BACKGROUND
     pixels[mask] = np.clip(stroma + shade, 0, 255)[mask].astype(np.uint8)
