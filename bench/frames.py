@@ -1,0 +1,197 @@
+"""Frame-serving benchmark: random single-frame WADO-RS requests under load.
+
+For each server and each level, wrk keeps 8 connections busy for a bounded time
+(and a bounded number of responses), each request asking for a frame chosen at
+random, which is what a viewer panning a slide does to a cold tile cache.
+nginx serves the same frames as plain files: the ceiling of this machine.
+
+Before loading a server, one frame is fetched and compared byte for byte with
+the frame in the file, so a fast wrong answer cannot pass as a result.
+
+    python bench/frames.py SLIDE_DIR [--seconds 12] [--servers slidearchive,Orthanc,nginx]
+(the slide is STOWed into each archive first; see run.py for the whole suite).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import dataset
+from dataset import Instance
+from servers import Nginx, Orthanc, Server, SlideArchive
+
+HERE = Path(__file__).resolve().parent
+LUA = HERE / "frames.lua"
+FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+CONNECTIONS = 8
+WRK_THREADS = 2
+REQUEST_TIMEOUT_S = 60
+
+
+@dataclass
+class FrameResult:
+    """One wrk run: a server, a level, what it achieved."""
+
+    server: str
+    level: str
+    frames: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    detail: str = ""
+
+    @property
+    def per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def accept_for(server: Server) -> str | None:
+    return None if isinstance(server, Nginx) else FRAME_ACCEPT
+
+
+def get_frame(server: Server, inst: Instance, frame: int) -> tuple[float, int, str, bytes]:
+    """One frame request: (seconds, status, content type, body)."""
+    url = server.base + server.frame_path(inst.study, inst.series, inst.sop, frame)
+    req = urllib.request.Request(url)
+    if accept := accept_for(server):
+        req.add_header("Accept", accept)
+    t0 = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S * 5) as r:
+            body = r.read()
+            return time.monotonic() - t0, r.status, r.headers.get("Content-Type", ""), body
+    except urllib.error.HTTPError as e:
+        return time.monotonic() - t0, e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def check_frame(server: Server, inst: Instance, frame: int) -> tuple[float, str]:
+    """Fetch one frame and compare it with the file; (seconds, problem or '')."""
+    seconds, status, ctype, body = get_frame(server, inst, frame)
+    url = server.frame_path(inst.study, inst.series, inst.sop, frame)
+    if status != 200:
+        return seconds, f"GET {url} -> HTTP {status} {ctype}: {body[:300]!r}"
+    expected = dataset.read_frame(inst.path, frame)
+    if accept_for(server) and not ctype.startswith("multipart/related"):
+        return seconds, f"GET {url} -> 200 but Content-Type {ctype!r}, not multipart/related"
+    if expected not in body:
+        return seconds, (f"GET {url} -> 200 {ctype} but the body ({len(body)} bytes) does not "
+                         f"contain the frame's {len(expected)} bytes")
+    return seconds, ""
+
+
+def write_paths(server: Server, inst: Instance, out: Path) -> Path:
+    out.write_text("\n".join(server.frame_path(inst.study, inst.series, inst.sop, n)
+                             for n in range(1, inst.frames + 1)) + "\n")
+    return out
+
+
+def run_wrk(server: Server, inst: Instance, seconds: int, max_requests: int,
+            paths_file: Path) -> dict:
+    """wrk with random frame URLs; the RESULT line of frames.lua as a dict."""
+    per_thread = max(1, max_requests // WRK_THREADS) if max_requests else 0
+    cmd = ["wrk", "-t", str(WRK_THREADS), "-c", str(CONNECTIONS), "-d", f"{seconds}s",
+           "--timeout", f"{REQUEST_TIMEOUT_S}s", "-s", str(LUA), server.base, "--",
+           str(paths_file), accept_for(server) or "-", str(per_thread)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"wrk printed no result: {done.stdout[-500:]} {done.stderr[-500:]}")
+
+
+def bench_level(server: Server, inst: Instance, level: str, seconds: int,
+                max_requests: int, tmp: Path) -> FrameResult:
+    """Check one frame, then load the server with random frames of inst."""
+    probe, problem = check_frame(server, inst, random.randint(1, inst.frames))
+    if problem:
+        return FrameResult(server.name, level, inst.frames, 0, 0.0, 0.0, 0.0, 1, problem)
+    paths = write_paths(server, inst, tmp / f"paths-{server.name}-{inst.sop}.txt")
+    r = run_wrk(server, inst, seconds, max_requests, paths)
+    errors = (r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
+              + r["not_200"])
+    detail = (f"{r['requests']} responses in {r['duration_us'] / 1e6:.1f} s; "
+              f"one probe request took {probe * 1000:.0f} ms")
+    if errors:
+        detail += (f"; errors: {r['not_200']} non-200, {r['timeouts']} timeouts, "
+                   f"{r['connect_errors'] + r['read_errors'] + r['write_errors']} socket")
+    return FrameResult(server.name, level, inst.frames, r["requests"] - r["not_200"],
+                       r["duration_us"] / 1e6, r["p50_us"] / 1000, r["p99_us"] / 1000,
+                       errors, detail)
+
+
+def first_frame_ms(server: Server, inst: Instance) -> tuple[float, str]:
+    """Restart the server, then time one request for a random frame of inst.
+
+    The server counts as started when its HTTP service answers; the time is that
+    of the first frame request alone. The OS page cache stays warm: this measures
+    what the server process itself has to (re)load before it can serve a frame.
+    """
+    server.restart()
+    seconds, problem = check_frame(server, inst, random.randint(1, inst.frames))
+    return seconds * 1000, problem
+
+
+def run_frames(server: Server, levels: dict[str, Instance], seconds: int,
+               max_requests: int, large: str, tmp: Path) -> tuple[list[FrameResult], tuple[float, str]]:
+    """Every level on one running server, then the first frame after a restart."""
+    results = []
+    for level, inst in levels.items():
+        print(f"  {server.name}: frames of {level} ({inst.frames} frames) for up to {seconds} s ...",
+              flush=True)
+        res = bench_level(server, inst, level, seconds, max_requests, tmp)
+        print(f"    {res.per_s:.1f} req/s, p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms"
+              + (f"  [{res.detail}]" if res.detail else ""), flush=True)
+        results.append(res)
+    first = first_frame_ms(server, levels[large])
+    print(f"  {server.name}: first frame after restart {first[0]:.1f} ms {first[1]}", flush=True)
+    return results, first
+
+
+def main() -> None:
+    import ingest  # only the stand-alone run needs to load data into the archives
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("slide_dir", type=Path)
+    p.add_argument("--seconds", type=int, default=12)
+    p.add_argument("--max-requests", type=int, default=1_000_000)
+    p.add_argument("--servers", default="slidearchive,Orthanc,nginx")
+    a = p.parse_args()
+    slide = sorted(a.slide_dir.glob("*.dcm"))
+    insts = [dataset.describe(s) for s in slide]
+    big = max(insts, key=lambda i: i.frames)
+    levels = {"small level": dataset.level_with_frames(insts, 192), "large level": big}
+    work = Path(tempfile.mkdtemp(prefix="bench-frames-", dir="/tmp"))
+    try:
+        for name in a.servers.split(","):
+            if name == "nginx":
+                for inst in levels.values():
+                    dataset.extract_frames(inst, work / "frames")
+                server: Server = Nginx(work / "nginx", work / "frames")
+                server.start()
+            else:
+                server = {"slidearchive": SlideArchive, "Orthanc": Orthanc}[name](work / name)
+                server.start()
+                _, status, text = ingest.stow(server, slide)
+                if why := ingest.stow_failures(status, text):
+                    raise RuntimeError(f"{name}: STOW failed: {why}")
+            try:
+                run_frames(server, levels, a.seconds, a.max_requests, "large level", work)
+            finally:
+                server.wipe()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Ingest benchmarks: how fast a whole slide goes in, and what it costs in memory.
+
+Three measurements, each on a freshly started server with empty storage so the
+memory peak belongs to this ingest alone:
+  * STOW-RS of every instance of the slide in one multipart/related request,
+    streamed from the files with a Content-Length (never held in memory here);
+  * DIMSE C-STORE of the same files with DCMTK's storescu, one association;
+  * C-STORE of many small instances, for the per-instance overhead.
+Peak memory is the summed RSS of the server's process tree, sampled every 20 ms.
+
+    python bench/ingest.py SLIDE_DIR [--small N] [--servers slidearchive,Orthanc]
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dataset
+import procs
+from servers import Orthanc, Server, SlideArchive
+
+CHUNK = 1 << 20
+STOW_TIMEOUT = 1800.0
+STORESCU_TIMEOUT = 1800.0
+
+
+@dataclass
+class IngestResult:
+    """One ingest: what went in, how long it took, the server's memory peak."""
+
+    label: str
+    server: str
+    nbytes: int
+    instances: int
+    seconds: float
+    peak_rss_mb: float
+    start_rss_mb: float
+    ok: bool
+    detail: str = ""
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / 1e6 / self.seconds if self.ok and self.seconds else 0.0
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.seconds if self.ok and self.seconds else 0.0
+
+
+def multipart_body(paths: list[Path], boundary: str) -> tuple[int, Iterator[bytes]]:
+    """Length and chunks of a multipart/related body of DICOM files, read lazily."""
+    heads = [f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() for _ in paths]
+    tail = f"--{boundary}--\r\n".encode()
+    length = sum(len(h) + p.stat().st_size + 2 for h, p in zip(heads, paths)) + len(tail)
+
+    def chunks() -> Iterator[bytes]:
+        for head, path in zip(heads, paths):
+            yield head
+            with open(path, "rb") as f:
+                while block := f.read(CHUNK):
+                    yield block
+            yield b"\r\n"
+        yield tail
+
+    return length, chunks()
+
+
+def stow(server: Server, paths: list[Path]) -> tuple[float, int, str]:
+    """POST all paths in one STOW-RS request; (seconds, HTTP status, body excerpt)."""
+    boundary = uuid.uuid4().hex
+    length, body = multipart_body(paths, boundary)
+    url = urlsplit(server.dicomweb_root + "/studies")
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=STOW_TIMEOUT)
+    headers = {
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Content-Length": str(length),
+        "Accept": "application/dicom+json",
+    }
+    t0 = time.monotonic()
+    try:
+        conn.request("POST", url.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        text = resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+    return time.monotonic() - t0, resp.status, text
+
+
+def stow_failures(status: int, text: str) -> str:
+    """Empty if the STOW response says everything was stored, else why not."""
+    if status != 200:
+        return f"HTTP {status}: {text[:500]}"
+    try:
+        doc = json.loads(text) if text.strip() else {}
+    except ValueError:
+        return f"HTTP 200 but the body is not JSON: {text[:300]}"
+    failed = doc.get("00081198", {}).get("Value") if isinstance(doc, dict) else None
+    return f"FailedSOPSequence has {len(failed)} items: {json.dumps(failed)[:500]}" if failed else ""
+
+
+def storescu(server: Server, source: Path, extra: list[str]) -> tuple[float, int, str]:
+    """Send every file under source in one association; (seconds, exit code, output tail)."""
+    cmd = ["/usr/bin/storescu", "+sd", "-R", *extra, "-aet", "BENCH", "-aec", server.aet,
+           "-to", "60", "-ta", "60", "-td", "600", "127.0.0.1", str(server.dimse_port),
+           str(source)]
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=STORESCU_TIMEOUT)
+    out = (done.stdout + done.stderr).strip()
+    return time.monotonic() - t0, done.returncode, out[-800:]
+
+
+def measure(server: Server, label: str, files: list[Path], send) -> IngestResult:
+    """Run send() against a fresh start of server, sampling its memory meanwhile."""
+    server.start()
+    try:
+        with procs.MemorySampler(server.pid) as mem:
+            seconds, code, detail = send()
+        ok, why = judge(label, code, detail)
+        return IngestResult(label, server.name, sum(p.stat().st_size for p in files),
+                            len(files), seconds, mem.peak_mb, mem.start_kb / 1024, ok, why)
+    finally:
+        server.wipe()
+
+
+def judge(label: str, code: int, detail: str) -> tuple[bool, str]:
+    if label.startswith("stow"):
+        why = stow_failures(code, detail)
+        return not why, why
+    # storescu exits 0 even when some C-STORE got a failure status; look at its output.
+    bad = code != 0 or "E: " in detail or "Failed" in detail or "Error" in detail
+    return not bad, (f"storescu exit {code}: {detail}" if bad else "")
+
+
+def run_ingest(slide: list[Path], small: list[Path], make_server, servers: list[str],
+               work: Path) -> list[IngestResult]:
+    """All ingest measurements for each named server kind."""
+    slide_dir = slide[0].parent
+    small_dir = small[0].parent if small else None
+    results = []
+    for name in servers:
+        for label, files, send in ingest_plan(slide, slide_dir, small, small_dir):
+            server = make_server(name, work / f"{name}-{label}")
+            print(f"  {name}: {label} ({len(files)} files) ...", flush=True)
+            res = measure(server, label, files, lambda s=server, f=send: f(s))
+            print(f"    {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
+                  f"{res.instances_per_s:.1f} inst/s, peak {res.peak_rss_mb:.0f} MB"
+                  + ("" if res.ok else f"  FAILED: {res.detail}"), flush=True)
+            results.append(res)
+    return results
+
+
+def ingest_plan(slide, slide_dir, small, small_dir):
+    """(label, files, send(server)) for each ingest measured."""
+    plan = [
+        ("stow-slide", slide, lambda s: stow(s, slide)),
+        ("cstore-slide", slide, lambda s: storescu(s, slide_dir, ["-xy"])),
+    ]
+    if small:
+        plan.append(("cstore-small", small, lambda s: storescu(s, small_dir, [])))
+    return plan
+
+
+def make_server(name: str, workdir: Path) -> Server:
+    return {"slidearchive": SlideArchive, "Orthanc": Orthanc}[name](workdir)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("slide_dir", type=Path)
+    p.add_argument("--small", type=int, default=1000, help="small instances to C-STORE")
+    p.add_argument("--servers", default="slidearchive,Orthanc")
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir="/tmp"))
+    try:
+        slide = sorted(a.slide_dir.glob("*.dcm"))
+        small = dataset.make_small_instances(work / "small", a.small) if a.small else []
+        for r in run_ingest(slide, small, make_server, a.servers.split(","), work):
+            print(r)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
