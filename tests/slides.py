@@ -101,20 +101,26 @@ class SlideSpec:
 
 
 def level_sizes(spec: SlideSpec) -> list[tuple[int, int]]:
-    """(width, height) of every pyramid level; level n bins level 0 by 2**n."""
-    sizes = [(spec.width, spec.height)]
-    while True:
-        n = len(sizes)
+    """(width, height) of every pyramid level; level n bins level 0 by 2**n.
+
+    With ``levels=None`` the pyramid stops at the first level that fits in at
+    most two tiles (1024x768 with 256 tiles: 4x3, 2x2, then 1x1 tiles).
+    """
+
+    def done(size: tuple[int, int], count: int) -> bool:
         if spec.levels is not None:
-            if n == spec.levels:
-                return sizes
-        elif _grid(sizes[-1], spec.tile)[0] * _grid(sizes[-1], spec.tile)[1] <= 2 or sizes[-1] == (1, 1):
-            return sizes
-        factor = 2**n
+            return count == spec.levels
+        cols, rows = tile_grid(size, spec.tile)
+        return cols * rows <= 2
+
+    sizes = [(spec.width, spec.height)]
+    while not done(sizes[-1], len(sizes)):
+        factor = 2 ** len(sizes)
         sizes.append((math.ceil(spec.width / factor), math.ceil(spec.height / factor)))
+    return sizes
 
 
-def _grid(size: tuple[int, int], tile: int) -> tuple[int, int]:
+def tile_grid(size: tuple[int, int], tile: int) -> tuple[int, int]:
     """Tiles across and down."""
     return math.ceil(size[0] / tile), math.ceil(size[1] / tile)
 
@@ -176,9 +182,9 @@ def level_image(spec: SlideSpec, level: int) -> Image.Image:
     return base if level == 0 else base.reduce(2**level)
 
 
-def _tiles(image: Image.Image, tile: int) -> np.ndarray:
+def padded_tiles(image: Image.Image, tile: int) -> np.ndarray:
     """All tiles, row-major, edge tiles padded with BACKGROUND: (n, tile, tile, 3)."""
-    cols, rows = _grid(image.size, tile)
+    cols, rows = tile_grid(image.size, tile)
     canvas = np.empty((rows * tile, cols * tile, 3), dtype=np.uint8)
     canvas[:] = BACKGROUND
     canvas[: image.height, : image.width] = np.asarray(image)
@@ -192,11 +198,11 @@ def stored_tiles(spec: SlideSpec, level: int) -> list[tuple[int, int]]:
     is only background (but always keeps at least one).
     """
     image = level_image(spec, level)
-    cols, rows = _grid(image.size, spec.tile)
+    cols, rows = tile_grid(image.size, spec.tile)
     grid = [(c, r) for r in range(rows) for c in range(cols)]
     if spec.tiling == "TILED_FULL":
         return grid
-    tiles = _tiles(image, spec.tile)
+    tiles = padded_tiles(image, spec.tile)
     kept = [pos for pos, t in zip(grid, tiles) if (t != BACKGROUND).any()]
     return kept or grid[:1]
 
@@ -281,6 +287,7 @@ class _Writer:
         ds.OtherPatientIDsSequence = Sequence([other])
         ds.PatientAddress = "1 Main Street, Springfield"
         ds.PatientTelephoneNumbers = "+1-555-0100"
+        ds.EthnicGroup = "unknown"
         ds.PatientComments = f"Referred by Dr. House; {s.patient_name} prefers mornings"
 
         ds.StudyInstanceUID = self.uid("study")
@@ -497,8 +504,8 @@ def _write_level(w: _Writer, level: int) -> list[Path]:
     image = level_image(spec, level)
     spacing = BASE_SPACING_MM * 2**level
     positions = stored_tiles(spec, level)
-    tiles = _tiles(image, spec.tile)
-    cols = _grid(image.size, spec.tile)[0]
+    tiles = padded_tiles(image, spec.tile)
+    cols = tile_grid(image.size, spec.tile)[0]
     frames = [_encode(tiles[r * cols + c], spec.codec) for c, r in positions]
     per_frame = _per_frame(spec, positions, spacing) if spec.tiling == "TILED_SPARSE" else None
     image_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if level == 0 else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
