@@ -1,0 +1,181 @@
+"""deidentify(): one instance header in, a de-identified header (or Dropped) out.
+
+The caller keeps the pixel data: it writes outcome.dataset and then copies the
+original PixelData element bytes after it, so nothing here touches pixels unless an
+area must be blanked (then blank_region does, on the small overview only).
+Output is a pure function of (header, policy): no clock, no randomness.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+
+from deid.errors import Dropped
+from deid.iod import iod_types
+from deid.options import BASIC_PROFILE_CODE, Option
+from deid.policy import Policy
+from deid.scrub import Scrubber, terms_of
+from deid.slides import Area, decide
+from deid.table import load_table
+from deid.uids import Pseudonymizer
+from deid.vault import LinkVault, load_public_key
+from deid.walk import Context, walk
+
+_TEXTUAL_VRS = frozenset({"PN", "LO", "SH", "DA", "AE", "ST", "LT", "UT", "UC"})
+_SMALL_SEQUENCE = 16  # term collection skips big (per-frame) sequences: they hold no names
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The de-identified header (no pixel data) and the area to blank, if any."""
+
+    dataset: Dataset
+    blank_area: Area | None = None
+
+
+def _str(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _patient_key(header: Dataset) -> tuple[str, str]:
+    """(issuer, id) that identifies the patient; the study stands in when the id is empty."""
+    pid = _str(header, "PatientID")
+    if pid:
+        return _str(header, "IssuerOfPatientID"), pid
+    return "study", _str(header, "StudyInstanceUID")
+
+
+def _collect_terms(ds: Dataset, options: frozenset[Option], depth: int = 0) -> list[str]:
+    """Values the profile removes here; the Clean options scrub them out of kept text."""
+    table = load_table()
+    terms: list[str] = []
+    for tag in ds.keys():
+        tag = int(tag)
+        if tag >> 16 & 1 or tag >> 16 == 0x0002:
+            continue
+        elem = ds.get_item(tag)
+        vr = elem.VR or ""
+        rule = table.by_tag.get(tag)
+        if vr == "SQ" or (not vr and ds[tag].VR == "SQ"):
+            seq = ds[tag].value
+            if len(seq) <= _SMALL_SEQUENCE and depth < 6:
+                for item in seq:
+                    terms.extend(_collect_terms(item, options, depth + 1))
+            continue
+        if rule is None:
+            continue
+        if rule.action(options) in ("K", "C"):
+            continue
+        vr = ds[tag].VR
+        if vr in _TEXTUAL_VRS:
+            terms.extend(terms_of(vr, ds[tag].value))
+    return terms
+
+
+def _method_attributes(out: Dataset, options: frozenset[Option], blanked: bool) -> None:
+    """Record what was done (PS3.3 C.12.1.1.6 / CID 7050)."""
+    codes = [BASIC_PROFILE_CODE]
+    if blanked and Option.CLEAN_PIXEL_DATA not in options:
+        codes.append((Option.CLEAN_PIXEL_DATA.code, Option.CLEAN_PIXEL_DATA.meaning))
+    codes.extend((opt.code, opt.meaning) for opt in Option if opt in options)
+    codes.sort()
+    out.PatientIdentityRemoved = "YES"
+    out.DeidentificationMethod = ["PS3.15 E.1 " + BASIC_PROFILE_CODE[1]] + [m for c, m in codes[1:]]
+    items = []
+    for value, meaning in codes:
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        items.append(item)
+    out.DeidentificationMethodCodeSequence = Sequence(items)
+    if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
+        out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    elif Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
+        out.LongitudinalTemporalInformationModified = "MODIFIED"
+    else:
+        out.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+def _file_meta(header: Dataset, out: Dataset) -> FileMetaDataset:
+    """New file meta: same syntax and class, the new instance UID, no source AE titles."""
+    old = getattr(header, "file_meta", None) or FileMetaDataset()
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = old.get("FileMetaInformationVersion", b"\x00\x01")
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
+    meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID", "")
+    if "TransferSyntaxUID" in old:
+        meta.TransferSyntaxUID = old.TransferSyntaxUID
+    for kw in ("ImplementationClassUID", "ImplementationVersionName"):
+        if kw in old:
+            setattr(meta, kw, old.get(kw))
+    return meta
+
+
+@lru_cache(maxsize=16)
+def _public_key(path: Path) -> Any:
+    return load_public_key(path)
+
+
+def _record_links(vault: LinkVault, policy: Policy, header: Dataset, out: Dataset) -> None:
+    """Seal the originals behind each pseudonym kind (patient, study, series, instance)."""
+    assert policy.broker_public_key is not None
+    pub = _public_key(policy.broker_public_key)
+    groups = {
+        "patient": (str(out.get("PatientID", "")), ("PatientID", "IssuerOfPatientID", "PatientName")),
+        "study": (str(out.get("StudyInstanceUID", "")), ("StudyInstanceUID", "AccessionNumber", "StudyID")),
+        "series": (str(out.get("SeriesInstanceUID", "")), ("SeriesInstanceUID",)),
+        "instance": (str(out.get("SOPInstanceUID", "")), ("SOPInstanceUID", "ContainerIdentifier")),
+    }
+    for kind, (pseudonym, keywords) in groups.items():
+        originals = {kw: _str(header, kw) for kw in keywords if kw in header}
+        if pseudonym and originals:
+            vault.record(kind, pseudonym, originals, pub)
+
+
+def deidentify(header: Dataset, policy: Policy, vault: LinkVault | None = None) -> Outcome:
+    """Apply the policy to one header; raise Dropped when it must not be stored.
+
+    An identified policy returns the header unchanged. Links go to `vault` only when
+    the policy asks for re-linkability; otherwise nothing linkable is kept anywhere.
+    """
+    if policy.identified:
+        return Outcome(dataset=header, blank_area=None)
+    blank_area = decide(header, policy)
+    options = policy.options
+    pseudo = Pseudonymizer(policy.key)
+    issuer, pid = _patient_key(header)
+    needs_scrub = any(opt in options for opt in (
+        Option.CLEAN_DESCRIPTORS, Option.CLEAN_STRUCTURED_CONTENT, Option.CLEAN_GRAPHICS,
+        Option.RETAIN_PATIENT_CHARACTERISTICS, Option.RETAIN_DEVICE_IDENTITY))
+    scrub = Scrubber(_collect_terms(header, options) if needs_scrub else [])
+    ctx = Context(
+        table=load_table(),
+        options=options,
+        types=iod_types(str(header.get("SOPClassUID", ""))),
+        pseudo=pseudo,
+        patient_pseudonym=pseudo.patient_id(issuer, pid),
+        date_offset=(pseudo.date_offset_days(issuer, pid)
+                     if Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options else None),
+        scrub=scrub,
+        safe_private=policy.safe_private if Option.RETAIN_SAFE_PRIVATE in options else frozenset(),
+    )
+    out = walk(header, ctx)
+    if "PixelData" in out:
+        del out.PixelData
+    _method_attributes(out, options, blanked=blank_area is not None)
+    if blank_area is not None:
+        out.SpecimenLabelInImage = "NO"
+        out.BurnedInAnnotation = "NO"
+    out.file_meta = _file_meta(header, out)
+    if policy.relink:
+        if vault is None:
+            raise ValueError(f"policy {policy.name} asks for re-linkable pseudonyms but no link vault was given")
+        _record_links(vault, policy, header, out)
+    return Outcome(dataset=out, blank_area=blank_area)

@@ -1,0 +1,62 @@
+"""Attribute types (1/2/3) per SOP class, from the IOD/module tables highdicom ships.
+
+Compound actions in Table E.1-1 (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) depend on the
+attribute's type in the IOD at hand; highdicom packages the standard's
+SOP class -> IOD -> module -> attribute tables as JSON, which we read here once per
+SOP class. Conditional types count as their unconditional type (1C as 1, 2C as 2):
+we cannot evaluate the condition cheaply, and assuming it holds keeps the result valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from highdicom._standard_utils import (
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_sop_class_iod_map,
+)
+
+_RANK = {"1": 1, "1C": 1, "2": 2, "2C": 2, "3": 3}
+
+
+@dataclass(frozen=True)
+class IodTypes:
+    """Types of attributes in one IOD, by (sequence path, keyword) and by keyword alone."""
+
+    iod: str | None
+    by_path: dict[tuple[str, ...], int]
+    by_keyword: dict[str, int]
+
+    def type_of(self, path: tuple[str, ...], keyword: str) -> int | None:
+        """1, 2 or 3; 3 when the IOD is known but lacks the attribute; None if the IOD is unknown.
+
+        The exact nesting path is tried first. The highdicom tables do not spell out
+        every macro at every depth (e.g. per-frame functional groups, content items), so
+        a keyword found elsewhere in the IOD gives its strictest type there instead.
+        """
+        if self.iod is None:
+            return None
+        found = self.by_path.get(path + (keyword,))
+        if found is not None:
+            return found
+        return self.by_keyword.get(keyword, 3)
+
+
+@lru_cache(maxsize=64)
+def iod_types(sop_class_uid: str) -> IodTypes:
+    """Build (and cache) the type lookup for a SOP class."""
+    iod = get_sop_class_iod_map().get(str(sop_class_uid))
+    if iod is None:
+        return IodTypes(None, {}, {})
+    modules = get_module_attribute_map()
+    by_path: dict[tuple[str, ...], int] = {}
+    by_keyword: dict[str, int] = {}
+    for module in get_iod_module_map().get(iod, []):
+        for attr in modules.get(module["key"], []):
+            rank = _RANK.get(attr["type"], 3)
+            key = tuple(attr["path"]) + (attr["keyword"],)
+            by_path[key] = min(rank, by_path.get(key, 3))
+            kw = attr["keyword"]
+            by_keyword[kw] = min(rank, by_keyword.get(kw, 3))
+    return IodTypes(iod, by_path, by_keyword)

@@ -1,0 +1,172 @@
+"""De-identification policies per source, loaded from the [deid] TOML table.
+
+A policy is a frozen value: which Annex E options, which pseudonym key, whether the
+broker may re-link, and how slide labels and overviews are handled. Sources (calling
+AE title, STOW collection) pick a policy. With nothing configured every source gets the
+Basic Profile with keyed pseudonyms and labels dropped. The key is never a built-in
+default: without a key_file a random 32-byte key is created at
+<data_dir>/secrets/deid.key (0600) the first time, and reused after.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from deid.errors import PolicyError
+from deid.options import Option
+
+KEY_BYTES = 32
+LABEL_RULES = ("drop",)
+OVERVIEW_RULES = ("drop", "blank")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How instances from one source are de-identified (or not, when `identified`)."""
+
+    name: str = "basic"
+    options: frozenset[Option] = frozenset()
+    key: bytes = field(default=b"", repr=False)
+    relink: bool = False
+    broker_public_key: Path | None = None
+    label: str = "drop"
+    overview: str = "drop"
+    overview_label_area: tuple[int, int, int, int] | None = None
+    identified: bool = False
+    safe_private: frozenset[tuple[str, int, int]] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.label not in LABEL_RULES:
+            raise PolicyError(f"policy {self.name}: label must be one of {LABEL_RULES}"
+                              " (keep labels only with an identified policy)")
+        if self.overview not in OVERVIEW_RULES:
+            raise PolicyError(f"policy {self.name}: overview must be one of {OVERVIEW_RULES}")
+        if self.overview == "blank" and self.overview_label_area is None:
+            raise PolicyError(f"policy {self.name}: overview = 'blank' needs overview_label_area")
+        if self.overview_label_area is not None:
+            area = self.overview_label_area
+            if len(area) != 4 or any(int(v) < 0 for v in area) or area[2] <= 0 or area[3] <= 0:
+                raise PolicyError(f"policy {self.name}: overview_label_area is [x, y, width, height]")
+        if {Option.RETAIN_LONGITUDINAL_FULL_DATES, Option.RETAIN_LONGITUDINAL_MODIFIED_DATES} <= self.options:
+            raise PolicyError(f"policy {self.name}: choose full dates or modified dates, not both")
+        if self.relink and self.broker_public_key is None:
+            raise PolicyError(f"policy {self.name}: relink = true needs broker_public_key")
+        if not self.identified and len(self.key) < 16:
+            raise PolicyError(f"policy {self.name}: a pseudonym key of at least 16 bytes is required")
+
+
+@dataclass(frozen=True)
+class Policies:
+    """All policies and the rules that choose one for an origin."""
+
+    policies: Mapping[str, Policy]
+    default: str = "basic"
+    by_ae: Mapping[str, str] = field(default_factory=dict)
+    by_collection: Mapping[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Policy:
+        return self.policies[name]
+
+    def for_origin(self, ae_title: str | None, collection: str) -> Policy:
+        """AE title rule first, then the collection rule, then the collection 'default', then `default`."""
+        if ae_title is not None:
+            name = self.by_ae.get(ae_title.strip())
+            if name is not None:
+                return self.policies[name]
+        name = self.by_collection.get(collection) or self.by_collection.get("default")
+        return self.policies[name or self.default]
+
+
+def default_key(data_dir: Path) -> bytes:
+    """Read, or create once (0600, race-safe), the archive's pseudonym key."""
+    path = Path(data_dir) / "secrets" / "deid.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(KEY_BYTES))
+                fh.flush()
+                os.fsync(fh.fileno())
+    return read_key(path)
+
+
+def read_key(path: Path) -> bytes:
+    """A key file holds raw bytes, or hex text (64 hex digits for 32 bytes)."""
+    data = Path(path).read_bytes()
+    text = data.strip()
+    try:
+        if len(text) >= 32 and all(c in b"0123456789abcdefABCDEF" for c in text):
+            return bytes.fromhex(text.decode())
+    except ValueError:
+        pass
+    return data
+
+
+def load_safe_private() -> frozenset[tuple[str, int, int]]:
+    """The shipped list of private attributes Retain Safe Private may keep (empty by default)."""
+    text = resources.files("deid").joinpath("standard").joinpath("safe_private.json").read_text("utf-8")
+    entries = json.loads(text).get("safe", [])
+    return frozenset((str(c), int(str(g), 16), int(str(e), 16)) for c, g, e in entries)
+
+
+def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list[bytes]) -> Policy:
+    known = {"options", "key_file", "relink", "broker_public_key", "label", "overview",
+             "overview_label_area", "identified"}
+    unknown = set(spec) - known
+    if unknown:
+        raise PolicyError(f"policy {name}: unknown settings {sorted(unknown)}")
+    identified = bool(spec.get("identified", False))
+    try:
+        options = frozenset(Option.from_name(o) for o in spec.get("options", []))
+    except ValueError as exc:
+        raise PolicyError(f"policy {name}: {exc}") from None
+    key = b""
+    if not identified:
+        if spec.get("key_file"):
+            key = read_key(Path(spec["key_file"]))
+        else:
+            if not shared_key:
+                shared_key.append(default_key(data_dir))
+            key = shared_key[0]
+    area = spec.get("overview_label_area")
+    pub = spec.get("broker_public_key")
+    return Policy(
+        name=name,
+        options=options,
+        key=key,
+        relink=bool(spec.get("relink", False)),
+        broker_public_key=Path(pub) if pub else None,
+        label=str(spec.get("label", "drop")),
+        overview=str(spec.get("overview", "drop")),
+        overview_label_area=tuple(int(v) for v in area) if area is not None else None,  # type: ignore[arg-type]
+        identified=identified,
+        safe_private=load_safe_private() if Option.RETAIN_SAFE_PRIVATE in options else frozenset(),
+    )
+
+
+def load_policies(section: Mapping[str, Any] | None, data_dir: Path) -> Policies:
+    """Build the policies from the parsed [deid] table (may be empty or None)."""
+    section = dict(section or {})
+    shared_key: list[bytes] = []
+    specs = dict(section.get("policies") or {})
+    if not specs:
+        specs = {"basic": {}}
+    policies = {name: _policy(name, spec or {}, Path(data_dir), shared_key) for name, spec in specs.items()}
+    default = str(section.get("default", "basic" if "basic" in policies else next(iter(policies))))
+    sources = dict(section.get("sources") or {})
+    by_ae = {str(k).strip(): str(v) for k, v in dict(sources.get("ae") or {}).items()}
+    by_collection = {str(k): str(v) for k, v in dict(sources.get("collection") or {}).items()}
+    for ref in [default, *by_ae.values(), *by_collection.values()]:
+        if ref not in policies:
+            raise PolicyError(f"[deid] refers to undefined policy {ref!r}")
+    return Policies(policies=policies, default=default, by_ae=by_ae, by_collection=by_collection)

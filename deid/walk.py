@@ -1,0 +1,285 @@
+"""The one pass over a data set that applies Table E.1-1 at every depth.
+
+Every element is visited once, in place order, and copied into a new data set:
+unchanged elements are copied as the raw bytes pydicom read (no value conversion), so
+a header with a large per-frame functional groups sequence is walked once and cheaply.
+Actions are resolved per element from the table, the policy's options and the type
+of the attribute in the IOD of the SOP class at hand (see actions.resolve).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+
+from deid.actions import TEXT_VRS, dummy_value, is_definitional_uid_keyword, resolve
+from deid.dates import DUMMY as DUMMY_DATES, shift_value
+from deid.iod import IodTypes
+from deid.options import Option
+from deid.table import ProfileTable
+from deid.uids import Pseudonymizer, is_well_known_uid
+
+# Content item attributes (PS3.3 C.17.3 / Table 10-2) that the walk needs by tag.
+VALUE_TYPE = 0x0040A040
+TEXT_VALUE = 0x0040A160
+CONCEPT_NAME_CODE_SEQUENCE = 0x0040A043
+CODE_VALUE = 0x00080100
+CODING_SCHEME_DESIGNATOR = 0x00080102
+PATIENT_NAME = 0x00100010
+PATIENT_ID = 0x00100020
+# Coded concepts whose TEXT value is a specimen / container / parent specimen identifier
+# (DCM 121041, 111700, 111705): those get the same dummy as the header's identifier, so they still match.
+IDENTIFIER_CONCEPTS = frozenset({("DCM", "121041"), ("DCM", "111700"), ("DCM", "111705")})
+
+_FREE_TEXT_VRS = frozenset({"ST", "LT", "UT", "UC", "PN"})
+
+
+@dataclass
+class Context:
+    """Everything the walk needs for one instance."""
+
+    table: ProfileTable
+    options: frozenset[Option]
+    types: IodTypes
+    pseudo: Pseudonymizer
+    patient_pseudonym: str
+    date_offset: int | None
+    scrub: Callable[[str], str]
+    safe_private: frozenset[tuple[str, int, int]]
+    uid_cache: dict[str, str] = field(default_factory=dict)
+
+    def map_uid(self, value: str) -> str:
+        """Replace one UID (or a backslash list) unless it is a standard one."""
+        parts = []
+        for raw in str(value).split("\\"):
+            uid = raw.strip().rstrip("\x00")
+            if not uid or is_well_known_uid(uid):
+                parts.append(uid)
+                continue
+            new = self.uid_cache.get(uid)
+            if new is None:
+                new = self.pseudo.uid(uid)
+                self.uid_cache[uid] = new
+            parts.append(new)
+        return "\\".join(parts)
+
+
+def _vr_of(elem: Any, tag: int) -> str:
+    vr = elem.VR
+    if vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return "UN"
+
+
+_KEYWORDS: dict[int, str] = {}
+
+
+def _keyword(tag: int) -> str:
+    kw = _KEYWORDS.get(tag)
+    if kw is None:
+        kw = keyword_for_tag(tag) or f"{tag:08X}"
+        _KEYWORDS[tag] = kw
+    return kw
+
+
+def _value(ds: Dataset, tag: int) -> Any:
+    """The converted value of one element (only for elements we change)."""
+    return ds[BaseTag(tag)].value
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def holds_content_items(seq: Any, depth: int = 2) -> bool:
+    """True if the sequence's items are (or directly contain) SR-style content items."""
+    for item in seq:
+        if VALUE_TYPE in item:
+            return True
+        if depth > 1:
+            for tag in item.keys():
+                el = item.get_item(tag)
+                if _vr_of(el, tag) == "SQ" and holds_content_items(_value(item, tag), depth - 1):
+                    return True
+    return False
+
+
+def _identifier_concept(item: Dataset) -> bool:
+    if CONCEPT_NAME_CODE_SEQUENCE not in item:
+        return False
+    for code in _value(item, CONCEPT_NAME_CODE_SEQUENCE):
+        scheme = str(code.get("CodingSchemeDesignator", "")).strip()
+        value = str(code.get("CodeValue", "")).strip()
+        if (scheme, value) in IDENTIFIER_CONCEPTS:
+            return True
+    return False
+
+
+def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str | None = None) -> Dataset:
+    """Return a new data set with the profile applied to `ds` and everything inside it.
+
+    `text_mode` is set inside sequences the profile keeps only as cleaned content
+    (D / C / structured Z): free text there that the table does not list (TextValue,
+    UnformattedTextValue, names) is replaced ("dummy") or scrubbed ("scrub").
+    """
+    out = Dataset()
+    private_keep = _safe_private_tags(ds, ctx) if ctx.safe_private else set()
+    for tag in ds.keys():
+        tag = int(tag)
+        group = tag >> 16
+        if group == 0x0002:
+            continue
+        elem = ds.get_item(tag)
+        if group & 1:
+            if tag in private_keep:
+                out.add(_as_element(ds, tag, elem))
+            continue
+        if 0x6000 <= group <= 0x60FF or 0x5000 <= group <= 0x50FF:
+            # Overlays and curves: Table E.1-1 removes their data and comments; the
+            # Clean Graphics option would keep them cleaned, which needs a person
+            # looking at the bitmap, so the whole repeating group goes (documented).
+            continue
+        vr = _vr_of(elem, tag)
+        rule = ctx.table.by_tag.get(tag)
+        if rule is None:
+            new = _unlisted(ds, tag, elem, vr, ctx, path, text_mode)
+        else:
+            action = resolve(rule.action(ctx.options), ctx.types.type_of(path, _keyword(tag)))
+            new = _apply(ds, tag, elem, vr, action, ctx, path, text_mode)
+        if new is not None:
+            out.add(new)
+    return out
+
+
+def _as_element(ds: Dataset, tag: int, elem: Any) -> DataElement | RawDataElement:
+    return elem
+
+
+def _safe_private_tags(ds: Dataset, ctx: Context) -> set[int]:
+    """Private elements (and their creators) the Retain Safe Private list names."""
+    keep: set[int] = set()
+    creators: dict[tuple[int, int], str] = {}
+    for tag in ds.keys():
+        tag = int(tag)
+        group, elem = tag >> 16, tag & 0xFFFF
+        if group & 1 and 0x10 <= elem <= 0xFF:
+            creators[(group, elem)] = str(_value(ds, tag)).strip()
+    for tag in ds.keys():
+        tag = int(tag)
+        group, elem = tag >> 16, tag & 0xFFFF
+        if group & 1 and elem >= 0x1000:
+            creator = creators.get((group, elem >> 8))
+            if creator is not None and (creator, group, elem & 0xFF) in ctx.safe_private:
+                keep.add(tag)
+                keep.add((group << 16) | (elem >> 8))
+    return keep
+
+
+def _recurse(ds: Dataset, tag: int, ctx: Context, path: tuple[str, ...], text_mode: str | None) -> DataElement:
+    sub = path + (_keyword(tag),)
+    items = [walk(item, ctx, sub, text_mode) for item in _value(ds, tag)]
+    return DataElement(tag, "SQ", Sequence(items))
+
+
+def _unlisted(ds: Dataset, tag: int, elem: Any, vr: str, ctx: Context, path: tuple[str, ...],
+              text_mode: str | None) -> Any:
+    """An element Table E.1-1 does not list: kept, with UIDs mapped and cleaned-content text handled."""
+    if vr == "SQ":
+        return _recurse(ds, tag, ctx, path, text_mode)
+    if vr == "UI":
+        if Option.RETAIN_UIDS in ctx.options or is_definitional_uid_keyword(_keyword(tag)):
+            return elem
+        value = _value(ds, tag)
+        return DataElement(tag, vr, ctx.map_uid(_text(value))) if value else elem
+    if tag == TEXT_VALUE and _identifier_concept(ds):
+        value = _text(_value(ds, tag))
+        return DataElement(tag, vr, ctx.pseudo.identifier(value) if value else value)
+    if text_mode is not None and vr in _FREE_TEXT_VRS:
+        value = _text(_value(ds, tag))
+        if not value:
+            return elem
+        if text_mode == "scrub":
+            return DataElement(tag, vr, ctx.scrub(value))
+        return DataElement(tag, vr, dummy_value(vr, value, ctx.pseudo))
+    return elem
+
+
+def _apply(ds: Dataset, tag: int, elem: Any, vr: str, action: str, ctx: Context,
+           path: tuple[str, ...], text_mode: str | None) -> Any:
+    """Carry out one simple action (X, K, Z, D, U, C) on one listed element."""
+    if action == "X":
+        return None
+    if action == "K":
+        if vr == "SQ":
+            return _recurse(ds, tag, ctx, path, text_mode)
+        return elem
+    if tag in (PATIENT_ID, PATIENT_NAME) and not path:
+        # Z (name) and Z/D (id): the keyed pseudonym is the "dummy value consistent
+        # with the VR" the standard allows, and it keeps the patient together.
+        return DataElement(tag, vr, ctx.patient_pseudonym)
+    if action == "Z":
+        if vr == "SQ":
+            if holds_content_items(_value(ds, tag)):
+                # Z allows a non-zero dummy value consistent with the VR; for a
+                # sequence of structured content (e.g. Specimen Preparation Sequence)
+                # we use its cleaned content, so coded stains and anatomy survive.
+                return _recurse(ds, tag, ctx, path, "dummy")
+            return DataElement(tag, vr, Sequence())
+        return DataElement(tag, vr, None)
+    if action == "U":
+        if vr == "SQ":
+            return _recurse(ds, tag, ctx, path, text_mode)
+        if vr == "UI":
+            if Option.RETAIN_UIDS in ctx.options:
+                return elem
+            value = _value(ds, tag)
+            return DataElement(tag, vr, ctx.map_uid(_text(value))) if value else elem
+        action = "D"
+    if action == "D":
+        if vr == "SQ":
+            return _recurse(ds, tag, ctx, path, "scrub" if text_mode == "scrub" else "dummy")
+        if vr == "UI":
+            value = _value(ds, tag)
+            return DataElement(tag, vr, ctx.map_uid(_text(value)) if value else ctx.pseudo.uid(""))
+        if vr in DUMMY_DATES:
+            return DataElement(tag, vr, DUMMY_DATES[vr])
+        value = _value(ds, tag) if vr in TEXT_VRS else None
+        return DataElement(tag, vr, dummy_value(vr, _text(value), ctx.pseudo))
+    if action == "C":
+        return _clean(ds, tag, elem, vr, ctx, path, text_mode)
+    raise ValueError(f"unknown action {action!r}")  # pragma: no cover - table values are fixed
+
+
+def _clean(ds: Dataset, tag: int, elem: Any, vr: str, ctx: Context, path: tuple[str, ...],
+           text_mode: str | None) -> Any:
+    """C: keep a value of similar meaning without identifying information."""
+    if vr == "SQ":
+        return _recurse(ds, tag, ctx, path, "dummy" if text_mode == "dummy" else "scrub")
+    if vr in DUMMY_DATES:
+        if ctx.date_offset is None:  # C on a date only comes with the modified-dates option
+            return DataElement(tag, vr, DUMMY_DATES[vr])
+        value = _text(_value(ds, tag))
+        return DataElement(tag, vr, shift_value(vr, value, ctx.date_offset)) if value else elem
+    if vr == "UI":
+        value = _value(ds, tag)
+        return DataElement(tag, vr, ctx.map_uid(_text(value))) if value else elem
+    if vr in TEXT_VRS:
+        value = _value(ds, tag)
+        if value is None or value == "":
+            return elem
+        if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+            return DataElement(tag, vr, [ctx.scrub(str(v)) for v in value])
+        return DataElement(tag, vr, ctx.scrub(str(value)))
+    return elem
