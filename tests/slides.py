@@ -129,8 +129,9 @@ def tile_grid(size: tuple[int, int], tile: int) -> tuple[int, int]:
 def _tissue(width: int, height: int, seed: int) -> Image.Image:
     """A pink H&E-like section with purple nuclei on white glass.
 
-    The tissue stays right of 30 % of the width, so the left tile column of
-    level 0 is pure background and TILED_SPARSE really has tiles to leave out.
+    The tissue stays right of 30 % of the width, so whenever a tile is at
+    most that wide the left tile column of level 0 is pure background and
+    TILED_SPARSE really has tiles to leave out.
     """
     rng = np.random.default_rng(seed)
     sw, sh = max(8, width // 16), max(8, height // 16)
@@ -171,13 +172,18 @@ def _tissue(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-@functools.lru_cache(maxsize=32)
 def level_image(spec: SlideSpec, level: int) -> Image.Image:
     """The exact RGB pixels encoded for ``level`` (before any lossy codec).
 
     Level n is level 0 binned 2**n x 2**n (Pillow ``reduce``), so a region of
-    level n really is that region of level 0, resized.
+    level n really is that region of level 0, resized. A fresh copy, so the
+    caller may draw on it.
     """
+    return _level_image(spec, level).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _level_image(spec: SlideSpec, level: int) -> Image.Image:
     base = _tissue(spec.width, spec.height, spec.seed)
     return base if level == 0 else base.reduce(2**level)
 
@@ -197,7 +203,7 @@ def stored_tiles(spec: SlideSpec, level: int) -> list[tuple[int, int]]:
     TILED_FULL stores the whole grid; TILED_SPARSE leaves out every tile that
     is only background (but always keeps at least one).
     """
-    image = level_image(spec, level)
+    image = _level_image(spec, level)
     cols, rows = tile_grid(image.size, spec.tile)
     grid = [(c, r) for r in range(rows) for c in range(cols)]
     if spec.tiling == "TILED_FULL":
@@ -501,14 +507,17 @@ def _split(count: int, parts: int) -> list[range]:
 
 def _write_level(w: _Writer, level: int) -> list[Path]:
     spec = w.spec
-    image = level_image(spec, level)
+    image = _level_image(spec, level)
     spacing = BASE_SPACING_MM * 2**level
     positions = stored_tiles(spec, level)
     tiles = padded_tiles(image, spec.tile)
     cols = tile_grid(image.size, spec.tile)[0]
     frames = [_encode(tiles[r * cols + c], spec.codec) for c, r in positions]
     per_frame = _per_frame(spec, positions, spacing) if spec.tiling == "TILED_SPARSE" else None
-    image_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"] if level == 0 else ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
+    if level == 0:
+        image_type = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
+    else:
+        image_type = ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"]
 
     parts = spec.concatenation_parts if level == 0 else 1
     if parts > len(frames):
@@ -552,7 +561,7 @@ def overview_image(spec: SlideSpec) -> Image.Image:
     """A photo of the whole glass: label on the left, tissue thumbnail right."""
     image = Image.new("RGB", OVERVIEW_SIZE, (235, 235, 235))
     image.paste(label_image(spec).resize((160, 80)), (10, 60))
-    image.paste(level_image(spec, 0).resize((400, 180)), (190, 10))
+    image.paste(_level_image(spec, 0).resize((400, 180)), (190, 10))
     return image
 
 
