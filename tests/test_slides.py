@@ -195,6 +195,23 @@ def _check_wsidicom(folder: Path, spec: SlideSpec) -> None:
             assert wsi.read_overview().size == slides.OVERVIEW_SIZE
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SlideSpec(width=1000, height=700, tile=240, tiling="TILED_SPARSE", codec="jpeg2000"),
+        SlideSpec(width=2050, height=1030, tile=128, codec="native", offset_table="empty"),
+        SlideSpec(width=300, height=200, codec="jpeg", levels=3),
+    ],
+    ids=["odd-sparse-j2k", "wide-native-5-levels", "tiny-3-levels"],
+)
+def test_odd_geometry_reads_with_wsidicom(made, spec: SlideSpec) -> None:
+    """Sizes that are not tile multiples: edge tiles padded, pyramid still aligned."""
+    paths = made(spec)
+    for level, ds in enumerate(_pyramid(paths)):
+        _check_frames(ds, spec, level)
+    _check_wsidicom(paths[0].parent, spec)
+
+
 @pytest.mark.parametrize("codec", ["native", "jpeg2000"])
 def test_highdicom_rebuilds_full_levels(made, codec: str) -> None:
     """A second reader agrees on tile order and geometry (lossless: exact)."""
