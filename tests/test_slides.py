@@ -21,6 +21,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless
 from wsidicom import WsiDicom
 
 import slides
@@ -65,7 +66,7 @@ def _decode(frame: bytes, ds: Dataset) -> np.ndarray:
     syntax = ds.file_meta.TransferSyntaxUID
     if not syntax.is_encapsulated:
         return np.frombuffer(frame, np.uint8).reshape(ds.Rows, ds.Columns, 3)
-    if syntax == slides.JPEG2000Lossless:
+    if syntax == JPEG2000Lossless:
         import imagecodecs
 
         return imagecodecs.jpeg2k_decode(frame)
