@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dataset
+import procs
 from dataset import Instance
 from servers import Nginx, Orthanc, Server, SlideArchive
 
@@ -35,6 +36,7 @@ FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syn
 CONNECTIONS = 8
 WRK_THREADS = 2
 REQUEST_TIMEOUT_S = 60
+SLOW_RUN_CAP_S = 90  # longest run granted to a server that needs seconds per frame
 
 
 @dataclass
@@ -110,6 +112,18 @@ def run_wrk(server: Server, inst: Instance, seconds: int, max_requests: int,
     raise RuntimeError(f"wrk printed no result: {done.stdout[-500:]} {done.stderr[-500:]}")
 
 
+def run_length(seconds: int, probe: float) -> int:
+    """The run time for a server whose single frame took probe seconds.
+
+    When 8 requests in parallel would each take a good part of the run, a fixed
+    short run would end with none completed and say nothing; such a server gets
+    time for a few rounds of requests, up to SLOW_RUN_CAP_S.
+    """
+    if probe * CONNECTIONS * 4 <= seconds:
+        return seconds
+    return int(min(SLOW_RUN_CAP_S, max(seconds, probe * CONNECTIONS * 3)))
+
+
 def bench_level(server: Server, inst: Instance, level: str, seconds: int,
                 max_requests: int, tmp: Path) -> FrameResult:
     """Check one frame, then load the server with random frames of inst."""
@@ -117,11 +131,13 @@ def bench_level(server: Server, inst: Instance, level: str, seconds: int,
     if problem:
         return FrameResult(server.name, level, inst.frames, 0, 0.0, 0.0, 0.0, 1, problem)
     paths = write_paths(server, inst, tmp / f"paths-{server.name}-{inst.sop}.txt")
-    r = run_wrk(server, inst, seconds, max_requests, paths)
+    seconds = run_length(seconds, probe)
+    with procs.MemorySampler(server.pid) as mem:
+        r = run_wrk(server, inst, seconds, max_requests, paths)
     errors = (r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
               + r["not_200"])
     detail = (f"{r['requests']} responses in {r['duration_us'] / 1e6:.1f} s; "
-              f"one probe request took {probe * 1000:.0f} ms")
+              f"one probe request took {probe * 1000:.0f} ms; server peak RSS {mem.peak_mb:.0f} MB")
     if errors:
         detail += (f"; errors: {r['not_200']} non-200, {r['timeouts']} timeouts, "
                    f"{r['connect_errors'] + r['read_errors'] + r['write_errors']} socket")

@@ -120,14 +120,23 @@ def storescu(server: Server, source: Path, extra: list[str]) -> tuple[float, int
 
 
 def measure(server: Server, label: str, files: list[Path], send) -> IngestResult:
-    """Run send() against a fresh start of server, sampling its memory meanwhile."""
+    """Run send() against the running server, sampling its memory meanwhile."""
+    with procs.MemorySampler(server.pid) as mem:
+        seconds, code, detail = send()
+    ok, why = judge(label, code, detail)
+    res = IngestResult(label, server.name, sum(p.stat().st_size for p in files), len(files),
+                       seconds, mem.peak_mb, mem.start_kb / 1024, ok, why)
+    print(f"    {label}: {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
+          f"{res.instances_per_s:.1f} inst/s, peak RSS {res.peak_rss_mb:.0f} MB"
+          + ("" if res.ok else f"  FAILED: {res.detail}"), flush=True)
+    return res
+
+
+def measure_fresh(server: Server, label: str, files: list[Path], send) -> IngestResult:
+    """measure() on a newly started, empty server, wiped afterwards."""
     server.start()
     try:
-        with procs.MemorySampler(server.pid) as mem:
-            seconds, code, detail = send()
-        ok, why = judge(label, code, detail)
-        return IngestResult(label, server.name, sum(p.stat().st_size for p in files),
-                            len(files), seconds, mem.peak_mb, mem.start_kb / 1024, ok, why)
+        return measure(server, label, files, send)
     finally:
         server.wipe()
 
@@ -141,32 +150,27 @@ def judge(label: str, code: int, detail: str) -> tuple[bool, str]:
     return not bad, (f"storescu exit {code}: {detail}" if bad else "")
 
 
-def run_ingest(slide: list[Path], small: list[Path], make_server, servers: list[str],
+def run_ingest(slide: list[Path], small: list[Path], servers: list[str],
                work: Path) -> list[IngestResult]:
-    """All ingest measurements for each named server kind."""
-    slide_dir = slide[0].parent
-    small_dir = small[0].parent if small else None
+    """All ingest measurements for each named server kind, each on a fresh server."""
     results = []
     for name in servers:
-        for label, files, send in ingest_plan(slide, slide_dir, small, small_dir):
-            server = make_server(name, work / f"{name}-{label}")
+        for label, files, send in ingest_plan(slide, small):
             print(f"  {name}: {label} ({len(files)} files) ...", flush=True)
-            res = measure(server, label, files, lambda s=server, f=send: f(s))
-            print(f"    {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
-                  f"{res.instances_per_s:.1f} inst/s, peak {res.peak_rss_mb:.0f} MB"
-                  + ("" if res.ok else f"  FAILED: {res.detail}"), flush=True)
-            results.append(res)
+            server = make_server(name, work / f"{name}-{label}")
+            results.append(measure_fresh(server, label, files, lambda s=server, f=send: f(s)))
     return results
 
 
-def ingest_plan(slide, slide_dir, small, small_dir):
+def ingest_plan(slide: list[Path], small: list[Path]) -> list[tuple]:
     """(label, files, send(server)) for each ingest measured."""
+    slide_dir = slide[0].parent
     plan = [
         ("stow-slide", slide, lambda s: stow(s, slide)),
         ("cstore-slide", slide, lambda s: storescu(s, slide_dir, ["-xy"])),
     ]
     if small:
-        plan.append(("cstore-small", small, lambda s: storescu(s, small_dir, [])))
+        plan.append(("cstore-small", small, lambda s: storescu(s, small[0].parent, [])))
     return plan
 
 
@@ -184,7 +188,7 @@ def main() -> None:
     try:
         slide = sorted(a.slide_dir.glob("*.dcm"))
         small = dataset.make_small_instances(work / "small", a.small) if a.small else []
-        for r in run_ingest(slide, small, make_server, a.servers.split(","), work):
+        for r in run_ingest(slide, small, a.servers.split(","), work):
             print(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
