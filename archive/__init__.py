@@ -1,0 +1,1 @@
+"""slidearchive core: storage, catalog, frame index, ingest, DIMSE, CLI."""

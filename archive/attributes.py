@@ -1,0 +1,129 @@
+"""Which attributes live at which level, which can be matched, and what each level returns.
+
+One table shared by QIDO-RS and C-FIND. A matchable key names its catalog
+column; everything else an instance carries is kept as DICOM JSON per level and
+returned through ``includefield``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    keyword: str
+    level: str  # patient | study | series | instance
+    column: str
+    vr: str
+    multi: bool = False  # stored backslash-joined; a value matches any of them
+
+
+_KEYS = [
+    Key("PatientName", "patient", "patient_name", "PN"),
+    Key("PatientID", "patient", "patient_id", "LO"),
+    Key("IssuerOfPatientID", "patient", "issuer_of_patient_id", "LO"),
+    Key("PatientBirthDate", "patient", "patient_birth_date", "DA"),
+    Key("PatientSex", "patient", "patient_sex", "CS"),
+    Key("StudyInstanceUID", "study", "study_instance_uid", "UI"),
+    Key("StudyDate", "study", "study_date", "DA"),
+    Key("StudyTime", "study", "study_time", "TM"),
+    Key("AccessionNumber", "study", "accession_number", "SH"),
+    Key("StudyID", "study", "study_id", "SH"),
+    Key("ReferringPhysicianName", "study", "referring_physician_name", "PN"),
+    Key("StudyDescription", "study", "study_description", "LO"),
+    Key("ModalitiesInStudy", "study", "modalities_in_study", "CS", multi=True),
+    Key("SeriesInstanceUID", "series", "series_instance_uid", "UI"),
+    Key("Modality", "series", "modality", "CS"),
+    Key("SeriesNumber", "series", "series_number", "IS"),
+    Key("SeriesDescription", "series", "series_description", "LO"),
+    Key("SeriesDate", "series", "series_date", "DA"),
+    Key("SeriesTime", "series", "series_time", "TM"),
+    Key("PerformedProcedureStepStartDate", "series", "pps_start_date", "DA"),
+    Key("PerformedProcedureStepStartTime", "series", "pps_start_time", "TM"),
+    Key("BodyPartExamined", "series", "body_part_examined", "CS"),
+    Key("SOPInstanceUID", "instance", "sop_instance_uid", "UI"),
+    Key("SOPClassUID", "instance", "sop_class_uid", "UI"),
+    Key("InstanceNumber", "instance", "instance_number", "IS"),
+    Key("ImageType", "instance", "image_type", "CS", multi=True),
+    Key("ContainerIdentifier", "instance", "container_identifier", "LO"),
+    Key("NumberOfFrames", "instance", "number_of_frames", "IS"),
+    Key("Rows", "instance", "rows", "US"),
+    Key("Columns", "instance", "columns", "US"),
+    Key("TotalPixelMatrixColumns", "instance", "total_pixel_matrix_columns", "UL"),
+    Key("TotalPixelMatrixRows", "instance", "total_pixel_matrix_rows", "UL"),
+    Key("ConcatenationUID", "instance", "concatenation_uid", "UI"),
+    Key("ContentDate", "instance", "content_date", "DA"),
+    Key("ContentTime", "instance", "content_time", "TM"),
+]
+KEYS: dict[str, Key] = {k.keyword: k for k in _KEYS}
+LEVELS = ("patient", "study", "series", "instance")
+
+#: Top-level attributes kept in the study row's JSON (Patient and General Study modules).
+STUDY_ATTRIBUTES = frozenset({
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "TypeOfPatientID",
+    "PatientBirthDate", "PatientBirthTime", "PatientSex", "PatientAge", "PatientSize", "PatientWeight",
+    "OtherPatientIDsSequence", "EthnicGroup", "PatientComments", "PatientSpeciesDescription",
+    "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence",
+    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName", "ClinicalTrialSiteID",
+    "ClinicalTrialSiteName", "ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID", "ClinicalTrialTimePointID",
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "IssuerOfAccessionNumberSequence",
+    "StudyID", "ReferringPhysicianName", "StudyDescription", "ProcedureCodeSequence", "TimezoneOffsetFromUTC",
+    "SpecificCharacterSet", "NameOfPhysiciansReadingStudy", "PhysiciansOfRecord",
+})
+#: Top-level attributes kept in the series row's JSON (General Series, Equipment, Specimen).
+SERIES_ATTRIBUTES = frozenset({
+    "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "SeriesDate", "SeriesTime",
+    "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "BodyPartExamined", "Laterality",
+    "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber", "SoftwareVersions", "InstitutionName",
+    "StationName", "FrameOfReferenceUID", "PositionReferenceIndicator", "ContainerIdentifier",
+    "ContainerTypeCodeSequence", "SpecimenDescriptionSequence", "RequestAttributesSequence",
+    "SpecificCharacterSet", "TimezoneOffsetFromUTC",
+})
+#: Top-level attributes too large for QIDO rows; served only by WADO-RS metadata.
+EXCLUDED_FROM_ROWS = frozenset({"PerFrameFunctionalGroupsSequence", "PixelData", "ExtendedOffsetTable",
+                                "ExtendedOffsetTableLengths", "AnnotationGroupSequence"})
+
+#: PS3.18 Table 10.6.3-3/4/5 return attributes, plus what a slide viewer needs to pick a level.
+DEFAULT_RETURN = {
+    "study": ("SpecificCharacterSet", "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
+              "ModalitiesInStudy", "ReferringPhysicianName", "TimezoneOffsetFromUTC", "RetrieveURL",
+              "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+              "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"),
+    "series": ("SpecificCharacterSet", "Modality", "TimezoneOffsetFromUTC", "SeriesDescription", "RetrieveURL",
+               "SeriesInstanceUID", "SeriesNumber", "NumberOfSeriesRelatedInstances",
+               "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime", "RequestAttributesSequence",
+               "ContainerIdentifier", "Manufacturer", "ManufacturerModelName"),
+    "instance": ("SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "InstanceAvailability",
+                 "TimezoneOffsetFromUTC", "RetrieveURL", "InstanceNumber", "Rows", "Columns", "BitsAllocated",
+                 "NumberOfFrames", "ImageType", "TotalPixelMatrixColumns", "TotalPixelMatrixRows",
+                 "ContainerIdentifier", "SharedFunctionalGroupsSequence", "DimensionOrganizationType",
+                 "ConcatenationUID", "InConcatenationNumber", "ConcatenationFrameOffsetNumber",
+                 "TotalPixelMatrixOriginSequence", "ImageOrientationSlide", "PixelSpacing",
+                 "PhotometricInterpretation", "SamplesPerPixel"),
+}
+
+
+def keyword_of(name: str) -> str | None:
+    """Accept a keyword (``PatientID``) or a tag (``00100020``); None if neither."""
+    if len(name) == 8:
+        try:
+            return keyword_for_tag(int(name, 16)) or None
+        except ValueError:
+            pass
+    return name if tag_for_keyword(name) is not None else None
+
+
+def tag_hex(keyword: str) -> str:
+    return f"{tag_for_keyword(keyword):08X}"
+
+
+def level_of_attribute(keyword: str) -> str:
+    """The row whose JSON keeps a top-level attribute."""
+    if keyword in STUDY_ATTRIBUTES:
+        return "study"
+    if keyword in SERIES_ATTRIBUTES:
+        return "series"
+    return "instance"

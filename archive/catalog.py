@@ -1,0 +1,362 @@
+"""The SQLite catalog: the source of truth for what the archive holds.
+
+Patient / study / series / instance rows carry the matchable attributes as
+columns and the rest as DICOM JSON; each instance row carries its frame index
+as one packed array and its header as compressed DICOM JSON, so frames and
+metadata are served without parsing the stored file. Every change writes an
+outbox row in the same transaction, for the indexer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Iterator
+
+from pydicom.dataset import Dataset
+
+from .attributes import KEYS, LEVELS, Key
+from .errors import DuplicateInstance, NotFound
+from .query import Query, match_sql
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS collection (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS patient (
+    pk INTEGER PRIMARY KEY,
+    patient_id TEXT, issuer_of_patient_id TEXT, patient_name TEXT,
+    patient_birth_date TEXT, patient_sex TEXT,
+    UNIQUE (patient_id, issuer_of_patient_id)
+);
+CREATE TABLE IF NOT EXISTS study (
+    pk INTEGER PRIMARY KEY,
+    study_instance_uid TEXT NOT NULL UNIQUE,
+    patient_fk INTEGER NOT NULL REFERENCES patient(pk),
+    collection TEXT NOT NULL REFERENCES collection(name),
+    study_date TEXT, study_time TEXT, accession_number TEXT, study_id TEXT,
+    referring_physician_name TEXT, study_description TEXT,
+    attrs TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS series (
+    pk INTEGER PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL UNIQUE,
+    study_fk INTEGER NOT NULL REFERENCES study(pk),
+    modality TEXT, series_number INTEGER, series_description TEXT, series_date TEXT, series_time TEXT,
+    pps_start_date TEXT, pps_start_time TEXT, body_part_examined TEXT,
+    attrs TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instance (
+    pk INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    series_fk INTEGER NOT NULL REFERENCES series(pk),
+    sop_class_uid TEXT NOT NULL, instance_number INTEGER, image_type TEXT, container_identifier TEXT,
+    number_of_frames INTEGER, rows INTEGER, columns INTEGER,
+    total_pixel_matrix_columns INTEGER, total_pixel_matrix_rows INTEGER,
+    concatenation_uid TEXT, content_date TEXT, content_time TEXT,
+    transfer_syntax_uid TEXT NOT NULL, storage_id TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL, frame_layout TEXT, frame_index BLOB,
+    attrs TEXT NOT NULL, header BLOB NOT NULL, created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_fk);
+CREATE INDEX IF NOT EXISTS instance_series ON instance(series_fk);
+CREATE INDEX IF NOT EXISTS study_patient ON study(patient_fk);
+CREATE INDEX IF NOT EXISTS study_date_idx ON study(study_date);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event TEXT NOT NULL, study_uid TEXT, series_uid TEXT, sop_instance_uid TEXT,
+    created_at REAL NOT NULL
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceRecord:
+    """What serving an instance needs, from one row."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_id: str
+    size: int
+    sha256: str
+    number_of_frames: int | None
+    frame_layout: str | None
+    frame_index: bytes | None
+    rows: int | None
+    columns: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class NewInstance:
+    """Everything ingest hands the catalog for one stored instance."""
+
+    dataset: Dataset  # the stored header (no pixel data)
+    transfer_syntax_uid: str
+    storage_id: str
+    size: int
+    sha256: str
+    frame_layout: str | None
+    frame_index: bytes | None
+    header_json: dict[str, Any]  # DICOM JSON of the whole header
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxEvent:
+    seq: int
+    event: str
+    study_uid: str | None
+    series_uid: str | None
+    sop_instance_uid: str | None
+
+
+def column_value(ds: Dataset, key: Key) -> Any:
+    value = ds.get(key.keyword)
+    if value is None or value == "":
+        return None
+    if key.vr in ("IS", "US", "UL"):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    if key.multi and not isinstance(value, str):
+        return "\\".join(str(v) for v in value)
+    text = str(value)
+    if key.vr == "TM":
+        text = text.replace(":", "")
+    return text
+
+
+def _subset(header_json: dict[str, Any], keywords: frozenset[str] | set[str]) -> dict[str, Any]:
+    from .attributes import tag_hex
+
+    tags = {tag_hex(k) for k in keywords}
+    return {t: v for t, v in header_json.items() if t in tags}
+
+
+class Catalog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection):
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def transaction(self) -> "_Tx":
+        return self._Tx(self._db())
+
+    # --- writes ---------------------------------------------------------------
+
+    def add_instance(self, new: NewInstance, collection: str) -> None:
+        """Insert the instance and its parents and an outbox event, in one transaction."""
+        from .attributes import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, EXCLUDED_FROM_ROWS
+
+        ds = new.dataset
+        cols = {lvl: {k.column: column_value(ds, k) for k in KEYS.values() if k.level == lvl} for lvl in LEVELS}
+        cols["study"].pop("modalities_in_study")
+        study_json = _subset(new.header_json, STUDY_ATTRIBUTES)
+        series_json = _subset(new.header_json, SERIES_ATTRIBUTES)
+        rest = {kw for kw in (e.keyword for e in ds if e.keyword)} - STUDY_ATTRIBUTES - SERIES_ATTRIBUTES
+        instance_json = _subset(new.header_json, rest - EXCLUDED_FROM_ROWS)
+        header = zlib.compress(json.dumps(new.header_json, separators=(",", ":")).encode(), 3)
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM instance WHERE sop_instance_uid=?",
+                          (ds.SOPInstanceUID,)).fetchone():
+                raise DuplicateInstance("an instance with this SOP Instance UID is already stored")
+            db.execute("INSERT OR IGNORE INTO collection(name) VALUES (?)", (collection,))
+            p = cols["patient"]
+            db.execute("INSERT OR IGNORE INTO patient(patient_id, issuer_of_patient_id, patient_name, "
+                       "patient_birth_date, patient_sex) VALUES (?,?,?,?,?)",
+                       (p["patient_id"] or "", p["issuer_of_patient_id"] or "", p["patient_name"],
+                        p["patient_birth_date"], p["patient_sex"]))
+            patient_fk = db.execute("SELECT pk FROM patient WHERE patient_id=? AND issuer_of_patient_id=?",
+                                    (p["patient_id"] or "", p["issuer_of_patient_id"] or "")).fetchone()[0]
+            study_fk = self._upsert(db, "study", "study_instance_uid", cols["study"],
+                                    {"patient_fk": patient_fk, "collection": collection,
+                                     "attrs": json.dumps(study_json)})
+            series_fk = self._upsert(db, "series", "series_instance_uid", cols["series"],
+                                     {"study_fk": study_fk, "attrs": json.dumps(series_json)})
+            row = dict(cols["instance"], series_fk=series_fk, transfer_syntax_uid=new.transfer_syntax_uid,
+                       storage_id=new.storage_id, size=new.size, sha256=new.sha256,
+                       frame_layout=new.frame_layout, frame_index=new.frame_index,
+                       attrs=json.dumps(instance_json), header=header, created=time.time())
+            names = ",".join(row)
+            db.execute(f"INSERT INTO instance({names}) VALUES ({','.join('?' * len(row))})", list(row.values()))
+            db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
+                       "VALUES ('stored',?,?,?,?)",
+                       (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, time.time()))
+
+    @staticmethod
+    def _upsert(db: sqlite3.Connection, table: str, uid_col: str, cols: dict, extra: dict) -> int:
+        row = db.execute(f"SELECT pk FROM {table} WHERE {uid_col}=?", (cols[uid_col],)).fetchone()
+        if row:
+            return row[0]
+        values = dict(cols, **extra)
+        cur = db.execute(f"INSERT INTO {table}({','.join(values)}) VALUES ({','.join('?' * len(values))})",
+                         list(values.values()))
+        return cur.lastrowid
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
+        """Remove rows (and now-empty parents); returns the storage ids to unlink after commit."""
+        records = self.instances(study_uid, series_uid, sop_uid)
+        if not records:
+            raise NotFound("no such study, series or instance")
+        with self.transaction() as db:
+            for r in records:
+                db.execute("DELETE FROM instance WHERE sop_instance_uid=?", (r.sop_instance_uid,))
+                db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
+                           "VALUES ('deleted',?,?,?,?)", (r.study_uid, r.series_uid, r.sop_instance_uid, time.time()))
+            db.execute("DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instance i WHERE i.series_fk=series.pk)")
+            db.execute("DELETE FROM study WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.study_fk=study.pk)")
+            db.execute("DELETE FROM patient WHERE NOT EXISTS (SELECT 1 FROM study s WHERE s.patient_fk=patient.pk)")
+        return [r.storage_id for r in records]
+
+    # --- reads ------------------------------------------------------------------
+
+    _INSTANCE_SELECT = (
+        "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, "
+        "i.transfer_syntax_uid, i.storage_id, i.size, i.sha256, i.number_of_frames, i.frame_layout, "
+        "i.frame_index, i.rows, i.columns FROM instance i JOIN series se ON i.series_fk=se.pk "
+        "JOIN study st ON se.study_fk=st.pk ")
+
+    def instance(self, sop_uid: str) -> InstanceRecord | None:
+        row = self._db().execute(self._INSTANCE_SELECT + "WHERE i.sop_instance_uid=?", (sop_uid,)).fetchone()
+        return InstanceRecord(*row) if row else None
+
+    def instances(self, study_uid: str, series_uid: str | None = None,
+                  sop_uid: str | None = None) -> list[InstanceRecord]:
+        sql, params = self._INSTANCE_SELECT + "WHERE st.study_instance_uid=?", [study_uid]
+        if series_uid:
+            sql += " AND se.series_instance_uid=?"
+            params.append(series_uid)
+        if sop_uid:
+            sql += " AND i.sop_instance_uid=?"
+            params.append(sop_uid)
+        sql += " ORDER BY se.pk, i.instance_number, i.pk"
+        return [InstanceRecord(*r) for r in self._db().execute(sql, params)]
+
+    def header_json(self, sop_uid: str) -> str | None:
+        """The stored DICOM JSON of an instance's header, as compact text."""
+        row = self._db().execute("SELECT header FROM instance WHERE sop_instance_uid=?", (sop_uid,)).fetchone()
+        return zlib.decompress(row[0]).decode() if row else None
+
+    def headers(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> Iterator[tuple[InstanceRecord, str]]:
+        for r in self.instances(study_uid, series_uid, sop_uid):
+            text = self.header_json(r.sop_instance_uid)
+            if text is not None:
+                yield r, text
+
+    def search(self, query: Query, study_uid: str | None = None,
+               series_uid: str | None = None) -> list[dict[str, Any]]:
+        """QIDO / C-FIND: one merged DICOM JSON dict per matching row, in a stable order."""
+        level = query.level
+        conds, params = [], []
+        if study_uid:
+            conds.append("st.study_instance_uid=?")
+            params.append(study_uid)
+        if series_uid:
+            conds.append("se.series_instance_uid=?")
+            params.append(series_uid)
+        for m in query.matches:
+            sql, p = match_sql(m, query.fuzzy)
+            conds.append(sql)
+            params += p
+        joins = "FROM study st JOIN patient p ON st.patient_fk=p.pk "
+        select = ["st.attrs AS study_attrs", "st.study_instance_uid", "st.collection",
+                  "(SELECT count(*) FROM series x WHERE x.study_fk=st.pk) AS n_series",
+                  "(SELECT count(*) FROM series x JOIN instance y ON y.series_fk=x.pk WHERE x.study_fk=st.pk) AS n_study_instances",
+                  "(SELECT group_concat(DISTINCT x.modality) FROM series x WHERE x.study_fk=st.pk) AS modalities"]
+        order = "st.pk"
+        if level in ("series", "instance"):
+            joins += "JOIN series se ON se.study_fk=st.pk "
+            select += ["se.attrs AS series_attrs", "se.series_instance_uid",
+                       "(SELECT count(*) FROM instance y WHERE y.series_fk=se.pk) AS n_series_instances"]
+            order = "se.pk"
+        elif series_uid or any(m.key.level in ("series", "instance") for m in query.matches):
+            raise AssertionError("series keys in a study query are rejected by parse_qido")
+        if level == "instance":
+            joins += "JOIN instance i ON i.series_fk=se.pk "
+            select += ["i.attrs AS instance_attrs", "i.sop_instance_uid"]
+            order = "se.pk, i.instance_number, i.pk"
+        sql = f"SELECT {', '.join(select)} {joins}"
+        if conds:
+            sql += "WHERE " + " AND ".join(conds)
+        sql += f" ORDER BY {order} LIMIT ? OFFSET ?"
+        params += [query.limit if query.limit is not None else -1, query.offset]
+        return [self._result(level, row) for row in self._db().execute(sql, params)]
+
+    @staticmethod
+    def _result(level: str, row: sqlite3.Row) -> dict[str, Any]:
+        out = json.loads(row["study_attrs"])
+        out["00080061"] = {"vr": "CS", "Value": sorted((row["modalities"] or "").split(",")) if row["modalities"] else []}
+        out["00201206"] = {"vr": "IS", "Value": [row["n_series"]]}
+        out["00201208"] = {"vr": "IS", "Value": [row["n_study_instances"]]}
+        out["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+        if level in ("series", "instance"):
+            out.update(json.loads(row["series_attrs"]))
+            out["00201209"] = {"vr": "IS", "Value": [row["n_series_instances"]]}
+        if level == "instance":
+            out.update(json.loads(row["instance_attrs"]))
+        return out
+
+    def series_collection(self, series_uid: str) -> str | None:
+        row = self._db().execute("SELECT st.collection FROM series se JOIN study st ON se.study_fk=st.pk "
+                                 "WHERE se.series_instance_uid=?", (series_uid,)).fetchone()
+        return row[0] if row else None
+
+    def series_headers(self, series_uid: str) -> list[Dataset]:
+        """Headers of a series' instances as Datasets (bulk values left empty), for the indexer."""
+        rows = self._db().execute("SELECT i.header FROM instance i JOIN series se ON i.series_fk=se.pk "
+                                  "WHERE se.series_instance_uid=? ORDER BY i.pk", (series_uid,)).fetchall()
+        return [Dataset.from_json(zlib.decompress(r[0]).decode(), bulk_data_uri_handler=lambda *a: b"")
+                for r in rows]
+
+    def iter_series_uids(self) -> Iterator[str]:
+        for (uid,) in self._db().execute("SELECT series_instance_uid FROM series ORDER BY pk").fetchall():
+            yield uid
+
+    def outbox_after(self, seq: int, limit: int = 500) -> list[OutboxEvent]:
+        rows = self._db().execute("SELECT seq, event, study_uid, series_uid, sop_instance_uid FROM outbox "
+                                  "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        return [OutboxEvent(*r) for r in rows]
+
+    def storage_ids(self) -> dict[str, str]:
+        """storage id -> SOP Instance UID, for ``verify``."""
+        return {r[0]: r[1] for r in self._db().execute("SELECT storage_id, sop_instance_uid FROM instance")}
+
+    def remove_instance_row(self, sop_uid: str) -> None:
+        """Drop one instance row whose bytes are gone (``verify --repair``)."""
+        record = self.instance(sop_uid)
+        if record is not None:
+            self.delete(record.study_uid, record.series_uid, sop_uid)

@@ -1,0 +1,179 @@
+"""Configuration: a frozen dataclass built from config/default.toml, a user TOML file and flags.
+
+The raw tables of sections owned by other packages (``deid``, ``index``) are kept
+as dicts and handed to those packages, which validate them themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or option that cannot be used; the message says which field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteAE:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerRule:
+    ae_title: str
+    allow: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class DimseSettings:
+    enabled: bool = True
+    port: int = 11112
+    ae_title: str = "SLIDEARCHIVE"
+    max_pdu: int = 262144
+    network_timeout: float = 60
+    acse_timeout: float = 30
+    dimse_timeout: float = 60
+    maximum_associations: int = 32
+    remotes: tuple[RemoteAE, ...] = ()
+    peers: tuple[PeerRule, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./slidearchive-data")
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    public_base_url: str = ""
+    workers: int = 2
+    threads: int = 8
+    default_collection: str = "default"
+    dimse: DimseSettings = DimseSettings()
+    index: dict[str, Any] = dataclasses.field(default_factory=dict)
+    deid: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "storage"
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {e}") from None
+
+
+def _typed(table: dict, key: str, kind: type, where: str) -> Any:
+    value = table[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"[{where}] {key} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse_remote(text: str) -> RemoteAE:
+    """Parse ``AE=HOST:PORT`` as given to ``--remote``."""
+    try:
+        ae, address = text.split("=", 1)
+        host, port = address.rsplit(":", 1)
+        return RemoteAE(_ae_title(ae), host, _port(int(port), "--remote"))
+    except ValueError as e:
+        raise ConfigError(f"--remote {text!r}: expected AE=HOST:PORT ({e})") from None
+
+
+def _ae_title(value: str) -> str:
+    if not value or len(value) > 16 or "\\" in value or not value.isprintable():
+        raise ConfigError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return value.strip()
+
+
+def _port(value: int, where: str) -> int:
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{where}: port {value} out of range 0-65535")
+    return value
+
+
+def _dimse(table: dict) -> DimseSettings:
+    known = {f.name for f in dataclasses.fields(DimseSettings)} - {"remotes", "peers"} | {"remote", "peer"}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"[dimse] unknown keys: {', '.join(sorted(unknown))}")
+    remotes = []
+    for i, r in enumerate(table.get("remote", [])):
+        try:
+            remotes.append(RemoteAE(_ae_title(r["ae_title"]), str(r["host"]), _port(int(r["port"]), "[[dimse.remote]]")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"[[dimse.remote]] entry {i + 1}: needs ae_title, host and port ({e})") from None
+    peers = []
+    for i, p in enumerate(table.get("peer", [])):
+        allow = frozenset(p.get("allow", ["store", "query", "retrieve"]))
+        if not allow <= {"store", "query", "retrieve"} or "ae_title" not in p:
+            raise ConfigError(f"[[dimse.peer]] entry {i + 1}: needs ae_title and allow within store/query/retrieve")
+        peers.append(PeerRule(_ae_title(p["ae_title"]), allow))
+    kinds = {"enabled": bool, "port": int, "ae_title": str, "max_pdu": int, "network_timeout": float,
+             "acse_timeout": float, "dimse_timeout": float, "maximum_associations": int}
+    values = {k: _typed(table, k, kinds[k], "dimse") for k in kinds if k in table}
+    if "ae_title" in values:
+        values["ae_title"] = _ae_title(values["ae_title"])
+    if "port" in values:
+        _port(values["port"], "[dimse] port")
+    return DimseSettings(**values, remotes=tuple(remotes), peers=tuple(peers))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Defaults, then ``config_file``, then non-None ``overrides`` (from command-line flags).
+
+    Overrides use the Settings field names, plus ``dimse_port``, ``ae_title`` and
+    ``remotes`` (a list of RemoteAE) for the DIMSE section.
+    """
+    raw = _read_toml(DEFAULT_FILE)
+    if config_file is not None:
+        raw = _merge(raw, _read_toml(Path(config_file)))
+    unknown = set(raw) - {"server", "dimse", "index", "deid"}
+    if unknown:
+        raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
+    server = raw.get("server", {})
+    kinds = {"data_dir": str, "host": str, "http_port": int, "public_base_url": str,
+             "workers": int, "threads": int, "default_collection": str}
+    unknown = set(server) - set(kinds)
+    if unknown:
+        raise ConfigError(f"[server] unknown keys: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {k: _typed(server, k, kinds[k], "server") for k in kinds if k in server}
+    dimse = _dimse(raw.get("dimse", {}))
+    o = {k: v for k, v in overrides.items() if v is not None}
+    if "dimse_port" in o:
+        dimse = dataclasses.replace(dimse, port=_port(o.pop("dimse_port"), "--dimse-port"))
+    if "ae_title" in o:
+        dimse = dataclasses.replace(dimse, ae_title=_ae_title(o.pop("ae_title")))
+    if o.get("remotes"):
+        dimse = dataclasses.replace(dimse, remotes=dimse.remotes + tuple(o.pop("remotes")))
+    o.pop("remotes", None)
+    if "no_dimse" in o:
+        dimse = dataclasses.replace(dimse, enabled=not o.pop("no_dimse"))
+    values.update(o)
+    values["data_dir"] = Path(values.get("data_dir", "./slidearchive-data")).expanduser().resolve()
+    _port(values.get("http_port", 8080), "http_port")
+    if values.get("workers", 1) < 1 or values.get("threads", 1) < 1:
+        raise ConfigError("[server] workers and threads must be at least 1")
+    return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}))

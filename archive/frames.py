@@ -1,0 +1,193 @@
+"""The frame index: where each frame's bytes are inside a stored file, found once at ingest.
+
+Tried in order, each validated against the fragments actually present: the
+Extended Offset Table, the Basic Offset Table, then a scan of the fragments.
+Native pixel data is indexed by arithmetic. The index is two uint64 arrays
+(offsets, lengths) plus a layout:
+
+- ``native``: frame i is the byte range (offset, length) of the pixel data value.
+- ``fragment``: each frame is one fragment; (offset, length) is its value.
+- ``fragments``: a frame spans several fragments; (offset, length) covers their
+  item headers too, which ``strip_items`` removes when serving.
+- ``bits``: 1-bit native data not byte aligned; offset is the value start and
+  length the number of bits per frame.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import BinaryIO
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from .errors import InvalidDataset
+
+ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
+SEQ_DELIM = 0xE0DDFFFE
+_JPEG_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+
+
+@dataclasses.dataclass
+class FrameIndex:
+    layout: str
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    def pack(self) -> bytes:
+        return np.stack([self.offsets, self.lengths]).astype("<u8").tobytes()
+
+    @classmethod
+    def unpack(cls, layout: str, blob: bytes) -> "FrameIndex":
+        a = np.frombuffer(blob, dtype="<u8").reshape(2, -1)
+        return cls(layout, a[0], a[1])
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def _element_header(f: BinaryIO, ts: UID) -> tuple[int, int]:
+    """Read the pixel data element header at the current position: (value start, length)."""
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise InvalidDataset("pixel data element truncated")
+    if ts == ImplicitVRLittleEndian:
+        length = struct.unpack("<I", raw[4:8])[0]
+        return f.tell(), length
+    if ts == ExplicitVRBigEndian:
+        raise InvalidDataset("Explicit VR Big Endian (retired) pixel data is not indexed")
+    vr = raw[4:6]
+    if vr in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"UT", b"SQ"):
+        extra = f.read(4)
+        if len(extra) < 4:
+            raise InvalidDataset("pixel data element truncated")
+        return f.tell(), struct.unpack("<I", extra)[0]
+    return f.tell(), struct.unpack("<H", raw[6:8])[0]
+
+
+def _scan_items(f: BinaryIO, start: int, file_size: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """Walk the items of encapsulated pixel data: (BOT value, [(fragment value offset, length)])."""
+    f.seek(start)
+    fragments: list[tuple[int, int]] = []
+    bot = b""
+    first = True
+    position = start
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise InvalidDataset("encapsulated pixel data truncated (no sequence delimiter)")
+        tag, length = struct.unpack("<II", head)
+        position += 8
+        if tag == SEQ_DELIM:
+            break
+        if tag != ITEM or length == 0xFFFFFFFF or position + length > file_size:
+            raise InvalidDataset("encapsulated pixel data malformed or truncated")
+        if first:
+            bot = f.read(length)
+            first = False
+        else:
+            fragments.append((position, length))
+            f.seek(length, 1)
+        position += length
+    return bot, fragments
+
+
+def _frames_from_starts(fragments: list[tuple[int, int]], starts: list[int]) -> FrameIndex:
+    """Group fragments into frames given the index of each frame's first fragment."""
+    if starts == list(range(len(fragments))):
+        offsets = np.array([o for o, _ in fragments], dtype=np.uint64)
+        lengths = np.array([n for _, n in fragments], dtype=np.uint64)
+        return FrameIndex("fragment", offsets, lengths)
+    bounds = starts + [len(fragments)]
+    offsets, lengths = [], []
+    for a, b in zip(bounds, bounds[1:]):
+        begin = fragments[a][0] - 8
+        end = fragments[b - 1][0] + fragments[b - 1][1]
+        offsets.append(begin)
+        lengths.append(end - begin)
+    return FrameIndex("fragments", np.array(offsets, dtype=np.uint64), np.array(lengths, dtype=np.uint64))
+
+
+def _starts_from_table(table: np.ndarray, fragments: list[tuple[int, int]], first_item: int) -> list[int] | None:
+    """Map offset-table entries (relative to the first fragment's item tag) to fragment indices."""
+    if len(table) == 0 or table[0] != 0 or np.any(np.diff(table.astype(np.int64)) <= 0):
+        return None
+    positions = {offset - 8 - first_item: i for i, (offset, _) in enumerate(fragments)}
+    starts = [positions.get(int(t)) for t in table]
+    return None if any(s is None for s in starts) else starts  # type: ignore[return-value]
+
+
+def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, file_size: int) -> FrameIndex:
+    """Build the frame index of the pixel data element whose tag is at ``pixel_offset``."""
+    number_of_frames = int(header_ds.get("NumberOfFrames", 1) or 1)
+    f.seek(pixel_offset)
+    value_start, length = _element_header(f, ts)
+    if length != 0xFFFFFFFF:
+        return _native(header_ds, value_start, length, number_of_frames, file_size)
+    bot, fragments = _scan_items(f, value_start, file_size)
+    if not fragments:
+        raise InvalidDataset("encapsulated pixel data has no fragments")
+    first_item = fragments[0][0] - 8
+    eot = header_ds.get("ExtendedOffsetTable")
+    candidates = []
+    if eot is not None and len(eot) > 0:
+        candidates.append(np.frombuffer(eot, dtype="<u8"))
+    if len(bot) >= 4:
+        candidates.append(np.frombuffer(bot[: len(bot) // 4 * 4], dtype="<u4").astype(np.uint64))
+    for table in candidates:
+        if len(table) != number_of_frames:
+            continue  # a table that lies about the frame count is ignored
+        starts = _starts_from_table(table, fragments, first_item)
+        if starts is not None:
+            return _frames_from_starts(fragments, starts)
+    if len(fragments) == number_of_frames:
+        return _frames_from_starts(fragments, list(range(number_of_frames)))
+    if number_of_frames == 1:
+        return _frames_from_starts(fragments, [0])
+    starts = _starts_by_marker(f, fragments)
+    if len(starts) == number_of_frames and starts[0] == 0:
+        return _frames_from_starts(fragments, starts)
+    raise InvalidDataset(
+        f"cannot find {number_of_frames} frames in {len(fragments)} fragments (no usable offset table)")
+
+
+def _starts_by_marker(f: BinaryIO, fragments: list[tuple[int, int]]) -> list[int]:
+    """Fragments that begin a codestream (JPEG SOI, J2K SOC, JP2 signature) begin a frame."""
+    starts = []
+    for i, (offset, _) in enumerate(fragments):
+        f.seek(offset)
+        if f.read(12).startswith(_JPEG_STARTS):
+            starts.append(i)
+    return starts
+
+
+def _native(ds: Dataset, value_start: int, length: int, frames: int, file_size: int) -> FrameIndex:
+    try:
+        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        raise InvalidDataset("native pixel data without Rows, Columns or BitsAllocated") from None
+    if value_start + length > file_size or bits * frames > length * 8:
+        raise InvalidDataset("pixel data shorter than Rows x Columns x NumberOfFrames")
+    if bits % 8:
+        offsets = np.full(frames, value_start, dtype=np.uint64)
+        return FrameIndex("bits", offsets, np.full(frames, bits, dtype=np.uint64))
+    size = bits // 8
+    offsets = value_start + np.arange(frames, dtype=np.uint64) * np.uint64(size)
+    return FrameIndex("native", offsets, np.full(frames, size, dtype=np.uint64))
+
+
+def strip_items(data: bytes) -> bytes:
+    """Concatenate the fragment values of a multi-fragment frame span."""
+    out, i = [], 0
+    while i + 8 <= len(data):
+        _, n = struct.unpack_from("<II", data, i)
+        out.append(data[i + 8 : i + 8 + n])
+        i += 8 + n
+    return b"".join(out)
+
+
+def unpack_bits(data: bytes, start_bit: int, nbits: int) -> bytes:
+    """``nbits`` bits of bit-packed ``data`` from ``start_bit``, re-packed to start at bit 0."""
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")[start_bit : start_bit + nbits]
+    return np.packbits(bits, bitorder="little").tobytes()

@@ -1,0 +1,229 @@
+"""The one ingest path: every entry point (STOW-RS, C-STORE, import, API) calls ``store_instance``.
+
+spool -> parse header -> validate -> de-identify -> write (header re-encoded,
+pixel data copied raw) -> commit to storage (atomic) -> frame index -> catalog
+(one transaction, with an outbox event). A failure at any step removes what
+the earlier steps wrote, so nothing is ever half-stored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pynetdicom.sop_class import _STORAGE_CLASSES
+
+from . import dicomjson
+from .catalog import NewInstance
+from .dicomfile import Header, read_full, read_header
+from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, DatasetDoesNotMatchSOPClass,
+                     DuplicateInstance, InvalidDataset, SOPClassNotSupported)
+from .frames import index_frames
+from .storage import CHUNK, copy_range, raise_for_os_error, spool
+from .uids import is_valid_uid
+
+log = logging.getLogger(__name__)
+STORAGE_SOP_CLASSES = frozenset(_STORAGE_CLASSES.values())
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+@dataclasses.dataclass(frozen=True)
+class Origin:
+    """Who sent an instance: picks the de-identification policy and the collection."""
+
+    kind: str  # stow | dimse | import | api
+    ae_title: str | None = None
+    collection: str = "default"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreResult:
+    status: str  # stored | duplicate | dropped
+    sop_class_uid: str
+    sop_instance_uid: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    warning: int | None = None  # a PS3.4 warning status, e.g. 0xB006 when dropped by policy
+    message: str = ""
+
+
+def validate(ds: Dataset) -> None:
+    """The checks every stored instance passes; messages name attributes, never values."""
+    for keyword in REQUIRED_UIDS:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            raise DatasetDoesNotMatchSOPClass(f"missing {keyword}")
+        if not is_valid_uid(str(value)):
+            raise DatasetDoesNotMatchSOPClass(f"malformed {keyword}: expected digits and dots, at most 64 characters")
+    if ds.SOPClassUID not in STORAGE_SOP_CLASSES:
+        raise SOPClassNotSupported("SOP Class UID is not a storage SOP class this archive accepts")
+    meta_class = ds.file_meta.get("MediaStorageSOPClassUID")
+    if meta_class and meta_class != ds.SOPClassUID:
+        raise DatasetDoesNotMatchSOPClass("MediaStorageSOPClassUID differs from SOPClassUID")
+    meta_instance = ds.file_meta.get("MediaStorageSOPInstanceUID")
+    if meta_instance and meta_instance != ds.SOPInstanceUID:
+        raise DatasetDoesNotMatchSOPClass("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
+    if UID(ds.file_meta.TransferSyntaxUID).name == ds.file_meta.TransferSyntaxUID:  # unknown to pydicom
+        raise InvalidDataset("unknown transfer syntax")
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Ingest:
+    """Holds what ingest needs; one per process, shared by all entry points."""
+
+    def __init__(self, storage, catalog, policies=None, vault=None):
+        self.storage = storage
+        self.catalog = catalog
+        self.policies = policies
+        self.vault = vault
+
+    def store_instance(self, stream: BinaryIO, origin: Origin) -> StoreResult:
+        """Spool ``stream`` to disk, then store it; the stream is read in bounded chunks."""
+        temp = self.storage.new_temp()
+        try:
+            spool(stream, temp)
+            return self.store_file(temp, origin, owned=True)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def store_file(self, path: Path, origin: Origin, owned: bool = False,
+                   expected_study: str | None = None) -> StoreResult:
+        """Store the Part 10 file at ``path`` (moved into storage when ``owned``, else copied).
+
+        ``expected_study``: the Study Instance UID a STOW-RS URL names; the instance must belong to it.
+        """
+        header = read_header(path)
+        ds = header.dataset
+        validate(ds)
+        if expected_study is not None and ds.StudyInstanceUID != expected_study:
+            raise DatasetDoesNotMatchSOPClass("StudyInstanceUID differs from the study in the request URL")
+        policy = self.policies.for_origin(origin.ae_title, origin.collection) if self.policies else None
+        out = self.storage.new_temp()
+        try:
+            try:
+                stored, pixel_offset, coerced = self._deidentify(path, header, policy, out, owned)
+            except _Dropped as d:
+                return StoreResult("dropped", str(ds.SOPClassUID), warning=WARNING_ELEMENTS_DISCARDED,
+                                   message=d.reason)
+            result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
+            if coerced and result.status == "stored":
+                result = dataclasses.replace(result, warning=WARNING_COERCED)
+            return result
+        finally:
+            out.unlink(missing_ok=True)
+
+    def _deidentify(self, path: Path, header: Header, policy, out: Path, owned: bool) -> tuple[Dataset, int | None, bool]:
+        """Write the file to store at ``out``; returns (stored header, pixel data offset, coerced)."""
+        if policy is None or getattr(policy, "identified", False):
+            _place(path, out, owned)
+            return header.dataset, header.pixel_offset, False
+        import deid
+
+        try:
+            outcome = deid.deidentify(header.dataset, policy, vault=self.vault)
+        except deid.Dropped as d:
+            raise _Dropped(str(d)) from None
+        new = outcome.dataset
+        if outcome.blank_area is not None or header.transfer_syntax == DeflatedExplicitVRLittleEndian:
+            full = read_full(path)
+            if outcome.blank_area is not None:
+                full = deid.blank_region(full, outcome.blank_area)
+            for elem in full:
+                if elem.tag >= 0x7FE00000 and elem.tag not in new:
+                    new[elem.tag] = elem
+            _write(out, new)
+            return new, read_header(out).pixel_offset, True
+        pixel_offset = _write(out, new)
+        if header.pixel_offset is not None:
+            with open(path, "rb") as src, open(out, "ab") as dst:
+                src.seek(header.pixel_offset)
+                try:
+                    copy_range(src, dst)
+                except OSError as e:
+                    raise_for_os_error(e)
+            return new, pixel_offset, True
+        return new, None, True
+
+    def _commit(self, ds: Dataset, ts: UID, pixel_offset: int | None, temp: Path, origin: Origin) -> StoreResult:
+        sha = sha256_of(temp)
+        result = StoreResult("stored", str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                             str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+        existing = self.catalog.instance(ds.SOPInstanceUID)
+        if existing is not None:
+            return self._duplicate(existing, sha, result)
+        size = temp.stat().st_size
+        layout = index_blob = None
+        header_json = dicomjson.to_json(ds)
+        if pixel_offset is not None:
+            with open(temp, "rb") as f:
+                index = index_frames(f, ds, ts, pixel_offset, size)
+            layout, index_blob = index.layout, index.pack()
+            encapsulated = layout in ("fragment", "fragments")
+            vr = "OB" if encapsulated or int(ds.get("BitsAllocated", 8)) <= 8 else "OW"
+            header_json["7FE00010"] = {"vr": vr, "BulkDataURI": "bulkdata/7FE00010"}
+        storage_id = self.storage.commit(temp)
+        try:
+            self.catalog.add_instance(NewInstance(ds, str(ts), storage_id, size, sha, layout, index_blob,
+                                                  header_json), origin.collection)
+        except DuplicateInstance:
+            self.storage.remove(storage_id)
+            existing = self.catalog.instance(ds.SOPInstanceUID)
+            if existing is None:
+                raise
+            return self._duplicate(existing, sha, result)
+        except BaseException:
+            self.storage.remove(storage_id)
+            raise
+        return result
+
+    @staticmethod
+    def _duplicate(existing, sha: str, result: StoreResult) -> StoreResult:
+        if existing.sha256 != sha:
+            raise DuplicateInstance("a different instance is already stored under this SOP Instance UID")
+        return dataclasses.replace(result, status="duplicate", message="identical instance already stored")
+
+
+class _Dropped(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _place(src: Path, dst: Path, owned: bool) -> None:
+    """Put the received file at ``dst`` unchanged: a rename when we own it, else a copy."""
+    try:
+        if owned:
+            src.replace(dst)
+        else:
+            with open(src, "rb") as a, open(dst, "wb") as b:
+                copy_range(a, b)
+    except OSError as e:
+        raise_for_os_error(e)
+
+
+def _write(path: Path, ds: Dataset) -> int:
+    """Write preamble, file meta and ``ds`` in its transfer syntax; returns the end offset."""
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    try:
+        with open(path, "wb") as f:
+            dcmwrite(f, ds, enforce_file_format=True)
+            return f.tell()
+    except OSError as e:
+        raise_for_os_error(e)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InvalidDataset(f"cannot encode the de-identified header: {type(e).__name__}") from None
+    raise AssertionError("unreachable")
+

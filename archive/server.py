@@ -1,0 +1,92 @@
+"""``slidearchive serve``: DICOMweb under gunicorn, DIMSE and the index worker beside it.
+
+DIMSE and the outbox worker run in their own processes (spawned, not forked),
+so the HTTP workers stay single-purpose and a crash in one does not take the
+others down.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import sys
+from typing import Callable
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        self.cfg.set("bind", f"[{s.host}]:{s.http_port}" if ":" in s.host else f"{s.host}:{s.http_port}")
+        self.cfg.set("workers", s.workers)
+        self.cfg.set("threads", s.threads)
+        self.cfg.set("worker_class", "gthread")
+        self.cfg.set("keepalive", 30)
+        self.cfg.set("timeout", 300)
+        self.cfg.set("accesslog", None)
+        self.cfg.set("loglevel", "warning")
+
+    def load(self):
+        from dicomweb import create_app
+
+        return create_app(self.settings)
+
+
+def _background(target: Callable[[Settings], None], settings: Settings, name: str) -> multiprocessing.Process:
+    process = multiprocessing.get_context("spawn").Process(target=target, args=(settings,), name=name, daemon=True)
+    process.start()
+    return process
+
+
+def _dimse_target():
+    try:
+        from .dimse import run as run_dimse
+    except ImportError:
+        return None
+    return run_dimse
+
+
+def _index_target():
+    try:
+        from indexer.worker import run as run_worker
+    except ImportError:
+        return None
+    return run_worker
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM."""
+    from .service import Archive
+
+    Archive(settings).storage.sweep_temp()  # creates the data dir and catalog; removes crash leftovers
+    if settings.host in ("127.0.0.1", "localhost", "::1"):
+        print(f"slidearchive: listening on loopback only ({settings.host}); use --host 0.0.0.0 to accept "
+              "other machines (there is no authentication yet)", file=sys.stderr)
+    children = []
+    run_dimse = _dimse_target()
+    if settings.dimse.enabled and run_dimse is not None:
+        children.append(_background(run_dimse, settings, "slidearchive-dimse"))
+        print(f"slidearchive: DIMSE {settings.dimse.ae_title} on {settings.host}:{settings.dimse.port}",
+              file=sys.stderr)
+    run_worker = _index_target()
+    if run_worker is not None:
+        children.append(_background(run_worker, settings, "slidearchive-indexer"))
+    print(f"slidearchive: DICOMweb on http://{settings.host}:{settings.http_port}/dicomweb, "
+          f"data in {settings.data_dir}", file=sys.stderr)
+    try:
+        _Gunicorn(settings).run()
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            child.join(10)
+    return 0
+

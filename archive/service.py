@@ -1,0 +1,160 @@
+"""The archive as the entry points see it: ingest, frames, headers, delete.
+
+One ``Archive`` per process. DICOMweb, DIMSE and the CLI hold one and never
+touch files or SQL themselves.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from . import dicomjson
+from .catalog import Catalog, InstanceRecord
+from .config import Settings
+from .errors import InvalidRequest, NotFound
+from .frames import FrameIndex, strip_items, unpack_bits
+from .ingest import Ingest, Origin, StoreResult
+from .storage import StorageArea
+
+log = logging.getLogger(__name__)
+
+
+class _FdCache:
+    """Open file descriptors by storage id: a frame is one pread, no open() per request."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self.items: OrderedDict[str, int] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, storage_id: str, path: Path) -> int:
+        with self.lock:
+            fd = self.items.get(storage_id)
+            if fd is not None:
+                self.items.move_to_end(storage_id)
+                return fd
+        fd = os.open(path, os.O_RDONLY)
+        with self.lock:
+            if storage_id in self.items:
+                os.close(fd)
+                return self.items[storage_id]
+            self.items[storage_id] = fd
+            while len(self.items) > self.size:
+                _, old = self.items.popitem(last=False)
+                os.close(old)
+        return fd
+
+
+class Archive:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = StorageArea(settings.storage_dir)
+        self.catalog = Catalog(settings.catalog_path)
+        policies, vault = _load_deid(settings)
+        self.ingest = Ingest(self.storage, self.catalog, policies, vault)
+        self._fds = _FdCache()
+        self._indexes: OrderedDict[str, FrameIndex] = OrderedDict()
+        self._index_lock = threading.Lock()
+
+    # --- ingest -----------------------------------------------------------------
+
+    def store_instance(self, stream: BinaryIO, origin: Origin) -> StoreResult:
+        return self.ingest.store_instance(stream, origin)
+
+    def store_file(self, path: Path, origin: Origin, owned: bool = False,
+                   expected_study: str | None = None) -> StoreResult:
+        return self.ingest.store_file(path, origin, owned, expected_study)
+
+    # --- reads ------------------------------------------------------------------
+
+    def locate(self, study: str, series: str | None, sop: str) -> InstanceRecord:
+        """The instance, checked to be inside the study (and series) the URL names."""
+        record = self.catalog.instance(sop)
+        if record is None or record.study_uid != study or (series and record.series_uid != series):
+            raise NotFound("no such instance")
+        return record
+
+    def path(self, record: InstanceRecord) -> Path:
+        return self.storage.path(record.storage_id)
+
+    def _frame_index(self, record: InstanceRecord) -> FrameIndex:
+        with self._index_lock:
+            index = self._indexes.get(record.storage_id)
+            if index is not None:
+                self._indexes.move_to_end(record.storage_id)
+                return index
+        if record.frame_index is None or record.frame_layout is None:
+            raise NotFound("this instance has no frames")
+        index = FrameIndex.unpack(record.frame_layout, record.frame_index)
+        with self._index_lock:
+            self._indexes[record.storage_id] = index
+            while len(self._indexes) > 64:
+                self._indexes.popitem(last=False)
+        return index
+
+    def frame(self, record: InstanceRecord, number: int) -> bytes:
+        """Frame ``number`` (1-based) as stored: one positioned read of the stored file."""
+        index = self._frame_index(record)
+        if not 1 <= number <= len(index):
+            raise InvalidRequest(f"frame {number} out of range 1-{len(index)}")
+        i = number - 1
+        fd = self._fds.get(record.storage_id, self.path(record))
+        offset, length = int(index.offsets[i]), int(index.lengths[i])
+        if index.layout == "bits":
+            start_bit = i * length
+            first = offset + start_bit // 8
+            nbytes = (start_bit % 8 + length + 7) // 8
+            return unpack_bits(os.pread(fd, nbytes, first), start_bit % 8, length)
+        data = os.pread(fd, length, offset)
+        return strip_items(data) if index.layout == "fragments" else data
+
+    def frame_count(self, record: InstanceRecord) -> int:
+        return len(self._frame_index(record))
+
+    def read_range(self, record: InstanceRecord, offset: int, length: int) -> bytes:
+        fd = self._fds.get(record.storage_id, self.path(record))
+        return os.pread(fd, length, offset)
+
+    def header(self, record: InstanceRecord) -> Dataset:
+        """The stored header, parsed (for bulkdata other than pixel data)."""
+        return dcmread(self.path(record), stop_before_pixels=True)
+
+    def bulk_value(self, record: InstanceRecord, path: str) -> bytes:
+        try:
+            parsed = dicomjson.bulk_path(path)
+            elem = dicomjson.resolve(self.header(record), parsed)
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise NotFound("no such bulk data element") from None
+        value = elem.value
+        return value if isinstance(value, bytes) else b""
+
+    def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[tuple[InstanceRecord, str]]:
+        found = list(self.catalog.headers(study, series, sop))
+        if not found:
+            raise NotFound("no such study, series or instance")
+        return found
+
+    # --- delete -----------------------------------------------------------------
+
+    def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
+        storage_ids = self.catalog.delete(study, series, sop)
+        for storage_id in storage_ids:
+            self.storage.remove(storage_id)
+        return len(storage_ids)
+
+
+def _load_deid(settings: Settings):
+    """The de-identification policies and the broker's link vault, from the [deid] section."""
+    import deid
+
+    policies = deid.load_policies(settings.deid, settings.data_dir)
+    vault = deid.LinkVault(settings.data_dir / "broker" / "links.sqlite")
+    return policies, vault

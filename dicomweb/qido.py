@@ -1,0 +1,69 @@
+"""QIDO-RS: every search resource of PS3.18 10.6, answered from the catalog."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from archive.attributes import tag_hex
+from archive.dicomjson import dumps
+from archive.errors import NotAcceptable
+from archive.query import parse_qido
+from archive.uids import check_uid
+
+from . import archive, media, resource_url
+
+bp = Blueprint("qido", __name__)
+
+
+def _search(level: str, study: str | None = None, series: str | None = None) -> Response:
+    if study:
+        check_uid(study, "StudyInstanceUID")
+    if series:
+        check_uid(series, "SeriesInstanceUID")
+    accept = media.parse_accept(request.headers.get("Accept"))
+    if not media.accepts(accept, "application/dicom+json", "application/json"):
+        raise NotAcceptable("QIDO-RS responses are application/dicom+json")
+    # request.args is already percent-decoded; keep repeated keys in order
+    query = parse_qido(level, request.args.items(multi=True))
+    rows = archive().catalog.search(query, study, series)
+    keep = query.returned()
+    tags = None if keep is None else {tag_hex(k) for k in keep if k not in ("RetrieveURL",)}
+    out = []
+    for row in rows:
+        s = row.get("0020000D", {}).get("Value", [None])[0]
+        se = row.get("0020000E", {}).get("Value", [None])[0] if level != "study" else None
+        sop = row.get("00080018", {}).get("Value", [None])[0] if level == "instance" else None
+        if tags is not None:
+            row = {t: v for t, v in row.items() if t in tags}
+        row["00081190"] = {"vr": "UR", "Value": [resource_url(s, se, sop)]}
+        out.append(dict(sorted(row.items())))
+    return Response(dumps(out), content_type="application/dicom+json")
+
+
+@bp.get("/studies")
+def studies():
+    return _search("study")
+
+
+@bp.get("/series")
+def all_series():
+    return _search("series")
+
+
+@bp.get("/studies/<study>/series")
+def study_series(study: str):
+    return _search("series", study)
+
+
+@bp.get("/instances")
+def all_instances():
+    return _search("instance")
+
+
+@bp.get("/studies/<study>/instances")
+def study_instances(study: str):
+    return _search("instance", study)
+
+
+@bp.get("/studies/<study>/series/<series>/instances")
+def series_instances(study: str, series: str):
+    return _search("instance", study, series)

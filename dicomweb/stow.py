@@ -1,0 +1,88 @@
+"""STOW-RS: POST /studies[/{study}] with multipart/related; type="application/dicom"."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from archive.dicomjson import dumps
+from archive.errors import ArchiveError, InvalidRequest, NotAcceptable, UnsupportedMediaType
+from archive.ingest import Origin
+from archive.uids import check_uid
+
+from . import archive, media, multipart, resource_url, settings
+
+bp = Blueprint("stow", __name__)
+
+
+def _item(sop_class: str | None, sop_uid: str | None) -> dict:
+    item = {}
+    if sop_class:
+        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    if sop_uid:
+        item["00081155"] = {"vr": "UI", "Value": [sop_uid]}
+    return item
+
+
+@bp.post("/studies")
+@bp.post("/studies/<study>")
+def store(study: str | None = None):
+    if study is not None:
+        check_uid(study, "StudyInstanceUID")
+    accept = media.parse_accept(request.headers.get("Accept"))
+    if not media.accepts(accept, "application/dicom+json", "application/json"):
+        raise NotAcceptable("STOW-RS responses are application/dicom+json")
+    boundary, part_type = multipart.boundary_of(request.headers.get("Content-Type"))
+    if part_type and part_type != "application/dicom":
+        raise UnsupportedMediaType('only type="application/dicom" parts are accepted (no metadata+bulkdata)')
+    store = archive()
+    origin = Origin("stow", collection=settings().default_collection)
+    referenced, failed, warned = [], [], False
+    messages = []
+    parts = multipart.read_parts(request.stream, boundary, store.storage.new_temp)
+    for n, (headers, path) in enumerate(parts, start=1):
+        try:
+            ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+            if ctype != "application/dicom":
+                failed.append(_reason(0xC000))
+                messages.append(f"part {n}: Content-Type {ctype[:40]} is not application/dicom")
+                continue
+            try:
+                result = store.store_file(path, origin, owned=True, expected_study=study)
+            except ArchiveError as e:
+                failed.append(_reason(e.failure_reason))
+                messages.append(f"part {n}: {e.title}: {e.message}")
+                continue
+        finally:
+            path.unlink(missing_ok=True)
+        if result.message:
+            messages.append(f"part {n}: {result.message}")
+        item = _item(result.sop_class_uid, result.sop_instance_uid)
+        if result.status in ("stored", "duplicate"):
+            item["00081190"] = {"vr": "UR", "Value": [resource_url(result.study_uid, result.series_uid,
+                                                                    result.sop_instance_uid)]}
+        if result.warning is not None:
+            item["00081196"] = {"vr": "US", "Value": [result.warning]}
+            warned = True
+        referenced.append(item)
+    if not referenced and not failed:
+        raise InvalidRequest("multipart body contains no parts")
+    body: dict = {}
+    studies = {i["00081190"]["Value"][0].split("/series/")[0] for i in referenced if "00081190" in i}
+    if len(studies) == 1:
+        body["00081190"] = {"vr": "UR", "Value": [studies.pop()]}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 409 if not referenced else 202 if failed or warned else 200
+    response = Response(dumps(body), status=status, content_type="application/dicom+json")
+    for message in messages[:100]:
+        response.headers.add("Warning", f'299 slidearchive "{_quoted(message)}"')
+    return response
+
+
+def _quoted(text: str) -> str:
+    return text.replace("\\", "/").replace('"', "'").encode("ascii", "replace").decode()
+
+
+def _reason(code: int) -> dict:
+    return {"00081197": {"vr": "US", "Value": [code]}}
