@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+from pydicom.multival import MultiValue
+
 REPLACEMENT = "***"
 _MIN_TERM = 3
 
@@ -28,7 +30,7 @@ def terms_of(vr: str, value: object) -> list[str]:
     """Strings worth removing from text when `value` (of VR `vr`) is being removed."""
     if value is None:
         return []
-    values = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, (str, bytes)) else [value]
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     out: list[str] = []
     for v in values:
         text = str(v).strip()

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
@@ -98,7 +99,7 @@ def _value(ds: Dataset, tag: int) -> Any:
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value)
 
@@ -241,9 +242,7 @@ def _apply(ds: Dataset, tag: int, elem: Any, vr: str, action: str, ctx: Context,
     if action == "U":
         if vr == "SQ":
             return _recurse(ds, tag, ctx, path, text_mode)
-        if vr == "UI":
-            if Option.RETAIN_UIDS in ctx.options:
-                return elem
+        if vr == "UI":  # Retain UIDs turns U into K through the table row itself
             value = _value(ds, tag)
             return DataElement(tag, vr, ctx.map_uid(_text(value))) if value else elem
         action = "D"
@@ -279,7 +278,7 @@ def _clean(ds: Dataset, tag: int, elem: Any, vr: str, ctx: Context, path: tuple[
         value = _value(ds, tag)
         if value is None or value == "":
             return elem
-        if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, (str, bytes))):
+        if isinstance(value, (list, tuple, MultiValue)):
             return DataElement(tag, vr, [ctx.scrub(str(v)) for v in value])
         return DataElement(tag, vr, ctx.scrub(str(value)))
     return elem
