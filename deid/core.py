@@ -20,7 +20,7 @@ from deid.iod import iod_types
 from deid.options import BASIC_PROFILE_CODE, Option
 from deid.policy import Policy
 from deid.scrub import Scrubber, terms_of
-from deid.slides import Area, decide
+from deid.slides import Area, decide, label_flag_after_blanking
 from deid.table import load_table
 from deid.uids import Pseudonymizer
 from deid.vault import LinkVault, load_public_key
@@ -171,7 +171,7 @@ def deidentify(header: Dataset, policy: Policy, vault: LinkVault | None = None) 
         del out.PixelData
     _method_attributes(out, options, blanked=blank_area is not None)
     if blank_area is not None:
-        out.SpecimenLabelInImage = "NO"
+        out.SpecimenLabelInImage = label_flag_after_blanking(header)
         out.BurnedInAnnotation = "NO"
     out.file_meta = _file_meta(header, out)
     if policy.relink:

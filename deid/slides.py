@@ -44,6 +44,25 @@ def image_flavor(ds: Dataset) -> str:
     return str(values[2]).strip().upper() if len(values) > 2 else ""
 
 
+def label_flag_after_blanking(ds: Dataset) -> str:
+    """Specimen Label in Image once the label area is blanked.
+
+    NO would say best that the label can no longer be read, but PS3.3 requires YES on
+    every OVERVIEW image (dciodvfy: "required to be YES for OVERVIEW or LABEL image"),
+    so an OVERVIEW keeps YES; Burned In Annotation NO and the Clean Pixel Data code
+    (113101) in the De-identification Method Code Sequence say that it was cleaned.
+    """
+    return "YES" if image_flavor(ds) in ("OVERVIEW", "LABEL") else "NO"
+
+
+def already_cleaned(ds: Dataset) -> bool:
+    """An overview this archive (or another) already blanked: de-identified, code 113101, no burned-in text."""
+    if _flag(ds, "BurnedInAnnotation") or not _flag(ds, "PatientIdentityRemoved"):
+        return False
+    codes = ds.get("DeidentificationMethodCodeSequence") or []
+    return any(str(item.get("CodeValue", "")) == "113101" for item in codes)
+
+
 def decide(header: Dataset, policy: "Policy") -> Area | None:
     """Drop (raise Dropped) or keep an instance; return the area to blank, if any."""
     flavor = image_flavor(header)
@@ -54,6 +73,8 @@ def decide(header: Dataset, policy: "Policy") -> Area | None:
     shows_label = _flag(header, "SpecimenLabelInImage")
     burned_in = _flag(header, "BurnedInAnnotation")
     if not (shows_label or burned_in):
+        return None
+    if flavor == "OVERVIEW" and already_cleaned(header):
         return None
     if flavor == "OVERVIEW" and policy.overview == "blank" and policy.overview_label_area:
         ts = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "")
@@ -144,6 +165,6 @@ def blank_region(full_ds: Dataset, area: Area) -> Dataset:
         if int(full_ds.get("PlanarConfiguration", 0) or 0) == 1 and stack.ndim == 4:
             stack = np.ascontiguousarray(stack.transpose(0, 3, 1, 2))
         out.PixelData = stack.tobytes()
-    out.SpecimenLabelInImage = "NO"
+    out.SpecimenLabelInImage = label_flag_after_blanking(full_ds)
     out.BurnedInAnnotation = "NO"
     return out

@@ -87,13 +87,18 @@ def test_overview_with_label_is_dropped_by_default(wsi: dict[str, Path]) -> None
 def test_overview_is_blanked_with_a_policy_area(wsi: dict[str, Path]) -> None:
     outcome = deidentify(header(wsi["overview"]), BLANKING)
     assert outcome.blank_area == AREA
-    assert outcome.dataset.SpecimenLabelInImage == "NO"
+    # PS3.3 wants YES on every OVERVIEW; the cleaning shows in the two attributes below.
+    assert outcome.dataset.SpecimenLabelInImage == "YES"
     assert outcome.dataset.BurnedInAnnotation == "NO"
     data = store(wsi["overview"], BLANKING)
     ds = pydicom.dcmread(io.BytesIO(data))
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit
     assert ds.PhotometricInterpretation == "YBR_FULL_422"
     assert "113101" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+    assert ds.BurnedInAnnotation == "NO"
+    # A re-send of the cleaned overview is kept as it is (no second blanking, not dropped).
+    again = deidentify(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True), BASIC)
+    assert again.blank_area is None
     frame = next(generate_frames(ds.PixelData, number_of_frames=1))
     pixels = np.asarray(Image.open(io.BytesIO(frame)).convert("RGB")).astype(int)
     inside = pixels[AREA[1]:AREA[1] + AREA[3], AREA[0]:AREA[0] + AREA[2]]
