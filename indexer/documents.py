@@ -1,0 +1,539 @@
+"""One search document per series, built from that series' instance headers.
+
+A pure function of pydicom Datasets (headers without pixel data), so it is
+tested without a catalog or an index. The field table (FIELDS) is the single
+definition both backends map from; bump MAPPING_VERSION whenever a field is
+added or changes type, so ``reindex`` builds a new index instead of mixing.
+
+Patient identifiers: only what survives de-identification (the PatientID
+pseudonym, sex, age) is searchable as text; the QIDO keys are kept in
+``qido.*`` exactly as the catalog stores them so study/series queries can be
+answered from the index with the catalog's matching rules.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pydicom.dataset import Dataset
+
+MAPPING_VERSION = 1
+
+WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
+ANN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.91.1"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+# SNOMED "Using substance": the stain of a staining step (DICOM CID 8112 items).
+_USING_SUBSTANCE = ("424361007", "SCT")
+_PROCESSING_TYPE = ("111701", "DCM")
+
+
+@dataclass(frozen=True)
+class Field:
+    """A document field: its type decides the ES mapping and the embedded table it lands in."""
+
+    name: str  # dotted path in the document
+    type: str  # keyword | text | date | integer | float | boolean
+    facet: bool = False  # may be asked for counts in /api/search
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("series_uid", "keyword"),
+    Field("study_uid", "keyword"),
+    Field("kind", "keyword", facet=True),
+    Field("collection", "keyword", facet=True),
+    Field("sop_classes", "keyword"),
+    Field("instance_count", "integer"),
+    Field("patient.id", "keyword"),
+    Field("patient.sex", "keyword", facet=True),
+    Field("patient.age", "keyword", facet=True),
+    Field("patient.age_years", "integer"),
+    Field("study.date", "date"),
+    Field("study.description", "text"),
+    Field("series.modality", "keyword", facet=True),
+    Field("series.description", "text"),
+    Field("series.body_part", "keyword", facet=True),
+    Field("specimen.ids", "keyword"),
+    Field("specimen.anatomy_codes", "keyword", facet=True),
+    Field("specimen.anatomy", "text"),
+    Field("specimen.stain_codes", "keyword", facet=True),
+    Field("specimen.stains", "text"),
+    Field("specimen.preparation_codes", "keyword", facet=True),
+    Field("specimen.processing_types", "keyword", facet=True),
+    Field("specimen.preparation", "text"),
+    Field("specimen.container_type_codes", "keyword", facet=True),
+    Field("specimen.container_id", "keyword"),
+    Field("specimen.description", "text"),
+    Field("optical.illumination_type_codes", "keyword", facet=True),
+    Field("optical.illumination_color_codes", "keyword", facet=True),
+    Field("optical.wavelengths_nm", "float"),
+    Field("optical.path_count", "integer"),
+    Field("optical.description", "text"),
+    Field("scanner.manufacturer", "keyword", facet=True),
+    Field("scanner.model", "keyword", facet=True),
+    Field("scanner.software_versions", "keyword"),
+    Field("magnification", "float", facet=True),
+    Field("pixel_spacing_um", "float"),
+    Field("pyramid.level_count", "integer", facet=True),
+    Field("pyramid.width", "integer"),
+    Field("pyramid.height", "integer"),
+    Field("pyramid.level_sizes", "keyword"),
+    Field("pyramid.has_label", "boolean", facet=True),
+    Field("pyramid.has_overview", "boolean", facet=True),
+    Field("pyramid.has_thumbnail", "boolean"),
+    Field("ai.present", "boolean", facet=True),
+    Field("ai.series_uids", "keyword"),
+    Field("ai.algorithms", "keyword", facet=True),
+    Field("ai.algorithm_versions", "keyword"),
+    Field("ai.annotation_count", "integer"),
+    Field("ai.group_count", "integer"),
+    Field("ai.group_counts", "keyword"),
+    Field("ai.property_type_codes", "keyword", facet=True),
+    Field("ai.properties", "text"),
+    Field("references", "keyword"),
+    # QIDO keys, raw as the catalog's columns hold them (see archive.attributes.KEYS)
+    Field("qido.PatientName", "keyword"),
+    Field("qido.PatientID", "keyword"),
+    Field("qido.IssuerOfPatientID", "keyword"),
+    Field("qido.PatientBirthDate", "keyword"),
+    Field("qido.PatientSex", "keyword"),
+    Field("qido.StudyInstanceUID", "keyword"),
+    Field("qido.StudyDate", "keyword"),
+    Field("qido.StudyTime", "keyword"),
+    Field("qido.AccessionNumber", "keyword"),
+    Field("qido.StudyID", "keyword"),
+    Field("qido.ReferringPhysicianName", "keyword"),
+    Field("qido.StudyDescription", "keyword"),
+    Field("qido.SeriesInstanceUID", "keyword"),
+    Field("qido.Modality", "keyword"),
+    Field("qido.SeriesNumber", "integer"),
+    Field("qido.SeriesDescription", "keyword"),
+    Field("qido.SeriesDate", "keyword"),
+    Field("qido.SeriesTime", "keyword"),
+    Field("qido.PerformedProcedureStepStartDate", "keyword"),
+    Field("qido.PerformedProcedureStepStartTime", "keyword"),
+    Field("qido.BodyPartExamined", "keyword"),
+)
+FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+TEXT_FIELDS = tuple(f.name for f in FIELDS if f.type == "text")
+
+# Catalog column semantics for the QIDO keys: (keyword, VR)
+QIDO_KEYS: tuple[tuple[str, str], ...] = tuple(
+    (f.name.split(".", 1)[1], "IS" if f.type == "integer" else "") for f in FIELDS if f.name.startswith("qido.")
+)
+
+
+class DocumentError(ValueError):
+    """A document that does not fit FIELDS; carries only the series UID, never patient data."""
+
+    def __init__(self, series_uid: str, reason: str):
+        super().__init__(f"series {series_uid}: {reason}")
+        self.series_uid = series_uid
+        self.reason = reason
+
+
+# --- small readers ------------------------------------------------------------
+
+
+def _str(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _first(ds: Dataset, keyword: str) -> Any:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return value
+
+
+def _items(ds: Dataset | None, keyword: str) -> list[Dataset]:
+    if ds is None:
+        return []
+    value = ds.get(keyword)
+    return list(value) if value else []
+
+
+def _code(item: Dataset) -> tuple[str, str] | None:
+    """("SCHEME:VALUE", meaning) of a code item; long and URN code values included."""
+    value = item.get("CodeValue") or item.get("LongCodeValue") or item.get("URNCodeValue")
+    scheme = item.get("CodingSchemeDesignator") or ""
+    if not value:
+        return None
+    return f"{scheme}:{value}", str(item.get("CodeMeaning") or "")
+
+
+def _codes(items: Iterable[Dataset]) -> list[tuple[str, str]]:
+    return [c for c in (_code(i) for i in items) if c]
+
+
+def _unique(values: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if v is not None and v != "" and v not in out:
+            out.append(v)
+    return out
+
+
+def _float(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if f == f else None  # drop NaN
+
+
+def _qido_text(value: Any, vr: str) -> Any:
+    """The value the catalog column would hold (archive.catalog.column_value)."""
+    if value is None or value == "":
+        return None
+    if vr == "IS":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    text = str(value)
+    if vr == "TM":
+        text = text.replace(":", "")
+    return text
+
+
+_DATE = re.compile(r"\d{8}")
+
+
+def _date(value: Any) -> str | None:
+    text = _str(value)
+    if text and _DATE.fullmatch(text) and "01" <= text[4:6] <= "12" and "01" <= text[6:8] <= "31":
+        return text
+    return None
+
+
+def _age_years(age: str | None) -> int | None:
+    m = re.fullmatch(r"(\d{3})([DWMY])", age or "")
+    if not m:
+        return None
+    n = int(m.group(1))
+    return {"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[m.group(2)]
+
+
+# --- the parts of a document ---------------------------------------------------
+
+
+def _specimen(headers: list[Dataset]) -> dict[str, Any]:
+    anatomy: list[tuple[str, str]] = []
+    stains: list[tuple[str, str]] = []
+    preparation: list[tuple[str, str]] = []
+    processing: list[str] = []
+    texts: list[str] = []
+    ids: list[str] = []
+    containers: list[tuple[str, str]] = []
+    container_id = None
+    for ds in headers:
+        container_id = container_id or _str(ds.get("ContainerIdentifier"))
+        containers += _codes(_items(ds, "ContainerTypeCodeSequence"))
+        for spec in _items(ds, "SpecimenDescriptionSequence"):
+            ids.append(_str(spec.get("SpecimenIdentifier")) or "")
+            anatomy += _codes(_items(spec, "PrimaryAnatomicStructureSequence"))
+            texts += [t for t in (_str(spec.get("SpecimenShortDescription")),
+                                  _str(spec.get("SpecimenDetailedDescription"))) if t]
+            for step in _items(spec, "SpecimenPreparationSequence"):
+                for item in _items(step, "SpecimenPreparationStepContentItemSequence"):
+                    concept = _codes(_items(item, "ConceptNameCodeSequence"))
+                    values = _codes(_items(item, "ConceptCodeSequence"))
+                    name = concept[0][0] if concept else ""
+                    if name == f"{_USING_SUBSTANCE[1]}:{_USING_SUBSTANCE[0]}":
+                        stains += values
+                    elif name == f"{_PROCESSING_TYPE[1]}:{_PROCESSING_TYPE[0]}":
+                        processing += [m or c for c, m in values]
+                    preparation += values
+                    text = _str(item.get("TextValue"))
+                    if text and name != "DCM:121041":  # 121041: the specimen identifier again
+                        texts.append(text)
+    anatomy, stains, preparation, containers = (_unique(x) for x in (anatomy, stains, preparation, containers))
+    return {
+        "ids": _unique(ids),
+        "anatomy_codes": [c for c, _ in anatomy],
+        "anatomy": " ".join(m for _, m in anatomy) or None,
+        "stain_codes": [c for c, _ in stains],
+        "stains": " ".join(m for _, m in stains) or None,
+        "preparation_codes": [c for c, _ in preparation],
+        "processing_types": _unique(processing),
+        "preparation": " ".join(m for _, m in preparation) or None,
+        "container_type_codes": [c for c, _ in containers],
+        "container_id": container_id,
+        "description": " ".join(_unique(texts)) or None,
+    }
+
+
+def _optical(headers: list[Dataset]) -> tuple[dict[str, Any], float | None]:
+    types: list[tuple[str, str]] = []
+    colors: list[tuple[str, str]] = []
+    wavelengths: list[float] = []
+    powers: list[float] = []
+    texts: list[str] = []
+    path_ids: set[str] = set()
+    for ds in headers:
+        for path in _items(ds, "OpticalPathSequence"):
+            path_ids.add(str(path.get("OpticalPathIdentifier") or len(path_ids)))
+            types += _codes(_items(path, "IlluminationTypeCodeSequence"))
+            colors += _codes(_items(path, "IlluminationColorCodeSequence"))
+            wl = _float(path.get("IlluminationWaveLength"))
+            if wl is not None:
+                wavelengths.append(wl)
+            power = _float(path.get("ObjectiveLensPower"))
+            if power is not None and power > 0:
+                powers.append(power)
+            texts += [m for _, m in _codes(_items(path, "IlluminationTypeCodeSequence"))]
+            texts += [t for t in (_str(path.get("OpticalPathDescription")),) if t]
+    types, colors = _unique(types), _unique(colors)
+    optical = {
+        "illumination_type_codes": [c for c, _ in types],
+        "illumination_color_codes": [c for c, _ in colors],
+        "wavelengths_nm": _unique(wavelengths),
+        "path_count": len(path_ids),
+        "description": " ".join(_unique(texts + [m for _, m in colors])) or None,
+    }
+    return optical, (max(powers) if powers else None)
+
+
+def _image_flavor(ds: Dataset) -> str:
+    image_type = ds.get("ImageType") or []
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return str(values[2]).upper() if len(values) > 2 else ""
+
+
+def _pixel_spacing_mm(ds: Dataset) -> float | None:
+    for shared in _items(ds, "SharedFunctionalGroupsSequence"):
+        for measures in _items(shared, "PixelMeasuresSequence"):
+            spacing = measures.get("PixelSpacing")
+            if spacing:
+                return _float(spacing[0])
+    spacing = ds.get("PixelSpacing")
+    return _float(spacing[0]) if spacing else None
+
+
+def _pyramid(headers: list[Dataset]) -> tuple[dict[str, Any], float | None]:
+    levels: dict[tuple[int, int], float | None] = {}
+    flavors = set()
+    for ds in headers:
+        if ds.get("SOPClassUID") != WSI_SOP_CLASS:
+            continue
+        flavor = _image_flavor(ds)
+        flavors.add(flavor)
+        if flavor != "VOLUME":
+            continue
+        cols, rows = ds.get("TotalPixelMatrixColumns"), ds.get("TotalPixelMatrixRows")
+        if cols and rows:
+            key = (int(cols), int(rows))
+            levels[key] = levels.get(key) or _pixel_spacing_mm(ds)
+    ordered = sorted(levels, key=lambda s: -s[0] * s[1])
+    finest = levels[ordered[0]] if ordered else None
+    return {
+        "level_count": len(ordered),
+        "width": ordered[0][0] if ordered else None,
+        "height": ordered[0][1] if ordered else None,
+        "level_sizes": [f"{c}x{r}" for c, r in ordered],
+        "has_label": "LABEL" in flavors,
+        "has_overview": "OVERVIEW" in flavors,
+        "has_thumbnail": "THUMBNAIL" in flavors,
+    }, (finest * 1000 if finest else None)
+
+
+def references(headers: list[Dataset]) -> list[str]:
+    """Series UIDs the instances point at through ReferencedSeriesSequence (AI results -> slide)."""
+    out: list[str] = []
+    for ds in headers:
+        for ref in _items(ds, "ReferencedSeriesSequence"):
+            uid = _str(ref.get("SeriesInstanceUID"))
+            if uid:
+                out.append(uid)
+    return _unique(out)
+
+
+def ai_summary(series_uid: str, ai_headers: Iterable[Dataset]) -> dict[str, Any]:
+    """Summary of ANN and SEG instances whose ReferencedSeriesSequence names ``series_uid``."""
+    algorithms: list[str] = []
+    versions: list[str] = []
+    group_counts: list[str] = []
+    property_types: list[tuple[str, str]] = []
+    ai_series: list[str] = []
+    annotations = groups = 0
+    for ds in ai_headers:
+        if series_uid not in references([ds]):
+            continue
+        sop_class = ds.get("SOPClassUID")
+        if sop_class == ANN_SOP_CLASS:
+            items = _items(ds, "AnnotationGroupSequence")
+            for group in items:
+                n = int(group.get("NumberOfAnnotations") or 0)
+                annotations += n
+                label = _str(group.get("AnnotationGroupLabel")) or _str(group.get("AnnotationGroupUID")) or "?"
+                group_counts.append(f"{label}={n}")
+                property_types += _codes(_items(group, "AnnotationPropertyTypeCodeSequence"))
+                for alg in _items(group, "AnnotationGroupAlgorithmIdentificationSequence"):
+                    algorithms.append(_str(alg.get("AlgorithmName")) or "")
+                    versions.append(_str(alg.get("AlgorithmVersion")) or "")
+        elif sop_class == SEG_SOP_CLASS:
+            items = _items(ds, "SegmentSequence")
+            for segment in items:
+                label = _str(segment.get("SegmentLabel")) or str(segment.get("SegmentNumber") or "?")
+                group_counts.append(f"{label}=1")
+                annotations += 1
+                property_types += _codes(_items(segment, "SegmentedPropertyTypeCodeSequence"))
+                algorithms.append(_str(segment.get("SegmentAlgorithmName")) or "")
+                for alg in _items(segment, "SegmentationAlgorithmIdentificationSequence"):
+                    algorithms.append(_str(alg.get("AlgorithmName")) or "")
+                    versions.append(_str(alg.get("AlgorithmVersion")) or "")
+        else:
+            continue
+        groups += len(items)
+        ai_series.append(str(ds.get("SeriesInstanceUID") or ""))
+    property_types = _unique(property_types)
+    return {
+        "present": bool(ai_series),
+        "series_uids": _unique(ai_series),
+        "algorithms": _unique(algorithms),
+        "algorithm_versions": _unique(versions),
+        "annotation_count": annotations,
+        "group_count": groups,
+        "group_counts": _unique(group_counts),
+        "property_type_codes": [c for c, _ in property_types],
+        "properties": " ".join(m for _, m in property_types) or None,
+    }
+
+
+def _kind(sop_classes: set[str]) -> str:
+    if WSI_SOP_CLASS in sop_classes:
+        return "slide"
+    if ANN_SOP_CLASS in sop_classes:
+        return "annotation"
+    if SEG_SOP_CLASS in sop_classes:
+        return "segmentation"
+    return "other"
+
+
+def _qido(first: Dataset) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for keyword, vr in QIDO_KEYS:
+        vr = vr or ("TM" if keyword.endswith("Time") else "")
+        value = _qido_text(first.get(keyword), vr)
+        if value is not None:
+            out[keyword] = value
+    return out
+
+
+def build_document(headers: list[Dataset], collection: str | None = None,
+                   ai_headers: Iterable[Dataset] = ()) -> dict[str, Any]:
+    """The search document of one series.
+
+    ``headers``: every instance header of the series. ``ai_headers``: headers of
+    ANN/SEG instances that may reference it (others are ignored). Empty lists
+    of values and None are dropped, so a missing attribute is a missing field.
+    """
+    if not headers:
+        raise ValueError("a document needs at least one instance header")
+    first = headers[0]
+    series_uid = str(first.get("SeriesInstanceUID") or "")
+    if not series_uid:
+        raise ValueError("the headers carry no SeriesInstanceUID")
+    sop_classes = {str(ds.get("SOPClassUID") or "") for ds in headers}
+    optical, power = _optical(headers)
+    pyramid, spacing_um = _pyramid(headers)
+    age = _str(first.get("PatientAge"))
+    doc: dict[str, Any] = {
+        "mapping_version": MAPPING_VERSION,
+        "series_uid": series_uid,
+        "study_uid": str(first.get("StudyInstanceUID") or ""),
+        "kind": _kind(sop_classes),
+        "collection": collection,
+        "sop_classes": sorted(c for c in sop_classes if c),
+        "instance_count": len(headers),
+        "patient": {"id": _str(first.get("PatientID")), "sex": _str(first.get("PatientSex")),
+                    "age": age, "age_years": _age_years(age)},
+        "study": {"date": _date(first.get("StudyDate")), "description": _str(first.get("StudyDescription"))},
+        "series": {"modality": _str(first.get("Modality")), "description": _str(first.get("SeriesDescription")),
+                   "body_part": _str(first.get("BodyPartExamined"))},
+        "specimen": _specimen(headers),
+        "optical": optical,
+        "scanner": {"manufacturer": _str(first.get("Manufacturer")),
+                    "model": _str(first.get("ManufacturerModelName")),
+                    "software_versions": _unique(str(v) for v in (first.get("SoftwareVersions") or [])
+                                                 ) if not isinstance(first.get("SoftwareVersions"), str)
+                    else [first.SoftwareVersions]},
+        "magnification": power,
+        "pixel_spacing_um": round(spacing_um, 6) if spacing_um else None,
+        "pyramid": pyramid,
+        "ai": ai_summary(series_uid, ai_headers),
+        "references": references(headers),
+        "qido": _qido(first),
+    }
+    return prune(doc)
+
+
+def prune(value: Any) -> Any:
+    """Drop None, empty strings, empty lists and empty objects (absent = missing, in both backends)."""
+    if isinstance(value, dict):
+        out = {k: prune(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [prune(v) for v in value if v not in (None, "")]
+    return value
+
+
+def flatten(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted field name -> value (scalar or list), as FIELDS names them."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def check(doc: dict[str, Any]) -> None:
+    """Raise DocumentError when a value does not fit its field's type (what ES's strict mapping rejects)."""
+    series_uid = str(doc.get("series_uid") or "?")
+    for name, value in flatten(doc).items():
+        if name == "mapping_version":
+            continue
+        field = FIELD_BY_NAME.get(name)
+        if field is None:
+            raise DocumentError(series_uid, f"field {name} is not in the mapping")
+        for v in value if isinstance(value, list) else [value]:
+            if not _fits(field.type, v):
+                raise DocumentError(series_uid, f"field {name} expects {field.type}, got {type(v).__name__}")
+
+
+def _fits(kind: str, v: Any) -> bool:
+    if kind in ("keyword", "text"):
+        return isinstance(v, str)
+    if kind == "integer":
+        return isinstance(v, int) and not isinstance(v, bool) and -(2 ** 31) <= v < 2 ** 31
+    if kind == "float":
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if kind == "boolean":
+        return isinstance(v, bool)
+    if kind == "date":
+        return isinstance(v, str) and _date(v) is not None
+    return False
+
+
+def free_text(doc: dict[str, Any]) -> str:
+    """Everything a free-text query searches, in one string (the embedded backend's FTS column)."""
+    flat = flatten(doc)
+    parts: list[str] = []
+    for name in TEXT_FIELDS:
+        value = flat.get(name)
+        if value:
+            parts.append(str(value))
+    for name in ("scanner.manufacturer", "scanner.model", "series.modality", "collection",
+                 "ai.algorithms", "specimen.processing_types", "patient.id", "series.body_part"):
+        value = flat.get(name)
+        if value:
+            parts += value if isinstance(value, list) else [str(value)]
+    return " ".join(parts)

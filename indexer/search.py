@@ -1,0 +1,161 @@
+"""The search request model shared by both backends and the HTTP API.
+
+Parsing and validation live here, once, so both backends receive only
+requests they can answer and a bad request becomes one 400 with a message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Iterable
+
+from .documents import FIELD_BY_NAME, FIELDS
+
+MAX_SIZE = 100
+MAX_WINDOW = 10_000  # page * size beyond this is refused: deep paging needs search_after, not offsets
+MAX_FACET_SIZE = 100
+MAX_TERMS = 20
+# Single-valued fields (one value per document) are the only sort keys, so that both
+# backends order identically (multi-valued sort semantics differ between engines).
+SORTABLE = ("series_uid", "study_uid", "collection", "study.date", "magnification", "pixel_spacing_um",
+            "pyramid.width", "pyramid.height", "pyramid.level_count", "scanner.manufacturer", "scanner.model",
+            "ai.annotation_count", "patient.age_years", "instance_count", "kind")
+FILTERABLE = tuple(f.name for f in FIELDS if f.type != "text" and not f.name.startswith("qido."))
+FACETABLE = tuple(f.name for f in FIELDS if f.facet)
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+
+
+class BadQuery(ValueError):
+    """A search the index cannot answer; the message tells the caller what to change (HTTP 400)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    gte: Any = None
+    lte: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRequest:
+    text: tuple[str, ...] = ()  # free-text tokens, all must match
+    terms: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # field -> any of the values
+    ranges: tuple[tuple[str, Range], ...] = ()
+    facets: tuple[str, ...] = ()
+    facet_size: int = 10
+    sort: tuple[tuple[str, bool], ...] = ()  # (field, descending); empty: relevance, then series_uid
+    page: int = 1
+    size: int = 20
+    include_all_kinds: bool = False  # default: slides only
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.size
+
+
+@dataclasses.dataclass
+class SearchResult:
+    total: int
+    hits: list[dict[str, Any]]
+    facets: dict[str, list[dict[str, Any]]]
+
+    def to_json(self, request: SearchRequest) -> dict[str, Any]:
+        return {"total": self.total, "page": request.page, "size": request.size,
+                "hits": self.hits, "facets": self.facets}
+
+
+def tokens(text: str) -> tuple[str, ...]:
+    return tuple(t.lower() for t in _TOKEN.findall(text or ""))[:32]
+
+
+def coerce(field: str, raw: str) -> Any:
+    """A query-string value as the field's type; BadQuery when it does not parse."""
+    kind = FIELD_BY_NAME[field].type
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise BadQuery(f"{field} takes a number, got {raw[:40]!r}") from None
+    if kind == "boolean":
+        if raw.lower() not in ("true", "false"):
+            raise BadQuery(f"{field} takes true or false")
+        return raw.lower() == "true"
+    if kind == "date":
+        if not re.fullmatch(r"\d{8}", raw):
+            raise BadQuery(f"{field} takes a date as YYYYMMDD")
+        return raw
+    if len(raw) > 256:
+        raise BadQuery(f"value for {field} is too long")
+    return raw
+
+
+def _int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadQuery(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise BadQuery(f"{name} must be between {low} and {high}")
+    return value
+
+
+def parse_search(params: Iterable[tuple[str, str]]) -> SearchRequest:
+    """Build a SearchRequest from query-string pairs (see docs/search-openapi.yaml)."""
+    text: tuple[str, ...] = ()
+    terms: dict[str, list[Any]] = {}
+    ranges: dict[str, Range] = {}
+    facets: list[str] = []
+    sort: list[tuple[str, bool]] = []
+    options: dict[str, Any] = {}
+    for name, raw in params:
+        if name == "q":
+            text += tokens(raw)
+        elif name in ("facet", "facets"):
+            for f in filter(None, (x.strip() for x in raw.split(","))):
+                if f not in FACETABLE:
+                    raise BadQuery(f"cannot facet on {f[:64]!r}; facets: {', '.join(FACETABLE)}")
+                if f not in facets:
+                    facets.append(f)
+        elif name == "sort":
+            for s in filter(None, (x.strip() for x in raw.split(","))):
+                desc = s.startswith("-")
+                field = s.lstrip("-+")
+                if field not in SORTABLE:
+                    raise BadQuery(f"cannot sort on {field[:64]!r}; sortable: {', '.join(SORTABLE)}")
+                sort.append((field, desc))
+        elif name == "page":
+            options["page"] = _int("page", raw, 1, MAX_WINDOW)
+        elif name == "size":
+            options["size"] = _int("size", raw, 0, MAX_SIZE)
+        elif name == "facet_size":
+            options["facet_size"] = _int("facet_size", raw, 1, MAX_FACET_SIZE)
+        elif name == "kind" and raw == "any":
+            options["include_all_kinds"] = True
+        elif name.endswith((".gte", ".lte", "_gte", "_lte")) and name[:-4] in FILTERABLE:
+            field, bound = name[:-4], name[-3:]
+            if FIELD_BY_NAME[field].type not in ("integer", "float", "date", "keyword"):
+                raise BadQuery(f"{field} does not take a range")
+            old = ranges.get(field, Range())
+            value = coerce(field, raw)
+            ranges[field] = dataclasses.replace(old, **{bound: value})
+        elif name in FILTERABLE:
+            values = terms.setdefault(name, [])
+            for part in raw.split(",") if FIELD_BY_NAME[name].type != "keyword" or name.endswith("_uid") else [raw]:
+                values.append(coerce(name, part))
+            if len(values) > MAX_TERMS:
+                raise BadQuery(f"at most {MAX_TERMS} values for {name}")
+        else:
+            raise BadQuery(f"unknown parameter {name[:64]!r}; filters: {', '.join(FILTERABLE)}")
+    request = SearchRequest(text=text, terms=tuple((k, tuple(v)) for k, v in terms.items()),
+                            ranges=tuple(ranges.items()), facets=tuple(facets), sort=tuple(sort), **options)
+    if request.page * request.size > MAX_WINDOW:
+        raise BadQuery(f"page * size may not exceed {MAX_WINDOW}; narrow the query with filters instead")
+    if "kind" in terms:
+        request = dataclasses.replace(request, include_all_kinds=True)
+    return request
+
+
+def public_hit(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a search hit shows: the document without the raw QIDO keys (patient names live there)."""
+    return {k: v for k, v in doc.items() if k != "qido"}
