@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from deid.errors import PolicyError
 from deid.options import Option
+from deid.vault import load_public_key
 
 KEY_BYTES = 32
 LABEL_RULES = ("drop",)
@@ -140,6 +141,11 @@ def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list
             key = shared_key[0]
     area = spec.get("overview_label_area")
     pub = spec.get("broker_public_key")
+    if pub and spec.get("relink"):
+        try:
+            load_public_key(Path(pub))
+        except (OSError, ValueError) as exc:
+            raise PolicyError(f"policy {name}: cannot read broker_public_key ({type(exc).__name__})") from None
     return Policy(
         name=name,
         options=options,
