@@ -19,6 +19,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from . import dicomjson
+from . import results  # AI results (issue 6)
 from .catalog import NewInstance
 from .dicomfile import Header, read_full, read_header
 from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, DatasetDoesNotMatchSOPClass,
@@ -117,7 +118,16 @@ class Ingest:
             except _Dropped as d:
                 return StoreResult("dropped", str(ds.SOPClassUID), warning=WARNING_ELEMENTS_DISCARDED,
                                    message=d.reason)
+            # --- AI results (issue 6, archive/results.py): check ANN/SEG on the stored header ---
+            result_warning = results.check_result(stored, self.catalog, out)
+            # ---
             result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
+            # --- AI results (issue 6): link to slides after commit (idempotent) ---
+            if result.status in ("stored", "duplicate"):
+                results.record(self.catalog, stored)
+            if result_warning and result.status == "stored":
+                result = dataclasses.replace(result, warning=results.WARNING_REFERENCE, message=result_warning)
+            # ---
             if coerced and result.status == "stored":
                 result = dataclasses.replace(result, warning=WARNING_COERCED)
             return result

@@ -1,0 +1,221 @@
+"""Checks on AI results at ingest: bulk annotations and segmentations must be sound and point at slides we hold.
+
+Ingest calls :func:`check_result` once per instance, on the header it is about
+to store (de-identified, so references carry the mapped UIDs). Every other SOP
+class returns at the first line, so slides pay nothing. After the catalog
+commit ingest calls :func:`record` so the result is linked to its slides
+(``archive.result_links``).
+
+Dangling references are refused (``ReferenceNotFound``, HTTP 409 / DIMSE A900)
+unless ``SLIDEARCHIVE_DANGLING_RESULTS=warn`` is set, which stores the result
+and answers a warning instead (interim knob until the config grows a
+``[results]`` section).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from .errors import DatasetDoesNotMatchSOPClass, ReferenceNotFound
+from .result_links import record, results_summary  # noqa: F401 - re-exported for ingest and the indexer
+
+log = logging.getLogger(__name__)
+
+ANN_CLASS = "1.2.840.10008.5.1.4.1.1.91.1"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
+RESULT_CLASSES = frozenset({ANN_CLASS, SEG_CLASS, LABELMAP_CLASS})
+#: PS3.4 warning status used when a dangling reference is accepted by policy.
+WARNING_REFERENCE = 0xB007
+MAX_REFERENCES = 1000
+_GRAPHIC_POINTS = {"POINT": 1, "RECTANGLE": 4, "ELLIPSE": 4}
+_MIN_POINTS = {"POLYLINE": 2, "POLYGON": 3}
+
+
+def dangling_policy() -> str:
+    """'refuse' (default) or 'warn'."""
+    return "warn" if os.environ.get("SLIDEARCHIVE_DANGLING_RESULTS", "").lower() == "warn" else "refuse"
+
+
+def check_result(ds: Dataset, catalog, path: Path, policy: str | None = None) -> str | None:
+    """Validate a result instance; returns a warning message, or None. Raises on refusal.
+
+    ``ds`` is the header to be stored, ``path`` the file as it will be stored
+    (a segmentation is read whole from it, since highdicom needs its pixels).
+    """
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in RESULT_CLASSES:
+        return None
+    if sop_class == ANN_CLASS:
+        check_annotation_arrays(ds)
+        _highdicom_parse(ds, sop_class)
+    else:
+        try:
+            full = dcmread(path)
+        except Exception as e:  # noqa: BLE001 - any failure is the same answer
+            raise DatasetDoesNotMatchSOPClass(f"segmentation cannot be read: {type(e).__name__}") from None
+        _highdicom_parse(full, sop_class)
+    problems = reference_problems(ds, catalog)
+    if not problems:
+        return None
+    message = "; ".join(problems)
+    if (policy or dangling_policy()) == "warn":
+        log.warning("result %s stored with dangling references", ds.SOPInstanceUID)
+        return message
+    raise ReferenceNotFound(message)
+
+
+def _highdicom_parse(ds: Dataset, sop_class: str) -> None:
+    """highdicom's reading of the object must succeed: it is what viewers and our API use."""
+    import highdicom as hd
+
+    try:
+        if sop_class == ANN_CLASS:
+            ann = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(ds, copy=True)
+            for group in ann.get_annotation_groups():
+                group.get_graphic_data(ann.annotation_coordinate_type)
+        else:
+            hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except Exception as e:  # noqa: BLE001 - highdicom raises many types; the class is the message
+        kind = "annotation" if sop_class == ANN_CLASS else "segmentation"
+        text = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise DatasetDoesNotMatchSOPClass(f"not a valid {kind} object per highdicom: {text}") from None
+
+
+def check_annotation_arrays(ds: Dataset) -> None:
+    """Each annotation group's arrays must agree with Number of Annotations and Graphic Type.
+
+    highdicom decodes lazily and would not notice; a viewer would draw garbage.
+    """
+    coordinate_dims = 3 if ds.get("AnnotationCoordinateType") == "3D" else 2
+    groups = ds.get("AnnotationGroupSequence")
+    if not groups:
+        raise DatasetDoesNotMatchSOPClass("missing AnnotationGroupSequence")
+    for g, item in enumerate(groups, 1):
+        where = f"annotation group {g}"
+        count = item.get("NumberOfAnnotations")
+        graphic = str(item.get("GraphicType", ""))
+        if count is None or int(count) < 1:
+            raise DatasetDoesNotMatchSOPClass(f"{where}: NumberOfAnnotations missing or zero")
+        count = int(count)
+        if "DoublePointCoordinatesData" in item:
+            raw, itemsize = item.DoublePointCoordinatesData, 8
+        elif "PointCoordinatesData" in item:
+            raw, itemsize = item.PointCoordinatesData, 4
+        else:
+            raise DatasetDoesNotMatchSOPClass(f"{where}: no point coordinates data")
+        dims = 2 if (coordinate_dims == 2 or "CommonZCoordinateValue" in item) else 3
+        if raw is None or len(raw) % (itemsize * dims):
+            raise DatasetDoesNotMatchSOPClass(f"{where}: coordinates are not a whole number of {dims}D points")
+        values = len(raw) // itemsize
+        points = values // dims
+        if graphic in _GRAPHIC_POINTS:
+            if points != count * _GRAPHIC_POINTS[graphic]:
+                raise DatasetDoesNotMatchSOPClass(
+                    f"{where}: {points} points for {count} {graphic} annotations "
+                    f"(expected {count * _GRAPHIC_POINTS[graphic]})")
+        elif graphic in _MIN_POINTS:
+            _check_point_index(item, where, count, values, dims, _MIN_POINTS[graphic])
+        else:
+            raise DatasetDoesNotMatchSOPClass(f"{where}: unknown GraphicType")
+        _check_measurements(item, where, count)
+
+
+def _check_point_index(item: Dataset, where: str, count: int, values: int, dims: int, minimum: int) -> None:
+    raw = item.get("LongPrimitivePointIndexList")
+    if raw is None or len(raw) % 4:
+        raise DatasetDoesNotMatchSOPClass(f"{where}: LongPrimitivePointIndexList missing or malformed")
+    index = np.frombuffer(raw, dtype="<i4").astype(np.int64)
+    if len(index) != count:
+        raise DatasetDoesNotMatchSOPClass(f"{where}: {len(index)} point index entries for {count} annotations")
+    ends = np.append(index[1:], values + 1)
+    spans = ends - index
+    if index[0] != 1 or np.any(spans <= 0) or np.any((index - 1) % dims) or np.any(spans < minimum * dims):
+        raise DatasetDoesNotMatchSOPClass(
+            f"{where}: point index list does not split the coordinates into annotations of at least {minimum} points")
+
+
+def _check_measurements(item: Dataset, where: str, count: int) -> None:
+    for m, measurement in enumerate(item.get("MeasurementsSequence", []), 1):
+        values_items = measurement.get("MeasurementValuesSequence") or []
+        if len(values_items) != 1:
+            raise DatasetDoesNotMatchSOPClass(f"{where}, measurement {m}: needs one MeasurementValuesSequence item")
+        values = values_items[0]
+        n = len(values.get("FloatingPointValues") or b"") // 4
+        if "AnnotationIndexList" in values:
+            index = np.frombuffer(values.AnnotationIndexList or b"", dtype="<u4")
+            if len(index) != n or np.any(index < 1) or np.any(index > count):
+                raise DatasetDoesNotMatchSOPClass(f"{where}, measurement {m}: AnnotationIndexList disagrees with values")
+        elif n != count:
+            raise DatasetDoesNotMatchSOPClass(f"{where}, measurement {m}: {n} values for {count} annotations")
+
+
+# --- references -----------------------------------------------------------------------
+
+
+def referenced_instances(ds: Dataset) -> list[tuple[str | None, str]]:
+    """(series UID or None, SOP Instance UID) of every source image the result names."""
+    out: list[tuple[str | None, str]] = []
+    for series in ds.get("ReferencedSeriesSequence", []):
+        for inst in series.get("ReferencedInstanceSequence", []):
+            out.append((series.get("SeriesInstanceUID"), inst.get("ReferencedSOPInstanceUID")))
+    for keyword in ("ReferencedImageSequence", "SourceImageSequence"):
+        for inst in ds.get(keyword, []):
+            out.append((None, inst.get("ReferencedSOPInstanceUID")))
+    for study in ds.get("StudiesContainingOtherReferencedInstancesSequence", []):
+        for series in study.get("ReferencedSeriesSequence", []):
+            for inst in series.get("ReferencedInstanceSequence", []):
+                out.append((series.get("SeriesInstanceUID"), inst.get("ReferencedSOPInstanceUID")))
+    by_sop: dict[str, str | None] = {}
+    for series, sop in out:
+        if sop:
+            by_sop[str(sop)] = by_sop.get(str(sop)) or (str(series) if series else None)
+    return [(series, sop) for sop, series in by_sop.items()]
+
+
+def reference_problems(ds: Dataset, catalog) -> list[str]:
+    """What is wrong with the result's references: none, missing slides, another frame of reference.
+
+    Messages carry no UIDs of patients' data beyond counts and attribute names.
+    """
+    refs = referenced_instances(ds)
+    if not refs:
+        return ["references no source image (ReferencedSeriesSequence / SourceImageSequence empty)"]
+    if len(refs) > MAX_REFERENCES:
+        raise DatasetDoesNotMatchSOPClass(f"more than {MAX_REFERENCES} referenced images")
+    missing, wrong_series, wrong_for = 0, 0, 0
+    own_for = ds.get("FrameOfReferenceUID")
+    for series, sop in refs:
+        record = catalog.instance(sop)
+        if record is None:
+            missing += 1
+            continue
+        if series and record.series_uid != series:
+            wrong_series += 1
+        if own_for:
+            slide_for = _frame_of_reference(catalog, sop)
+            if slide_for and slide_for != own_for:
+                wrong_for += 1
+    problems = []
+    if missing:
+        problems.append(f"{missing} of {len(refs)} referenced source images are not in the archive")
+    if wrong_series:
+        problems.append(f"{wrong_series} referenced source images are in another series than ReferencedSeriesSequence says")
+    if wrong_for:
+        problems.append(f"FrameOfReferenceUID differs from that of {wrong_for} referenced source images")
+    return problems
+
+
+def _frame_of_reference(catalog, sop_uid: str) -> str | None:
+    import json
+
+    text = catalog.header_json(sop_uid)
+    if not text:
+        return None
+    value = json.loads(text).get("00200052", {}).get("Value")
+    return str(value[0]) if value else None
