@@ -1,0 +1,54 @@
+"""``GET /api/search``: a Flask blueprint over whichever Index is configured.
+
+Mount with ``app.register_blueprint(search_blueprint(index))``. Errors are JSON
+``{"error": message}``: 400 for a query the index cannot answer, 503 (with
+Retry-After) when the index is down, slow or shedding load.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from flask import Blueprint, jsonify, request
+
+from .base import Index, IndexUnavailable
+from .openapi import document
+from .search import BadQuery, parse_search
+
+log = logging.getLogger(__name__)
+
+
+def search_blueprint(index: Index | Callable[[], Index], retry_after: int = 5) -> Blueprint:
+    """``index`` may be a callable so the app can open it lazily (per process, after a fork)."""
+    bp = Blueprint("slide_search", __name__)
+    resolved: dict[str, Index] = {}
+
+    def current() -> Index:
+        if "index" not in resolved:
+            resolved["index"] = index() if callable(index) and not hasattr(index, "search") else index  # type: ignore
+        return resolved["index"]
+
+    def error(status: int, message: str) -> Any:
+        response = jsonify({"error": message})
+        response.status_code = status
+        if status == 503:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    @bp.get("/api/search")
+    def search() -> Any:
+        try:
+            req = parse_search(request.args.items(multi=True))
+            result = current().search(req)
+        except BadQuery as e:
+            return error(400, str(e))
+        except IndexUnavailable as e:
+            log.warning("search answered 503: %s", e)
+            return error(503, f"the search index is unavailable, retry later ({e})")
+        return jsonify(result.to_json(req))
+
+    @bp.get("/api/search/openapi.json")
+    def openapi() -> Any:
+        return jsonify(document())
+
+    return bp

@@ -1,0 +1,174 @@
+"""Keeps the index in step with the catalog by consuming its outbox.
+
+Ingest only writes outbox rows (in the catalog's own transaction); this worker
+reads them in a background thread, rebuilds the touched series' documents from
+the catalog and sends them in bulk. When the index is down the cursor simply
+does not move: nothing is lost, nothing blocks ingest, and the worker catches
+up with back-off once the index answers again.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any, Iterable
+
+from .base import Index, IndexUnavailable
+from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, build_document, references
+from .state import IndexState
+
+log = logging.getLogger(__name__)
+_AI_CLASSES = {ANN_SOP_CLASS, SEG_SOP_CLASS}
+
+
+class DocumentSource:
+    """Builds documents from the catalog (Catalog.series_headers / series_collection)."""
+
+    def __init__(self, catalog: Any, state: IndexState):
+        self.catalog, self.state = catalog, state
+
+    def headers(self, series_uid: str) -> list[Any]:
+        return self.catalog.series_headers(series_uid)
+
+    def document(self, series_uid: str, headers: list[Any]) -> dict[str, Any]:
+        ai_headers: list[Any] = []
+        for ai_series in self.state.ai_for_slide(series_uid):
+            ai_headers += self.headers(ai_series)
+        return build_document(headers, self.catalog.series_collection(series_uid), ai_headers)
+
+    def note_ai(self, series_uid: str, headers: list[Any]) -> set[str]:
+        """Record an AI series' references; returns every slide whose summary may have changed."""
+        if not headers:
+            return self.state.set_ai_refs(series_uid, [])
+        if not any(str(h.get("SOPClassUID")) in _AI_CLASSES for h in headers):
+            return set()
+        refs = set(references(headers))
+        return self.state.set_ai_refs(series_uid, refs) | refs
+
+
+def sync_series(index: Index, source: DocumentSource, state: IndexState, series_uids: Iterable[str],
+                write: Any = None) -> tuple[int, int]:
+    """(Re)build or delete the documents of these series; returns (indexed, deleted).
+
+    ``write`` is where documents go (the index, or a Rebuild); IndexUnavailable propagates.
+    """
+    target = write or index
+    wanted = list(dict.fromkeys(series_uids))
+    docs: list[dict[str, Any]] = []
+    deletes: list[str] = []
+    seen = set(wanted)
+    queue = list(wanted)
+    while queue:
+        uid = queue.pop(0)
+        headers = source.headers(uid)
+        extra = source.note_ai(uid, headers)
+        for slide in sorted(extra - seen):
+            seen.add(slide)
+            queue.append(slide)
+        if not headers:
+            deletes.append(uid)
+            continue
+        try:
+            docs.append(source.document(uid, headers))
+        except Exception as e:  # a header the builder cannot read: keep it for a retry after a fix
+            log.warning("cannot build the index document of series %s: %s", uid, type(e).__name__)
+            state.record_failure(uid, f"build: {type(e).__name__}")
+    rejected = target.upsert(docs) if docs else []
+    if deletes:
+        target.delete(deletes)
+    bad = {r.series_uid for r in rejected}
+    for r in rejected:
+        log.warning("the index rejected the document of series %s: %s", r.series_uid, r.reason)
+        state.record_failure(r.series_uid, r.reason)
+    state.clear_failures([d["series_uid"] for d in docs if d["series_uid"] not in bad] + deletes)
+    return len(docs) - len(bad), len(deletes)
+
+
+class IndexWorker:
+    """Outbox consumer. ``step()`` does one batch; ``start()`` runs it in a daemon thread."""
+
+    def __init__(self, catalog: Any, index: Index, state: IndexState, batch_size: int = 500,
+                 poll_interval: float = 1.0, max_backoff: float = 60.0):
+        self.catalog, self.index, self.state = catalog, index, state
+        self.source = DocumentSource(catalog, state)
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ensured = False
+        self._retry_all = True  # after a restart, retry every failed document once
+        self.last_error: str | None = None
+
+    def step(self) -> int:
+        """Apply the next batch of outbox events; returns how many. Raises IndexUnavailable."""
+        if not self._ensured:
+            self.index.ensure()
+            self._ensured = True
+        cursor = self.state.cursor(self.index.name)
+        events = self.catalog.outbox_after(cursor, self.batch_size)
+        retry = self.state.failures_due(everything=self._retry_all)
+        self._retry_all = False
+        uids = [e.series_uid for e in events if e.series_uid] + retry
+        if uids:
+            sync_series(self.index, self.source, self.state, uids)
+        if events:
+            self.state.set_cursor(self.index.name, events[-1].seq)
+        return len(events)
+
+    def catch_up(self, max_batches: int = 1_000_000) -> int:
+        """Run steps until the outbox is drained (tests, CLI); returns events applied."""
+        total = 0
+        for _ in range(max_batches):
+            n = self.step()
+            total += n
+            if n < self.batch_size:
+                break
+        return total
+
+    def run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                n = self.step()
+                failures = 0
+                self.last_error = None
+                if n < self.batch_size:
+                    self._stop.wait(self.poll_interval)
+            except IndexUnavailable as e:
+                failures += 1
+                self.last_error = str(e)
+                delay = min(self.max_backoff, 0.5 * 2 ** min(failures, 10)) * (0.5 + random.random() / 2)
+                log.warning("index unavailable (%s); retrying in %.1f s", e, delay)
+                self._stop.wait(delay)
+            except Exception:  # never let the thread die: the archive keeps ingesting regardless
+                failures += 1
+                log.exception("index worker step failed; retrying")
+                self._stop.wait(min(self.max_backoff, 2.0 * failures))
+
+    def start(self) -> threading.Thread:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="index-worker", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def start_worker(settings: Any, catalog: Any) -> IndexWorker:
+    """What the archive calls at startup: ``start_worker(settings, catalog)`` -> a running worker.
+
+    ``settings.index`` is the raw ``[index]`` table and ``settings.data_dir`` the data directory.
+    """
+    from .factory import from_settings
+
+    config, index = from_settings(getattr(settings, "index", {}), getattr(settings, "data_dir", None))
+    state = IndexState(config.path)  # type: ignore[arg-type]
+    worker = IndexWorker(catalog, index, state, config.batch_size, config.poll_interval)
+    worker.start()
+    return worker
+
