@@ -1,6 +1,7 @@
 """``GET /api/search``: a Flask blueprint over whichever Index is configured.
 
-Mount with ``app.register_blueprint(search_blueprint(index))``. Errors are JSON
+Mount with ``register(app)`` (the index is opened lazily from
+``app.config["SETTINGS"]``) or ``app.register_blueprint(search_blueprint(index))``. Errors are JSON
 ``{"error": message}``: 400 for a query the index cannot answer, 503 (with
 Retry-After) when the index is down, slow or shedding load.
 """
@@ -52,3 +53,14 @@ def search_blueprint(index: Index | Callable[[], Index], retry_after: int = 5) -
         return jsonify(document())
 
     return bp
+
+
+def register(app: Any) -> None:
+    """Mount /api/search on the DICOMweb app; opens the configured index on first use in each process."""
+    def open_configured() -> Index:
+        from .factory import from_settings
+
+        settings = app.config["SETTINGS"]
+        return from_settings(getattr(settings, "index", {}), settings.data_dir)[1]
+
+    app.register_blueprint(search_blueprint(open_configured))

@@ -18,6 +18,8 @@ def register(subparsers: Any) -> None:
                                           "swap it in atomically; searches use the old one until then.")
     if not _has_option(p, "--config"):
         p.add_argument("--config", type=Path, default=None, help="configuration TOML file")
+    if not _has_option(p, "--data-dir"):
+        p.add_argument("--data-dir", default=None, help="where instances, catalog and keys live")
     p.add_argument("--batch-size", type=int, default=None, help="documents per bulk request")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=handle_reindex)
@@ -37,7 +39,7 @@ def handle_reindex(args: argparse.Namespace) -> int:
     from .state import IndexState
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = load_settings(getattr(args, "config", None))
+    settings = load_settings(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None))
     config, index = from_settings(settings.index, settings.data_dir)
     catalog = Catalog(settings.catalog_path)
     state = IndexState(config.path)  # type: ignore[arg-type]

@@ -172,3 +172,25 @@ def start_worker(settings: Any, catalog: Any) -> IndexWorker:
     worker.start()
     return worker
 
+
+
+def run(settings: Any) -> None:
+    """Process entry point used by ``slidearchive serve`` (archive/server.py): runs until terminated."""
+    import signal
+
+    from archive.catalog import Catalog
+
+    from .factory import from_settings
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config, index = from_settings(getattr(settings, "index", {}), settings.data_dir)
+    catalog = Catalog(settings.catalog_path)
+    state = IndexState(config.path)  # type: ignore[arg-type]
+    worker = IndexWorker(catalog, index, state, config.batch_size, config.poll_interval)
+    signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
+    try:
+        worker.run()
+    finally:
+        index.close()
+        catalog.close()
+        state.close()
