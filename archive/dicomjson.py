@@ -21,7 +21,7 @@ BULK_MARK = '"BulkDataURI":"'
 def _element(elem: DataElement, path: str) -> dict[str, Any]:
     vr = elem.VR
     if vr == "SQ":
-        return {"vr": "SQ", "Value": [to_json(item, f"{path}/{i}/") for i, item in enumerate(elem.value)]}
+        return {"vr": "SQ", "Value": [to_json(item, f"{path}{elem.tag:08X}/{i}/") for i, item in enumerate(elem.value)]}
     if vr in BINARY_VRS or elem.tag == 0x7FE00010:
         value = elem.value
         if elem.tag == 0x7FE00010 or value is None or len(value) > INLINE_LIMIT:

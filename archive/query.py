@@ -147,6 +147,7 @@ def parse_qido(level: str, params: Iterable[tuple[str, str]]) -> Query:
     """Build a Query from decoded (name, value) pairs of a QIDO-RS request."""
     query = Query(level)
     includes: list[str] = []
+    keys: dict[str, str] = {}  # keyword -> raw value; repeated UID keys form a list
     for name, value in params:
         if name == "limit":
             query.limit = _int_param("limit", value, 0, MAX_LIMIT)
@@ -163,9 +164,17 @@ def parse_qido(level: str, params: Iterable[tuple[str, str]]) -> Query:
         else:
             if "." in name:
                 raise InvalidRequest(f"sequence matching ({name[:64]}) is not supported")
-            match = parse_match(_key_for(name, level), value)
-            if match is not None:
-                query.matches.append(match)
+            key = _key_for(name, level)
+            if key.keyword in keys:
+                if key.vr != "UI":
+                    raise InvalidRequest(f"{key.keyword} is given more than once (only UIDs take a list)")
+                keys[key.keyword] = keys[key.keyword] + "\\" + value
+            else:
+                keys[key.keyword] = value
+    for keyword, value in keys.items():
+        match = parse_match(KEYS[keyword], value)
+        if match is not None:
+            query.matches.append(match)
     if includes:
         query.includefield = _includefields(includes)
     return query

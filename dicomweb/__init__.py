@@ -92,6 +92,10 @@ def base_url() -> str:
         return configured.rstrip("/") + SERVICE_ROOT
     proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
     host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    port = request.environ.get("SERVER_PORT", "")
+    if "X-Forwarded-Host" not in request.headers and ":" not in host.rsplit("]", 1)[-1] and port not in ("80", "443", ""):
+        # A direct client that left the port out of Host (dicomweb-client does) reached us on this port.
+        host = f"{host}:{port}"
     prefix = request.headers.get("X-Forwarded-Prefix", "").rstrip("/")
     return f"{proto}://{host}{prefix}{SERVICE_ROOT}"
 

@@ -1,0 +1,131 @@
+"""Shared fixtures: a real slidearchive server in a subprocess, on free loopback ports."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, deadline: float) -> bool:
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+class Server:
+    """``slidearchive serve`` as a child process; its output goes to ``log_path``."""
+
+    def __init__(self, root: Path, config: str = "", dimse: bool = True, args: tuple[str, ...] = ()):
+        self.root = root
+        self.data_dir = root / "data"
+        self.http_port = free_port()
+        self.dimse_port = free_port()
+        self.log_path = root / "server.log"
+        self.config_path = root / "config.toml"
+        self.config_path.write_text(config)
+        self.dimse = dimse
+        self.args = args
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicomweb"
+
+    def start(self, timeout: float = 60) -> "Server":
+        cmd = [sys.executable, "-m", "archive.cli", "serve", "--data-dir", str(self.data_dir),
+               "--http-port", str(self.http_port), "--dimse-port", str(self.dimse_port),
+               "--config", str(self.config_path), "--workers", "2", *self.args]
+        if not self.dimse:
+            cmd.append("--no-dimse")
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"server did not answer:\n{self.log_path.read_text()[-3000:]}")
+        if self.dimse and importlib.util.find_spec("archive.dimse") and not _wait_port(self.dimse_port, deadline):
+            raise RuntimeError(f"DIMSE port did not open:\n{self.log_path.read_text()[-3000:]}")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def make_server(tmp_path_factory):
+    """Factory: ``make_server(config="...", dimse=True)`` starts a fresh server, stopped at teardown."""
+    servers: list[Server] = []
+
+    def factory(config: str = "", dimse: bool = True, args: tuple[str, ...] = ()) -> Server:
+        server = Server(tmp_path_factory.mktemp("server"), config, dimse, args).start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One identified-policy server per test module (stores as received), DIMSE on."""
+    s = Server(tmp_path_factory.mktemp("server"), IDENTIFIED).start()
+    yield s
+    s.stop()
+
+
+IDENTIFIED = """
+[deid]
+default = "identified"
+[deid.policies.identified]
+identified = true
+"""
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"shared test objects not found at {SHARED_DATA}"
+    return SHARED_DATA
