@@ -110,6 +110,9 @@ def stow_failures(status: int, text: str) -> str:
 
 def storescu(server: Server, source: Path, extra: list[str]) -> tuple[float, int, str]:
     """Send every file under source in one association; (seconds, exit code, output tail)."""
+    # The DIMSE listener may come up after the HTTP service; do not time its start-up.
+    if not procs.wait_tcp(server.dimse_port, 60):
+        return 0.0, -1, f"nothing listens on DIMSE port {server.dimse_port} after 60 s"
     cmd = ["/usr/bin/storescu", "+sd", "-R", *extra, "-aet", "BENCH", "-aec", server.aet,
            "-to", "60", "-ta", "60", "-td", "600", "127.0.0.1", str(server.dimse_port),
            str(source)]

@@ -16,6 +16,7 @@ for the C-STORE of the small instances.
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import platform
 import shutil
@@ -253,7 +254,10 @@ def versions() -> str:
     commit = first_line(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"])
     pkgs = first_line(["dpkg-query", "-W", "-f", "${Package} ${Version}, ",
                        "orthanc", "orthanc-dicomweb", "nginx", "wrk", "dcmtk"])
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"- repository at {commit}\n- {pkgs.rstrip(', ')}\n"
+            f"- load average at the end (1/5/15 min): {load} (the machine is shared: other "
+            f"work running at the same time shows up here and in the numbers)\n"
             f"- Python {platform.python_version()}, {platform.machine()}, "
             f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores")
 
