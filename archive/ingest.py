@@ -37,7 +37,7 @@ REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIns
 class Origin:
     """Who sent an instance: picks the de-identification policy and the collection."""
 
-    kind: str  # stow | dimse | import | api
+    kind: str  # stow | dimse | import | api | derived (made by the archive from stored instances)
     ae_title: str | None = None
     collection: str = "default"
 
@@ -111,6 +111,8 @@ class Ingest:
         if expected_study is not None and ds.StudyInstanceUID != expected_study:
             raise DatasetDoesNotMatchSOPClass("StudyInstanceUID differs from the study in the request URL")
         policy = self.policies.for_origin(origin.ae_title, origin.collection) if self.policies else None
+        if origin.kind == "derived":  # AI results (issue 6): built by the archive from its stored, already
+            policy = None             # de-identified headers; de-identifying again would re-map their UIDs
         out = self.storage.new_temp()
         try:
             try:

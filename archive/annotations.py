@@ -1,0 +1,266 @@
+"""GeoJSON (as QuPath exports it) to a DICOM Microscopy Bulk Simple Annotations object, and back.
+
+Coordinates are level-0 pixel coordinates of the slide's total pixel matrix,
+x = column, y = row, (0, 0) the top-left corner of the top-left pixel - the
+convention QuPath and DICOM 2D annotations share, so nothing is converted.
+They are stored as float64 (Double Point Coordinates Data), so every JSON
+number comes back exactly. Measurements are float32 in DICOM (Floating Point
+Values) and come back rounded to float32.
+
+Features are grouped into annotation groups by (classification, geometry kind):
+Point and MultiPoint -> POINT, LineString -> POLYLINE, Polygon -> POLYGON (the
+GeoJSON closing point is dropped and re-added on the way back). Polygons with
+holes, MultiLineString, MultiPolygon and GeometryCollection are refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from . import result_codes
+from .errors import InvalidRequest
+
+MAX_FEATURES = 2_000_000
+_KINDS = {"Point": "POINT", "MultiPoint": "POINT", "LineString": "POLYLINE", "Polygon": "POLYGON"}
+_MIN_POINTS = {"POLYLINE": 2, "POLYGON": 3}
+UNCLASSIFIED = "Unclassified"
+_TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+          "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+@dataclasses.dataclass
+class Group:
+    """One future annotation group: features of one class and graphic type, in input order."""
+
+    label: str
+    graphic_type: str
+    shapes: list[np.ndarray] = dataclasses.field(default_factory=list)
+    measurements: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+# --- GeoJSON in ---------------------------------------------------------------------------
+
+
+def _features(obj: Any) -> list[Any]:
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict) and obj.get("type") == "FeatureCollection" and isinstance(obj.get("features"), list):
+        return obj["features"]
+    if isinstance(obj, dict) and obj.get("type") == "Feature":
+        return [obj]
+    raise InvalidRequest("geojson must be a FeatureCollection, a Feature or a list of Features")
+
+
+def _classification(props: dict[str, Any]) -> str:
+    value = props.get("classification")
+    if isinstance(value, dict):
+        value = value.get("name")
+    if value is None:
+        return UNCLASSIFIED
+    return result_codes.text(value, "classification name")
+
+
+def _measurements(props: dict[str, Any], where: str) -> dict[str, float]:
+    value = props.get("measurements")
+    if value is None:
+        return {}
+    if isinstance(value, list):  # older QuPath: [{"name": ..., "value": ...}]
+        try:
+            value = {m["name"]: m["value"] for m in value}
+        except (TypeError, KeyError):
+            raise InvalidRequest(f"{where}: measurements list items need name and value") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where}: measurements must be an object of name: number")
+    out = {}
+    for name, number in value.items():
+        if number is None:
+            continue
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise InvalidRequest(f"{where}: measurement values must be numbers")
+        out[result_codes.text(name, "measurement name")] = float(number)
+    return out
+
+
+def _points(coords: Any, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(coords, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"{where}: coordinates must be arrays of [x, y] numbers") from None
+    if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
+        raise InvalidRequest(f"{where}: coordinates must be [x, y] pairs (2D, level-0 pixels)")
+    if not np.all(np.isfinite(arr)):
+        raise InvalidRequest(f"{where}: coordinates must be finite numbers")
+    return arr
+
+
+def _shapes(geometry: Any, where: str) -> tuple[str, list[np.ndarray]]:
+    if not isinstance(geometry, dict) or "type" not in geometry or "coordinates" not in geometry:
+        raise InvalidRequest(f"{where}: geometry must be an object with type and coordinates")
+    kind = geometry["type"]
+    if kind not in _KINDS:
+        raise InvalidRequest(f"{where}: geometry type {str(kind)[:32]} is not supported "
+                             "(Point, MultiPoint, LineString, Polygon without holes)")
+    coords = geometry["coordinates"]
+    if kind == "Point":
+        return "POINT", [_points([coords], where)]
+    if kind == "MultiPoint":
+        return "POINT", [p[None, :] for p in _points(coords, where)]
+    if kind == "LineString":
+        line = _points(coords, where)
+        if len(line) < 2:
+            raise InvalidRequest(f"{where}: a LineString needs at least 2 positions")
+        return "POLYLINE", [line]
+    if not isinstance(coords, list) or len(coords) != 1:
+        raise InvalidRequest(f"{where}: polygons must have exactly one ring (holes are not supported)")
+    ring = _points(coords[0], where)
+    if len(ring) < 4 or not np.array_equal(ring[0], ring[-1]):
+        raise InvalidRequest(f"{where}: a Polygon ring must be closed and have at least 4 positions")
+    ring = ring[:-1]
+    if np.array_equal(ring[0], ring[-1]):
+        raise InvalidRequest(f"{where}: a Polygon ring repeats its first position before closing")
+    return "POLYGON", [ring]
+
+
+def parse_geojson(obj: Any, width: int, height: int) -> list[Group]:
+    """Validate the features and group them; every coordinate must lie within [0, width] x [0, height]."""
+    features = _features(obj)
+    if not features:
+        raise InvalidRequest("geojson has no features")
+    if len(features) > MAX_FEATURES:
+        raise InvalidRequest(f"at most {MAX_FEATURES} features per request")
+    groups: dict[tuple[str, str], Group] = {}
+    for i, feature in enumerate(features):
+        where = f"feature {i}"
+        if not isinstance(feature, dict) or feature.get("type") != "Feature":
+            raise InvalidRequest(f"{where}: not a GeoJSON Feature")
+        props = feature.get("properties") or {}
+        if not isinstance(props, dict):
+            raise InvalidRequest(f"{where}: properties must be an object")
+        graphic, shapes = _shapes(feature.get("geometry"), where)
+        label = _classification(props)
+        measured = _measurements(props, where)
+        group = groups.setdefault((label, graphic), Group(label, graphic))
+        group.shapes.extend(shapes)
+        group.measurements.extend([measured] * len(shapes))
+    for group in groups.values():
+        allpts = np.concatenate(group.shapes)
+        low, high = allpts.min(axis=0), allpts.max(axis=0)
+        if low[0] < 0 or low[1] < 0 or high[0] > width or high[1] > height:
+            raise InvalidRequest(f"coordinates of class {group.label} lie outside the slide "
+                                 f"(level 0 is {width} x {height} pixels)")
+    return list(groups.values())
+
+
+# --- DICOM out ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Creator:
+    """Who made the annotations: an algorithm ({"name","version","family"}) or a person."""
+
+    algorithm: dict[str, Any] | None = None
+    annotator: str | None = None
+    description: str | None = None
+
+
+def _measurement_objects(group: Group):
+    from highdicom.ann import Measurements
+    from highdicom.sr import CodedConcept
+
+    names = sorted({name for m in group.measurements for name in m})
+    unit = CodedConcept("1", "UCUM", "no units")
+    out = []
+    for name in names:
+        values = np.array([m.get(name, math.nan) for m in group.measurements], dtype=np.float32)
+        out.append(Measurements(name=result_codes.coded(name, "measurement name"), values=values, unit=unit))
+    return out
+
+
+def _source(slide_header: Dataset) -> Dataset:
+    """A copy of the slide's header with the Type 2 attributes highdicom copies present (maybe empty)."""
+    src = Dataset(slide_header)
+    for keyword in _TYPE2:
+        if keyword not in src:
+            setattr(src, keyword, None)
+    return src
+
+
+def build(slide_header: Dataset, groups: list[Group], creator: Creator, classes: dict[str, Any] | None = None,
+          category: Any = None, series_number: int = 900) -> Dataset:
+    """A highdicom MicroscopyBulkSimpleAnnotations instance for the level-0 image ``slide_header``."""
+    import highdicom as hd
+    from pydicom.uid import generate_uid
+
+    classes = classes or {}
+    algorithm = result_codes.algorithm(creator.algorithm)
+    generation = "AUTOMATIC" if algorithm is not None else "MANUAL"
+    category_code = result_codes.coded(category or result_codes.DEFAULT_CATEGORY, "category")
+    hd_groups = []
+    for number, group in enumerate(groups, 1):
+        minimum = _MIN_POINTS.get(group.graphic_type, 1)
+        if any(len(s) < minimum for s in group.shapes):
+            raise InvalidRequest(f"class {group.label}: {group.graphic_type} needs at least {minimum} points")
+        try:
+            hd_groups.append(hd.ann.AnnotationGroup(
+                number=number, uid=generate_uid(), label=group.label,
+                annotated_property_category=category_code,
+                annotated_property_type=result_codes.coded(classes.get(group.label, group.label), "class"),
+                graphic_type=group.graphic_type, graphic_data=group.shapes, algorithm_type=generation,
+                algorithm_identification=algorithm, measurements=_measurement_objects(group) or None))
+        except ValueError as e:
+            raise InvalidRequest(f"class {group.label}: {str(e).splitlines()[0][:200]}") from None
+    annotator = result_codes.text(creator.annotator, "annotator") if creator.annotator else None
+    description = result_codes.text(creator.description, "description") if creator.description else None
+    return hd.ann.MicroscopyBulkSimpleAnnotations(
+        source_images=[_source(slide_header)], annotation_coordinate_type="2D", annotation_groups=hd_groups,
+        series_instance_uid=generate_uid(), series_number=series_number, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer="slidearchive", manufacturer_model_name="slidearchive results API",
+        software_versions="1", device_serial_number="1", content_description=description,
+        content_creator_name=annotator, content_label="ANNOTATIONS")
+
+
+# --- GeoJSON out --------------------------------------------------------------------------
+
+
+def _as_json_numbers(arr: np.ndarray) -> list:
+    """Integral coordinates as ints (so 100 comes back as 100, not 100.0); others as floats."""
+    if np.all(arr == np.floor(arr)) and np.all(np.abs(arr) < 2**53):
+        return arr.astype(np.int64).tolist()
+    return arr.tolist()
+
+
+def to_features(ds: Dataset) -> list[dict[str, Any]]:
+    """GeoJSON Features of a stored 2D annotation instance (3D ones have no pixel coordinates: none)."""
+    import highdicom as hd
+
+    ann = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(ds, copy=False)
+    if ann.annotation_coordinate_type.value != "2D":
+        return []
+    features = []
+    sop = str(ds.SOPInstanceUID)
+    for group in ann.get_annotation_groups():
+        shapes = group.get_graphic_data("2D")
+        names, values, _ = group.get_measurements()
+        meaning = [n.meaning for n in names]
+        kind = group.graphic_type.value
+        for i, shape in enumerate(shapes):
+            coords = _as_json_numbers(shape)
+            if kind == "POINT":
+                geometry = {"type": "Point", "coordinates": coords[0]}
+            elif kind == "POLYLINE":
+                geometry = {"type": "LineString", "coordinates": coords}
+            elif kind == "POLYGON":
+                geometry = {"type": "Polygon", "coordinates": [coords + [coords[0]]]}
+            else:  # RECTANGLE / ELLIPSE from other writers: their four points, as a line
+                geometry = {"type": "LineString", "coordinates": coords}
+            props: dict[str, Any] = {"objectType": "annotation", "classification": {"name": group.label},
+                                     "dicom": {"instance": sop, "group": group.number, "graphicType": kind}}
+            if meaning:
+                row = values[i]
+                props["measurements"] = {n: float(v) for n, v in zip(meaning, row) if not math.isnan(v)}
+            features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    return features

@@ -1,0 +1,189 @@
+"""The AI-results JSON API: find results by slide or algorithm, post GeoJSON and masks, get GeoJSON back.
+
+Everything posted here is turned into DICOM (highdicom) and stored through the
+one ingest path, so it is checked, linked and served by WADO-RS like any
+result sent by STOW-RS or C-STORE. See docs/results.md.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Flask, Response, request
+from pydicom.filewriter import dcmwrite
+
+from archive import annotations, result_links, segmentations, slide_levels
+from archive.errors import ArchiveError, InvalidRequest, NotFound, UnsupportedMediaType
+from archive.ingest import Origin
+from archive.results import ANN_CLASS
+from archive.uids import check_uid
+
+from . import archive, resource_url
+
+bp = Blueprint("results", __name__)
+MAX_LIMIT = 1000
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp, url_prefix="/api")
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj, separators=(",", ":")), status=status, content_type="application/json")
+
+
+def _flag(name: str) -> bool:
+    return request.args.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _int_arg(name: str, default: int | None, low: int = 0, high: int | None = None) -> int | None:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer") from None
+    if number < low or (high is not None and number > high):
+        raise InvalidRequest(f"{name} must be {low}-{high}" if high is not None else f"{name} must be at least {low}")
+    return number
+
+
+def _with_urls(result: dict[str, Any]) -> dict[str, Any]:
+    result["url"] = resource_url(result["study"], result["series"], result["sop_instance"])
+    return result
+
+
+# --- find ---------------------------------------------------------------------------------
+
+
+@bp.get("/slides/<series>/results")
+def slide_results(series: str):
+    check_uid(series, "SeriesInstanceUID")
+    slide_levels.levels(archive(), series)  # 404 for an unknown slide
+    found = result_links.results_for_slide(archive().catalog, series, current_only=_flag("current"))
+    return _json({"series": series, "results": [_with_urls(r) for r in found]})
+
+
+@bp.get("/results")
+def find_results():
+    kind = request.args.get("kind")
+    if kind and kind.upper() not in ("ANN", "SEG"):
+        raise InvalidRequest("kind must be ANN or SEG")
+    slides = result_links.find_slides(
+        archive().catalog, algorithm=request.args.get("algorithm") or None,
+        version=request.args.get("version") or None, property_type=request.args.get("property_type") or None,
+        min_count=_int_arg("min_count", None), kind=kind, include_superseded=_flag("include_superseded"),
+        limit=_int_arg("limit", 100, 1, MAX_LIMIT), offset=_int_arg("offset", 0))
+    for slide in slides:
+        slide["results"] = [_with_urls(r) for r in slide["results"]]
+    return _json({"slides": slides})
+
+
+# --- store ----------------------------------------------------------------------------------
+
+
+def _store(series: str, ds) -> Response:
+    """Write ``ds`` to a temp file and store it through ingest, as a derived object of the slide."""
+    store = archive()
+    temp = store.storage.new_temp()
+    try:
+        dcmwrite(temp, ds, enforce_file_format=True)
+        collection = store.catalog.series_collection(series) or "default"
+        result = store.store_file(temp, Origin("derived", collection=collection), owned=True)
+    finally:
+        temp.unlink(missing_ok=True)
+    body = {"status": result.status, "study": result.study_uid, "series": result.series_uid,
+            "sop_instance": result.sop_instance_uid, "sop_class": result.sop_class_uid,
+            "url": resource_url(result.study_uid, result.series_uid, result.sop_instance_uid)}
+    if result.warning is not None:
+        body["warning"] = {"status": result.warning, "message": result.message}
+    return _json(body, 201)
+
+
+def _annotation_request() -> tuple[Any, annotations.Creator, dict, Any]:
+    """(geojson, creator, classes, category) from a JSON envelope or a bare GeoJSON body + query params."""
+    ctype = (request.mimetype or "").lower()
+    if ctype not in ("application/json", "application/geo+json"):
+        raise UnsupportedMediaType("send application/json ({\"geojson\": ..., \"algorithm\": ...}) "
+                                   "or application/geo+json with query parameters")
+    try:
+        body = json.loads(request.get_data())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("body is not valid JSON") from None
+    args = request.args
+    if isinstance(body, dict) and "geojson" in body:
+        env = body
+    else:
+        env = {"geojson": body}
+        if args.get("algorithm"):
+            env["algorithm"] = {"name": args["algorithm"], "version": args.get("version", ""),
+                                "family": args.get("family", "Artificial Intelligence")}
+        env["annotator"] = args.get("annotator")
+        env["description"] = args.get("description")
+    if env.get("algorithm") is None and not env.get("annotator"):
+        raise InvalidRequest("name an algorithm ({name, version[, family]}) or an annotator")
+    classes = env.get("classes") or {}
+    if not isinstance(classes, dict):
+        raise InvalidRequest("classes must map a classification name to a code")
+    creator = annotations.Creator(env.get("algorithm"), env.get("annotator"), env.get("description"))
+    return env["geojson"], creator, classes, env.get("category")
+
+
+@bp.post("/slides/<series>/annotations")
+def post_annotations(series: str):
+    check_uid(series, "SeriesInstanceUID")
+    geojson, creator, classes, category = _annotation_request()
+    _, header, cols, rows = slide_levels.level(archive(), series, 0)
+    groups = annotations.parse_geojson(geojson, cols, rows)
+    ds = annotations.build(header, groups, creator, classes, category)
+    return _store(series, ds)
+
+
+@bp.get("/slides/<series>/annotations")
+def get_annotations(series: str):
+    check_uid(series, "SeriesInstanceUID")
+    slide_levels.levels(archive(), series)
+    wanted = request.args.get("instance")
+    found = [r for r in result_links.results_for_slide(archive().catalog, series, current_only=not _flag("all"))
+             if r["kind"] == "ANN" and r["sop_class"] == ANN_CLASS and (not wanted or r["sop_instance"] == wanted)]
+    if wanted and not found:
+        raise NotFound("no such annotation instance on this slide")
+    store = archive()
+    features: list[dict[str, Any]] = []
+    for r in found:
+        record = store.locate(r["study"], r["series"], r["sop_instance"])
+        features.extend(annotations.to_features(store.header(record)))
+    instances = [{"sop_instance": r["sop_instance"], "algorithm": r["algorithm"], "current": r["current"],
+                  "url": resource_url(r["study"], r["series"], r["sop_instance"])} for r in found]
+    return Response(json.dumps({"type": "FeatureCollection", "features": features, "instances": instances},
+                               separators=(",", ":")), content_type="application/geo+json")
+
+
+@bp.post("/slides/<series>/segmentations")
+def post_segmentation(series: str):
+    check_uid(series, "SeriesInstanceUID")
+    upload = request.files.get("mask")
+    if upload is None:
+        raise InvalidRequest("send multipart/form-data with a 'mask' PNG file and a 'metadata' JSON field")
+    try:
+        meta = json.loads(request.form.get("metadata") or "{}")
+    except ValueError:
+        raise InvalidRequest("metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise InvalidRequest("metadata must be a JSON object")
+    try:
+        number = int(meta.get("level", 0))
+        tile = int(meta["tile"]) if meta.get("tile") is not None else None
+    except (TypeError, ValueError):
+        raise InvalidRequest("level and tile must be integers") from None
+    _, header, _, _ = slide_levels.level(archive(), series, number)
+    mask = segmentations.read_mask(upload.read())
+    ds = segmentations.build(header, mask, meta.get("segments"), meta.get("type", "BINARY"),
+                             meta.get("algorithm"), str(meta.get("tiling", "sparse")), tile)
+    return _store(series, ds)
+
+
+@bp.errorhandler(ArchiveError)
+def _archive_error(e: ArchiveError):
+    return _json({"status": e.http_status, "error": e.title, "message": e.message}, e.http_status)
