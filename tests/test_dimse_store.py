@@ -1,0 +1,90 @@
+"""C-ECHO and C-STORE with DCMTK's echoscu/storescu; what was stored is found by QIDO-RS and served by WADO-RS."""
+from __future__ import annotations
+
+import pydicom
+import pytest
+from dicomweb_client.api import DICOMwebClient
+
+from slides import SlideSpec, expected_tile, make_slide
+from test_dimse_tools import PROPOSE, assert_healthy, echo_ok, needs_dcmtk, store
+
+pytestmark = needs_dcmtk
+
+#: WADO-RS media type that asks for frames exactly as stored.
+FRAME_MEDIA = {"jpeg": ("image/jpeg", "1.2.840.10008.1.2.4.50"),
+               "native": ("application/octet-stream", "1.2.840.10008.1.2.1"),
+               "jpeg2000": ("image/jp2", "1.2.840.10008.1.2.4.90")}
+
+
+def test_echo(server):
+    assert echo_ok(server)
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "native", "jpeg2000"])
+def test_store_slide_then_qido_and_frames(server, tmp_path, codec):
+    spec = SlideSpec(width=700, height=500, codec=codec, seed=11 + len(codec),
+                     patient_id=f"DIMSE-STORE-{codec}", accession=f"ST-{codec}")
+    paths = make_slide(tmp_path / codec, spec)
+    result = store(server, tmp_path / codec, options=PROPOSE[codec])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    client = DICOMwebClient(url=server.dicomweb)
+    found = client.search_for_instances(search_filters={"PatientID": f"DIMSE-STORE-{codec}"})
+    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in paths}
+    assert {i["00080018"]["Value"][0] for i in found} == set(sent)
+
+    level0 = pydicom.dcmread(paths[0])
+    media = FRAME_MEDIA[codec]
+    count = int(level0.NumberOfFrames)
+    for number in sorted({1, count // 2 + 1, count}):
+        frames = client.retrieve_instance_frames(level0.StudyInstanceUID, level0.SeriesInstanceUID,
+                                                 level0.SOPInstanceUID, frame_numbers=[number],
+                                                 media_types=(media,))
+        assert frames[0] == expected_tile(level0, number - 1), f"frame {number} differs"
+
+
+def test_store_received_as_sent(server, tmp_path):
+    """Stored as received: the stored file's data set is byte-identical after the file meta."""
+    paths = make_slide(tmp_path / "s", SlideSpec(width=300, height=300, seed=41, patient_id="DIMSE-ASIS",
+                                                 label=False, overview=False))
+    assert store(server, tmp_path / "s", options=PROPOSE["jpeg"]).returncode == 0
+    from archive.catalog import Catalog
+
+    catalog = Catalog(server.data_dir / "catalog.sqlite")
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        record = catalog.instance(ds.SOPInstanceUID)
+        assert record is not None and record.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+        assert _body(server.data_dir / "storage" / record.storage_id[:2] / record.storage_id[2:4]
+                     / record.storage_id) == _body(path)
+
+
+def _body(path) -> bytes:
+    """The data set bytes after the File Meta Information group."""
+    data = path.read_bytes()
+    meta_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL value, after preamble + DICM + header
+    return data[144 + meta_length:]
+
+
+def test_store_shared_objects(server, shared_data):
+    """Objects written by another implementation (highdicom): slide, then the annotations and
+    segmentation that reference it."""
+    files = [shared_data / n for n in ("sm_image.dcm", "sm_annotations.dcm", "seg_image_sm_control.dcm")]
+    result = store(server, *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = DICOMwebClient(url=server.dicomweb)
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        hits = client.search_for_instances(search_filters={"SOPInstanceUID": ds.SOPInstanceUID})
+        assert len(hits) == 1 and hits[0]["00080016"]["Value"][0] == ds.SOPClassUID
+    assert_healthy(server)
+
+
+def test_store_again_is_success(server, tmp_path):
+    """Re-sending an identical instance is not an error (a scanner retrying after a lost response)."""
+    make_slide(tmp_path / "s", SlideSpec(width=256, height=256, seed=43, patient_id="DIMSE-AGAIN",
+                                         label=False, overview=False))
+    assert store(server, tmp_path / "s", options=PROPOSE["jpeg"]).returncode == 0
+    again = store(server, tmp_path / "s", options=PROPOSE["jpeg"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_healthy(server)
