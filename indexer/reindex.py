@@ -19,12 +19,12 @@ from .worker import DocumentSource, sync_series
 class Progress:
     """A one-line progress bar on a terminal (a line per 10% otherwise), without dependencies."""
 
-    def __init__(self, total: int, out: TextIO = sys.stderr, label: str = "series"):
-        self.total, self.out, self.label = max(total, 1), out, label
+    def __init__(self, total: int, out: TextIO | None = None, label: str = "series"):
+        self.total, self.out, self.label = max(total, 1), out or sys.stderr, label
         self.start = time.monotonic()
         self.done = 0
         self._last_decile = -1
-        self._tty = hasattr(out, "isatty") and out.isatty()
+        self._tty = hasattr(self.out, "isatty") and self.out.isatty()
 
     def update(self, n: int) -> None:
         self.done += n
@@ -53,12 +53,12 @@ def reindex(catalog: Any, index: Index, state: IndexState, batch_size: int = 500
     bar = progress(len(uids)) if progress else None
     source = DocumentSource(catalog, state)
     rebuild = index.begin_rebuild()
-    indexed = 0
+    indexed: set[str] = set()
     try:
         for i in range(0, len(uids), batch_size):
             batch = uids[i:i + batch_size]
             done, _ = sync_series(index, source, state, batch, write=rebuild)
-            indexed += done
+            indexed |= done
             if bar:
                 bar.update(len(batch))
         rebuild.commit()
@@ -69,4 +69,4 @@ def reindex(catalog: Any, index: Index, state: IndexState, batch_size: int = 500
         if bar:
             bar.close()
     state.rewind_cursor(index.name, start_cursor)
-    return indexed
+    return len(indexed)

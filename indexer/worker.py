@@ -48,8 +48,8 @@ class DocumentSource:
 
 
 def sync_series(index: Index, source: DocumentSource, state: IndexState, series_uids: Iterable[str],
-                write: Any = None) -> tuple[int, int]:
-    """(Re)build or delete the documents of these series; returns (indexed, deleted).
+                write: Any = None) -> tuple[set[str], set[str]]:
+    """(Re)build or delete the documents of these series; returns (indexed, deleted) series UIDs.
 
     ``write`` is where documents go (the index, or a Rebuild); IndexUnavailable propagates.
     """
@@ -82,7 +82,7 @@ def sync_series(index: Index, source: DocumentSource, state: IndexState, series_
         log.warning("the index rejected the document of series %s: %s", r.series_uid, r.reason)
         state.record_failure(r.series_uid, r.reason)
     state.clear_failures([d["series_uid"] for d in docs if d["series_uid"] not in bad] + deletes)
-    return len(docs) - len(bad), len(deletes)
+    return {d["series_uid"] for d in docs} - bad, set(deletes)
 
 
 class IndexWorker:

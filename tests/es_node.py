@@ -134,3 +134,13 @@ def make_index(request, tmp_path) -> Iterator[Callable]:
             except Exception:
                 pass
         index.close()
+
+
+def store_series(catalog, headers, collection: str = "c") -> None:
+    """Put synthetic headers into a real archive Catalog the way ingest does (no files needed)."""
+    from archive import dicomjson
+    from archive.catalog import NewInstance
+
+    for ds in headers:
+        catalog.add_instance(NewInstance(ds, "1.2.840.10008.1.2.1", f"sid-{ds.SOPInstanceUID}", 1, "0" * 64,
+                                         None, None, dicomjson.to_json(ds)), collection)

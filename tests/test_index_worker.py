@@ -1,0 +1,122 @@
+"""The outbox worker and reindex against a real catalog, on both backends."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from es_node import es_node, make_index, store_series  # noqa: F401  (fixtures)
+from indexer import worker as worker_module
+from indexer.reindex import reindex
+from indexer.search import parse_search
+from indexer.state import IndexState
+from indexer.synthetic import annotation_headers, slide_headers
+from indexer.worker import IndexWorker
+
+
+@pytest.fixture
+def setup(make_index, tmp_path):
+    from archive.catalog import Catalog
+
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    index = make_index()
+    state = IndexState(tmp_path / "state.sqlite")
+    yield catalog, index, state, IndexWorker(catalog, index, state, batch_size=7)
+    catalog.close()
+    state.close()
+
+
+def test_worker_indexes_new_series_and_follows_ai_results(setup):
+    catalog, index, state, worker = setup
+    slides = [slide_headers(n) for n in range(6)]
+    for i, h in enumerate(slides):
+        store_series(catalog, h, f"col{i % 2}")
+    assert worker.catch_up() == sum(len(h) for h in slides)
+    index.refresh()
+    assert index.count() == 6
+    doc = index.get(slides[0][0].SeriesInstanceUID)
+    assert doc["collection"] == "col0" and doc["ai"]["present"] is False
+
+    ann = annotation_headers(slides[0], 1)
+    store_series(catalog, ann, "col0")
+    worker.catch_up()
+    index.refresh()
+    doc = index.get(slides[0][0].SeriesInstanceUID)
+    assert doc["ai"]["present"] is True and doc["ai"]["annotation_count"] == 302
+    assert index.get(ann[0].SeriesInstanceUID)["kind"] == "annotation"
+    assert index.search(parse_search([("ai.algorithms", "NucleiNet")])).total == 1
+
+    catalog.delete(ann[0].StudyInstanceUID, ann[0].SeriesInstanceUID)
+    worker.catch_up()
+    index.refresh()
+    assert index.get(ann[0].SeriesInstanceUID) is None
+    assert index.get(slides[0][0].SeriesInstanceUID)["ai"]["present"] is False
+
+
+def test_deletes_propagate_and_partial_deletes_update(setup):
+    catalog, index, state, worker = setup
+    slides = [slide_headers(n) for n in range(4)]
+    for h in slides:
+        store_series(catalog, h)
+    worker.catch_up()
+    gone = slides[1][0]
+    catalog.delete(gone.StudyInstanceUID, gone.SeriesInstanceUID)
+    part = slides[2]
+    catalog.delete(part[0].StudyInstanceUID, part[0].SeriesInstanceUID, part[-1].SOPInstanceUID)
+    worker.catch_up()
+    index.refresh()
+    assert index.get(gone.SeriesInstanceUID) is None
+    assert index.get(part[0].SeriesInstanceUID)["instance_count"] == len(part) - 1
+    assert index.count() == 3
+
+
+def test_reindex_rebuilds_from_the_catalog_and_rewinds_the_cursor(setup, capsys):
+    catalog, index, state, worker = setup
+    slides = [slide_headers(n) for n in range(10)]
+    for h in slides:
+        store_series(catalog, h)
+    store_series(catalog, annotation_headers(slides[3], 1))
+    worker.catch_up()
+    cursor = state.cursor(index.name)
+    index.delete([slides[5][0].SeriesInstanceUID])  # drift the index away from the catalog
+    index.refresh()
+    assert index.count() == 10
+    n = reindex(catalog, index, state, batch_size=4)
+    index.refresh()
+    assert n == 11 and index.count() == 11
+    assert index.get(slides[5][0].SeriesInstanceUID) is not None
+    assert index.get(slides[3][0].SeriesInstanceUID)["ai"]["present"] is True  # annotation came later in order
+    assert state.cursor(index.name) == cursor
+    assert "11/11 series" in capsys.readouterr().err
+
+
+def test_rejected_document_is_logged_kept_and_retried_after_a_fix(setup, monkeypatch, caplog):
+    catalog, index, state, worker = setup
+    headers = slide_headers(1)
+    bad_uid = headers[0].SeriesInstanceUID
+    real_build = worker_module.build_document
+
+    def broken_build(h, collection=None, ai=()):
+        doc = real_build(h, collection, ai)
+        if doc["series_uid"] == bad_uid:
+            doc["pyramid"]["width"] = "not a number"  # a builder bug the mapping refuses
+        return doc
+
+    monkeypatch.setattr(worker_module, "build_document", broken_build)
+    store_series(catalog, headers)
+    store_series(catalog, slide_headers(2))
+    with caplog.at_level(logging.WARNING, logger="indexer.worker"):
+        worker.catch_up()
+    index.refresh()
+    assert index.get(bad_uid) is None and index.count() == 1
+    assert list(state.failures()) == [bad_uid]
+    assert bad_uid in caplog.text
+    assert str(headers[0].PatientName).split("^")[0] not in caplog.text
+    assert state.cursor(index.name) > 0  # the outbox moved on: one bad document blocks nothing
+
+    monkeypatch.setattr(worker_module, "build_document", real_build)  # the fix is deployed...
+    restarted = IndexWorker(catalog, index, state)  # ...and the worker restarts
+    restarted.step()
+    index.refresh()
+    assert index.get(bad_uid) is not None
+    assert state.failures() == {}
