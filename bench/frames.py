@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dataset
@@ -90,6 +90,44 @@ def check_frame(server: Server, inst: Instance, frame: int) -> tuple[float, str]
         return seconds, (f"GET {url} -> 200 {ctype} but the body ({len(body)} bytes) does not "
                          f"contain the frame's {len(expected)} bytes")
     return seconds, ""
+
+
+def resolve_stored(server: Server, levels: dict[str, Instance],
+                   stored: list[tuple[str, str, str]]) -> dict[str, Instance]:
+    """The levels under the UIDs the server stored them with.
+
+    A server that kept the file's UIDs needs nothing more; for one that gave new
+    UIDs (de-identification), each level is found among the stored instances by
+    its NumberOfFrames, through QIDO-RS, which is unique within one slide's levels.
+    """
+    sops = {sop for _, _, sop in stored}
+    if all(inst.sop in sops for inst in levels.values()):
+        return dict(levels)
+    frames_of: dict[str, tuple[str, str, int]] = {}
+    for study, series in sorted({(st, se) for st, se, _ in stored}):
+        url = (f"{server.dicomweb_root}/studies/{study}/series/{series}/instances"
+               "?includefield=00280008")
+        req = urllib.request.Request(url, headers={"Accept": "application/dicom+json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                items = json.loads(r.read() or b"[]")
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"QIDO GET {url} -> HTTP {e.code}: {e.read()[:300]!r}") from None
+        for item in items:
+            sop = item.get("00080018", {}).get("Value", [""])[0]
+            n = item.get("00280008", {}).get("Value", [1])[0]
+            frames_of[sop] = (study, series, int(n))
+    out = {}
+    for level, inst in levels.items():
+        match = [(st, se, sop) for sop, (st, se, n) in frames_of.items()
+                 if n == inst.frames and sop in sops]
+        if len(match) != 1:
+            raise RuntimeError(f"cannot tell which stored instance is the {level}: "
+                               f"{len(match)} stored instances have {inst.frames} frames "
+                               f"(QIDO saw {len(frames_of)} instances)")
+        st, se, sop = match[0]
+        out[level] = replace(inst, study=st, series=se, sop=sop)
+    return out
 
 
 def write_paths(server: Server, inst: Instance, out: Path) -> Path:
@@ -202,6 +240,8 @@ def main() -> None:
                 if why := ingest.stow_failures(status, text):
                     raise RuntimeError(f"{name}: STOW failed: {why}")
             try:
+                if name != "nginx":
+                    levels = resolve_stored(server, levels, ingest.stored_instances(server, text))
                 run_frames(server, levels, a.seconds, a.max_requests, "large level", work)
             finally:
                 server.wipe()

@@ -47,6 +47,7 @@ class IngestResult:
     start_rss_mb: float
     ok: bool
     detail: str = ""
+    response: str = ""  # the STOW response (JSON + Warning headers), for the UIDs stored
 
     @property
     def mb_per_s(self) -> float:
@@ -76,7 +77,11 @@ def multipart_body(paths: list[Path], boundary: str) -> tuple[int, Iterator[byte
 
 
 def stow(server: Server, paths: list[Path]) -> tuple[float, int, str]:
-    """POST all paths in one STOW-RS request; (seconds, HTTP status, body excerpt)."""
+    """POST all paths in one STOW-RS request; (seconds, HTTP status, body).
+
+    Warning headers, where the server sends any, are appended to the body after
+    a blank line, so that what the server said about each part is kept.
+    """
     boundary = uuid.uuid4().hex
     length, body = multipart_body(paths, boundary)
     url = urlsplit(server.dicomweb_root + "/studies")
@@ -91,21 +96,58 @@ def stow(server: Server, paths: list[Path]) -> tuple[float, int, str]:
         conn.request("POST", url.path, body=body, headers=headers)
         resp = conn.getresponse()
         text = resp.read().decode("utf-8", "replace")
+        warnings = resp.headers.get_all("Warning") or []
     finally:
         conn.close()
+    if warnings:
+        text += "\n\nWarning: " + "\nWarning: ".join(warnings)
     return time.monotonic() - t0, resp.status, text
 
 
+def stow_json(text: str) -> dict:
+    """The JSON part of what stow() returned (Warning headers stripped)."""
+    doc = text.split("\n\nWarning: ")[0]
+    return json.loads(doc) if doc.strip() else {}
+
+
 def stow_failures(status: int, text: str) -> str:
-    """Empty if the STOW response says everything was stored, else why not."""
-    if status != 200:
-        return f"HTTP {status}: {text[:500]}"
+    """Empty if the STOW response says every part was stored (or stored with a
+    warning, as PS3.18 allows with 202), else why not."""
+    if status not in (200, 202):
+        return f"HTTP {status}: {text[:800]}"
     try:
-        doc = json.loads(text) if text.strip() else {}
+        doc = stow_json(text)
     except ValueError:
-        return f"HTTP 200 but the body is not JSON: {text[:300]}"
+        return f"HTTP {status} but the body is not JSON: {text[:300]}"
     failed = doc.get("00081198", {}).get("Value") if isinstance(doc, dict) else None
     return f"FailedSOPSequence has {len(failed)} items: {json.dumps(failed)[:500]}" if failed else ""
+
+
+def stow_warnings(status: int, text: str) -> str:
+    """What a 202 said about the parts stored with warnings (for the report)."""
+    if status != 202:
+        return ""
+    warned = [i for i in stow_json(text).get("00081199", {}).get("Value", []) if "00081196" in i]
+    reasons = sorted({f"0x{v:04X}" for i in warned for v in i["00081196"]["Value"]})
+    said = [line for line in text.split("\n") if line.startswith("Warning: ")]
+    return (f"HTTP 202, {len(warned)} part(s) with WarningReason {', '.join(reasons)}"
+            + (f"; {'; '.join(said)[:400]}" if said else ""))
+
+
+def stored_instances(server: Server, text: str) -> list[tuple[str, str, str]]:
+    """(study, series, instance) UIDs the server reports for what it stored.
+
+    An archive that de-identifies on ingest gives new UIDs, so frame requests
+    must use what the STOW response's RetrieveURLs say, not the file's UIDs.
+    """
+    out = []
+    for item in stow_json(text).get("00081199", {}).get("Value", []):
+        url = item.get("00081190", {}).get("Value", [""])[0]
+        parts = url.split("/")
+        if "instances" in parts:
+            i = parts.index("instances")
+            out.append((parts[i - 3], parts[i - 1], parts[i + 1]))
+    return out
 
 
 def storescu(server: Server, source: Path, extra: list[str]) -> tuple[float, int, str]:
@@ -127,11 +169,15 @@ def measure(server: Server, label: str, files: list[Path], send) -> IngestResult
     with procs.MemorySampler(server.pid) as mem:
         seconds, code, detail = send()
     ok, why = judge(label, code, detail)
+    if ok and label.startswith("stow"):
+        why = stow_warnings(code, detail)
     res = IngestResult(label, server.name, sum(p.stat().st_size for p in files), len(files),
-                       seconds, mem.peak_mb, mem.start_kb / 1024, ok, why)
+                       seconds, mem.peak_mb, mem.start_kb / 1024, ok, why,
+                       detail if label.startswith("stow") else "")
     print(f"    {label}: {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
           f"{res.instances_per_s:.1f} inst/s, peak RSS {res.peak_rss_mb:.0f} MB"
-          + ("" if res.ok else f"  FAILED: {res.detail}"), flush=True)
+          + ("" if res.ok else f"  FAILED: {res.detail}")
+          + (f"  ({res.detail})" if res.ok and res.detail else ""), flush=True)
     return res
 
 

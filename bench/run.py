@@ -105,7 +105,9 @@ def bench_archive(name: str, data: Data, prof: Profile, work: Path) -> Outcome:
         if not stow.ok:
             out.failures.append(f"STOW-RS of the slide: {stow.detail}")
         else:
-            load_frames(server, data, prof, work, out)
+            stored = ingest.stored_instances(server, stow.response)
+            levels = frames.resolve_stored(server, data.levels, stored)
+            load_frames(server, levels, prof, work, out)
     except Exception as e:  # report and go on with the other measurements
         out.failures.append(f"{type(e).__name__}: {e}")
         traceback.print_exc()
@@ -125,10 +127,11 @@ def bench_archive(name: str, data: Data, prof: Profile, work: Path) -> Outcome:
     return out
 
 
-def load_frames(server: Server, data: Data, prof: Profile, work: Path, out: Outcome) -> None:
+def load_frames(server: Server, levels: dict[str, Instance], prof: Profile, work: Path,
+                out: Outcome) -> None:
     """Frame load on each level of a running server, then the first frame after restart."""
-    large = list(data.levels)[-1]
-    results, first = frames.run_frames(server, data.levels, prof.seconds, prof.max_requests,
+    large = list(levels)[-1]
+    results, first = frames.run_frames(server, levels, prof.seconds, prof.max_requests,
                                        large, work)
     for res in results:
         out.frames[res.level] = res
@@ -145,7 +148,7 @@ def bench_nginx(data: Data, prof: Profile, work: Path) -> Outcome:
     try:
         print("nginx: frame load on static files", flush=True)
         server.start()
-        load_frames(server, data, prof, work, out)
+        load_frames(server, data.levels, prof, work, out)
     except Exception as e:
         out.failures.append(f"{type(e).__name__}: {e}")
         traceback.print_exc()
@@ -208,6 +211,8 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
     n = len(data.slide)
     add(f"STOW-RS ingest MB/s, whole slide ({n} instances, {size:.0f} MB, one request)",
         ingest_metric("stow-slide", "mb_per_s"))
+    add("server RSS MB when idle, just started (lower is better)",
+        ingest_metric("stow-slide", "start_rss_mb"), 0)
     add("peak server RSS MB during STOW-RS (lower is better)",
         ingest_metric("stow-slide", "peak_rss_mb"), 0)
     add(f"C-STORE ingest MB/s, whole slide (storescu +sd -R -xy, one association)",
@@ -237,7 +242,8 @@ def notes(outcomes: dict[str, Outcome]) -> str:
         for res in o.ingest.values():
             lines.append(f"- {col}, {res.label}: {res.instances} instances, {res.nbytes / 1e6:.0f} MB "
                          f"in {res.seconds:.1f} s; RSS {res.start_rss_mb:.0f} MB at start, "
-                         f"{res.peak_rss_mb:.0f} MB peak")
+                         f"{res.peak_rss_mb:.0f} MB peak"
+                         + (f"; {res.detail}" if res.ok and res.detail else ""))
         for f in o.failures:
             lines.append(f"- **{col} FAILED** {f}")
     return "\n".join(lines)
