@@ -54,6 +54,8 @@ _KEYS = [
     Key("TotalPixelMatrixColumns", "instance", "total_pixel_matrix_columns", "UL"),
     Key("TotalPixelMatrixRows", "instance", "total_pixel_matrix_rows", "UL"),
     Key("ConcatenationUID", "instance", "concatenation_uid", "UI"),
+    Key("InConcatenationNumber", "instance", "in_concatenation_number", "US"),
+    Key("ConcatenationFrameOffsetNumber", "instance", "concatenation_frame_offset", "UL"),
     Key("ContentDate", "instance", "content_date", "DA"),
     Key("ContentTime", "instance", "content_time", "TM"),
 ]

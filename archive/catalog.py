@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS instance (
     sop_class_uid TEXT NOT NULL, instance_number INTEGER, image_type TEXT, container_identifier TEXT,
     number_of_frames INTEGER, rows INTEGER, columns INTEGER,
     total_pixel_matrix_columns INTEGER, total_pixel_matrix_rows INTEGER,
-    concatenation_uid TEXT, content_date TEXT, content_time TEXT,
+    concatenation_uid TEXT, in_concatenation_number INTEGER, concatenation_frame_offset INTEGER,
+    content_date TEXT, content_time TEXT,
     transfer_syntax_uid TEXT NOT NULL, storage_id TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,
     sha256 TEXT NOT NULL, frame_layout TEXT, frame_index BLOB,
     attrs TEXT NOT NULL, header BLOB NOT NULL, created REAL NOT NULL
@@ -89,6 +90,9 @@ class InstanceRecord:
     frame_index: bytes | None
     rows: int | None
     columns: int | None
+    concatenation_uid: str | None = None
+    in_concatenation_number: int | None = None
+    concatenation_frame_offset: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,12 +251,19 @@ class Catalog:
     _INSTANCE_SELECT = (
         "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, "
         "i.transfer_syntax_uid, i.storage_id, i.size, i.sha256, i.number_of_frames, i.frame_layout, "
-        "i.frame_index, i.rows, i.columns FROM instance i JOIN series se ON i.series_fk=se.pk "
+        "i.frame_index, i.rows, i.columns, i.concatenation_uid, i.in_concatenation_number, "
+        "i.concatenation_frame_offset FROM instance i JOIN series se ON i.series_fk=se.pk "
         "JOIN study st ON se.study_fk=st.pk ")
 
     def instance(self, sop_uid: str) -> InstanceRecord | None:
         row = self._db().execute(self._INSTANCE_SELECT + "WHERE i.sop_instance_uid=?", (sop_uid,)).fetchone()
         return InstanceRecord(*row) if row else None
+
+    def concatenation(self, concatenation_uid: str) -> list[InstanceRecord]:
+        """The parts of a concatenation, in order."""
+        return [InstanceRecord(*r) for r in self._db().execute(
+            self._INSTANCE_SELECT + "WHERE i.concatenation_uid=? ORDER BY i.in_concatenation_number",
+            (concatenation_uid,))]
 
     def instances(self, study_uid: str, series_uid: str | None = None,
                   sop_uid: str | None = None) -> list[InstanceRecord]:

@@ -116,6 +116,24 @@ class Archive:
         data = os.pread(fd, length, offset)
         return strip_items(data) if index.layout == "fragments" else data
 
+    def level_frames(self, record: InstanceRecord, numbers: list[int]) -> list[tuple[InstanceRecord, int]]:
+        """Map frame numbers to (part, frame in part).
+
+        A concatenation is served as the slide level it forms: its first part
+        answers for the frames of every part (numbered across the level), as
+        viewers that open a level through its first instance expect.
+        """
+        count = self.frame_count(record)
+        if max(numbers) <= count or not record.concatenation_uid or record.in_concatenation_number != 1:
+            return [(record, n) for n in numbers]
+        parts = self.catalog.concatenation(record.concatenation_uid)
+        out = []
+        for n in numbers:
+            part = next((p for p in parts if (p.concatenation_frame_offset or 0) < n
+                         <= (p.concatenation_frame_offset or 0) + self.frame_count(p)), None)
+            out.append((part, n - (part.concatenation_frame_offset or 0)) if part else (record, n))
+        return out
+
     def frame_count(self, record: InstanceRecord) -> int:
         return len(self._frame_index(record))
 

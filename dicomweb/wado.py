@@ -178,11 +178,7 @@ def frames(study: str, series: str, sop: str, frames: str):
     if choice is None:
         raise NotAcceptable(f"frames are stored as {record.transfer_syntax_uid}; the Accept header allows "
                             "neither that nor uncompressed application/octet-stream")
-    count = store.frame_count(record)
-    bad = [n for n in numbers if n > count]
-    if bad:
-        raise InvalidRequest(f"frame {bad[0]} out of range 1-{count}")
-    data = [store.frame(record, n) for n in numbers]
+    data = [store.frame(part, n) for part, n in store.level_frames(record, numbers)]
     if choice.decode:
         header = render.header_dict(store.catalog.header_json(sop) or "{}")
         data = [render.native_bytes(render.decode_frame(d, record.transfer_syntax_uid, header)) for d in data]

@@ -117,6 +117,14 @@ def server(tmp_path_factory):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory):
+    """Like ``server`` but DICOMweb only, for tests that need no DIMSE listener."""
+    s = Server(tmp_path_factory.mktemp("server"), IDENTIFIED, dimse=False).start()
+    yield s
+    s.stop()
+
+
 IDENTIFIED = """
 [deid]
 default = "identified"

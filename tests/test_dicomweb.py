@@ -1,4 +1,4 @@
-"""STOW-RS, QIDO-RS and WADO-RS against a running server, through dicomweb-client (a real client)."""
+"""STOW-RS, QIDO-RS and WADO-RS against a running web_server, through dicomweb-client (a real client)."""
 from __future__ import annotations
 
 import json
@@ -29,8 +29,8 @@ VARIANTS = [
 
 
 @pytest.fixture(scope="module")
-def client(server) -> DICOMwebClient:
-    return DICOMwebClient(url=server.dicomweb)
+def client(web_server) -> DICOMwebClient:
+    return DICOMwebClient(url=web_server.dicomweb)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,20 @@ def test_frames_byte_for_byte(client, stored, variant):
         assert len(frames) == n
         for i, data in enumerate(frames):
             assert data == slides.expected_tile(path, i), f"{path.name} frame {i + 1}"
+
+
+def test_concatenation_served_as_one_level_through_its_first_part(web_server, stored):
+    parts = [(p, d) for p, d in stored[8] if "ConcatenationUID" in d]
+    first = next(d for _, d in parts if d.InConcatenationNumber == 1)
+    total = sum(int(d.NumberOfFrames) for _, d in parts)
+    url = (f"{web_server.dicomweb}/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}/instances/"
+           f"{first.SOPInstanceUID}/frames/{total}")
+    r = requests.get(url, headers={"Accept": "image/jpeg"})
+    assert r.status_code == 200
+    last_path, last = max(parts, key=lambda t: t[1].InConcatenationNumber)
+    assert r.content == slides.expected_tile(last_path, int(last.NumberOfFrames) - 1)
+    beyond = requests.get(url.replace(f"/frames/{total}", f"/frames/{total + 1}"), headers={"Accept": "image/jpeg"})
+    assert beyond.status_code == 400
 
 
 def test_qido_levels_and_slide_attributes(client, stored):
@@ -100,7 +114,7 @@ def test_qido_matching(client, stored, filters, expect):
     assert (ds.StudyInstanceUID in uids) is expect
 
 
-def test_qido_fuzzy_uid_list_limit_offset_includefield(server, client, stored):
+def test_qido_fuzzy_uid_list_limit_offset_includefield(web_server, client, stored):
     a, b = stored[0][0][1], stored[1][0][1]
     found = client.search_for_studies(search_filters={"PatientName": "jan"}, fuzzymatching=True)
     assert {a.StudyInstanceUID, b.StudyInstanceUID} <= {s["0020000D"]["Value"][0] for s in found}
@@ -115,7 +129,7 @@ def test_qido_fuzzy_uid_list_limit_offset_includefield(server, client, stored):
     some = client.search_for_studies(search_filters={"StudyInstanceUID": a.StudyInstanceUID}, fields=["StudyDescription"])
     assert "00081030" in some[0]
     # percent-encoded parameters are decoded: DOE^JANE with ^ encoded
-    with urllib.request.urlopen(f"{server.dicomweb}/studies?PatientName=DOE%5EJANE&StudyInstanceUID={a.StudyInstanceUID}") as r:
+    with urllib.request.urlopen(f"{web_server.dicomweb}/studies?PatientName=DOE%5EJANE&StudyInstanceUID={a.StudyInstanceUID}") as r:
         assert len(json.load(r)) == 1
 
 
@@ -129,18 +143,18 @@ def test_qido_fuzzy_uid_list_limit_offset_includefield(server, client, stored):
     ("StudyInstanceUID=1.2.abc", "invalid StudyInstanceUID"),
     ("includefield=NotAKeyword", "includefield"),
 ])
-def test_qido_invalid_query(server, query, fragment):
-    r = requests.get(f"{server.dicomweb}/studies?{query}")
+def test_qido_invalid_query(web_server, query, fragment):
+    r = requests.get(f"{web_server.dicomweb}/studies?{query}")
     assert r.status_code == 400
     assert fragment in r.json()["message"]
 
 
-def test_metadata_from_catalog_with_bulkdata_uris(server, client, stored):
+def test_metadata_from_catalog_with_bulkdata_uris(web_server, client, stored):
     path, ds = stored[0][0]
     meta = client.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert meta["00080018"]["Value"] == [ds.SOPInstanceUID]
     pixel_uri = meta["7FE00010"]["BulkDataURI"]
-    assert pixel_uri.startswith(server.dicomweb + "/studies/")
+    assert pixel_uri.startswith(web_server.dicomweb + "/studies/")
     icc_uri = meta["00480105"]["Value"][0]["00282000"]["BulkDataURI"]
     icc = client.retrieve_bulkdata(icc_uri)
     assert icc[0] == ds.OpticalPathSequence[0].ICCProfile
@@ -150,17 +164,17 @@ def test_metadata_from_catalog_with_bulkdata_uris(server, client, stored):
     assert len(study_meta) == len(stored[0])
 
 
-def test_metadata_uses_forwarded_host(server, stored):
+def test_metadata_uses_forwarded_host(web_server, stored):
     _, ds = stored[0][0]
-    r = requests.get(f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+    r = requests.get(f"{web_server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
                      f"{ds.SOPInstanceUID}/metadata",
                      headers={"X-Forwarded-Host": "viewer.example.org", "X-Forwarded-Proto": "https"})
     assert r.json()[0]["7FE00010"]["BulkDataURI"].startswith("https://viewer.example.org/dicomweb/studies/")
 
 
-def test_bulkdata_range(server, stored):
+def test_bulkdata_range(web_server, stored):
     path, ds = stored[5][0]  # native: the pixel data value is plain bytes
-    url = (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+    url = (f"{web_server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
            f"{ds.SOPInstanceUID}/bulkdata/7FE00010")
     whole = requests.get(url, headers={"Accept": "application/octet-stream"})
     assert whole.status_code == 200 and whole.content == ds.PixelData
@@ -181,9 +195,9 @@ def test_retrieve_instances_as_stored(client, stored):
     assert sorted(d.SOPInstanceUID for d in series) == sorted(d.SOPInstanceUID for _, d in stored[1])
 
 
-def test_frames_media_types(server, stored):
+def test_frames_media_types(web_server, stored):
     path, ds = stored[0][0]
-    url = (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+    url = (f"{web_server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
            f"{ds.SOPInstanceUID}/frames/2")
     jpeg = requests.get(url, headers={"Accept": "image/jpeg"})
     assert jpeg.status_code == 200 and jpeg.headers["Content-Type"].startswith("image/jpeg")
@@ -210,9 +224,9 @@ def test_frames_uncompressed_via_client(client, stored):
     assert np.abs(arr.astype(int) - expected.astype(int)).mean() < 6
 
 
-def test_rendered_and_thumbnail(server, stored):
+def test_rendered_and_thumbnail(web_server, stored):
     path, ds = stored[0][0]
-    base = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    base = f"{web_server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
     r = requests.get(f"{base}/instances/{ds.SOPInstanceUID}/frames/1/rendered", headers={"Accept": "image/png"})
     assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
     r = requests.get(f"{base}/instances/{ds.SOPInstanceUID}/rendered?viewport=200,150&quality=70")
@@ -226,11 +240,11 @@ def test_rendered_and_thumbnail(server, stored):
     assert r.status_code == 400
 
 
-def test_cors_headers(server):
-    r = requests.options(f"{server.dicomweb}/studies", headers={"Origin": "http://viewer.example",
+def test_cors_headers(web_server):
+    r = requests.options(f"{web_server.dicomweb}/studies", headers={"Origin": "http://viewer.example",
                                                                 "Access-Control-Request-Method": "GET"})
     assert r.headers["Access-Control-Allow-Origin"] == "*"
-    r = requests.get(f"{server.dicomweb}/studies", headers={"Origin": "http://viewer.example"})
+    r = requests.get(f"{web_server.dicomweb}/studies", headers={"Origin": "http://viewer.example"})
     assert r.headers["Access-Control-Allow-Origin"] == "*"
 
 
@@ -250,14 +264,14 @@ def test_shared_objects_from_another_implementation(client, shared_data):
     assert {"SM", "ANN", "SEG"} <= set(modalities["Value"])
 
 
-def test_delete_levels(client, server, tmp_path):
+def test_delete_levels(client, web_server, tmp_path):
     paths = make_slide(tmp_path, SlideSpec(seed=99, width=512, height=512))
     datasets = [dcmread(p) for p in paths]
     client.store_instances(datasets)
     study, series = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
-    r = requests.delete(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{datasets[0].SOPInstanceUID}")
+    r = requests.delete(f"{web_server.dicomweb}/studies/{study}/series/{series}/instances/{datasets[0].SOPInstanceUID}")
     assert r.status_code == 204
     assert len(client.search_for_instances(study, series)) == len(datasets) - 1
-    assert requests.delete(f"{server.dicomweb}/studies/{study}").status_code == 204
+    assert requests.delete(f"{web_server.dicomweb}/studies/{study}").status_code == 204
     assert client.search_for_studies(search_filters={"StudyInstanceUID": study}) == []
-    assert requests.delete(f"{server.dicomweb}/studies/{study}").status_code == 404
+    assert requests.delete(f"{web_server.dicomweb}/studies/{study}").status_code == 404
