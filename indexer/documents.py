@@ -537,3 +537,32 @@ def free_text(doc: dict[str, Any]) -> str:
         if value:
             parts += value if isinstance(value, list) else [str(value)]
     return " ".join(parts)
+
+
+STUDY_LEVEL_QIDO = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                    "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+                    "ReferringPhysicianName", "StudyDescription")
+
+
+def apply_study_row(doc: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Take the patient/study QIDO keys from the catalog's study row (DICOM JSON).
+
+    The catalog keeps a study's attributes as its first stored instance had them,
+    so a series whose own header disagrees (an ANN series without the issuer, say)
+    must still match study keys the way the catalog does.
+    """
+    from pydicom.datadict import tag_for_keyword
+
+    keys = doc.setdefault("qido", {})
+    for keyword in STUDY_LEVEL_QIDO:
+        element = row.get(f"{tag_for_keyword(keyword):08X}") or {}
+        values = element.get("Value") or []
+        value = values[0] if values else None
+        if isinstance(value, dict):  # PN: the catalog column holds the alphabetic group
+            value = value.get("Alphabetic")
+        value = _qido_text(value, "TM" if keyword == "StudyTime" else "")
+        if value is None:
+            keys.pop(keyword, None)
+        else:
+            keys[keyword] = value
+    return doc

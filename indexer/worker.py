@@ -15,7 +15,7 @@ import time
 from typing import Any, Iterable
 
 from .base import Index, IndexUnavailable
-from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, build_document, references
+from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document, references
 from .state import IndexState
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,20 @@ class DocumentSource:
         ai_headers: list[Any] = []
         for ai_series in self.state.ai_for_slide(series_uid):
             ai_headers += self.headers(ai_series)
-        return build_document(headers, self.catalog.series_collection(series_uid), ai_headers)
+        doc = build_document(headers, self.catalog.series_collection(series_uid), ai_headers)
+        row = self.study_row(doc.get("study_uid", ""))
+        return apply_study_row(doc, row) if row is not None else doc
+
+    def study_row(self, study_uid: str) -> dict[str, Any] | None:
+        """The catalog's study-level QIDO row (its patient/study columns as DICOM JSON)."""
+        from archive.attributes import KEYS
+        from archive.query import Match, Query
+
+        if not study_uid:
+            return None
+        rows = self.catalog.search(Query("study", [Match(KEYS["StudyInstanceUID"], "single", (study_uid,))],
+                                         limit=1))
+        return rows[0] if rows else None
 
     def note_ai(self, series_uid: str, headers: list[Any]) -> set[str]:
         """Record an AI series' references; returns every slide whose summary may have changed."""
