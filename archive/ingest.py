@@ -124,14 +124,15 @@ class Ingest:
             result_warning = results.check_result(stored, self.catalog, out)
             # ---
             result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
-            # --- AI results (issue 6): link to slides after commit (idempotent) ---
+            if coerced and result.status == "stored":
+                result = dataclasses.replace(result, warning=WARNING_COERCED)
+            # --- AI results (issue 6): link to slides after commit (idempotent); a dangling-reference
+            # warning (policy "warn") outranks the coercion warning ---
             if result.status in ("stored", "duplicate"):
                 results.record(self.catalog, stored)
             if result_warning and result.status == "stored":
                 result = dataclasses.replace(result, warning=results.WARNING_REFERENCE, message=result_warning)
             # ---
-            if coerced and result.status == "stored":
-                result = dataclasses.replace(result, warning=WARNING_COERCED)
             return result
         finally:
             out.unlink(missing_ok=True)

@@ -22,7 +22,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from .errors import DatasetDoesNotMatchSOPClass, ReferenceNotFound
-from .result_links import record, results_summary  # noqa: F401 - re-exported for ingest and the indexer
+from . import result_links
+from .result_links import results_summary  # noqa: F401 - re-exported for the indexer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,16 @@ def check_result(ds: Dataset, catalog, path: Path, policy: str | None = None) ->
         log.warning("result %s stored with dangling references", ds.SOPInstanceUID)
         return message
     raise ReferenceNotFound(message)
+
+
+def record(catalog, ds: Dataset) -> None:
+    """Link a just-committed result to its slides. Never raises: the instance is stored either way,
+    and ``result_links.sync`` (run by every results read) repairs a link that failed here."""
+    try:
+        result_links.record(catalog, ds)
+    except Exception:  # noqa: BLE001
+        log.exception("linking result %s failed; it will be linked on the next results read",
+                      ds.get("SOPInstanceUID"))
 
 
 def _highdicom_parse(ds: Dataset, sop_class: str) -> None:

@@ -173,3 +173,35 @@ def test_results_keep_references_after_deidentification(make_server, shared_data
     meta = c.retrieve_instance_metadata(ann["study"], ann["series"], ann["sop_instance"])
     ref = meta["00081115"]["Value"][0]["0008114A"]["Value"][0]["00081155"]["Value"][0]
     assert ref == slide_sop
+
+
+def test_segmentation_in_another_frame_of_reference_refused(server, stored, tmp_path):
+    ds = pydicom.dcmread(stored / "seg_image_sm_control.dcm")
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "seg.dcm")
+    status, body = stow(server, [tmp_path / "seg.dcm"])
+    assert status == 409
+    assert body["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+
+def test_segmentation_that_highdicom_cannot_read_refused(server, stored, tmp_path):
+    ds = pydicom.dcmread(stored / "seg_image_sm_control.dcm")
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    del ds.SegmentSequence
+    ds.save_as(tmp_path / "seg.dcm")
+    status, body = stow(server, [tmp_path / "seg.dcm"])
+    assert status == 409  # every part failed
+    assert body["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+
+def test_warn_policy_stores_dangling_result_with_warning(make_server, shared_data, monkeypatch):
+    monkeypatch.setenv("SLIDEARCHIVE_DANGLING_RESULTS", "warn")
+    server = make_server(dimse=False)
+    status, body = stow(server, [shared_data / "sm_annotations.dcm"])
+    assert status == 202, body
+    item = body["00081199"]["Value"][0]
+    assert item["00081196"]["Value"] == [0xB007]
+    assert len(client(server).search_for_series(search_filters={"Modality": "ANN"})) == 1
