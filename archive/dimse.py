@@ -35,11 +35,14 @@ from .dimse_store import discard_partial, handle_store, prepare_spool
 log = logging.getLogger(__name__)
 
 #: What a scanner may send; stored exactly as received (PS3.5 Section 10 / Annex A).
+#: pynetdicom accepts, per context, the first syntax of this list the requestor offers:
+#: compressed before uncompressed, so a sender offering its file's own syntax plus
+#: fallbacks keeps its encoding, and lossless before lossy, so no sender is ever pushed
+#: into a lossy re-encoding.
 STORAGE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
-    JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000,
-    HTJ2KLossless, HTJ2KLosslessRPCL, HTJ2K, RLELossless,
+    JPEG2000Lossless, HTJ2KLossless, HTJ2KLosslessRPCL, JPEGLSLossless, JPEGLossless, JPEGLosslessSV1,
+    RLELossless, JPEGBaseline8Bit, JPEGExtended12Bit, JPEG2000, HTJ2K, JPEGLSNearLossless,
+    DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
 )
 QUERY_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 FIND_MODELS = (PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind)

@@ -79,7 +79,7 @@ def _payload(assoc, ref: StoredRef) -> Path | Dataset:
         raise ValueError("the peer accepted neither the stored nor an uncompressed transfer syntax")
     ds = dcmread(ref.stored_path)
     if ref.stored_syntax.is_compressed:
-        ds.decompress()  # pydicom sets Explicit VR Little Endian
+        ds.decompress(generate_instance_uid=False)  # same UID; sets Explicit VR Little Endian
     return ds
 
 
