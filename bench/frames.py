@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syn
 CONNECTIONS = 8
 WRK_THREADS = 2
 REQUEST_TIMEOUT_S = 60
+FIRST_FRAME_RESTARTS = 3
 SLOW_RUN_CAP_S = 90  # longest run granted to a server that needs seconds per frame
 
 
@@ -170,12 +172,14 @@ def bench_level(server: Server, inst: Instance, level: str, seconds: int,
         return FrameResult(server.name, level, inst.frames, 0, 0.0, 0.0, 0.0, 1, problem)
     paths = write_paths(server, inst, tmp / f"paths-{server.name}-{inst.sop}.txt")
     seconds = run_length(seconds, probe)
+    load = os.getloadavg()[0]
     with procs.MemorySampler(server.pid) as mem:
         r = run_wrk(server, inst, seconds, max_requests, paths)
     errors = (r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
               + r["not_200"])
     detail = (f"{r['requests']} responses in {r['duration_us'] / 1e6:.1f} s; "
-              f"one probe request took {probe * 1000:.0f} ms; server peak RSS {mem.peak_mb:.0f} MB")
+              f"one probe request took {probe * 1000:.0f} ms; server peak RSS {mem.peak_mb:.0f} MB; "
+              f"load average {load:.1f} before")
     if errors:
         detail += (f"; errors: {r['not_200']} non-200, {r['timeouts']} timeouts, "
                    f"{r['connect_errors'] + r['read_errors'] + r['write_errors']} socket")
@@ -184,16 +188,24 @@ def bench_level(server: Server, inst: Instance, level: str, seconds: int,
                        errors, detail)
 
 
-def first_frame_ms(server: Server, inst: Instance) -> tuple[float, str]:
-    """Restart the server, then time one request for a random frame of inst.
+def first_frame_ms(server: Server, inst: Instance, restarts: int = FIRST_FRAME_RESTARTS
+                   ) -> tuple[float, str]:
+    """Median over a few restarts of the time of one random frame of inst, asked
+    right after the server starts; (ms, problem or the individual times).
 
     The server counts as started when its HTTP service answers; the time is that
     of the first frame request alone. The OS page cache stays warm: this measures
     what the server process itself has to (re)load before it can serve a frame.
     """
-    server.restart()
-    seconds, problem = check_frame(server, inst, random.randint(1, inst.frames))
-    return seconds * 1000, problem
+    times = []
+    for _ in range(restarts):
+        server.restart()
+        seconds, problem = check_frame(server, inst, random.randint(1, inst.frames))
+        if problem:
+            return seconds * 1000, problem
+        times.append(seconds * 1000)
+    times.sort()
+    return times[len(times) // 2], ""
 
 
 def run_frames(server: Server, levels: dict[str, Instance], seconds: int,

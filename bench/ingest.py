@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -47,6 +48,7 @@ class IngestResult:
     start_rss_mb: float
     ok: bool
     detail: str = ""
+    load: float = 0.0  # 1-minute load average before the ingest (the machine is shared)
     response: str = ""  # the STOW response (JSON + Warning headers), for the UIDs stored
 
     @property
@@ -166,6 +168,7 @@ def storescu(server: Server, source: Path, extra: list[str]) -> tuple[float, int
 
 def measure(server: Server, label: str, files: list[Path], send) -> IngestResult:
     """Run send() against the running server, sampling its memory meanwhile."""
+    load = os.getloadavg()[0]
     with procs.MemorySampler(server.pid) as mem:
         seconds, code, detail = send()
     ok, why = judge(label, code, detail)
@@ -173,7 +176,7 @@ def measure(server: Server, label: str, files: list[Path], send) -> IngestResult
         why = stow_warnings(code, detail)
     res = IngestResult(label, server.name, sum(p.stat().st_size for p in files), len(files),
                        seconds, mem.peak_mb, mem.start_kb / 1024, ok, why,
-                       detail if label.startswith("stow") else "")
+                       load, detail if label.startswith("stow") else "")
     print(f"    {label}: {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
           f"{res.instances_per_s:.1f} inst/s, peak RSS {res.peak_rss_mb:.0f} MB"
           + ("" if res.ok else f"  FAILED: {res.detail}")

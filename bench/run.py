@@ -168,7 +168,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def ratio(a: float | None, b: float | None) -> str:
     if not a or not b:
         return "n/a"
-    return f"{a / b:.2f}x"
+    return f"{a / b:.3g}x"
 
 
 def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[str]]:
@@ -180,7 +180,7 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
         sa = values.get("slidearchive")
         r = ratio(sa, values.get("Orthanc"))
         if vs_nginx:
-            r += f" ({ratio(sa, values.get('nginx'))} of nginx)"
+            r += f" ({ratio(sa, values.get('nginx'))} nginx)"
         table.append([label] + [fmt(values.get(c), digits) for c in COLUMNS] + [r])
 
     def frame_metric(level: str, attr: str) -> dict[str, float | None]:
@@ -242,7 +242,7 @@ def notes(outcomes: dict[str, Outcome]) -> str:
         for res in o.ingest.values():
             lines.append(f"- {col}, {res.label}: {res.instances} instances, {res.nbytes / 1e6:.0f} MB "
                          f"in {res.seconds:.1f} s; RSS {res.start_rss_mb:.0f} MB at start, "
-                         f"{res.peak_rss_mb:.0f} MB peak"
+                         f"{res.peak_rss_mb:.0f} MB peak; load average {res.load:.1f} before"
                          + (f"; {res.detail}" if res.ok and res.detail else ""))
         for f in o.failures:
             lines.append(f"- **{col} FAILED** {f}")
@@ -287,13 +287,15 @@ What the numbers are:
 - p50/p99: wrk's latency percentiles over those requests.
 - first frame after restart: the server is stopped and started again (its HTTP service
   answering counts as started), then one random frame of the largest level is fetched;
-  the OS page cache stays warm, so this is what the process itself loads first.
+  median of {frames.FIRST_FRAME_RESTARTS} restarts. The OS page cache stays warm, so this
+  is what the process itself has to load before it serves a frame.
 - ingest MB/s: file bytes sent / wall time until the STOW response or storescu's exit, on
   a freshly started server with empty storage.
 - peak RSS: resident memory summed over the server's process tree, sampled every 20 ms
   during that ingest.
-- ratio: slidearchive / Orthanc (and / nginx for frames); for latency and memory, lower is
-  better, so a ratio below 1 favours slidearchive there.
+- ratio: slidearchive / Orthanc, and in parentheses slidearchive / nginx for frames. For
+  rates higher is better (ratio > 1 favours slidearchive); for latency and memory lower
+  is better (ratio < 1 favours slidearchive).
 - Every frame server is checked first: one frame is fetched and compared byte for byte
   with the frame in the file.
 

@@ -1,0 +1,198 @@
+"""Benchmark: a 100,000-cell annotation from GeoJSON into DICOM and back, as GeoJSON and as bulkdata.
+
+    python bench/results_bench.py [--cells 100000] [--vertices 16]
+
+Two views of the same work, printed as one Markdown table:
+
+- "library": the conversion code alone in this process (time, tracemalloc peak).
+- "HTTP": a real slidearchive server (identified policy, 2 workers) on loopback,
+  timed from the client; memory is the peak RSS of the busiest server worker
+  during that request (VmHWM, reset before each step via /proc/PID/clear_refs).
+
+Cells are QuPath-like detections: a polygon of ``--vertices`` points with
+float coordinates, a class and two measurements.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import tracemalloc
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+WIDTH, HEIGHT = 40_000, 30_000
+
+
+def cells(n: int, vertices: int, seed: int = 1) -> dict:
+    """n cell polygons (closed rings, vertices + 1 positions) spread over the slide."""
+    rng = np.random.default_rng(seed)
+    centres = np.column_stack([rng.uniform(50, WIDTH - 50, n), rng.uniform(50, HEIGHT - 50, n)])
+    angles = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    radii = rng.uniform(4, 12, (n, 1))
+    xs = centres[:, :1] + radii * np.cos(angles)
+    ys = centres[:, 1:] + radii * np.sin(angles)
+    features = []
+    classes = ("Tumor", "Lymphocyte", "Stroma")
+    for i in range(n):
+        ring = np.column_stack([xs[i], ys[i]]).tolist()
+        ring.append(ring[0])
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "detection", "classification": {"name": classes[i % 3]},
+                                        "measurements": {"Area": float(np.pi * radii[i, 0] ** 2),
+                                                         "Perimeter": float(2 * np.pi * radii[i, 0])}}})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def _tree_pids(root: int) -> list[int]:
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            for tid in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (tid / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _reset_hwm(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def _max_hwm_mb(pids: list[int]) -> float:
+    best = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]))
+        except OSError:
+            pass
+    return best / 1024
+
+
+def library_rows(geojson: dict, slide_header) -> list[tuple[str, float, float, str]]:
+    from pydicom.filewriter import dcmwrite
+
+    from archive import annotations
+
+    rows = []
+    tracemalloc.start()
+    t = time.perf_counter()
+    groups = annotations.parse_geojson(geojson, WIDTH, HEIGHT)
+    ds = annotations.build(slide_header, groups, annotations.Creator({"name": "bench", "version": "1"}))
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+        dcmwrite(f.name, ds, enforce_file_format=True)
+        size = Path(f.name).stat().st_size
+        seconds = time.perf_counter() - t
+        rows.append(("library: GeoJSON -> DICOM file", seconds, tracemalloc.get_traced_memory()[1] / 2**20,
+                     f"{size / 2**20:.1f} MB DICOM"))
+        tracemalloc.reset_peak()
+        from pydicom import dcmread
+
+        t = time.perf_counter()
+        features = annotations.to_features(dcmread(f.name))
+        text = json.dumps({"type": "FeatureCollection", "features": features}, separators=(",", ":"))
+        rows.append(("library: DICOM file -> GeoJSON", time.perf_counter() - t,
+                     tracemalloc.get_traced_memory()[1] / 2**20, f"{len(text) / 2**20:.1f} MB JSON"))
+    tracemalloc.stop()
+    return rows
+
+
+def http_rows(server, series: str, body: bytes) -> list[tuple[str, float, float, str]]:
+    from dicomweb_client.api import DICOMwebClient
+
+    pids = _tree_pids(server.process.pid)
+    rows = []
+
+    def step(name, fn):
+        _reset_hwm(pids)
+        t = time.perf_counter()
+        out, note = fn()
+        rows.append((name, time.perf_counter() - t, _max_hwm_mb(pids), note))
+        return out
+
+    def post():
+        req = urllib.request.Request(f"{server.url}/api/slides/{series}/annotations", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read()), f"{len(body) / 2**20:.1f} MB JSON in"
+
+    created = step("HTTP: POST GeoJSON (build + ingest)", post)
+
+    def get_geojson():
+        with urllib.request.urlopen(f"{server.url}/api/slides/{series}/annotations?instance="
+                                    f"{created['sop_instance']}", timeout=600) as r:
+            data = r.read()
+        return json.loads(data), f"{len(data) / 2**20:.1f} MB JSON out"
+
+    back = step("HTTP: GET GeoJSON", get_geojson)
+    assert len(back["features"]) == sum(1 for _ in back["features"])
+    client = DICOMwebClient(url=server.dicomweb)
+
+    def get_bulk():
+        meta = client.retrieve_instance_metadata(created["study"], created["series"], created["sop_instance"])
+        total = 0
+        for group in meta["006A0002"]["Value"]:
+            for tag in ("00660022", "00660040"):
+                if "BulkDataURI" in group.get(tag, {}):
+                    total += len(client.retrieve_bulkdata(group[tag]["BulkDataURI"])[0])
+        return None, f"{total / 2**20:.1f} MB bulkdata (coords + indices)"
+
+    step("HTTP: metadata + bulkdata (dicomweb-client)", get_bulk)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=int, default=100_000)
+    ap.add_argument("--vertices", type=int, default=16)
+    args = ap.parse_args()
+
+    from conftest import IDENTIFIED, Server
+    from slides import SlideSpec, make_slide
+    from pydicom import dcmread
+
+    geojson = cells(args.cells, args.vertices)
+    body = json.dumps({"geojson": geojson, "algorithm": {"name": "bench", "version": "1"}}).encode()
+    with tempfile.TemporaryDirectory(prefix="results-bench-") as tmp:
+        root = Path(tmp)
+        spec = SlideSpec(width=WIDTH, height=HEIGHT, tile=1024, levels=1, label=False, overview=False)
+        paths = make_slide(root / "slide", spec)
+        header = dcmread(paths[0], stop_before_pixels=True)
+        rows = library_rows(geojson, header)
+        (root / "server").mkdir()
+        server = Server(root / "server", IDENTIFIED, dimse=False).start()
+        try:
+            from test_results_support import stow
+
+            status, _ = stow(server, paths)
+            assert status == 200, status
+            rows += http_rows(server, str(header.SeriesInstanceUID), body)
+        finally:
+            server.stop()
+    print(f"\n{args.cells:,} cells x {args.vertices} vertices ({args.cells * args.vertices:,} points), "
+          "float64 coordinates, 2 measurements\n")
+    print("| step | seconds | peak memory (MB) | size |")
+    print("|---|---:|---:|---|")
+    for name, seconds, mb, note in rows:
+        print(f"| {name} | {seconds:.2f} | {mb:.0f} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
