@@ -241,7 +241,8 @@ def main() -> None:
         slide = sorted(a.slide_dir.glob("*.dcm"))
         small = dataset.make_small_instances(work / "small", a.small) if a.small else []
         for r in run_ingest(slide, small, a.servers.split(","), work):
-            print(r)
+            print(f"{r.server:12} {r.label:13} {r.mb_per_s:8.1f} MB/s {r.instances_per_s:8.1f} inst/s "
+                  f"peak RSS {r.peak_rss_mb:6.0f} MB  {'ok' if r.ok else 'FAILED ' + r.detail}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
