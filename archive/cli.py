@@ -11,6 +11,11 @@ from typing import Iterator
 from .config import ConfigError, Settings, load_settings, parse_remote
 from .errors import ArchiveError
 
+try:
+    from deid import PolicyError
+except ImportError:  # pragma: no cover - deid ships with the archive
+    PolicyError = ConfigError
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     remotes = [parse_remote(r) for r in getattr(args, "remote", None) or []]
@@ -84,9 +89,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     archive = Archive(_settings(args))
     rows = archive.catalog.storage_ids()
-    on_disk = set(archive.storage.iter_ids())
+    on_disk = archive.storage.files()
     missing = [sid for sid in rows if sid not in on_disk]
-    orphans = sorted(on_disk - set(rows))
+    orphans = sorted(set(on_disk) - set(rows))
     corrupt = []
     if args.checksums:
         expected = {r.storage_id: r.sha256 for r in
@@ -107,7 +112,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for sid in missing:
             archive.catalog.remove_instance_row(rows[sid])
         for sid in orphans:
-            archive.storage.remove(sid)
+            on_disk[sid].unlink(missing_ok=True)
         archive.storage.sweep_temp()
         print(f"repaired: removed {len(missing)} rows without bytes, {len(orphans)} orphan files, {temps} temp files"
               + (f"; {len(corrupt)} corrupt instances left for you to re-send" if corrupt else ""))
@@ -158,9 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .server import quiet_libraries
+
+    quiet_libraries()
     try:
         return args.func(args) or 0
-    except ConfigError as e:
+    except (ConfigError, PolicyError) as e:
         print(f"slidearchive: configuration error: {e}", file=sys.stderr)
         return 2
     except ArchiveError as e:

@@ -41,9 +41,15 @@ class _Gunicorn(BaseApplication):
 
 
 def _background(target: Callable[[Settings], None], settings: Settings, name: str) -> multiprocessing.Process:
-    process = multiprocessing.get_context("spawn").Process(target=target, args=(settings,), name=name, daemon=True)
+    process = multiprocessing.get_context("spawn").Process(target=_child, args=(target, settings), name=name,
+                                                           daemon=True)
     process.start()
     return process
+
+
+def _child(target: Callable[[Settings], None], settings: Settings) -> None:
+    quiet_libraries()
+    target(settings)
 
 
 def _dimse_target():
@@ -62,10 +68,20 @@ def _index_target():
     return run_worker
 
 
+def quiet_libraries() -> None:
+    """pydicom logs invalid values verbatim and pynetdicom logs data sets at debug: both could carry PHI."""
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM."""
     from .service import Archive
 
+    quiet_libraries()
     Archive(settings).storage.sweep_temp()  # creates the data dir and catalog; removes crash leftovers
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         print(f"slidearchive: listening on loopback only ({settings.host}); use --host 0.0.0.0 to accept "

@@ -58,14 +58,9 @@ class StorageArea:
     def exists(self, storage_id: str) -> bool:
         return self.path(storage_id).is_file()
 
-    def iter_ids(self):
-        """Every committed id on disk (for ``verify``)."""
-        for first in self.root.iterdir():
-            if first.name == "tmp" or not first.is_dir():
-                continue
-            for second in first.iterdir():
-                for f in second.iterdir():
-                    yield f.name
+    def files(self) -> dict[str, Path]:
+        """Every committed file on disk by its name (for ``verify``), wherever it lies."""
+        return {f.name: f for f in self.root.glob("*/*/*") if f.is_file() and f.parent.parent.name != "tmp"}
 
     def sweep_temp(self) -> int:
         """Remove temp files left by a crash; returns how many."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from archive.errors import InvalidRequest, UnsupportedMediaType
+from archive.storage import raise_for_os_error
 
 CHUNK = 1 << 20
 MAX_HEADER = 16 * 1024
@@ -87,6 +88,9 @@ def read_parts(stream: BinaryIO, boundary: str, new_spool: Callable[[], Path]) -
                         b.buf = b.buf[-keep:]
                     if not b.fill():
                         raise InvalidRequest("multipart body truncated: closing boundary missing")
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            raise_for_os_error(e)
         except BaseException:
             path.unlink(missing_ok=True)
             raise

@@ -39,6 +39,7 @@ class Server:
 
     def __init__(self, root: Path, config: str = "", dimse: bool = True, args: tuple[str, ...] = ()):
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.http_port = free_port()
         self.dimse_port = free_port()
