@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -35,6 +36,10 @@ INVALID_ARGUMENT = 0x0115
 NO_SUCH_ACTION_TYPE = 0x0123
 #: How long the worker waits for the N-ACTION response to leave before reporting.
 RESPONSE_WAIT = 10.0
+#: After the response: time for a requester that releases at once to do so, so the report
+#: goes on a new association instead of racing its A-RELEASE (the reactor is paused while
+#: pynetdicom waits for the N-EVENT-REPORT response, so a release would go unseen).
+RELEASE_GRACE = 1.0
 
 
 def check(catalog, action: Dataset) -> Dataset:
@@ -120,6 +125,7 @@ class Commitments:
         ok_count = len(report.get("ReferencedSOPSequence", []))
         failed_count = len(report.get("FailedSOPSequence", []))
         flag.wait(RESPONSE_WAIT)
+        time.sleep(RELEASE_GRACE)
         if assoc.is_established and self._send(assoc, report, event_type):
             log.info("storage commitment for %s: %d committed, %d failed (same association)", ae, ok_count,
                      failed_count)
