@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
@@ -28,6 +29,7 @@ from deid.walk import Context, walk
 
 _TEXTUAL_VRS = frozenset({"PN", "LO", "SH", "DA", "AE", "ST", "LT", "UT", "UC"})
 _SMALL_SEQUENCE = 16  # term collection skips big (per-frame) sequences: they hold no names
+_BIG_RAW = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def _collect_terms(ds: Dataset, options: frozenset[Option], depth: int = 0) -> l
         elem = ds.get_item(tag)
         vr = elem.VR or ""
         rule = table.by_tag.get(tag)
+        if isinstance(elem, RawDataElement) and elem.value is not None and len(elem.value) > _BIG_RAW:
+            continue  # a big unparsed sequence (per-frame groups): never parsed just for terms
         if vr == "SQ" or (not vr and ds[tag].VR == "SQ"):
             seq = ds[tag].value
             if len(seq) <= _SMALL_SEQUENCE and depth < 6:

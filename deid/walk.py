@@ -22,6 +22,7 @@ from deid.actions import TEXT_VRS, dummy_value, is_definitional_uid_keyword, res
 from deid.dates import DUMMY as DUMMY_DATES, shift_value
 from deid.iod import IodTypes
 from deid.options import Option
+from deid.rawscan import needs_walk
 from deid.table import ProfileTable
 from deid.uids import Pseudonymizer, is_well_known_uid
 
@@ -128,29 +129,39 @@ def _identifier_concept(item: Dataset) -> bool:
     return False
 
 
-def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str | None = None) -> Dataset:
-    """Return a new data set with the profile applied to `ds` and everything inside it.
+def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str | None = None,
+         reuse: bool = False) -> Dataset:
+    """Return a data set with the profile applied to `ds` and everything inside it.
 
     `text_mode` is set inside sequences the profile keeps only as cleaned content
     (D / C / structured Z): free text there that the table does not list (TextValue,
     UnformattedTextValue, names) is replaced ("dummy") or scrubbed ("scrub").
+    With `reuse` (sequence items), an item the profile leaves untouched is returned
+    as it is instead of being copied: a parsed 100,000-item per-frame sequence then
+    costs one pass and no new objects.
     """
-    out = Dataset()
     private_keep = _safe_private_tags(ds, ctx) if ctx.safe_private else set()
-    for tag in ds.keys():
+    kept: list[Any] = []
+    changed = False
+    # Dataset._dict holds the elements as read (raw until accessed); going through it
+    # directly avoids pydicom's per-access tag conversion on 100,000-item sequences.
+    for tag, elem in list(ds._dict.items()):
         tag = int(tag)
         group = tag >> 16
         if group == 0x0002:
+            changed = True
             continue
-        elem = ds.get_item(tag)
         if group & 1:
             if tag in private_keep:
-                out.add(_as_element(ds, tag, elem))
+                kept.append(elem)
+            else:
+                changed = True
             continue
         if 0x6000 <= group <= 0x60FF or 0x5000 <= group <= 0x50FF:
             # Overlays and curves: Table E.1-1 removes their data and comments; the
             # Clean Graphics option would keep them cleaned, which needs a person
             # looking at the bitmap, so the whole repeating group goes (documented).
+            changed = True
             continue
         vr = _vr_of(elem, tag)
         rule = ctx.table.by_tag.get(tag)
@@ -159,13 +170,21 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
         else:
             action = resolve(rule.action(ctx.options), ctx.types.type_of(path, _keyword(tag)))
             new = _apply(ds, tag, elem, vr, action, ctx, path, text_mode)
-        if new is not None:
-            out.add(new)
+        if new is None:
+            changed = True
+            continue
+        if new is not elem and new is not ds._dict.get(tag):
+            changed = True
+        kept.append(new)
+    if reuse and not changed:
+        return ds
+    out = Dataset()
+    # Same encoding as the source, so that writing copies raw elements instead of
+    # decoding them (pydicom decodes everything when the encodings seem to differ).
+    out.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    for new in kept:
+        out.add(new)
     return out
-
-
-def _as_element(ds: Dataset, tag: int, elem: Any) -> DataElement | RawDataElement:
-    return elem
 
 
 def _safe_private_tags(ds: Dataset, ctx: Context) -> set[int]:
@@ -190,14 +209,40 @@ def _safe_private_tags(ds: Dataset, ctx: Context) -> set[int]:
 
 def _recurse(ds: Dataset, tag: int, ctx: Context, path: tuple[str, ...], text_mode: str | None) -> DataElement:
     sub = path + (_keyword(tag),)
-    items = [walk(item, ctx, sub, text_mode) for item in _value(ds, tag)]
+    seq = _value(ds, tag)
+    items = [walk(item, ctx, sub, text_mode, reuse=True) for item in seq]
+    if all(new is old for new, old in zip(items, seq)):
+        return ds.get_item(tag)  # nothing inside changed: keep the element itself
     return DataElement(tag, "SQ", Sequence(items))
+
+
+def _actionable(ctx: Context, text_mode: str | None) -> Callable[[int, str], bool]:
+    """For the raw scan: would the walk change or drop an element with this tag and VR?"""
+    def check(tag: int, vr: str) -> bool:
+        group = tag >> 16
+        if group & 1 or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+            return True
+        if tag in ctx.table.by_tag or tag == TEXT_VALUE:
+            return True
+        if vr == "UI":
+            return not is_definitional_uid_keyword(_keyword(tag))
+        return text_mode is not None and vr in _FREE_TEXT_VRS
+    return check
+
+
+def _inert_raw_sequence(elem: Any, ctx: Context, text_mode: str | None) -> bool:
+    """True when a still-raw (unparsed) sequence holds nothing the profile acts on."""
+    if not isinstance(elem, RawDataElement) or not elem.is_little_endian or not elem.value:
+        return False
+    return not needs_walk(elem.value, elem.is_implicit_VR, _actionable(ctx, text_mode))
 
 
 def _unlisted(ds: Dataset, tag: int, elem: Any, vr: str, ctx: Context, path: tuple[str, ...],
               text_mode: str | None) -> Any:
     """An element Table E.1-1 does not list: kept, with UIDs mapped and cleaned-content text handled."""
     if vr == "SQ":
+        if _inert_raw_sequence(elem, ctx, text_mode):
+            return elem  # kept byte for byte, never parsed
         return _recurse(ds, tag, ctx, path, text_mode)
     if vr == "UI":
         if Option.RETAIN_UIDS in ctx.options or is_definitional_uid_keyword(_keyword(tag)):
