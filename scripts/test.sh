@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install what the tests need (DCMTK, dicom3tools, Python packages, an Elasticsearch 8 node's jars
+# from Maven Central) and run the whole suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+if ! command -v /usr/bin/storescu >/dev/null || ! command -v dciodvfy >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dcmtk dicom3tools >/dev/null
+fi
+python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
+mvn -q -f indexer/es-runner/pom.xml dependency:copy-dependencies
+exec python3 -m pytest "$@"
