@@ -4,13 +4,14 @@ A pure library: the archive's ingest path calls `deidentify(header, policy, vaul
 and stores what comes back; nothing here knows where bytes are stored. See docs/deid.md.
 """
 from deid.core import Outcome, deidentify
-from deid.errors import Dropped, PolicyError
+from deid.errors import DeidentificationError, Dropped, PolicyError
 from deid.options import Option
 from deid.policy import Policies, Policy, load_policies
 from deid.slides import blank_region
 from deid.vault import LinkVault
 
 __all__ = [
+    "DeidentificationError",
     "Dropped",
     "LinkVault",
     "Option",

@@ -16,7 +16,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
-from deid.errors import Dropped
+from deid.errors import DeidentificationError, Dropped
 from deid.iod import iod_types
 from deid.options import BASIC_PROFILE_CODE, Option
 from deid.policy import Policy
@@ -148,7 +148,20 @@ def deidentify(header: Dataset, policy: Policy, vault: LinkVault | None = None) 
 
     An identified policy returns the header unchanged. Links go to `vault` only when
     the policy asks for re-linkability; otherwise nothing linkable is kept anywhere.
+    Any other failure surfaces as DeidentificationError with a message that names the
+    policy and the error type only.
     """
+    try:
+        return _deidentify(header, policy, vault)
+    except (Dropped, DeidentificationError):
+        raise
+    except Exception as exc:
+        raise DeidentificationError(
+            f"de-identification under policy {policy.name} failed ({type(exc).__name__})") from None
+
+
+def _deidentify(header: Dataset, policy: Policy, vault: LinkVault | None) -> Outcome:
+    """deidentify() without the error wrapping."""
     if policy.identified:
         return Outcome(dataset=header, blank_area=None)
     blank_area = decide(header, policy)
@@ -180,6 +193,7 @@ def deidentify(header: Dataset, policy: Policy, vault: LinkVault | None = None) 
     out.file_meta = _file_meta(header, out)
     if policy.relink:
         if vault is None:
-            raise ValueError(f"policy {policy.name} asks for re-linkable pseudonyms but no link vault was given")
+            raise DeidentificationError(
+                f"policy {policy.name} asks for re-linkable pseudonyms but no link vault was given")
         _record_links(vault, policy, header, out)
     return Outcome(dataset=out, blank_area=blank_area)

@@ -16,3 +16,11 @@ class Dropped(Exception):
 
 class PolicyError(ValueError):
     """The [deid] configuration is invalid."""
+
+
+class DeidentificationError(RuntimeError):
+    """De-identification failed on malformed input.
+
+    Raised instead of the underlying parser or value error, whose message could quote
+    a value from the data set; the cause is deliberately not chained.
+    """

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -39,6 +39,9 @@ PATIENT_ID = 0x00100020
 IDENTIFIER_CONCEPTS = frozenset({("DCM", "121041"), ("DCM", "111700"), ("DCM", "111705")})
 
 _FREE_TEXT_VRS = frozenset({"ST", "LT", "UT", "UC", "PN"})
+VALID_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
+                       "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
+                       "UR", "US", "UT", "UV"})
 
 
 @dataclass
@@ -165,6 +168,11 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
             continue
         vr = _vr_of(elem, tag)
         rule = ctx.table.by_tag.get(tag)
+        if rule is None and (tag not in DicomDictionary or vr not in VALID_VRS):
+            # Not a standard attribute pydicom knows, or not even a valid VR (garbage in
+            # a malformed item): nothing says what it holds, so it does not pass.
+            changed = True
+            continue
         if rule is None:
             new = _unlisted(ds, tag, elem, vr, ctx, path, text_mode)
         else:
@@ -224,6 +232,8 @@ def _actionable(ctx: Context, text_mode: str | None) -> Callable[[int, str], boo
             return True
         if tag in ctx.table.by_tag or tag == TEXT_VALUE:
             return True
+        if tag not in DicomDictionary or vr not in VALID_VRS:
+            return True  # the walk drops it
         if vr == "UI":
             return not is_definitional_uid_keyword(_keyword(tag))
         return text_mode is not None and vr in _FREE_TEXT_VRS

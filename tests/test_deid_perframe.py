@@ -128,3 +128,42 @@ def test_per_frame_dates_and_uids_are_still_handled(undefined: bool) -> None:
     refs = {i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID for i in items}
     assert len(refs) == 1 and refs.pop().startswith("2.25.")
     assert items[7].PlanePositionSlideSequence[0].ColumnPositionInTotalImagePixelMatrix == 1 + 7 * 256
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x08\x00\x50\x00SH\x40\x00" + b"DOE^JANE PAT-0001 " * 4,
+    b"\xfe\xff\x00\xe0\xff\x00\x00\x00" + b"DOE^JANE PAT-0001 " * 4,
+    b"\xfe\xff\x00\xe0\x10\x00\x00\x00\x10\x00\x10\x00PN\x08\x00DOE^JANE" + b"PAT-0001",
+], ids=["no-item", "short-item", "trailing"])
+def test_malformed_input_never_leaks(garbage: bytes) -> None:
+    """A broken nested sequence: either a clean failure that quotes nothing, or no PHI in the output."""
+    from deid import DeidentificationError
+
+    src = header(3)
+    src[0x00400560] = RawDataElement(BaseTag(0x00400560), "SQ", len(garbage), garbage, 0, False, True)
+    try:
+        out = deidentify(src, Policy(name="basic", key=KEY)).dataset
+    except DeidentificationError as exc:
+        assert "basic" in str(exc)
+        assert "DOE" not in str(exc) and "PAT-0001" not in str(exc)
+        assert exc.__cause__ is None and exc.__suppress_context__
+        return
+    data = written(out)
+    assert b"DOE" not in data and b"PAT-0001" not in data
+
+
+def test_retain_safe_private_keeps_only_listed_private_elements() -> None:
+    src = header(3)
+    block = src.private_block(0x0011, "SAFE CREATOR", create=True)
+    block.add_new(0x01, "LO", "kept value")
+    block.add_new(0x02, "LO", "DOE^JANE")
+    other = src.private_block(0x0013, "OTHER CREATOR", create=True)
+    other.add_new(0x01, "LO", "PAT-0001")
+    opt = Option.RETAIN_SAFE_PRIVATE
+    policy = Policy(name="p", key=KEY, options=frozenset({opt}), safe_private=frozenset({("SAFE CREATOR", 0x0011, 0x01)}))
+    out = deidentify(src, policy).dataset
+    private = {int(e.tag): e.value for e in out if e.tag.is_private}
+    assert private == {0x00110010: "SAFE CREATOR", 0x00111001: "kept value"}
+    # Without the option the same list keeps nothing.
+    plain = deidentify(src, Policy(name="b", key=KEY, safe_private=policy.safe_private)).dataset
+    assert not [e for e in plain if e.tag.is_private]

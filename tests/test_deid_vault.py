@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from deid import LinkVault, Policy, deidentify
+from deid import DeidentificationError, LinkVault, Policy, deidentify
 from deid.cli import cmd_keygen, register, vault_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -121,6 +121,6 @@ def test_no_relink_keeps_nothing(tmp_path: Path, level0: pydicom.Dataset) -> Non
 
 def test_relink_without_vault_is_refused(keys: Path, level0: pydicom.Dataset) -> None:
     policy = Policy(name="research", key=KEY, relink=True, broker_public_key=keys / "broker_public.pem")
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(DeidentificationError) as info:
         deidentify(level0, policy, vault=None)
     assert "research" in str(info.value) and "PAT-0001" not in str(info.value)
