@@ -54,6 +54,7 @@ class FrameResult:
     p99_ms: float
     errors: int
     detail: str = ""
+    cpu_ms_per_frame: float | None = None  # server CPU per response: robust to a busy machine
 
     @property
     def per_s(self) -> float:
@@ -183,9 +184,10 @@ def bench_level(server: Server, inst: Instance, level: str, seconds: int,
     if errors:
         detail += (f"; errors: {r['not_200']} non-200, {r['timeouts']} timeouts, "
                    f"{r['connect_errors'] + r['read_errors'] + r['write_errors']} socket")
+    cpu = mem.cpu_s * 1000 / r["requests"] if r["requests"] else None
     return FrameResult(server.name, level, inst.frames, r["requests"] - r["not_200"],
                        r["duration_us"] / 1e6, r["p50_us"] / 1000, r["p99_us"] / 1000,
-                       errors, detail)
+                       errors, detail, cpu)
 
 
 def first_frame_ms(server: Server, inst: Instance, restarts: int = FIRST_FRAME_RESTARTS
@@ -216,7 +218,8 @@ def run_frames(server: Server, levels: dict[str, Instance], seconds: int,
         print(f"  {server.name}: frames of {level} ({inst.frames} frames) for up to {seconds} s ...",
               flush=True)
         res = bench_level(server, inst, level, seconds, max_requests, tmp)
-        print(f"    {res.per_s:.1f} req/s, p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms"
+        print(f"    {res.per_s:.1f} req/s, p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms, "
+              f"server CPU {res.cpu_ms_per_frame or 0:.2f} ms/frame"
               + (f"  [{res.detail}]" if res.detail else ""), flush=True)
         results.append(res)
     first = first_frame_ms(server, levels[large])

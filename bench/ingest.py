@@ -48,12 +48,21 @@ class IngestResult:
     start_rss_mb: float
     ok: bool
     detail: str = ""
+    cpu_s: float = 0.0  # CPU the server tree used during the ingest
     load: float = 0.0  # 1-minute load average before the ingest (the machine is shared)
     response: str = ""  # the STOW response (JSON + Warning headers), for the UIDs stored
 
     @property
     def mb_per_s(self) -> float:
         return self.nbytes / 1e6 / self.seconds if self.ok and self.seconds else 0.0
+
+    @property
+    def cpu_s_per_gb(self) -> float | None:
+        return self.cpu_s / (self.nbytes / 1e9) if self.ok and self.nbytes else None
+
+    @property
+    def cpu_ms_per_instance(self) -> float | None:
+        return self.cpu_s * 1000 / self.instances if self.ok and self.instances else None
 
     @property
     def instances_per_s(self) -> float:
@@ -176,9 +185,10 @@ def measure(server: Server, label: str, files: list[Path], send) -> IngestResult
         why = stow_warnings(code, detail)
     res = IngestResult(label, server.name, sum(p.stat().st_size for p in files), len(files),
                        seconds, mem.peak_mb, mem.start_kb / 1024, ok, why,
-                       load, detail if label.startswith("stow") else "")
+                       mem.cpu_s, load, detail if label.startswith("stow") else "")
     print(f"    {label}: {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
-          f"{res.instances_per_s:.1f} inst/s, peak RSS {res.peak_rss_mb:.0f} MB"
+          f"{res.instances_per_s:.1f} inst/s, peak RSS {res.peak_rss_mb:.0f} MB, "
+          f"server CPU {res.cpu_s:.1f} s"
           + ("" if res.ok else f"  FAILED: {res.detail}")
           + (f"  ({res.detail})" if res.ok and res.detail else ""), flush=True)
     return res

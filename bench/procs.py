@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -140,6 +141,24 @@ def tree_rss_kb(root: int) -> int:
     return sum(rss_kb(p) for p in process_tree(root))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, including children it has reaped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2:].split()
+    # fields[11..14] are utime, stime, cutime, cstime (stat fields 14-17).
+    return sum(int(x) for x in fields[11:15]) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU used so far by a process tree: what the server spent, whatever else
+    runs on the machine at the same time (unlike wall-clock rates)."""
+    return sum(cpu_seconds(p) for p in process_tree(root))
+
+
 @dataclass
 class MemorySampler:
     """Samples the summed RSS of a process tree in a thread, keeping the peak.
@@ -154,12 +173,14 @@ class MemorySampler:
     peak_kb: int = 0
     start_kb: int = 0
     samples: int = 0
+    cpu_s: float = 0.0  # CPU the tree used between enter and exit
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> "MemorySampler":
         self.start_kb = tree_rss_kb(self.root)
         self.peak_kb = self.start_kb
+        self.cpu_s = -tree_cpu_seconds(self.root)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -178,6 +199,7 @@ class MemorySampler:
         if self._thread is not None:
             self._thread.join()
         self.peak_kb = max(self.peak_kb, tree_rss_kb(self.root))
+        self.cpu_s += tree_cpu_seconds(self.root)
 
     @property
     def peak_mb(self) -> float:

@@ -195,6 +195,8 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
             vs_nginx=True)
         add(f"p50 latency ms, {level}", frame_metric(level, "p50_ms"), 2, vs_nginx=True)
         add(f"p99 latency ms, {level}", frame_metric(level, "p99_ms"), 2, vs_nginx=True)
+        add(f"server CPU ms per frame, {level}", frame_metric(level, "cpu_ms_per_frame"), 3,
+            vs_nginx=True)
     large = list(data.levels)[-1]
     add(f"first frame after restart ms, {large}",
         {c: (o.first_frame[0] if o.first_frame and not o.first_frame[1] else None)
@@ -211,16 +213,20 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
     n = len(data.slide)
     add(f"STOW-RS ingest MB/s, whole slide ({n} instances, {size:.0f} MB, one request)",
         ingest_metric("stow-slide", "mb_per_s"))
+    add("server CPU s per GB, STOW-RS", ingest_metric("stow-slide", "cpu_s_per_gb"))
     add("server RSS MB when idle, just started (lower is better)",
         ingest_metric("stow-slide", "start_rss_mb"), 0)
     add("peak server RSS MB during STOW-RS (lower is better)",
         ingest_metric("stow-slide", "peak_rss_mb"), 0)
     add(f"C-STORE ingest MB/s, whole slide (storescu +sd -R -xy, one association)",
         ingest_metric("cstore-slide", "mb_per_s"))
+    add("server CPU s per GB, C-STORE of the slide", ingest_metric("cstore-slide", "cpu_s_per_gb"))
     add("peak server RSS MB during C-STORE of the slide (lower is better)",
         ingest_metric("cstore-slide", "peak_rss_mb"), 0)
     add(f"C-STORE instances/s, {len(data.small)} small instances (storescu +sd -R)",
         ingest_metric("cstore-small", "instances_per_s"))
+    add("server CPU ms per small instance, C-STORE",
+        ingest_metric("cstore-small", "cpu_ms_per_instance"), 2)
     add("peak server RSS MB during C-STORE of small instances (lower is better)",
         ingest_metric("cstore-small", "peak_rss_mb"), 0)
     return table
@@ -291,6 +297,9 @@ What the numbers are:
   is what the process itself has to load before it serves a frame.
 - ingest MB/s: file bytes sent / wall time until the STOW response or storescu's exit, on
   a freshly started server with empty storage.
+- server CPU: user+system CPU time of the server's whole process tree during that
+  measurement, divided by the responses (frames) or bytes/instances ingested. Unlike the
+  rates, it hardly depends on what else the shared machine is doing; lower is better.
 - peak RSS: resident memory summed over the server's process tree, sampled every 20 ms
   during that ingest.
 - ratio: slidearchive / Orthanc, and in parentheses slidearchive / nginx for frames. For
