@@ -24,8 +24,9 @@ def dcmtk(tool: str, *args: str, timeout: float = 300, cwd: Path | None = None) 
     return subprocess.run([str(DCMTK / tool), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-def echo_ok(server) -> bool:
-    return dcmtk("echoscu", "-aec", AE, "127.0.0.1", str(server.dimse_port), timeout=60).returncode == 0
+def echo_ok(server, calling: str = "ECHOSCU") -> bool:
+    return dcmtk("echoscu", "-aet", calling, "-aec", AE, "127.0.0.1", str(server.dimse_port),
+                 timeout=60).returncode == 0
 
 
 def store(server, *paths: Path | str, options: list[str] = (), calling: str = "STORESCU") -> subprocess.CompletedProcess:
@@ -41,9 +42,9 @@ def verify(server) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def assert_healthy(server) -> None:
+def assert_healthy(server, calling: str = "ECHOSCU") -> None:
     """After any bad input: the SCP still answers and storage and catalog agree."""
-    assert echo_ok(server), server.log_path.read_text()[-2000:]
+    assert echo_ok(server, calling), server.log_path.read_text()[-2000:]
     result = verify(server)
     assert result.returncode == 0, result.stdout + result.stderr
     spool = server.data_dir / "dimse-spool"

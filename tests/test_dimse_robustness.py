@@ -1,0 +1,303 @@
+"""Bad input over DIMSE: each gets a DICOM status or a clean abort, nothing is half-stored, and the
+SCP keeps serving (echoscu answers, ``slidearchive verify`` exits 0, the spool is empty)."""
+from __future__ import annotations
+
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind, Verification,
+                                  VLWholeSlideMicroscopyImageStorage)
+
+from conftest import IDENTIFIED
+from slides import SlideSpec, make_slide
+from test_dimse_tools import AE as ARCHIVE_AE, PROPOSE, assert_healthy, dcmtk, echo_ok, needs_dcmtk, store
+
+pytestmark = needs_dcmtk
+WSI = VLWholeSlideMicroscopyImageStorage
+
+
+def _associate(server, *contexts, calling: str = "BADPEER"):
+    ae = AE(ae_title=calling)
+    for cx in contexts:
+        ae.add_requested_context(*cx) if isinstance(cx, tuple) else ae.add_requested_context(cx)
+    return ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE)
+
+
+def _wsi_dataset(**changes) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = WSI
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "BAD-1"
+    ds.Modality = "SM"
+    for k, v in changes.items():
+        if v is None:
+            delattr(ds, k)
+        else:
+            setattr(ds, k, v)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _store_status(server, ds: Dataset) -> int:
+    assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(ds).Status
+    finally:
+        assoc.release()
+
+
+def _file_with_garbage(tmp_path: Path) -> Path:
+    """Valid File Meta Information followed by bytes that are not a data set."""
+    ds = _wsi_dataset()
+    ds.file_meta.MediaStorageSOPClassUID = WSI
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+    path = tmp_path / "garbage.dcm"
+    with open(path, "wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(f, ds.file_meta, enforce_standard=True)
+        f.write(b"\x08\x00\x16\x00SQ\x00\x00\xff\xff\xff\xff" + b"\x01" * 50)  # a sequence of no items
+    return path
+
+
+def test_garbage_data_set_is_cannot_understand(server, tmp_path):
+    path = _file_with_garbage(tmp_path)
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes as they are
+    try:
+        assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(path).Status
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+    assert status == 0xC000
+    assert_healthy(server)
+
+
+def test_missing_study_uid_is_mismatch(server):
+    assert _store_status(server, _wsi_dataset(StudyInstanceUID=None)) == 0xA900
+    assert_healthy(server)
+
+
+def test_sop_class_differs_from_context(server):
+    """The data set says CT, the C-STORE request says whole-slide: Data Set does not match SOP Class."""
+    ds = _wsi_dataset()
+    assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
+    try:
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        # pynetdicom picks the context from the data set's SOP class; send it under the WSI context
+        req = C_STORE()
+        req.MessageID = 1
+        req.AffectedSOPClassUID = WSI
+        req.AffectedSOPInstanceUID = ds.SOPInstanceUID
+        req.Priority = 2
+        req.DataSet = BytesIO(_encode(ds))
+        cx = assoc.accepted_contexts[0]
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        assoc.dimse.send_msg(req, cx.context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
+        assert rsp.Status == 0xA900
+    finally:
+        assoc.release()
+    assert_healthy(server)
+
+
+def _encode(ds: Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def test_unknown_sop_class_context_rejected(server):
+    """A private SOP class is not accepted; the association itself stays usable."""
+    assoc = _associate(server, Verification, ("1.2.826.0.1.3680043.9.9999.1", ExplicitVRLittleEndian))
+    assert assoc.is_established
+    try:
+        assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [Verification]
+        ds = _wsi_dataset(SOPClassUID="1.2.826.0.1.3680043.9.9999.1")
+        with pytest.raises(ValueError):
+            assoc.send_c_store(ds)
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    assert_healthy(server)
+
+
+def test_unsupported_transfer_syntax_rejected(server, tmp_path):
+    """A context offering only a syntax the archive does not store (MPEG2) is rejected."""
+    assoc = _associate(server, Verification, (WSI, "1.2.840.10008.1.2.4.100"))
+    assert assoc.is_established
+    try:
+        assert all(cx.abstract_syntax == Verification for cx in assoc.accepted_contexts)
+    finally:
+        assoc.release()
+
+
+def _send_partial(assoc, size: int = 32 << 20, pdus: int = 20) -> None:
+    """Start a C-STORE and stop after ``pdus`` P-DATA PDUs, as a peer that dies or hangs would."""
+    ds = _wsi_dataset()
+    body = _encode(ds) + b"\xe0\x7f\x10\x00OB\x00\x00" + size.to_bytes(4, "little") + bytes(size)
+    req = C_STORE()
+    req.MessageID = 1
+    req.AffectedSOPClassUID = WSI
+    req.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    req.Priority = 2
+    req.DataSet = BytesIO(body)
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    cx = assoc.accepted_contexts[0]
+    for n, pdu in enumerate(msg.encode_msg(cx.context_id, 16384)):
+        if n >= pdus:
+            break
+        assoc.dul.send_pdu(pdu)
+
+
+def _wait(predicate, timeout: float = 60) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _spool(server) -> list[Path]:
+    return list((server.data_dir / "dimse-spool").iterdir())
+
+
+def test_abort_mid_transfer(server):
+    assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
+    assert assoc.is_established
+    _send_partial(assoc)
+    assert _wait(lambda: _spool(server)), "the partial C-STORE never reached the spool"
+    assoc.abort()
+    assert _wait(lambda: not _spool(server)), "the partial C-STORE was not discarded"
+    assert_healthy(server)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # pynetdicom's SCU side
+def test_abort_during_a_large_send(server, tmp_path):
+    """pynetdicom's own send_c_store of a big native slide, aborted from another thread."""
+    import threading
+
+    paths = make_slide(tmp_path / "big", SlideSpec(width=2048, height=2048, codec="native", seed=91,
+                                                   label=False, overview=False, levels=1))
+    ae = AE(ae_title="BIGSEND")
+    ae.add_requested_context(WSI, ExplicitVRLittleEndian)
+    ae.maximum_pdu_size = 16384
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE)
+    assert assoc.is_established
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    errors: list[BaseException] = []
+
+    def send():
+        try:
+            assoc.send_c_store(paths[0])
+        except BaseException as e:  # noqa: BLE001 - the abort may surface as any error here
+            errors.append(e)
+
+    sender = threading.Thread(target=send, daemon=True)
+    try:
+        sender.start()
+        if _wait(lambda: _spool(server), timeout=30):
+            assoc.abort()
+        sender.join(10)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+    assert _wait(lambda: not _spool(server))
+    assert_healthy(server)
+
+
+def test_peer_that_stops_answering(make_server):
+    """A sender that goes silent mid-transfer is cut off by the network timeout; the spool is cleaned."""
+    server = make_server(config=IDENTIFIED + "\n[dimse]\nnetwork_timeout = 2\ndimse_timeout = 2\n")
+    ae = AE(ae_title="SILENT")
+    ae.add_requested_context(WSI, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE)
+    assert assoc.is_established
+    _send_partial(assoc)
+    assert _wait(lambda: _spool(server), timeout=30)
+    assert _wait(lambda: not _spool(server), timeout=60), "the stalled transfer was not discarded"
+    assert _wait(lambda: not assoc.is_established, timeout=30)
+    assert_healthy(server)
+
+
+# --- association policy -----------------------------------------------------------------------
+
+POLICY = IDENTIFIED + """
+[[dimse.peer]]
+ae_title = "SCANNER"
+allow = ["store"]
+[[dimse.peer]]
+ae_title = "VIEWER"
+allow = ["query", "retrieve"]
+"""
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    from conftest import Server
+
+    s = Server(tmp_path_factory.mktemp("guarded"), POLICY).start()
+    yield s
+    s.stop()
+
+
+def test_unknown_peer_is_rejected(guarded):
+    assert not echo_ok(guarded, "STRANGER")
+    result = dcmtk("echoscu", "-aet", "STRANGER", "-aec", ARCHIVE_AE, "127.0.0.1", str(guarded.dimse_port))
+    assert "Rejected" in result.stdout + result.stderr or result.returncode != 0
+    assert echo_ok(guarded, "SCANNER")
+
+
+def test_store_only_peer(guarded, tmp_path):
+    make_slide(tmp_path / "s", SlideSpec(width=256, height=256, seed=93, label=False, overview=False))
+    assert store(guarded, tmp_path / "s", options=PROPOSE["jpeg"], calling="SCANNER").returncode == 0
+    refused = store(guarded, tmp_path / "s", options=PROPOSE["jpeg"], calling="VIEWER")
+    assert refused.returncode != 0
+    assoc = _associate(guarded, StudyRootQueryRetrieveInformationModelFind, calling="SCANNER")
+    try:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = ""
+        statuses = [s.Status for s, _ in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+    assert statuses == [0x0124]
+    assert_healthy(guarded, "SCANNER")
+
+
+def test_query_peer(guarded):
+    assoc = _associate(guarded, StudyRootQueryRetrieveInformationModelFind, calling="VIEWER")
+    try:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = "STUDY"
+        ds.StudyInstanceUID = ""
+        statuses = [s.Status for s, _ in assoc.send_c_find(ds, StudyRootQueryRetrieveInformationModelFind)]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000 and 0xFF00 in statuses
