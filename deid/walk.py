@@ -1,8 +1,10 @@
 """The one pass over a data set that applies Table E.1-1 at every depth.
 
-Every element is visited once, in place order, and copied into a new data set:
-unchanged elements are copied as the raw bytes pydicom read (no value conversion), so
-a header with a large per-frame functional groups sequence is walked once and cheaply.
+Every element is visited once. Unchanged elements are carried over as the raw bytes
+pydicom read (no value conversion); unchanged sequence items are reused, not copied;
+an unparsed sequence with nothing to act on is kept without being parsed at all
+(deid.rawscan). So a header with a large per-frame functional groups sequence costs
+one cheap pass.
 Actions are resolved per element from the table, the policy's options and the type
 of the attribute in the IOD of the SOP class at hand (see actions.resolve).
 """
@@ -30,8 +32,6 @@ from deid.uids import Pseudonymizer, is_well_known_uid
 VALUE_TYPE = 0x0040A040
 TEXT_VALUE = 0x0040A160
 CONCEPT_NAME_CODE_SEQUENCE = 0x0040A043
-CODE_VALUE = 0x00080100
-CODING_SCHEME_DESIGNATOR = 0x00080102
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
 # Coded concepts whose TEXT value is a specimen / container / parent specimen identifier
@@ -75,13 +75,15 @@ class Context:
 
 
 def _vr_of(elem: Any, tag: int) -> str:
+    """The element's VR; for implicit VR the dictionary's, its first choice if ambiguous
+    ("US or SS" -> "US": the walk only branches on SQ / UI / text, never on those)."""
     vr = elem.VR
-    if vr:
-        return str(vr)
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
-        return "UN"
+    if not vr:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return "UN"
+    return str(vr).split(" or ")[0]
 
 
 _KEYWORDS: dict[int, str] = {}

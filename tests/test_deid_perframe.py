@@ -35,6 +35,8 @@ def header(n: int, *, syntax: str = ExplicitVRLittleEndian, undefined: bool = Fa
     ds.ImageType = ["ORIGINAL", "PRIMARY", "VOLUME", "NONE"]
     ds.DimensionOrganizationType = "TILED_SPARSE"
     ds.NumberOfFrames = n
+    ds.PixelRepresentation = 0
+    ds.add_new(0x00280120, "US", 255)  # Pixel Padding Value: ambiguous VR (US or SS) in implicit VR
     items = []
     for k in range(min(n, 200)):
         item = Dataset()
@@ -105,6 +107,7 @@ def test_inert_per_frame_sequence_is_kept_raw(syntax: str) -> None:
     data = written(out)
     assert raw.value in data
     assert b"PAT-0001" not in data and b"DOE" not in data
+    assert pydicom.dcmread(io.BytesIO(data)).PixelPaddingValue == 255
 
 
 def test_parsed_per_frame_items_are_reused_not_copied() -> None:
