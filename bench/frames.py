@@ -193,7 +193,7 @@ def bench_level(server: Server, inst: Instance, level: str, seconds: int,
 def first_frame_ms(server: Server, inst: Instance, restarts: int = FIRST_FRAME_RESTARTS
                    ) -> tuple[float, str]:
     """Median over a few restarts of the time of one random frame of inst, asked
-    right after the server starts; (ms, problem or the individual times).
+    right after the server starts; (ms, problem or '').
 
     The server counts as started when its HTTP service answers; the time is that
     of the first frame request alone. The OS page cache stays warm: this measures
@@ -228,8 +228,6 @@ def run_frames(server: Server, levels: dict[str, Instance], seconds: int,
 
 
 def main() -> None:
-    import ingest  # only the stand-alone run needs to load data into the archives
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("slide_dir", type=Path)
     p.add_argument("--seconds", type=int, default=12)
@@ -243,25 +241,37 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-frames-", dir="/tmp"))
     try:
         for name in a.servers.split(","):
-            if name == "nginx":
-                for inst in levels.values():
-                    dataset.extract_frames(inst, work / "frames")
-                server: Server = Nginx(work / "nginx", work / "frames")
-                server.start()
-            else:
-                server = {"slidearchive": SlideArchive, "Orthanc": Orthanc}[name](work / name)
-                server.start()
-                _, status, text = ingest.stow(server, slide)
-                if why := ingest.stow_failures(status, text):
-                    raise RuntimeError(f"{name}: STOW failed: {why}")
+            server = make_server(name, work)
             try:
-                if name != "nginx":
-                    levels = resolve_stored(server, levels, ingest.stored_instances(server, text))
-                run_frames(server, levels, a.seconds, a.max_requests, "large level", work)
+                served = load(server, slide, levels, work)
+                run_frames(server, served, a.seconds, a.max_requests, "large level", work)
             finally:
                 server.wipe()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def make_server(name: str, work: Path) -> Server:
+    if name == "nginx":
+        return Nginx(work / "nginx", work / "frames")
+    return {"slidearchive": SlideArchive, "Orthanc": Orthanc}[name](work / name)
+
+
+def load(server: Server, slide: list[Path], levels: dict[str, Instance],
+         work: Path) -> dict[str, Instance]:
+    """Start server with the slide in it: frames as files for nginx, STOW for an archive."""
+    import ingest  # only the stand-alone run needs to load data itself
+
+    if isinstance(server, Nginx):
+        for inst in levels.values():
+            dataset.extract_frames(inst, work / "frames")
+        server.start()
+        return levels
+    server.start()
+    _, status, text = ingest.stow(server, slide)
+    if why := ingest.stow_failures(status, text):
+        raise RuntimeError(f"{server.name}: STOW failed: {why}")
+    return resolve_stored(server, levels, ingest.stored_instances(server, text))
 
 
 if __name__ == "__main__":
