@@ -234,6 +234,7 @@ def main() -> None:
     p.add_argument("--max-requests", type=int, default=1_000_000)
     p.add_argument("--servers", default="slidearchive,Orthanc,nginx")
     a = p.parse_args()
+    procs.exit_on_sigterm()
     slide = sorted(a.slide_dir.glob("*.dcm"))
     insts = [dataset.describe(s) for s in slide]
     big = max(insts, key=lambda i: i.frames)

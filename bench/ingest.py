@@ -246,6 +246,7 @@ def main() -> None:
     p.add_argument("--small", type=int, default=1000, help="small instances to C-STORE")
     p.add_argument("--servers", default="slidearchive,Orthanc")
     a = p.parse_args()
+    procs.exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir="/tmp"))
     try:
         slide = sorted(a.slide_dir.glob("*.dcm"))

@@ -22,6 +22,15 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that the finally blocks that stop the
+    servers also run when the benchmark itself is killed (timeout, CI)."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago (good enough for a benchmark)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

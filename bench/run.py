@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dataset
+import procs
 import frames
 import ingest
 from dataset import Instance
@@ -323,6 +324,7 @@ def main() -> int:
                    help="comma-separated subset to run")
     p.add_argument("--output", type=Path, default=HERE / "results.md")
     a = p.parse_args()
+    procs.exit_on_sigterm()
     prof = QUICK if a.quick else FULL
     command = "python bench/run.py" + (" --quick" if a.quick else "") + (
         f" --servers {a.servers}" if a.servers != "slidearchive,Orthanc,nginx" else "")
