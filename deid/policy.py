@@ -42,6 +42,13 @@ class Policy:
     safe_private: frozenset[tuple[str, int, int]] = frozenset()
 
     def __post_init__(self) -> None:
+        # Accept option names and list areas from hand-built policies; store the canonical forms.
+        object.__setattr__(self, "options", frozenset(
+            o if isinstance(o, Option) else Option.from_name(str(o)) for o in self.options))
+        if self.overview_label_area is not None:
+            object.__setattr__(self, "overview_label_area", tuple(int(v) for v in self.overview_label_area))
+        if self.broker_public_key is not None:
+            object.__setattr__(self, "broker_public_key", Path(self.broker_public_key))
         if self.label not in LABEL_RULES:
             raise PolicyError(f"policy {self.name}: label must be one of {LABEL_RULES}"
                               " (keep labels only with an identified policy)")

@@ -104,3 +104,28 @@ def test_no_original_uid_survives(stored: dict[str, Dataset], data: Path) -> Non
         pydicom.dcmwrite(buf, ds, enforce_file_format=True)
         leaked = [u for u in originals if u.encode() in buf.getvalue()]
         assert not leaked, (name, leaked)
+
+
+def test_specimen_preparation_text_is_replaced_codes_stay(stored: dict[str, Dataset], data: Path) -> None:
+    """TEXT content items (specimen ids, issuers) do not leak; identifier items match the header's dummy."""
+    original = pydicom.dcmread(data / "sm_image.dcm", stop_before_pixels=True)
+    texts = {str(e.value) for e in original.iterall() if e.keyword == "TextValue" and e.value}
+    assert texts
+    out = stored["sm_image"]
+    spec = out.SpecimenDescriptionSequence[0]
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, out, enforce_file_format=True)
+    assert not [t for t in texts if len(t) > 3 and t.encode() in buf.getvalue()]
+    identifiers = set()
+    for step in spec.SpecimenPreparationSequence:
+        for item in step.SpecimenPreparationStepContentItemSequence:
+            concept = item.ConceptNameCodeSequence[0].CodeValue
+            if item.ValueType == "TEXT":
+                if concept in ("121041", "111705"):
+                    identifiers.add(item.TextValue)
+                else:
+                    assert item.TextValue == "ANONYMIZED"
+            if item.ValueType == "CODE":
+                assert item.ConceptCodeSequence[0].CodingSchemeDesignator == "SCT"
+    assert spec.SpecimenIdentifier in identifiers
+    assert all(i.startswith("ID") and len(i) == 16 for i in identifiers)

@@ -93,3 +93,10 @@ def test_policy_needs_a_real_key() -> None:
     with pytest.raises(PolicyError):
         Policy(name="p")
     assert Policy(name="identified", identified=True).identified
+
+
+def test_hand_built_policy_accepts_option_names() -> None:
+    policy = Policy(name="p", key=bytes(32), options=frozenset({"retain_uids", "clean_descriptors"}),
+                    overview="blank", overview_label_area=[1, 2, 3, 4])  # type: ignore[arg-type]
+    assert policy.options == {Option.RETAIN_UIDS, Option.CLEAN_DESCRIPTORS}
+    assert policy.overview_label_area == (1, 2, 3, 4)
