@@ -12,6 +12,7 @@ decompressed when it is compressed.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,6 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
 from .catalog import InstanceRecord
@@ -31,6 +33,7 @@ from .dimse_query import UNIQUE_KEY, plan, query_level
 log = logging.getLogger(__name__)
 
 STATUS_PENDING, STATUS_CANCEL = 0xFF00, 0xFE00
+SEND_QUEUE_PDUS = 32  # at most this many P-DATA PDUs (each <= the peer's max PDU) wait for the socket
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are odd numbers 1-255
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
@@ -97,7 +100,26 @@ def route_sends(assoc) -> None:
                         originator_id=originator_id)
 
     assoc.send_c_store = send_c_store
+    _bound_send_queue(assoc)
     assoc._slidearchive_routed = True
+
+
+def _bound_send_queue(assoc, limit: int = SEND_QUEUE_PDUS) -> None:
+    """Make P-DATA sends wait while ``limit`` PDUs are queued for the socket.
+
+    pynetdicom's DUL queue is unbounded: reading a file faster than the peer
+    receives it would pile the whole level up in memory.
+    """
+    dul = assoc.dul
+    original = dul.send_pdu
+
+    def send_pdu(primitive) -> None:
+        if isinstance(primitive, P_DATA):
+            while dul.to_provider_queue.qsize() >= limit and dul.is_alive() and not assoc.is_aborted:
+                time.sleep(0.0005)
+        original(primitive)
+
+    dul.send_pdu = send_pdu
 
 
 def move_contexts(records: list[InstanceRecord]) -> list:
@@ -132,7 +154,8 @@ class NotAuthorized(Exception):
     """Raised before the first yield of C-MOVE: pynetdicom then answers with a Cxxx failure."""
 
 
-def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]) -> Iterator[Any]:
+def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE],
+                max_pdu: int = 0) -> Iterator[Any]:
     """Destination, then sub-operation count, then one pending result per instance."""
     ae = calling_ae(event)
     if not policy.allows(ae, RETRIEVE):
@@ -155,7 +178,7 @@ def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]
         records, error = [], e
     except Exception as e:  # noqa: BLE001
         records, error = [], ArchiveError(f"processing failure: {type(e).__name__}")
-    kwargs = {"contexts": move_contexts(records),
+    kwargs = {"contexts": move_contexts(records), "max_pdu": max_pdu,
               "evt_handlers": [(evt.EVT_ESTABLISHED, lambda ev: route_sends(ev.assoc))]}
     yield remote.host, remote.port, kwargs
     if error is not None:
