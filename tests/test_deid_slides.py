@@ -181,3 +181,22 @@ def test_identified_policy_returns_the_header_unchanged(wsi: dict[str, Path]) ->
     ds = header(wsi["label"])
     outcome = deidentify(ds, Policy(name="identified", identified=True))
     assert outcome.dataset is ds and outcome.blank_area is None
+
+
+def test_same_bytes_across_processes(wsi: dict[str, Path]) -> None:
+    """No hash-order or clock dependence: two interpreters with other hash seeds agree."""
+    script = (
+        "import hashlib, io, sys, pydicom\n"
+        "from deid import Policy, deidentify\n"
+        "ds = deidentify(pydicom.dcmread(sys.argv[1], stop_before_pixels=True),\n"
+        "                Policy(name='basic', key=sys.argv[2].encode())).dataset\n"
+        "buf = io.BytesIO(); pydicom.dcmwrite(buf, ds, enforce_file_format=True)\n"
+        "print(hashlib.sha256(buf.getvalue()).hexdigest())\n"
+    )
+    digests = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(ROOT))
+        run = subprocess.run([sys.executable, "-c", script, str(wsi["level0"]), KEY.decode()],
+                             capture_output=True, text=True, env=env, check=True)
+        digests.add(run.stdout.strip())
+    assert len(digests) == 1
