@@ -301,3 +301,18 @@ def test_query_peer(guarded):
     finally:
         assoc.release()
     assert statuses[-1] == 0x0000 and 0xFF00 in statuses
+
+
+def test_maximum_associations(make_server):
+    """Beyond maximum_associations a new association is rejected; once one ends, the next is served."""
+    server = make_server(config=IDENTIFIED + "\n[dimse]\nmaximum_associations = 1\nacse_timeout = 2\n")
+    # the fixture's port probe is a connection that never asks for an association: it holds
+    # the one slot until the ACSE timeout ends it
+    assert _wait(lambda: echo_ok(server), timeout=30)
+    held = _associate(server, Verification, calling="HOLDER")
+    assert held.is_established
+    try:
+        assert not echo_ok(server)
+    finally:
+        held.release()
+    assert _wait(lambda: echo_ok(server), timeout=30)

@@ -88,3 +88,26 @@ def test_store_again_is_success(server, tmp_path):
     again = store(server, tmp_path / "s", options=PROPOSE["jpeg"])
     assert again.returncode == 0, again.stdout + again.stderr
     assert_healthy(server)
+
+
+def test_many_senders_at_once(server, tmp_path):
+    """Several scanners sending at the same time: every association is served, every slide stored."""
+    import subprocess
+
+    from test_dimse_tools import AE as ARCHIVE_AE, DCMTK
+
+    procs = []
+    for n in range(6):
+        folder = tmp_path / f"s{n}"
+        make_slide(folder, SlideSpec(width=400, height=300, seed=200 + n, patient_id=f"DIMSE-MANY-{n}",
+                                     overview=False))
+        procs.append(subprocess.Popen([str(DCMTK / "storescu"), "-R", "+sd", "-xy", "-aet", f"SCANNER{n}",
+                                       "-aec", ARCHIVE_AE, "127.0.0.1", str(server.dimse_port), str(folder)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    client = DICOMwebClient(url=server.dicomweb)
+    for n in range(6):
+        assert client.search_for_studies(search_filters={"PatientID": f"DIMSE-MANY-{n}"})
+    assert_healthy(server)
