@@ -190,6 +190,9 @@ def _deidentify(header: Dataset, policy: Policy, vault: LinkVault | None) -> Out
     if blank_area is not None:
         out.SpecimenLabelInImage = label_flag_after_blanking(header)
         out.BurnedInAnnotation = "NO"
+        for kw in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
+            if kw in out:  # frames are re-encoded: the original offsets would be wrong
+                del out[kw]
     out.file_meta = _file_meta(header, out)
     if policy.relink:
         if vault is None:

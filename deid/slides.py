@@ -117,17 +117,17 @@ def _blank(array: np.ndarray, origin: tuple[int, int], area: Area) -> bool:
 
 
 def blank_region(full_ds: Dataset, area: Area) -> Dataset:
-    """Return a copy of the de-identified instance with `area` blanked (black) in every frame.
+    """Return a copy of `full_ds` with `area` blanked (black) in every frame, same transfer syntax.
 
-    `full_ds` must be the de-identified header (outcome.dataset) with the original
-    pixel data element attached; an instance not marked PatientIdentityRemoved=YES is
-    refused so that a caller cannot store an original header by mistake. JPEG Baseline
-    frames are decoded and re-encoded with Pillow (Pillow reads YCbCr as RGB and writes
-    4:2:2 YCbCr, so YBR_FULL_422 stays true); native pixel data is edited in place.
-    Output is deterministic: same input, same bytes.
+    Only the pixel data (and its offset tables) change, plus Burned In Annotation NO.
+    `full_ds` may be the original full instance (then take only the elements from
+    (7FE0,0000) on into outcome.dataset, which already carries the de-identified
+    header and no Extended Offset Table) or outcome.dataset with the original pixel
+    data element attached; never store the header of an original passed in here.
+    JPEG Baseline frames are decoded and re-encoded with Pillow (Pillow reads YCbCr as
+    RGB and writes 4:2:2 YCbCr, so YBR_FULL_422 stays true); native pixel data is edited
+    in place. Deterministic: same input, same bytes.
     """
-    if str(full_ds.get("PatientIdentityRemoved", "")).upper() != "YES":
-        raise ValueError("blank_region expects the de-identified header with its pixel data attached")
     ts = str(full_ds.file_meta.TransferSyntaxUID)
     if ts not in BLANKABLE_SYNTAXES:
         raise ValueError("transfer syntax cannot be blanked")

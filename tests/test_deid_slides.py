@@ -111,9 +111,18 @@ def test_overview_is_blanked_with_a_policy_area(wsi: dict[str, Path]) -> None:
     assert abs(outside.mean() - before[:, 420:].mean()) < 3  # the tissue thumbnail is untouched
 
 
-def test_blank_region_refuses_an_original_header(wsi: dict[str, Path]) -> None:
-    with pytest.raises(ValueError):
-        blank_region(pydicom.dcmread(wsi["overview"]), AREA)
+def test_blank_region_on_the_original_as_ingest_uses_it(wsi: dict[str, Path]) -> None:
+    """archive.ingest blanks the original full instance and takes only its pixel elements."""
+    outcome = deidentify(header(wsi["overview"]), BLANKING)
+    blanked = blank_region(pydicom.dcmread(wsi["overview"]), outcome.blank_area)
+    new = outcome.dataset
+    for elem in blanked:
+        if elem.tag >= 0x7FE00000 and elem.tag not in new:
+            new[elem.tag] = elem
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, new, enforce_file_format=True)
+    assert buf.getvalue() == store(wsi["overview"], BLANKING)
+    assert not [p for p in PHI if p in buf.getvalue()]
 
 
 @pytest.mark.parametrize("policy", [BASIC, BLANKING], ids=["basic", "blanking"])
@@ -200,3 +209,18 @@ def test_same_bytes_across_processes(wsi: dict[str, Path]) -> None:
                              capture_output=True, text=True, env=env, check=True)
         digests.add(run.stdout.strip())
     assert len(digests) == 1
+
+
+def test_extended_offset_table_kept_for_raw_pixels_dropped_for_blanked(tmp_path: Path) -> None:
+    tool = make_wsi_tool()
+    if tool is None:
+        pytest.skip("shared/tools/make_wsi.py not found")
+    subprocess.run([sys.executable, str(tool), str(tmp_path), "--width", "512", "--height", "512", "--eot"],
+                   check=True, capture_output=True)
+    level = header(tmp_path / "level0.dcm")
+    assert "ExtendedOffsetTable" in level
+    kept = deidentify(level, BASIC).dataset
+    assert kept.ExtendedOffsetTable == level.ExtendedOffsetTable  # pixel bytes are copied unchanged
+    overview = header(tmp_path / "overview.dcm")
+    outcome = deidentify(overview, BLANKING)
+    assert outcome.blank_area == AREA and "ExtendedOffsetTable" not in outcome.dataset
