@@ -316,3 +316,22 @@ def test_maximum_associations(make_server):
     finally:
         held.release()
     assert _wait(lambda: echo_ok(server), timeout=30)
+
+
+def test_retrieve_refused_for_store_only_peer(guarded):
+    from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelGet,
+                                      StudyRootQueryRetrieveInformationModelMove)
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = generate_uid()
+    assoc = _associate(guarded, StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
+                       calling="SCANNER")
+    try:
+        moved = [s.Status for s, _ in assoc.send_c_move(ds, "ANYWHERE", StudyRootQueryRetrieveInformationModelMove)]
+        got = [s.Status for s, _ in assoc.send_c_get(ds, StudyRootQueryRetrieveInformationModelGet)]
+    finally:
+        assoc.release()
+    assert moved[-1] == 0xC514
+    assert got[-1] == 0x0124
+    assert_healthy(guarded, "SCANNER")
