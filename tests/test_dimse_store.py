@@ -111,3 +111,42 @@ def test_many_senders_at_once(server, tmp_path):
     for n in range(6):
         assert client.search_for_studies(search_filters={"PatientID": f"DIMSE-MANY-{n}"})
     assert_healthy(server)
+
+
+#: (DCMTK encoder command or None, storescu option, transfer syntax the archive must store).
+SYNTAXES = {
+    "deflated": (None, "-xd", "1.2.840.10008.1.2.1.99"),
+    "implicit": (None, "-xi", "1.2.840.10008.1.2"),
+    "jpeg-lossless-sv1": (["dcmcjpeg", "+e1"], "-xs", "1.2.840.10008.1.2.4.70"),
+    "rle": (["dcmcrle"], "-xr", "1.2.840.10008.1.2.5"),
+    "jpeg-ls": (["dcmcjpls", "+el"], "-xt", "1.2.840.10008.1.2.4.80"),
+    "jpeg-ls-near": (["dcmcjpls", "+en"], "-xu", "1.2.840.10008.1.2.4.81"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYNTAXES))
+def test_store_transfer_syntaxes(server, tmp_path, name):
+    """Each syntax a DCMTK sender produces is stored in that syntax, unchanged."""
+    import subprocess
+
+    from archive.catalog import Catalog
+    from test_dimse_tools import DCMTK
+
+    encoder, option, expected = SYNTAXES[name]
+    source = make_slide(tmp_path / "src", SlideSpec(width=300, height=300, codec="native", seed=300 + len(name) * 7
+                                                    + ord(name[-1]), label=False, overview=False, levels=1))[0]
+    sent = source
+    if encoder:
+        sent = tmp_path / "out" / "encoded.dcm"
+        sent.parent.mkdir()
+        subprocess.run([str(DCMTK / encoder[0]), *encoder[1:], str(source), str(sent)], check=True, timeout=120)
+    result = store(server, sent, options=[option])
+    assert result.returncode == 0, result.stdout + result.stderr
+    original = pydicom.dcmread(sent)
+    record = Catalog(server.data_dir / "catalog.sqlite").instance(original.SOPInstanceUID)
+    assert record is not None and record.transfer_syntax_uid == expected
+    stored_path = server.data_dir / "storage" / record.storage_id[:2] / record.storage_id[2:4] / record.storage_id
+    if encoder:
+        assert _body(stored_path) == _body(sent)
+    else:
+        assert pydicom.dcmread(stored_path).PixelData == original.PixelData
