@@ -289,10 +289,12 @@ def _apply(ds: Dataset, tag: int, elem: Any, vr: str, action: str, ctx: Context,
         return DataElement(tag, vr, ctx.patient_pseudonym)
     if action == "Z":
         if vr == "SQ":
-            if holds_content_items(_value(ds, tag)):
+            plain_z = ctx.table.by_tag[tag].basic == "Z"
+            if plain_z and holds_content_items(_value(ds, tag)):
                 # Z allows a non-zero dummy value consistent with the VR; for a
-                # sequence of structured content (e.g. Specimen Preparation Sequence)
-                # we use its cleaned content, so coded stains and anatomy survive.
+                # sequence of structured content the table empties outright (Specimen
+                # Preparation Sequence) we use its cleaned content, so coded stains and
+                # anatomy survive. X/Z resolved to Z (Acquisition Context) is emptied.
                 return _recurse(ds, tag, ctx, path, "dummy")
             return DataElement(tag, vr, Sequence())
         return DataElement(tag, vr, None)

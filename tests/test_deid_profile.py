@@ -257,3 +257,29 @@ def test_clean_descriptors_scrubs_identifiers_from_kept_text() -> None:
     out = deidentify(ds, Policy(name="c", key=KEY, options=frozenset({Option.CLEAN_DESCRIPTORS}))).dataset
     assert "Breast core biopsy" in out.StudyDescription
     assert "DOE" not in out.StudyDescription and "PAT-0001" not in out.StudyDescription
+
+
+def _text_item(text: str) -> Dataset:
+    item = Dataset()
+    item.ValueType = "TEXT"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "121106", "DCM", "Comment"
+    item.ConceptNameCodeSequence = Sequence([code])
+    item.TextValue = text
+    return item
+
+
+@pytest.mark.parametrize("options, kept", [
+    (frozenset(), False),
+    (frozenset({Option.CLEAN_STRUCTURED_CONTENT}), True),
+], ids=["basic", "clean_structured_content"])
+def test_acquisition_context_content_items(options: frozenset, kept: bool) -> None:
+    ds, _, _ = marked_dataset()
+    ds.PatientName = "DOE^JANE"
+    ds.AcquisitionContextSequence = Sequence([_text_item("scanned for DOE^JANE, fine focus")])
+    out = deidentify(ds, Policy(name="p", key=KEY, options=options)).dataset
+    if not kept:
+        assert len(out.AcquisitionContextSequence) == 0  # X/Z on a type 2 sequence: emptied
+        return
+    text = out.AcquisitionContextSequence[0].TextValue
+    assert "fine focus" in text and "DOE" not in text
