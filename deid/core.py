@@ -137,10 +137,12 @@ def _record_links(vault: LinkVault, policy: Policy, header: Dataset, out: Datase
         "series": (str(out.get("SeriesInstanceUID", "")), ("SeriesInstanceUID",)),
         "instance": (str(out.get("SOPInstanceUID", "")), ("SOPInstanceUID", "ContainerIdentifier")),
     }
+    entries = []
     for kind, (pseudonym, keywords) in groups.items():
         originals = {kw: _str(header, kw) for kw in keywords if kw in header}
         if pseudonym and originals:
-            vault.record(kind, pseudonym, originals, pub)
+            entries.append((kind, pseudonym, originals))
+    vault.record_many(entries, pub)
 
 
 def deidentify(header: Dataset, policy: Policy, vault: LinkVault | None = None) -> Outcome:

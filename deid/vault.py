@@ -14,7 +14,7 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -117,13 +117,22 @@ class LinkVault:
     def record(self, pseudonym_kind: str, pseudonym: str, originals_dict: Mapping[str, str],
                public_key: PublicKeyLike) -> None:
         """Seal and store the originals behind a pseudonym; the first record for it wins."""
-        data = json.dumps(dict(originals_dict), sort_keys=True, ensure_ascii=False).encode("utf-8")
-        sealed = seal(data, load_public_key(public_key), _aad(pseudonym_kind, pseudonym))
+        self.record_many([(pseudonym_kind, pseudonym, originals_dict)], public_key)
+
+    def record_many(self, entries: Iterable[tuple[str, str, Mapping[str, str]]],
+                    public_key: PublicKeyLike) -> None:
+        """record() for several pseudonyms of one instance, in one transaction."""
+        key = load_public_key(public_key)
+        rows = []
+        for kind, pseudonym, originals in entries:
+            data = json.dumps(dict(originals), sort_keys=True, ensure_ascii=False).encode("utf-8")
+            rows.append((kind, pseudonym, seal(data, key, _aad(kind, pseudonym))))
+        if not rows:
+            return
         conn = self._connect()
         try:
             with conn:
-                conn.execute("INSERT OR IGNORE INTO links (kind, pseudonym, sealed) VALUES (?, ?, ?)",
-                             (pseudonym_kind, pseudonym, sealed))
+                conn.executemany("INSERT OR IGNORE INTO links (kind, pseudonym, sealed) VALUES (?, ?, ?)", rows)
         finally:
             conn.close()
 
