@@ -23,16 +23,22 @@ from .search import SearchRequest, SearchResult, public_hit
 _META = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 
-def _schema(g: str) -> str:
+def _schema(g: str, deferred: bool = False) -> str:
+    """Tables of generation ``g``; ``deferred`` leaves the big filter index for after a bulk load."""
     return f"""
 CREATE TABLE IF NOT EXISTS docs_{g} (rowid INTEGER PRIMARY KEY, series_uid TEXT NOT NULL UNIQUE,
     study_uid TEXT NOT NULL, body TEXT NOT NULL, text TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vals_{g} (doc INTEGER NOT NULL, field TEXT NOT NULL, value);
-CREATE INDEX IF NOT EXISTS vals_{g}_fv ON vals_{g}(field, value, doc);
-CREATE INDEX IF NOT EXISTS vals_{g}_doc ON vals_{g}(doc);
-CREATE INDEX IF NOT EXISTS docs_{g}_study ON docs_{g}(study_uid);
+CREATE INDEX IF NOT EXISTS vals_{g}_doc ON vals_{g}(doc, field, value);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts_{g} USING fts5(text, content='docs_{g}', content_rowid='rowid',
     tokenize='unicode61 remove_diacritics 2');
+""" + ("" if deferred else _filter_indexes(g))
+
+
+def _filter_indexes(g: str) -> str:
+    return f"""
+CREATE INDEX IF NOT EXISTS vals_{g}_fv ON vals_{g}(field, value, doc);
+CREATE INDEX IF NOT EXISTS docs_{g}_study ON docs_{g}(study_uid);
 """
 
 
@@ -98,6 +104,7 @@ class _Generation:
                 self._remove(db, uid)
 
     def commit(self) -> None:
+        self.index._db().executescript(_filter_indexes(self.g))  # built once, after the bulk load
         with self.index._write() as db:
             old = self.index._current(db)
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('current', ?)", (self.g,))
@@ -165,9 +172,9 @@ class EmbeddedIndex:
                      f"DROP TABLE IF EXISTS docs_{g}"):
             db.execute(stmt)
 
-    def _new_generation(self) -> str:
+    def _new_generation(self, deferred: bool = False) -> str:
         g = f"g{time.time_ns()}"
-        self._db().executescript(_schema(g))
+        self._db().executescript(_schema(g, deferred))
         return g
 
     # --- Index protocol ---------------------------------------------------------------
@@ -199,7 +206,7 @@ class EmbeddedIndex:
 
     def begin_rebuild(self) -> _Generation:
         self.ensure()
-        return _Generation(self, self._new_generation())
+        return _Generation(self, self._new_generation(deferred=True))
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -210,28 +217,41 @@ class EmbeddedIndex:
     # --- search -----------------------------------------------------------------------------
 
     def _where(self, g: str, request: SearchRequest) -> tuple[str, list[Any]]:
-        conds, params = [], []
+        """WHERE over ``docs d``: the first condition drives (an IN set), the rest are per-row checks.
+
+        Free text drives when present (FTS is the most selective), then the first filter;
+        the default ``kind = slide`` never drives, since nearly every document passes it.
+        """
+        parts: list[tuple[str, list[Any]]] = []  # (condition on the values table "v", params)
         if request.text:
-            conds.append(f"d.rowid IN (SELECT rowid FROM fts_{g} WHERE fts_{g} MATCH ?)")
-            params.append(" AND ".join('"' + t.replace('"', '""') + '"' for t in request.text))
-        terms = dict(request.terms)
-        if not request.include_all_kinds:
-            terms.setdefault("kind", ("slide",))
-        for field, values in terms.items():
-            conds.append(f"d.rowid IN (SELECT doc FROM vals_{g} WHERE field=? AND value IN "
-                         f"({','.join('?' * len(values))}))")
-            params += [field, *(_sql_value(field, v) for v in values)]
+            fts = (f"d.rowid IN (SELECT rowid FROM fts_{g} WHERE fts_{g} MATCH ?)",
+                   [" AND ".join('"' + t.replace('"', '""') + '"' for t in request.text)])
+        else:
+            fts = None
+        for field, values in request.terms:
+            parts.append((f"v.field = ? AND v.value IN ({','.join('?' * len(values))})",
+                          [field, *(_sql_value(field, v) for v in values)]))
         for field, rng in request.ranges:
-            sub, sp = [], [field]
+            sub, sp = ["v.field = ?"], [field]
             if rng.gte is not None:
-                sub.append("value >= ?")
+                sub.append("v.value >= ?")
                 sp.append(rng.gte)
             if rng.lte is not None:
-                sub.append("value <= ?")
+                sub.append("v.value <= ?")
                 sp.append(rng.lte)
-            if sub:
-                conds.append(f"d.rowid IN (SELECT doc FROM vals_{g} WHERE field=? AND {' AND '.join(sub)})")
-                params += sp
+            parts.append((" AND ".join(sub), sp))
+        if not request.include_all_kinds and "kind" not in dict(request.terms):
+            parts.append(("v.field = 'kind' AND v.value = 'slide'", []))
+        conds, params = [], []
+        if fts:
+            conds.append(fts[0])
+            params += fts[1]
+        for i, (cond, p) in enumerate(parts):
+            if i == 0 and not fts and not cond.startswith("v.field = 'kind'"):
+                conds.append(f"d.rowid IN (SELECT v.doc FROM vals_{g} v WHERE {cond})")
+            else:
+                conds.append(f"EXISTS (SELECT 1 FROM vals_{g} v WHERE v.doc = d.rowid AND {cond})")
+            params += p
         return (" WHERE " + " AND ".join(conds)) if conds else "", params
 
     def search(self, request: SearchRequest) -> SearchResult:
@@ -246,29 +266,36 @@ class EmbeddedIndex:
         db = self._db()
         g = self._gen()
         where, params = self._where(g, request)
-        total = db.execute(f"SELECT count(*) FROM docs_{g} d{where}", params).fetchone()[0]
+        # The filtered set is computed once into a per-connection temp table; count, hits and
+        # every facet then read from it (facets through the (doc, field, value) index).
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS matched (rowid INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM temp.matched")
+        total = db.execute(f"INSERT INTO temp.matched SELECT d.rowid FROM docs_{g} d{where}", params).rowcount
         hits: list[dict[str, Any]] = []
-        if request.size:
+        if request.size and total:
             joins, order, jparams = "", [], []
             for i, (field, desc) in enumerate(request.sort):
                 joins += f" LEFT JOIN vals_{g} s{i} ON s{i}.doc = d.rowid AND s{i}.field = ?"
                 jparams.append(field)
                 order.append(f"(s{i}.value IS NULL), s{i}.value {'DESC' if desc else 'ASC'}")
             if not request.sort and request.text:
-                joins += f" JOIN (SELECT rowid AS r, bm25(fts_{g}) AS score FROM fts_{g} WHERE fts_{g} MATCH ?) f" \
-                         " ON f.r = d.rowid"
+                # bm25 is only defined inside an FTS query: rank the matched rows through one
+                joins += (f" JOIN (SELECT f.rowid AS r, bm25(fts_{g}) AS score FROM fts_{g} f "
+                          f"JOIN temp.matched mm ON mm.rowid = f.rowid WHERE fts_{g} MATCH ?) f ON f.r = d.rowid")
                 jparams.append(" AND ".join('"' + t.replace('"', '""') + '"' for t in request.text))
                 order.append("f.score ASC")
             order.append("d.series_uid ASC")
-            sql = (f"SELECT d.body FROM docs_{g} d{joins}{where} ORDER BY {', '.join(order)} LIMIT ? OFFSET ?")
-            rows = db.execute(sql, jparams + params + [request.size, request.offset]).fetchall()
+            sql = (f"SELECT d.body FROM temp.matched m CROSS JOIN docs_{g} d ON d.rowid = m.rowid{joins} "
+                   f"ORDER BY {', '.join(order)} LIMIT ? OFFSET ?")
+            rows = db.execute(sql, jparams + [request.size, request.offset]).fetchall()
             hits = [public_hit(json.loads(r[0])) for r in rows]
         facets: dict[str, list[dict[str, Any]]] = {}
         for field in request.facets:
-            sql = (f"SELECT v.value, count(*) AS n FROM vals_{g} v WHERE v.field = ? AND v.doc IN "
-                   f"(SELECT d.rowid FROM docs_{g} d{where}) GROUP BY v.value ORDER BY n DESC, v.value ASC LIMIT ?")
+            sql = (f"SELECT v.value, count(*) AS n FROM temp.matched m CROSS JOIN vals_{g} v "
+                   f"ON v.doc = m.rowid AND v.field = ? GROUP BY v.value ORDER BY n DESC, v.value ASC LIMIT ?")
             facets[field] = [{"value": _json_value(field, v), "count": n}
-                             for v, n in db.execute(sql, [field, *params, request.facet_size])]
+                             for v, n in db.execute(sql, [field, request.facet_size])] if total else []
+        db.execute("DELETE FROM temp.matched")
         return SearchResult(total=total, hits=hits, facets=facets)
 
     # --- QIDO ----------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 from typing import Any, Iterable
 
 from .base import Index, IndexUnavailable
