@@ -153,7 +153,7 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
     for tag, elem in list(ds._dict.items()):
         tag = int(tag)
         group = tag >> 16
-        if group == 0x0002:
+        if group in (0x0000, 0x0002):  # command / file meta groups do not belong in a data set
             changed = True
             continue
         if group & 1:
@@ -230,7 +230,7 @@ def _actionable(ctx: Context, text_mode: str | None) -> Callable[[int, str], boo
     """For the raw scan: would the walk change or drop an element with this tag and VR?"""
     def check(tag: int, vr: str) -> bool:
         group = tag >> 16
-        if group & 1 or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+        if group & 1 or group in (0x0000, 0x0002) or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
             return True
         if tag in ctx.table.by_tag or tag == TEXT_VALUE:
             return True
