@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -226,41 +226,63 @@ def build(slide_header: Dataset, groups: list[Group], creator: Creator, classes:
 # --- GeoJSON out --------------------------------------------------------------------------
 
 
-def _as_json_numbers(arr: np.ndarray) -> list:
-    """Integral coordinates as ints (so 100 comes back as 100, not 100.0); others as floats."""
-    if np.all(arr == np.floor(arr)) and np.all(np.abs(arr) < 2**53):
-        return arr.astype(np.int64).tolist()
-    return arr.tolist()
+def _integral(arr: np.ndarray) -> bool:
+    """True when every coordinate is a whole number: such groups come back as JSON ints (100, not 100.0)."""
+    return bool(arr.size) and bool(np.all(arr == np.floor(arr))) and bool(np.all(np.abs(arr) < 2**53))
 
 
-def to_features(ds: Dataset) -> list[dict[str, Any]]:
-    """GeoJSON Features of a stored 2D annotation instance (3D ones have no pixel coordinates: none)."""
+_GEOMETRY = {"POINT": "Point", "POLYLINE": "LineString", "POLYGON": "Polygon"}
+_CHUNK = 2000  # annotations converted to Python objects at a time: keeps the live set (and GC work) small
+
+
+def iter_features(ds: Dataset) -> Iterator[dict[str, Any]]:
+    """GeoJSON Features of a stored 2D annotation instance, group by group, in stored order.
+
+    3D instances have no pixel coordinates and yield nothing. RECTANGLE and
+    ELLIPSE groups (from other writers) come out as their four points, as a LineString.
+    """
     import highdicom as hd
 
     ann = hd.ann.MicroscopyBulkSimpleAnnotations.from_dataset(ds, copy=False)
     if ann.annotation_coordinate_type.value != "2D":
-        return []
-    features = []
+        return
     sop = str(ds.SOPInstanceUID)
     for group in ann.get_annotation_groups():
         shapes = group.get_graphic_data("2D")
-        names, values, _ = group.get_measurements()
-        meaning = [n.meaning for n in names]
+        if not shapes:
+            continue
         kind = group.graphic_type.value
-        for i, shape in enumerate(shapes):
-            coords = _as_json_numbers(shape)
-            if kind == "POINT":
-                geometry = {"type": "Point", "coordinates": coords[0]}
-            elif kind == "POLYLINE":
-                geometry = {"type": "LineString", "coordinates": coords}
-            elif kind == "POLYGON":
-                geometry = {"type": "Polygon", "coordinates": [coords + [coords[0]]]}
-            else:  # RECTANGLE / ELLIPSE from other writers: their four points, as a line
-                geometry = {"type": "LineString", "coordinates": coords}
-            props: dict[str, Any] = {"objectType": "annotation", "classification": {"name": group.label},
-                                     "dicom": {"instance": sop, "group": group.number, "graphicType": kind}}
-            if meaning:
-                row = values[i]
-                props["measurements"] = {n: float(v) for n, v in zip(meaning, row) if not math.isnan(v)}
-            features.append({"type": "Feature", "geometry": geometry, "properties": props})
-    return features
+        points = np.concatenate(shapes)
+        if _integral(points):
+            points = points.astype(np.int64)
+        ends = np.cumsum([len(x) for x in shapes]).tolist()
+        names, values, _ = group.get_measurements()
+        meanings = [n.meaning for n in names]
+        label, number = group.label, group.number
+        geometry_type = _GEOMETRY.get(kind, "LineString")
+        for a in range(0, len(shapes), _CHUNK):
+            b = min(a + _CHUNK, len(shapes))
+            base = ends[a - 1] if a else 0
+            flat = points[base:ends[b - 1]].tolist()
+            rows = values[a:b].tolist() if meanings else None
+            start = 0
+            for i in range(a, b):
+                stop = ends[i] - base
+                coords = flat[start:stop]
+                start = stop
+                if kind == "POINT":
+                    geometry = {"type": "Point", "coordinates": coords[0]}
+                elif kind == "POLYGON":
+                    coords.append(coords[0])
+                    geometry = {"type": "Polygon", "coordinates": [coords]}
+                else:
+                    geometry = {"type": geometry_type, "coordinates": coords}
+                props: dict[str, Any] = {"objectType": "annotation", "classification": {"name": label},
+                                         "dicom": {"instance": sop, "group": number, "graphicType": kind}}
+                if rows is not None:
+                    props["measurements"] = {n: v for n, v in zip(meanings, rows[i - a]) if not math.isnan(v)}
+                yield {"type": "Feature", "geometry": geometry, "properties": props}
+
+
+def to_features(ds: Dataset) -> list[dict[str, Any]]:
+    return list(iter_features(ds))

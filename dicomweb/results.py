@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, request, stream_with_context
 from pydicom.filewriter import dcmwrite
 
 from archive import annotations, result_links, segmentations, slide_levels
@@ -22,6 +22,7 @@ from . import archive, resource_url
 
 bp = Blueprint("results", __name__)
 MAX_LIMIT = 1000
+STREAM_BATCH = 2000
 
 
 def register(app: Flask) -> None:
@@ -150,14 +151,28 @@ def get_annotations(series: str):
     if wanted and not found:
         raise NotFound("no such annotation instance on this slide")
     store = archive()
-    features: list[dict[str, Any]] = []
-    for r in found:
-        record = store.locate(r["study"], r["series"], r["sop_instance"])
-        features.extend(annotations.to_features(store.header(record)))
+    records = [store.locate(r["study"], r["series"], r["sop_instance"]) for r in found]
     instances = [{"sop_instance": r["sop_instance"], "algorithm": r["algorithm"], "current": r["current"],
                   "url": resource_url(r["study"], r["series"], r["sop_instance"])} for r in found]
-    return Response(json.dumps({"type": "FeatureCollection", "features": features, "instances": instances},
-                               separators=(",", ":")), content_type="application/geo+json")
+
+    def body():
+        """Streamed in batches: a 100,000-cell result never sits in memory as one JSON string."""
+        yield '{"type":"FeatureCollection","instances":' + json.dumps(instances, separators=(",", ":"))
+        yield ',"features":['
+        first = True
+        for record in records:
+            batch: list[dict[str, Any]] = []
+            for feature in annotations.iter_features(store.header(record)):
+                batch.append(feature)
+                if len(batch) == STREAM_BATCH:
+                    yield ("" if first else ",") + json.dumps(batch, separators=(",", ":"))[1:-1]
+                    first, batch = False, []
+            if batch:
+                yield ("" if first else ",") + json.dumps(batch, separators=(",", ":"))[1:-1]
+                first = False
+        yield "]}"
+
+    return Response(stream_with_context(body()), content_type="application/geo+json")
 
 
 @bp.post("/slides/<series>/segmentations")
