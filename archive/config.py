@@ -51,7 +51,7 @@ class Settings:
     http_port: int = 8080
     public_base_url: str = ""
     workers: int = 2
-    threads: int = 8
+    threads: int = 4
     default_collection: str = "default"
     dimse: DimseSettings = DimseSettings()
     index: dict[str, Any] = dataclasses.field(default_factory=dict)

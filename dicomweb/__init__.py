@@ -23,6 +23,9 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.extensions["archive"] = archive or Archive(settings)
+    from .fastframes import FastFrames
+
+    app.wsgi_app = FastFrames(app.wsgi_app, app.extensions["archive"])
 
     from . import qido, stow, wado
 

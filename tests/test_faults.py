@@ -25,6 +25,13 @@ def test_kill_9_during_ingest_leaves_no_partial_instance(tmp_path):
     paths = make_slide(tmp_path / "slide", SlideSpec(width=2048, height=2048, codec="native", levels=1, seed=51))
     data = paths[0].read_bytes()
     server = Server(tmp_path / "server", IDENTIFIED, dimse=False).start()
+    try:
+        _kill_mid_ingest(server, data, paths)
+    finally:
+        server.stop()
+
+
+def _kill_mid_ingest(server: Server, data: bytes, paths) -> None:
     boundary = uuid.uuid4().hex
     sent = threading.Event()
 
@@ -57,7 +64,6 @@ def test_kill_9_during_ingest_leaves_no_partial_instance(tmp_path):
     # and the same instance can be sent again afterwards
     DICOMwebClient(url=server.dicomweb).store_instances([dcmread(paths[0])])
     assert len(requests.get(f"{server.dicomweb}/instances").json()) == 1
-    server.stop()
 
 
 @pytest.fixture
@@ -77,6 +83,13 @@ def test_disk_full_mid_write(tmp_path, small_disk):
     server = Server(small_disk, IDENTIFIED, dimse=False)
     server.log_path = tmp_path / "server.log"  # keep the log off the full disk
     server.start()
+    try:
+        _fill_disk(server, big, small)
+    finally:
+        server.stop()
+
+
+def _fill_disk(server: Server, big, small) -> None:
     client = DICOMwebClient(url=server.dicomweb)
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + big.read_bytes()
@@ -91,4 +104,3 @@ def test_disk_full_mid_write(tmp_path, small_disk):
     assert len(requests.get(f"{server.dicomweb}/instances").json()) == 1
     result = _verify(server)
     assert result.returncode == 0, result.stdout
-    server.stop()

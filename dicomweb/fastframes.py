@@ -1,0 +1,56 @@
+"""The hot path: single-frame WADO-RS requests answered before Flask's routing.
+
+A viewer panning a slide asks for thousands of single frames; Flask's request
+machinery costs more than the frame itself (one indexed SQL lookup and one
+pread). This WSGI middleware answers exactly the common case (GET of one frame,
+sent as stored) and hands everything else, errors included, to the Flask app,
+so behaviour and error messages stay the same.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+from archive.errors import ArchiveError
+from archive.service import Archive
+
+from . import media, multipart
+
+_FRAME = re.compile(r"/dicomweb/studies/([0-9.]{1,64})/series/([0-9.]{1,64})/instances/([0-9.]{1,64})/frames/([0-9]{1,9})")
+_CORS = [("Access-Control-Allow-Origin", "*"),
+         ("Access-Control-Expose-Headers", "Content-Type, Content-Length, Content-Range, Content-Location, Warning")]
+
+
+class FastFrames:
+    def __init__(self, app: Callable, archive: Archive):
+        self.app = app
+        self.archive = archive
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
+            m = _FRAME.fullmatch(environ.get("PATH_INFO", ""))
+            if m is not None:
+                answer = self._frame(*m.groups(), environ.get("HTTP_ACCEPT"))
+                if answer is not None:
+                    content_type, body = answer
+                    start_response("200 OK", [("Content-Type", content_type),
+                                              ("Content-Length", str(len(body))), *_CORS])
+                    return [body]
+        return self.app(environ, start_response)
+
+    def _frame(self, study: str, series: str, sop: str, number: str, accept: str | None) -> tuple[str, bytes] | None:
+        try:
+            record = self.archive.locate(study, series, sop)
+            choice = media.choose_frame_format(media.parse_accept(accept), record.transfer_syntax_uid, single=True)
+            n = int(number)
+            if choice is None or choice.decode or not 1 <= n <= self.archive.frame_count(record):
+                return None
+            data = self.archive.frame(record, n)
+        except (ArchiveError, OSError, ValueError):
+            return None  # Flask answers it, with the usual error body
+        part_type = f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"
+        if not choice.multipart:
+            return part_type, data
+        boundary = multipart.new_boundary()
+        return (multipart.content_type(boundary, choice.media_type, choice.transfer_syntax),
+                multipart.encode(boundary, [(part_type, data)]))
