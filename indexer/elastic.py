@@ -210,9 +210,15 @@ class ElasticIndex:
         aggs = {f: {"terms": {"field": f, "size": request.facet_size,
                               "order": [{"_count": "desc"}, {"_key": "asc"}]}} for f in request.facets}
         try:
-            response = self.es.search(index=self.alias, query=self._query(request), sort=sort,
-                                      from_=request.offset, size=request.size, track_total_hits=True,
-                                      source={"excludes": ["qido"]}, aggs=aggs or None)
+            kwargs = dict(index=self.alias, query=self._query(request), sort=sort, from_=request.offset,
+                          size=request.size, track_total_hits=True, source={"excludes": ["qido"]},
+                          aggs=aggs or None)
+            try:
+                response = self.es.search(**kwargs)
+            except ApiError as e:
+                if e.status_code != 404:
+                    raise
+                response = self.es.search(**kwargs)  # the alias moved to a new index mid-request
         except ApiError as e:
             if e.status_code == 400:
                 raise BadQuery(f"the index cannot answer this query ({e.error})") from None

@@ -255,12 +255,24 @@ class EmbeddedIndex:
         return (" WHERE " + " AND ".join(conds)) if conds else "", params
 
     def search(self, request: SearchRequest) -> SearchResult:
-        try:
-            return self._search(request)
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "no such table" in str(e):
-                raise IndexUnavailable(f"embedded index busy: {e}") from None
-            raise
+        self._gen()  # creates the first generation if needed (a write, so outside the snapshot)
+        db = self._db()
+        for attempt in range(3):
+            try:
+                # One read transaction: a WAL snapshot in which the generation named by meta
+                # exists throughout, even if a rebuild swaps and drops it meanwhile.
+                db.execute("BEGIN")
+                try:
+                    return self._search(request)
+                finally:
+                    db.execute("COMMIT")
+            except sqlite3.OperationalError as e:
+                if attempt < 2 and ("no such table" in str(e) or "locked" in str(e)):
+                    continue
+                if "locked" in str(e) or "no such table" in str(e):
+                    raise IndexUnavailable(f"embedded index busy: {e}") from None
+                raise
+        raise AssertionError("unreachable")
 
     def _search(self, request: SearchRequest) -> SearchResult:
         db = self._db()

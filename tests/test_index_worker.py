@@ -120,3 +120,23 @@ def test_rejected_document_is_logged_kept_and_retried_after_a_fix(setup, monkeyp
     index.refresh()
     assert index.get(bad_uid) is not None
     assert state.failures() == {}
+
+
+def test_reindex_command_and_search_route_in_the_archive_app(tmp_path, capsys):
+    """`slidearchive reindex` (archive/cli.py registers it) and /api/search mounted by dicomweb.create_app."""
+    from archive.catalog import Catalog
+    from archive.cli import main
+    from archive.config import load_settings
+
+    settings = load_settings(None, data_dir=str(tmp_path / "data"))
+    catalog = Catalog(settings.catalog_path)
+    for n in range(5):
+        store_series(catalog, slide_headers(n))
+    catalog.close()
+    assert main(["reindex", "--data-dir", str(settings.data_dir), "--no-progress"]) == 0
+    assert "indexed 5 series" in capsys.readouterr().out
+
+    dicomweb = pytest.importorskip("dicomweb")
+    app = dicomweb.create_app(settings)
+    body = app.test_client().get("/api/search?facet=collection").get_json()
+    assert body["total"] == 5 and body["facets"]["collection"] == [{"value": "c", "count": 5}]
