@@ -39,6 +39,19 @@ PATIENT_ID = 0x00100020
 IDENTIFIER_CONCEPTS = frozenset({("DCM", "121041"), ("DCM", "111700"), ("DCM", "111705")})
 
 _FREE_TEXT_VRS = frozenset({"ST", "LT", "UT", "UC", "PN"})
+_ALL_TEXT_VRS = _FREE_TEXT_VRS | {"LO", "SH", "UR"}
+# Text handling inside sequences kept as cleaned content, weakest to strictest:
+#   "scrub"     (C) known identifiers removed from LO/SH/free text;
+#   "dummy"     (D or plain Z on structured content) free text replaced, codes kept;
+#   "dummy_all" (D on other sequences, e.g. Person Identification Code Sequence, whose
+#               codes themselves identify someone) every LO/SH/free-text value replaced.
+_MODE_RANK = {None: 0, "scrub": 1, "dummy": 2, "dummy_all": 3}
+_MODE_VRS = {"scrub": _ALL_TEXT_VRS, "dummy": _FREE_TEXT_VRS, "dummy_all": _ALL_TEXT_VRS}
+
+
+def _stricter(current: str | None, wanted: str) -> str:
+    """Nested sequences never relax the text handling of the sequence around them."""
+    return wanted if _MODE_RANK[wanted] >= _MODE_RANK[current] else str(current)
 VALID_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF",
                        "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN",
                        "UR", "US", "UT", "UV"})
@@ -238,7 +251,7 @@ def _actionable(ctx: Context, text_mode: str | None) -> Callable[[int, str], boo
             return True  # the walk drops it
         if vr == "UI":
             return not is_definitional_uid_keyword(_keyword(tag))
-        return text_mode is not None and vr in _FREE_TEXT_VRS
+        return text_mode is not None and vr in _MODE_VRS[text_mode]
     return check
 
 
@@ -264,7 +277,7 @@ def _unlisted(ds: Dataset, tag: int, elem: Any, vr: str, ctx: Context, path: tup
     if tag == TEXT_VALUE and _identifier_concept(ds):
         value = _text(_value(ds, tag))
         return DataElement(tag, vr, ctx.pseudo.identifier(value) if value else value)
-    if text_mode is not None and vr in _FREE_TEXT_VRS:
+    if text_mode is not None and vr in _MODE_VRS[text_mode]:
         value = _text(_value(ds, tag))
         if not value:
             return elem
@@ -295,7 +308,7 @@ def _apply(ds: Dataset, tag: int, elem: Any, vr: str, action: str, ctx: Context,
                 # sequence of structured content the table empties outright (Specimen
                 # Preparation Sequence) we use its cleaned content, so coded stains and
                 # anatomy survive. X/Z resolved to Z (Acquisition Context) is emptied.
-                return _recurse(ds, tag, ctx, path, "dummy")
+                return _recurse(ds, tag, ctx, path, _stricter(text_mode, "dummy"))
             return DataElement(tag, vr, Sequence())
         return DataElement(tag, vr, None)
     if action == "U":
@@ -307,7 +320,8 @@ def _apply(ds: Dataset, tag: int, elem: Any, vr: str, action: str, ctx: Context,
         action = "D"
     if action == "D":
         if vr == "SQ":
-            return _recurse(ds, tag, ctx, path, "scrub" if text_mode == "scrub" else "dummy")
+            wanted = "dummy" if holds_content_items(_value(ds, tag)) else "dummy_all"
+            return _recurse(ds, tag, ctx, path, _stricter(text_mode, wanted))
         if vr == "UI":
             value = _value(ds, tag)
             return DataElement(tag, vr, ctx.map_uid(_text(value)) if value else ctx.pseudo.uid(""))
@@ -324,7 +338,7 @@ def _clean(ds: Dataset, tag: int, elem: Any, vr: str, ctx: Context, path: tuple[
            text_mode: str | None) -> Any:
     """C: keep a value of similar meaning without identifying information."""
     if vr == "SQ":
-        return _recurse(ds, tag, ctx, path, "dummy" if text_mode == "dummy" else "scrub")
+        return _recurse(ds, tag, ctx, path, _stricter(text_mode, "scrub"))
     if vr in DUMMY_DATES:
         if ctx.date_offset is None:  # C on a date only comes with the modified-dates option
             return DataElement(tag, vr, DUMMY_DATES[vr])

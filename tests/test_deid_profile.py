@@ -283,3 +283,15 @@ def test_acquisition_context_content_items(options: frozenset, kept: bool) -> No
         return
     text = out.AcquisitionContextSequence[0].TextValue
     assert "fine focus" in text and "DOE" not in text
+
+
+def test_dummy_sequence_of_person_codes_hides_the_codes() -> None:
+    """D on a sequence that is not structured content: every string in it is replaced."""
+    ds, _, _ = marked_dataset()
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "EMP-4711", "99HOSP", "Dr. Who"
+    ds.PersonIdentificationCodeSequence = Sequence([code])
+    out = deidentify(ds, Policy(name="basic", key=KEY)).dataset
+    data = written(out)
+    assert b"EMP-4711" not in data and b"Dr. Who" not in data and b"99HOSP" not in data
+    assert len(out.PersonIdentificationCodeSequence) == 1
