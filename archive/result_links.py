@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS result_group (
     algorithm_name TEXT, algorithm_version TEXT, algorithm_family TEXT, measurements TEXT,
     PRIMARY KEY (result_uid, number)
 );
+CREATE TABLE IF NOT EXISTS result_sync (id INTEGER PRIMARY KEY CHECK (id = 1), last_pk INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS result_group_type ON result_group(property_type_code, property_type_meaning);
 CREATE VIEW IF NOT EXISTS result_link AS
 SELECT r.*, x.slide_series_uid,
@@ -174,16 +175,32 @@ def record(catalog, ds: Dataset) -> None:
         raise
 
 
-def sync(catalog, limit: int = 1000) -> int:
-    """Record results the catalog holds but the link tables miss (a crash after commit); returns how many."""
+def sync(catalog, batch: int = 5000, max_batches: int = 20) -> int:
+    """Record results the catalog holds but the link tables miss (a crash between commit and
+    :func:`record`); returns how many. Scans only instance rows added since the last sync (a
+    watermark on the instance primary key), so a read costs nothing when nothing is new."""
     db = _db(catalog)
-    rows = db.execute(
-        "SELECT sop_instance_uid, header FROM instance WHERE sop_class_uid IN (?,?,?) AND sop_instance_uid "
-        "NOT IN (SELECT result_uid FROM result_instance) LIMIT ?", (*RESULT_KINDS, limit)).fetchall()
-    for row in rows:
-        ds = Dataset.from_json(zlib.decompress(row["header"]).decode(), bulk_data_uri_handler=lambda *a: b"")
-        record(catalog, ds)
-    return len(rows)
+    row = db.execute("SELECT last_pk FROM result_sync WHERE id=1").fetchone()
+    last = row[0] if row else 0
+    recorded = 0
+    for _ in range(max_batches):
+        rows = db.execute(
+            "SELECT pk, sop_instance_uid, CASE WHEN sop_class_uid IN (?,?,?) AND sop_instance_uid NOT IN "
+            "(SELECT result_uid FROM result_instance) THEN header END AS header FROM instance "
+            "WHERE pk > ? ORDER BY pk LIMIT ?", (*RESULT_KINDS, last, batch)).fetchall()
+        if not rows:
+            break
+        for r in rows:
+            if r["header"] is not None:
+                ds = Dataset.from_json(zlib.decompress(r["header"]).decode(), bulk_data_uri_handler=lambda *a: b"")
+                record(catalog, ds)
+                recorded += 1
+        last = rows[-1]["pk"]
+        db.execute("INSERT INTO result_sync(id, last_pk) VALUES (1, ?) "
+                   "ON CONFLICT(id) DO UPDATE SET last_pk=max(last_pk, excluded.last_pk)", (last,))
+        if len(rows) < batch:
+            break
+    return recorded
 
 
 # --- reads ---------------------------------------------------------------------------------

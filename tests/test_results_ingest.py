@@ -205,3 +205,26 @@ def test_warn_policy_stores_dangling_result_with_warning(make_server, shared_dat
     item = body["00081199"]["Value"][0]
     assert item["00081196"]["Value"] == [0xB007]
     assert len(client(server).search_for_series(search_filters={"Modality": "ANN"})) == 1
+
+
+def test_links_repaired_after_a_crash_between_commit_and_link(shared_data, tmp_path):
+    """In-process: the link rows are lost (as if the process died after the catalog commit)."""
+    from archive import result_links
+    from archive.config import load_settings
+    from archive.ingest import Origin
+    from archive.service import Archive
+
+    config = tmp_path / "config.toml"
+    config.write_text('[deid]\ndefault = "identified"\n[deid.policies.identified]\nidentified = true\n')
+    store = Archive(load_settings(config, data_dir=str(tmp_path / "data")))
+    for name in ("sm_image", "sm_annotations", "seg_image_sm_control"):
+        store.store_file(shared_data / f"{name}.dcm", Origin("import"))
+    db = result_links._db(store.catalog)
+    db.execute("DELETE FROM result_instance")
+    db.execute("DELETE FROM result_sync")
+    found = result_links.results_for_slide(store.catalog, SLIDE_SERIES)  # reads run sync first
+    assert sorted(r["kind"] for r in found) == ["ANN", "SEG"]
+    assert result_links.sync(store.catalog) == 0
+    summary = result_links.results_summary(store.catalog, SLIDE_SERIES)
+    assert summary["annotation_counts"]["Nucleus"] == 2
+    assert summary["algorithms"] == [{"name": "test", "version": "v1.0", "family": "Artificial Intelligence"}]
