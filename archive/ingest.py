@@ -148,6 +148,8 @@ class Ingest:
             outcome = deid.deidentify(header.dataset, policy, vault=self.vault)
         except deid.Dropped as d:
             raise _Dropped(str(d)) from None
+        except deid.DeidentificationError as e:
+            raise InvalidDataset(str(e)) from None  # its message names the policy and error type, no values
         new = outcome.dataset
         if outcome.blank_area is not None or header.transfer_syntax == DeflatedExplicitVRLittleEndian:
             full = read_full(path)

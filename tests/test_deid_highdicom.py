@@ -34,7 +34,7 @@ def shared_data() -> Path | None:
 def data() -> Path:
     found = shared_data()
     if found is None:
-        pytest.skip("shared/data not found")
+        pytest.fail("shared/data not found")
     return found
 
 

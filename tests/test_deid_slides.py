@@ -41,7 +41,7 @@ def make_wsi_tool() -> Path | None:
 def wsi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tool = make_wsi_tool()
     if tool is None:
-        pytest.skip("shared/tools/make_wsi.py not found")
+        pytest.fail("shared/tools/make_wsi.py not found")
     out = tmp_path_factory.mktemp("wsi")
     subprocess.run([sys.executable, str(tool), str(out), "--width", "1024", "--height", "768"],
                    check=True, capture_output=True)
@@ -214,7 +214,7 @@ def test_same_bytes_across_processes(wsi: dict[str, Path]) -> None:
 def test_extended_offset_table_kept_for_raw_pixels_dropped_for_blanked(tmp_path: Path) -> None:
     tool = make_wsi_tool()
     if tool is None:
-        pytest.skip("shared/tools/make_wsi.py not found")
+        pytest.fail("shared/tools/make_wsi.py not found")
     subprocess.run([sys.executable, str(tool), str(tmp_path), "--width", "512", "--height", "512", "--eot"],
                    check=True, capture_output=True)
     level = header(tmp_path / "level0.dcm")

@@ -43,7 +43,7 @@ def level0(tmp_path_factory: pytest.TempPathFactory) -> pydicom.Dataset:
 
     tool = make_wsi_tool()
     if tool is None:
-        pytest.skip("shared/tools/make_wsi.py not found")
+        pytest.fail("shared/tools/make_wsi.py not found")
     out = tmp_path_factory.mktemp("wsi")
     subprocess.run([sys.executable, str(tool), str(out), "--width", "512", "--height", "512"],
                    check=True, capture_output=True)
