@@ -289,3 +289,20 @@ def test_mask_at_a_lower_level(server, slide):
     assert status == 201, body
     ds = client(server).retrieve_instance(body["study"], body["series"], body["sop_instance"])
     assert (ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows) == (WIDTH // 2, HEIGHT // 2)
+
+
+def test_multipoint_becomes_points(server, other_slide):
+    _, series = other_slide
+    status, body = _post(server, series, [feature("MultiPoint", [[1, 2], [3, 4.5]], "Mitosis")])
+    assert status == 201, body
+    status, back = api(server, "GET", f"/slides/{series}/annotations?instance={body['sop_instance']}")
+    assert [f["geometry"] for f in back["features"]] == [{"type": "Point", "coordinates": [1.0, 2.0]},
+                                                         {"type": "Point", "coordinates": [3.0, 4.5]}]
+
+
+def test_rgb_mask_refused(server, slide):
+    _, series = slide
+    before = result_count(server, series)
+    status, body = post_mask(server, series, np.zeros((HEIGHT, WIDTH, 3), np.uint8), {"segments": [{"label": "T"}]})
+    assert status == 400 and "single-channel" in body["message"]
+    assert result_count(server, series) == before

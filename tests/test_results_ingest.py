@@ -173,6 +173,15 @@ def test_results_keep_references_after_deidentification(make_server, shared_data
     meta = c.retrieve_instance_metadata(ann["study"], ann["series"], ann["sop_instance"])
     ref = meta["00081115"]["Value"][0]["0008114A"]["Value"][0]["00081155"]["Value"][0]
     assert ref == slide_sop
+    # the GeoJSON door builds from the de-identified header and keeps the reference intact
+    status, made = api(server, "POST", f"/slides/{slide_series}/annotations",
+                       {"geojson": {"type": "FeatureCollection", "features": [
+                           {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 4]}, "properties": {}}]},
+                        "annotator": "Reader^One"})
+    assert status == 201, made
+    assert made["study"] == slide_study
+    status, found = api(server, "GET", f"/slides/{slide_series}/results")
+    assert made["sop_instance"] in {r["sop_instance"] for r in found["results"]}
 
 
 def test_segmentation_in_another_frame_of_reference_refused(server, stored, tmp_path):
