@@ -26,7 +26,9 @@ def search_blueprint(index: Index | Callable[[], Index], retry_after: int = 5) -
 
     def current() -> Index:
         if "index" not in resolved:
-            resolved["index"] = index() if callable(index) and not hasattr(index, "search") else index  # type: ignore
+            opened = index() if callable(index) and not hasattr(index, "search") else index
+            opened.ensure()  # an archive that never indexed anything answers 0 hits, not 503
+            resolved["index"] = opened  # type: ignore[assignment]
         return resolved["index"]
 
     def error(status: int, message: str) -> Any:
