@@ -73,8 +73,13 @@ def sync_series(index: Index, source: DocumentSource, state: IndexState, series_
     queue = list(wanted)
     while queue:
         uid = queue.pop(0)
-        headers = source.headers(uid)
-        extra = source.note_ai(uid, headers)
+        try:
+            headers = source.headers(uid)
+            extra = source.note_ai(uid, headers)
+        except Exception as e:  # one unreadable series must not hold up the outbox
+            log.warning("cannot read the headers of series %s: %s", uid, type(e).__name__)
+            state.record_failure(uid, f"read: {type(e).__name__}")
+            continue
         for slide in sorted(extra - seen):
             seen.add(slide)
             queue.append(slide)
