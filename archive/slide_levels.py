@@ -1,7 +1,9 @@
-"""The pyramid levels of a stored slide series, largest first: what the results API builds against."""
-from __future__ import annotations
+"""The pyramid levels of a stored slide series, largest first: what the results API builds against.
 
-import json
+Read from the catalog's instance columns (image type, total pixel matrix size), never
+from stored headers, which for sparse tiled levels hold megabytes of per-frame data.
+"""
+from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
@@ -11,40 +13,29 @@ from .errors import InvalidRequest, NotFound
 WSI_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
-def _value(header: dict, tag: str):
-    value = header.get(tag, {}).get("Value")
-    return value if value else None
-
-
 def levels(archive, series_uid: str) -> list[tuple[InstanceRecord, int, int]]:
     """(first instance, columns, rows) per distinct VOLUME level size, largest first."""
-    study = _study_of(archive, series_uid)
-    sizes: dict[tuple[int, int], InstanceRecord] = {}
-    for record in archive.catalog.instances(study, series_uid):
-        if record.sop_class_uid != WSI_CLASS:
-            continue
-        header = json.loads(archive.catalog.header_json(record.sop_instance_uid) or "{}")
-        image_type = _value(header, "00080008") or []
-        if len(image_type) >= 3 and image_type[2] not in ("VOLUME", "THUMBNAIL"):
-            continue
-        cols, rows = _value(header, "00480006"), _value(header, "00480007")
-        if not cols or not rows:
-            continue
-        sizes.setdefault((int(cols[0]), int(rows[0])), record)
-    if not sizes:
-        raise NotFound("no such slide (no VL Whole Slide Microscopy VOLUME images in this series)")
-    return [(r, c, h) for (c, h), r in sorted(sizes.items(), key=lambda kv: -kv[0][0] * kv[0][1])]
-
-
-def _study_of(archive, series_uid: str) -> str:
     from .result_links import _db
 
-    row = _db(archive.catalog).execute(
-        "SELECT st.study_instance_uid FROM series se JOIN study st ON se.study_fk=st.pk "
-        "WHERE se.series_instance_uid=?", (series_uid,)).fetchone()
-    if row is None:
-        raise NotFound("no such slide series")
-    return row[0]
+    rows = _db(archive.catalog).execute(
+        "SELECT i.sop_instance_uid, i.image_type, i.total_pixel_matrix_columns AS cols, "
+        "i.total_pixel_matrix_rows AS rows FROM instance i JOIN series se ON i.series_fk=se.pk "
+        "WHERE se.series_instance_uid=? AND i.sop_class_uid=? ORDER BY i.pk", (series_uid, WSI_CLASS)).fetchall()
+    sizes: dict[tuple[int, int], str] = {}
+    for row in rows:
+        image_type = (row["image_type"] or "").split("\\")
+        if len(image_type) >= 3 and image_type[2] not in ("VOLUME", "THUMBNAIL"):
+            continue
+        if row["cols"] and row["rows"]:
+            sizes.setdefault((int(row["cols"]), int(row["rows"])), row["sop_instance_uid"])
+    found = []
+    for (cols, height), sop in sorted(sizes.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
+        record = archive.catalog.instance(sop)
+        if record is not None:
+            found.append((record, cols, height))
+    if not found:
+        raise NotFound("no such slide (no VL Whole Slide Microscopy VOLUME images in this series)")
+    return found
 
 
 def level(archive, series_uid: str, number: int) -> tuple[InstanceRecord, Dataset, int, int]:
