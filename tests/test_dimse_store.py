@@ -150,3 +150,27 @@ def test_store_transfer_syntaxes(server, tmp_path, name):
         assert _body(stored_path) == _body(sent)
     else:
         assert pydicom.dcmread(stored_path).PixelData == original.PixelData
+
+
+def test_store_warnings_from_deidentification(make_server, tmp_path):
+    """With the default (Basic Profile) policy: volumes are coerced (0xB000), the label is dropped (0xB006)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import VLWholeSlideMicroscopyImageStorage
+
+    server = make_server()  # config/default.toml: [deid] default = "basic"
+    paths = make_slide(tmp_path / "s", SlideSpec(width=300, height=300, seed=97, overview=False))
+    ae = AE(ae_title="DEIDSCU")
+    ae.add_requested_context(VLWholeSlideMicroscopyImageStorage, "1.2.840.10008.1.2.4.50")
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="SLIDEARCHIVE")
+    assert assoc.is_established
+    try:
+        statuses = {p.name: assoc.send_c_store(pydicom.dcmread(p)).Status for p in paths}
+    finally:
+        assoc.release()
+    assert statuses["level0.dcm"] == 0xB000
+    assert statuses["label.dcm"] == 0xB006
+    client = DICOMwebClient(url=server.dicomweb)
+    stored = {i["00080018"]["Value"][0] for i in client.search_for_instances()}
+    assert "LABEL" in pydicom.dcmread(paths[-1], stop_before_pixels=True).ImageType
+    assert len(stored) == len(paths) - 1  # everything but the label
+    assert_healthy(server)
