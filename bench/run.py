@@ -169,7 +169,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def ratio(a: float | None, b: float | None) -> str:
     if not a or not b:
         return "n/a"
-    return f"{a / b:.3g}x"
+    x = a / b
+    if x >= 10:
+        return f"{x:,.0f}x"
+    if x >= 0.01:
+        return f"{x:.2f}x"
+    return f"1/{1 / x:,.0f}"
 
 
 def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[str]]:
@@ -286,16 +291,17 @@ Measured {when} with:
 {markdown(rows(outcomes, data, prof))}
 
 What the numbers are:
-- frames/s: random single-frame WADO-RS requests (`Accept: {frames.FRAME_ACCEPT}`) that got
-  200, per second, from wrk with {frames.CONNECTIONS} connections and {frames.WRK_THREADS} threads
-  for {prof.seconds} s (longer, up to {frames.SLOW_RUN_CAP_S} s, for a server that needs seconds
-  per frame) or {prof.max_requests:,} responses. nginx serves the same frame bytes as plain
-  files (no multipart): the ceiling of this machine. wrk shares the 2 cores with the server.
+- frames/s: random single-frame WADO-RS requests that got 200, per second, from wrk with
+  {frames.CONNECTIONS} connections and {frames.WRK_THREADS} threads for {prof.seconds} s (longer, up to {frames.SLOW_RUN_CAP_S} s, for a
+  server that needs seconds per frame) or {prof.max_requests:,} responses, whichever comes first.
+  Accept: `{frames.FRAME_ACCEPT}`.
+  nginx serves the same frame bytes as plain files (no multipart): the ceiling of this
+  machine. wrk shares the 2 cores with the server.
 - p50/p99: wrk's latency percentiles over those requests.
 - first frame after restart: the server is stopped and started again (its HTTP service
   answering counts as started), then one random frame of the largest level is fetched;
-  median of {frames.FIRST_FRAME_RESTARTS} restarts. The OS page cache stays warm, so this
-  is what the process itself has to load before it serves a frame.
+  median of {frames.FIRST_FRAME_RESTARTS} restarts. The OS page cache stays warm, so this is what
+  the process itself has to load before it serves a frame.
 - ingest MB/s: file bytes sent / wall time until the STOW response or storescu's exit, on
   a freshly started server with empty storage.
 - server CPU: user+system CPU time of the server's whole process tree during that
@@ -303,9 +309,10 @@ What the numbers are:
   rates, it hardly depends on what else the shared machine is doing; lower is better.
 - peak RSS: resident memory summed over the server's process tree, sampled every 20 ms
   during that ingest.
-- ratio: slidearchive / Orthanc, and in parentheses slidearchive / nginx for frames. For
-  rates higher is better (ratio > 1 favours slidearchive); for latency and memory lower
-  is better (ratio < 1 favours slidearchive).
+- ratio: slidearchive / Orthanc, and in parentheses slidearchive / nginx for frames
+  ("1/N" when slidearchive's value is N times smaller). For rates higher is better
+  (ratio > 1 favours slidearchive); for latency, CPU and memory lower is better
+  (ratio < 1 favours slidearchive).
 - Every frame server is checked first: one frame is fetched and compared byte for byte
   with the frame in the file.
 
