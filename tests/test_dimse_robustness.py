@@ -94,13 +94,16 @@ def test_missing_study_uid_is_mismatch(server):
     assert_healthy(server)
 
 
-def test_sop_class_differs_from_context(server):
-    """The data set says CT, the C-STORE request says whole-slide: Data Set does not match SOP Class."""
-    ds = _wsi_dataset()
+@pytest.mark.parametrize("sop_class, status", [
+    ("1.2.840.10008.5.1.4.1.1.2", 0xA900),  # CT: a storage class, but not the one the request names
+    ("1.2.826.0.1.3680043.9.9999.1", 0x0122),  # not a storage SOP class at all
+])
+def test_sop_class_differs_from_request(server, sop_class, status):
+    """The C-STORE request says whole-slide, the data set says otherwise."""
+    ds = _wsi_dataset(SOPClassUID=sop_class)
     assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
     try:
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        # pynetdicom picks the context from the data set's SOP class; send it under the WSI context
+        # send_c_store picks the context from the data set's SOP class, so build the request by hand
         req = C_STORE()
         req.MessageID = 1
         req.AffectedSOPClassUID = WSI
@@ -114,7 +117,7 @@ def test_sop_class_differs_from_context(server):
         assoc.dimse.send_msg(req, cx.context_id)
         _, rsp = assoc.dimse.get_msg(block=True)
         assoc._reactor_checkpoint.set()
-        assert rsp.Status == 0xA900
+        assert rsp.Status == status
     finally:
         assoc.release()
     assert_healthy(server)
