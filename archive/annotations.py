@@ -34,12 +34,18 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Accessi
 
 @dataclasses.dataclass
 class Group:
-    """One future annotation group: features of one class and graphic type, in input order."""
+    """One future annotation group: features of one class and graphic type, in input order.
+
+    ``raw`` collects each shape's positions as sent; :func:`_finish` converts a whole
+    group to one float64 array at once (per-feature numpy calls cost seconds at 100k).
+    """
 
     label: str
     graphic_type: str
     shapes: list[np.ndarray] = dataclasses.field(default_factory=list)
     measurements: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    raw: list[list] = dataclasses.field(default_factory=list)
+    feature_of: list[int] = dataclasses.field(default_factory=list)
 
 
 # --- GeoJSON in ---------------------------------------------------------------------------
@@ -85,19 +91,29 @@ def _measurements(props: dict[str, Any], where: str) -> dict[str, float]:
     return out
 
 
-def _points(coords: Any, where: str) -> np.ndarray:
+def _numbers(coords: Any) -> np.ndarray | None:
+    """``coords`` as an (n, 2) float64 array, or None unless it is a list of [x, y] numbers."""
     try:
-        arr = np.asarray(coords, dtype=np.float64)
+        arr = np.array(coords)
     except (TypeError, ValueError):
-        raise InvalidRequest(f"{where}: coordinates must be arrays of [x, y] numbers") from None
-    if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
-        raise InvalidRequest(f"{where}: coordinates must be [x, y] pairs (2D, level-0 pixels)")
+        return None
+    if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
+        return None
+    return arr.astype(np.float64)
+
+
+def _points(coords: Any, where: str) -> np.ndarray:
+    """One shape's positions, checked; used to name the culprit when a whole group fails to convert."""
+    arr = _numbers(coords)
+    if arr is None:
+        raise InvalidRequest(f"{where}: coordinates must be [x, y] pairs of numbers (2D, level-0 pixels)")
     if not np.all(np.isfinite(arr)):
         raise InvalidRequest(f"{where}: coordinates must be finite numbers")
     return arr
 
 
-def _shapes(geometry: Any, where: str) -> tuple[str, list[np.ndarray]]:
+def _raw_shapes(geometry: Any, where: str) -> tuple[str, list[Any]]:
+    """(graphic type, positions of each shape) with the structural checks that need no numbers."""
     if not isinstance(geometry, dict) or "type" not in geometry or "coordinates" not in geometry:
         raise InvalidRequest(f"{where}: geometry must be an object with type and coordinates")
     kind = geometry["type"]
@@ -106,23 +122,53 @@ def _shapes(geometry: Any, where: str) -> tuple[str, list[np.ndarray]]:
                              "(Point, MultiPoint, LineString, Polygon without holes)")
     coords = geometry["coordinates"]
     if kind == "Point":
-        return "POINT", [_points([coords], where)]
+        return "POINT", [[coords]]
+    if not isinstance(coords, list) or not coords:
+        raise InvalidRequest(f"{where}: coordinates must be a non-empty array")
     if kind == "MultiPoint":
-        return "POINT", [p[None, :] for p in _points(coords, where)]
+        return "POINT", [[p] for p in coords]
     if kind == "LineString":
-        line = _points(coords, where)
-        if len(line) < 2:
+        if len(coords) < 2:
             raise InvalidRequest(f"{where}: a LineString needs at least 2 positions")
-        return "POLYLINE", [line]
-    if not isinstance(coords, list) or len(coords) != 1:
+        return "POLYLINE", [coords]
+    if len(coords) != 1:
         raise InvalidRequest(f"{where}: polygons must have exactly one ring (holes are not supported)")
-    ring = _points(coords[0], where)
-    if len(ring) < 4 or not np.array_equal(ring[0], ring[-1]):
+    if not isinstance(coords[0], list) or len(coords[0]) < 4:
         raise InvalidRequest(f"{where}: a Polygon ring must be closed and have at least 4 positions")
-    ring = ring[:-1]
-    if np.array_equal(ring[0], ring[-1]):
-        raise InvalidRequest(f"{where}: a Polygon ring repeats its first position before closing")
-    return "POLYGON", [ring]
+    return "POLYGON", [coords[0]]
+
+
+def _finish(group: Group, width: int, height: int) -> None:
+    """Convert the group's positions at once, check them, and split them into shapes."""
+    lengths = np.array([len(r) for r in group.raw], dtype=np.int64)
+    arr = _numbers([p for r in group.raw for p in r])
+    if arr is None or len(arr) != int(lengths.sum()):
+        for k, r in enumerate(group.raw):
+            _points(r, f"feature {group.feature_of[k]}")
+        raise InvalidRequest(f"class {group.label}: coordinates must be [x, y] pairs of numbers")
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+
+    def fail(bad: np.ndarray, message: str) -> None:
+        if bad.any():
+            raise InvalidRequest(f"feature {group.feature_of[int(np.flatnonzero(bad)[0])]}: {message}")
+
+    finite = np.isfinite(arr).all(axis=1)
+    fail(np.logical_and.reduceat(finite, starts) == 0, "coordinates must be finite numbers")
+    if group.graphic_type == "POLYGON":
+        fail(np.any(arr[starts] != arr[ends - 1], axis=1), "a Polygon ring must be closed and have at least 4 positions")
+        keep = np.ones(len(arr), dtype=bool)
+        keep[ends - 1] = False
+        arr, lengths = arr[keep], lengths - 1
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        fail(np.all(arr[starts] == arr[ends - 1], axis=1), "a Polygon ring repeats its first position before closing")
+    low, high = arr.min(axis=0), arr.max(axis=0)
+    if low[0] < 0 or low[1] < 0 or high[0] > width or high[1] > height:
+        raise InvalidRequest(f"coordinates of class {group.label} lie outside the slide "
+                             f"(level 0 is {width} x {height} pixels)")
+    group.shapes = np.split(arr, ends[:-1])
+    group.raw, group.feature_of = [], []
 
 
 def parse_geojson(obj: Any, width: int, height: int) -> list[Group]:
@@ -140,18 +186,17 @@ def parse_geojson(obj: Any, width: int, height: int) -> list[Group]:
         props = feature.get("properties") or {}
         if not isinstance(props, dict):
             raise InvalidRequest(f"{where}: properties must be an object")
-        graphic, shapes = _shapes(feature.get("geometry"), where)
+        graphic, raw = _raw_shapes(feature.get("geometry"), where)
         label = _classification(props)
         measured = _measurements(props, where)
-        group = groups.setdefault((label, graphic), Group(label, graphic))
-        group.shapes.extend(shapes)
-        group.measurements.extend([measured] * len(shapes))
+        group = groups.get((label, graphic))
+        if group is None:
+            group = groups[(label, graphic)] = Group(label, graphic)
+        group.raw.extend(raw)
+        group.feature_of.extend([i] * len(raw))
+        group.measurements.extend([measured] * len(raw))
     for group in groups.values():
-        allpts = np.concatenate(group.shapes)
-        low, high = allpts.min(axis=0), allpts.max(axis=0)
-        if low[0] < 0 or low[1] < 0 or high[0] > width or high[1] > height:
-            raise InvalidRequest(f"coordinates of class {group.label} lie outside the slide "
-                                 f"(level 0 is {width} x {height} pixels)")
+        _finish(group, width, height)
     return list(groups.values())
 
 
