@@ -202,3 +202,65 @@ def test_get_patient_root_needs_patient_id(rserver, slide):
 
 def test_healthy_after_retrieves(rserver, slide):
     assert_healthy(rserver)
+
+
+def test_move_patient_level_patient_root(rserver, receiver, slide):
+    out, _ = receiver
+    result = dcmtk("movescu", "-P", "-aet", "MOVESCU", "-aec", ARCHIVE_AE, "-aem", "DEST",
+                   "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=R-1", "127.0.0.1", str(rserver.dimse_port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {d.SOPInstanceUID for d in slide} <= set(_received(out))
+
+
+def test_get_cancel(rserver, slide):
+    """C-CANCEL during a C-GET: the SCP stops with Cancel (or had already finished)."""
+    ae = AE(ae_title="GETPY")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(VLWholeSlideMicroscopyImageStorage, "1.2.840.10008.1.2.4.50")
+    role = build_role(VLWholeSlideMicroscopyImageStorage, scp_role=True)
+    assoc = ae.associate("127.0.0.1", rserver.dimse_port, ae_title=ARCHIVE_AE, ext_neg=[role],
+                         evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
+    assert assoc.is_established
+    statuses = []
+    try:
+        for status, _ in assoc.send_c_get(_series(slide), StudyRootQueryRetrieveInformationModelGet, msg_id=9):
+            statuses.append(status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelGet)
+    finally:
+        assoc.release()
+    assert statuses[-1].Status in (0xFE00, 0x0000)
+    if statuses[-1].Status == 0xFE00:
+        assert int(statuses[-1].NumberOfRemainingSuboperations) > 0
+    assert_healthy(rserver)
+
+
+def test_move_to_a_destination_that_stops_answering(make_server, tmp_path):
+    """The destination accepts the association but never answers the C-STORE: the sub-operation
+    fails after the DIMSE timeout, the C-MOVE ends with a failure status, the SCP keeps serving."""
+    from pynetdicom.sop_class import VLWholeSlideMicroscopyImageStorage as WSI
+
+    port = free_port()
+    released = __import__("threading").Event()
+
+    def stall(event):
+        released.wait(30)
+        return 0x0000
+
+    slow = AE(ae_title="SLOW")
+    slow.add_supported_context(WSI, ["1.2.840.10008.1.2.4.50", ExplicitVRLittleEndian])
+    scp = slow.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, stall)])
+    try:
+        config = (IDENTIFIED + "\n[dimse]\ndimse_timeout = 3\n"
+                  + f'\n[[dimse.remote]]\nae_title = "SLOW"\nhost = "127.0.0.1"\nport = {port}\n')
+        server = make_server(config=config)
+        paths = make_slide(tmp_path / "s", SlideSpec(width=256, height=256, seed=77, label=False, overview=False))
+        assert store(server, tmp_path / "s", options=PROPOSE["jpeg"]).returncode == 0
+        sent = pydicom.dcmread(paths[0], stop_before_pixels=True)
+        final = _move_statuses(server, "SLOW", _series([sent]))[-1]
+        assert final.Status == 0xA702
+        assert int(final.NumberOfFailedSuboperations) == len(paths)
+        assert_healthy(server)
+    finally:
+        released.set()
+        scp.shutdown()
