@@ -243,6 +243,8 @@ def test_peer_that_stops_answering(make_server):
 # --- association policy -----------------------------------------------------------------------
 
 POLICY = IDENTIFIED + """
+[dimse]
+max_pdu = 65536
 [[dimse.peer]]
 ae_title = "SCANNER"
 allow = ["store"]
@@ -329,3 +331,11 @@ def test_retrieve_refused_for_store_only_peer(guarded):
     assert moved[-1] == 0xC514
     assert got[-1] == 0x0124
     assert_healthy(guarded, "SCANNER")
+
+
+def test_maximum_pdu_size_is_negotiated(guarded):
+    assoc = _associate(guarded, Verification, calling="SCANNER")
+    try:
+        assert assoc.acceptor.maximum_length == 65536
+    finally:
+        assoc.release()
