@@ -174,3 +174,28 @@ def test_store_warnings_from_deidentification(make_server, tmp_path):
     assert "LABEL" in pydicom.dcmread(paths[-1], stop_before_pixels=True).ImageType
     assert len(stored) == len(paths) - 1  # everything but the label
     assert_healthy(server)
+
+
+def test_every_scanner_transfer_syntax_is_accepted(server):
+    """Each syntax offered alone in its own context is accepted, for slides, annotations and segmentations."""
+    from pynetdicom import AE, build_context
+    from pynetdicom.sop_class import (MicroscopyBulkSimpleAnnotationsStorage, SegmentationStorage,
+                                      VLWholeSlideMicroscopyImageStorage)
+
+    from archive.dimse import STORAGE_TRANSFER_SYNTAXES
+
+    expected = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50",
+                "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
+                "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
+                "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
+                "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5"}
+    assert {str(u) for u in STORAGE_TRANSFER_SYNTAXES} == expected
+    for sop_class in (VLWholeSlideMicroscopyImageStorage, MicroscopyBulkSimpleAnnotationsStorage, SegmentationStorage):
+        ae = AE(ae_title="NEGOTIATE")
+        contexts = [build_context(sop_class, ts) for ts in sorted(expected)]
+        assoc = ae.associate("127.0.0.1", server.dimse_port, contexts, ae_title="SLIDEARCHIVE")
+        assert assoc.is_established
+        try:
+            assert {str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts} == expected
+        finally:
+            assoc.release()
