@@ -37,8 +37,7 @@ PATIENT_ROOT = {PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRe
 SLIDE_KEYS = ("SOPClassUID", "ImageType", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "NumberOfFrames",
               "ContainerIdentifier")
 #: Not matching keys; handled by the SCP itself.
-CONTROL_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "QueryRetrieveView",
-                "InstanceAvailability"}
+CONTROL_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "QueryRetrieveView"}
 STATUS_PENDING, STATUS_CANCEL = 0xFF00, 0xFE00
 
 

@@ -106,8 +106,10 @@ def test_series_level_modality_wildcard(server, slides, tmp_path):
 def test_image_level_returns_slide_attributes(server, slides, tmp_path):
     c = slides["C"]
     _, rsp = find(server, tmp_path, "IMAGE", {"StudyInstanceUID": c[0].StudyInstanceUID,
-                                              "SeriesInstanceUID": c[0].SeriesInstanceUID, "SOPInstanceUID": ""})
+                                              "SeriesInstanceUID": c[0].SeriesInstanceUID, "SOPInstanceUID": "",
+                                              "InstanceAvailability": ""})
     assert _values(rsp, "SOPInstanceUID") == {d.SOPInstanceUID for d in c}
+    assert _values(rsp, "InstanceAvailability") == {"ONLINE"}
     by_uid = {r.SOPInstanceUID: r for r in rsp}
     for sent in c:
         got = by_uid[sent.SOPInstanceUID]
