@@ -264,3 +264,16 @@ def test_move_to_a_destination_that_stops_answering(make_server, tmp_path):
     finally:
         released.set()
         scp.shutdown()
+
+
+def test_move_destination_from_command_line(make_server, receiver, tmp_path):
+    """``slidearchive serve --remote AE=HOST:PORT`` adds a C-MOVE destination."""
+    out, port = receiver
+    server = make_server(config=IDENTIFIED, args=("--remote", f"CLIDEST=127.0.0.1:{port}"))
+    paths = make_slide(tmp_path / "s", SlideSpec(width=256, height=256, seed=79, label=False, overview=False))
+    assert store(server, tmp_path / "s", options=PROPOSE["jpeg"]).returncode == 0
+    sent = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    result = dcmtk("movescu", "-S", "-aec", ARCHIVE_AE, "-aem", "CLIDEST", "-k", "QueryRetrieveLevel=STUDY",
+                   "-k", f"StudyInstanceUID={sent.StudyInstanceUID}", "127.0.0.1", str(server.dimse_port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sent.SOPInstanceUID in _received(out)
