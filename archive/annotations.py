@@ -280,11 +280,13 @@ _GEOMETRY = {"POINT": "Point", "POLYLINE": "LineString", "POLYGON": "Polygon"}
 _CHUNK = 2000  # annotations converted to Python objects at a time: keeps the live set (and GC work) small
 
 
-def iter_features(ds: Dataset) -> Iterator[dict[str, Any]]:
+def iter_features(ds: Dataset, arrays: bool = False) -> Iterator[dict[str, Any]]:
     """GeoJSON Features of a stored 2D annotation instance, group by group, in stored order.
 
     3D instances have no pixel coordinates and yield nothing. RECTANGLE and
     ELLIPSE groups (from other writers) come out as their four points, as a LineString.
+    ``arrays``: coordinates as numpy arrays (for a serializer that writes them
+    directly, e.g. orjson), not nested lists - building those lists is most of the cost.
     """
     import highdicom as hd
 
@@ -308,7 +310,9 @@ def iter_features(ds: Dataset) -> Iterator[dict[str, Any]]:
         for a in range(0, len(shapes), _CHUNK):
             b = min(a + _CHUNK, len(shapes))
             base = ends[a - 1] if a else 0
-            flat = points[base:ends[b - 1]].tolist()
+            flat = points[base:ends[b - 1]]
+            if not arrays:
+                flat = flat.tolist()
             rows = values[a:b].tolist() if meanings else None
             start = 0
             for i in range(a, b):
@@ -318,7 +322,10 @@ def iter_features(ds: Dataset) -> Iterator[dict[str, Any]]:
                 if kind == "POINT":
                     geometry = {"type": "Point", "coordinates": coords[0]}
                 elif kind == "POLYGON":
-                    coords.append(coords[0])
+                    if arrays:
+                        coords = np.concatenate([coords, coords[:1]])
+                    else:
+                        coords.append(coords[0])
                     geometry = {"type": "Polygon", "coordinates": [coords]}
                 else:
                     geometry = {"type": geometry_type, "coordinates": coords}

@@ -306,3 +306,18 @@ def test_rgb_mask_refused(server, slide):
     status, body = post_mask(server, series, np.zeros((HEIGHT, WIDTH, 3), np.uint8), {"segments": [{"label": "T"}]})
     assert status == 400 and "single-channel" in body["message"]
     assert result_count(server, series) == before
+
+
+def test_geojson_without_orjson_matches(server, slide):
+    """The plain-json fallback (nested lists) gives the same Features as the server's streamed answer."""
+    import json
+
+    from archive.annotations import to_features
+
+    _, series = slide
+    sent = [feature("Polygon", [[[1.5, 1], [9, 1], [9, 9.25], [1.5, 1]]], "Tumor", {"Area": 3.0}),
+            feature("Point", [7, 8], "Tumor", {"Area": 1.0})]
+    status, body = _post(server, series, sent)
+    status, back = api(server, "GET", f"/slides/{series}/annotations?instance={body['sop_instance']}")
+    ds = client(server).retrieve_instance(body["study"], body["series"], body["sop_instance"])
+    assert json.loads(json.dumps(to_features(ds))) == back["features"]
