@@ -339,3 +339,66 @@ def test_maximum_pdu_size_is_negotiated(guarded):
         assert assoc.acceptor.maximum_length == 65536
     finally:
         assoc.release()
+
+
+def _dimse_pid(server) -> int:
+    """The server child process that holds the listening DIMSE socket."""
+    import os
+
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == server.dimse_port and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getpgid(int(pid)) != server.process.pid:
+                continue
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        if any(link == f"socket:[{inode}]" for link in links for inode in inodes):
+            return int(pid)
+    raise AssertionError("no process holds the DIMSE socket")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_large_store_does_not_sit_in_memory(make_server, tmp_path):
+    """A 400 MB instance is received into a file: the DIMSE process's peak RSS stays far below it."""
+    server = make_server(config=IDENTIFIED)
+    size = 400 << 20
+    ds = _wsi_dataset()
+    path = tmp_path / "big.dcm"
+    ds.file_meta.MediaStorageSOPClassUID = WSI
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    with open(path, "wb") as f:
+        f.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(f, ds.file_meta, enforce_standard=True)
+        f.write(_encode(ds) + b"\xe0\x7f\x10\x00OB\x00\x00" + size.to_bytes(4, "little"))
+        chunk = bytes(1 << 20)
+        for _ in range(size >> 20):
+            f.write(chunk)
+    pid = _dimse_pid(server)
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        assoc = _associate(server, (WSI, ExplicitVRLittleEndian), calling="BIGSTORE")
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(path).Status
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+    assert status in (0x0000, 0xC000, 0xA900)  # a pixel data element without image attributes may be refused
+    assert _peak_rss_mb(pid) < 250, f"DIMSE process peaked at {_peak_rss_mb(pid):.0f} MB for a 400 MB instance"
+    assert_healthy(server)
