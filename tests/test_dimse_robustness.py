@@ -372,33 +372,60 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def test_large_store_does_not_sit_in_memory(make_server, tmp_path):
-    """A 400 MB instance is received into a file: the DIMSE process's peak RSS stays far below it."""
-    server = make_server(config=IDENTIFIED)
-    size = 400 << 20
-    ds = _wsi_dataset()
-    path = tmp_path / "big.dcm"
+def _big_native_instance(path: Path, frames: int) -> Dataset:
+    """A native whole-slide instance of ``frames`` 256x256 RGB frames, written without holding it in memory."""
+    ds = _wsi_dataset(Rows=256, Columns=256, SamplesPerPixel=3, BitsAllocated=8, BitsStored=8, HighBit=7,
+                      PixelRepresentation=0, PhotometricInterpretation="RGB", PlanarConfiguration=0,
+                      NumberOfFrames=frames)
     ds.file_meta.MediaStorageSOPClassUID = WSI
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    frame = bytes(256 * 256 * 3)
     with open(path, "wb") as f:
         f.write(b"\0" * 128 + b"DICM")
         write_file_meta_info(f, ds.file_meta, enforce_standard=True)
-        f.write(_encode(ds) + b"\xe0\x7f\x10\x00OB\x00\x00" + size.to_bytes(4, "little"))
-        chunk = bytes(1 << 20)
-        for _ in range(size >> 20):
-            f.write(chunk)
+        f.write(_encode(ds) + b"\xe0\x7f\x10\x00OB\x00\x00" + (len(frame) * frames).to_bytes(4, "little"))
+        for _ in range(frames):
+            f.write(frame)
+    return ds
+
+
+def test_large_instance_does_not_sit_in_memory(make_server, tmp_path):
+    """A 400 MB instance, stored by C-STORE and fetched back by C-GET: the DIMSE process's peak
+    RSS stays far below its size."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+    server = make_server(config=IDENTIFIED)
+    ds = _big_native_instance(tmp_path / "big.dcm", frames=2134)  # 2134 x 196608 bytes: 400 MB
     pid = _dimse_pid(server)
-    old = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    received: list[int] = []
+
+    def on_store(event):
+        received.append(Path(event.dataset_path).stat().st_size)
+        return 0x0000
+
+    saved = _config.STORE_SEND_CHUNKED_DATASET, _config.STORE_RECV_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_RECV_CHUNKED_DATASET = True
     try:
-        assoc = _associate(server, (WSI, ExplicitVRLittleEndian), calling="BIGSTORE")
+        ae = AE(ae_title="BIGSTORE")
+        ae.add_requested_context(WSI, ExplicitVRLittleEndian)
+        ae.add_requested_context(GET)
+        assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE,
+                             ext_neg=[build_role(WSI, scu_role=True, scp_role=True)], evt_handlers=[(evt.EVT_C_STORE, on_store)])
         assert assoc.is_established
         try:
-            status = assoc.send_c_store(path).Status
+            assert assoc.send_c_store(tmp_path / "big.dcm").Status == 0x0000
+            assert _peak_rss_mb(pid) < 250, f"C-STORE: DIMSE process peaked at {_peak_rss_mb(pid):.0f} MB"
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID = ds.StudyInstanceUID
+            query.SeriesInstanceUID = ds.SeriesInstanceUID
+            query.SOPInstanceUID = ds.SOPInstanceUID
+            final = [s for s, _ in assoc.send_c_get(query, GET)][-1]
         finally:
             assoc.release()
     finally:
-        _config.STORE_SEND_CHUNKED_DATASET = old
-    assert status in (0x0000, 0xC000, 0xA900)  # a pixel data element without image attributes may be refused
-    assert _peak_rss_mb(pid) < 250, f"DIMSE process peaked at {_peak_rss_mb(pid):.0f} MB for a 400 MB instance"
+        _config.STORE_SEND_CHUNKED_DATASET, _config.STORE_RECV_CHUNKED_DATASET = saved
+    assert final.Status == 0x0000 and received and received[0] > 400 << 20
+    assert _peak_rss_mb(pid) < 250, f"C-GET: DIMSE process peaked at {_peak_rss_mb(pid):.0f} MB"
     assert_healthy(server)
