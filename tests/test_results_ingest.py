@@ -30,21 +30,17 @@ def stored(server, shared_data):
     return shared_data
 
 
-def test_dangling_annotation_refused_with_reason(server, shared_data):
+def test_dangling_annotation_refused_with_reason(server, shared_data, tmp_path):
     ds = pydicom.dcmread(shared_data / "sm_annotations.dcm")
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID = "1.2.3.4.5"
     ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.4.5"
-    path = shared_data.parent / "nonexistent"  # not written: use a temp file instead
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
-        ds.save_as(f.name)
-        status, body = stow(server, [f.name])
+    ds.save_as(tmp_path / "dangling.dcm")
+    status, body = stow(server, [tmp_path / "dangling.dcm"])
     assert status == 409
     assert body["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
-    assert not path.exists()
+    assert not client(server).search_for_instances(search_filters={"SOPInstanceUID": ds.SOPInstanceUID})
 
 
 def test_dangling_annotation_refused_over_c_store(server, shared_data, stored):
