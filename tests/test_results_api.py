@@ -179,6 +179,11 @@ def test_versioning_keeps_old_results(server, other_slide):
     assert q["slides"] == []  # version 1 is superseded
     status, q = api(server, "GET", "/results?algorithm=versioned&version=1&include_superseded=1")
     assert [s["series"] for s in q["slides"]] == [series]
+    newest = versioned[uids[2]]
+    client(server).delete_instance(newest["study"], newest["series"], newest["sop_instance"])
+    status, found = api(server, "GET", f"/slides/{series}/results")
+    now = {r["sop_instance"]: r["current"] for r in found["results"] if r["algorithm"]["name"] == "versioned"}
+    assert now == {uids[0]: False, uids[1]: True}  # deleting the newest makes the previous one current
 
 
 def test_link_queries_across_slides(server, slide, other_slide):
