@@ -55,6 +55,7 @@ class FrameResult:
     errors: int
     detail: str = ""
     cpu_ms_per_frame: float | None = None  # server CPU per response: robust to a busy machine
+    problem: str = ""  # set when the probe frame was wrong or missing: no load was run
 
     @property
     def per_s(self) -> float:
@@ -170,7 +171,8 @@ def bench_level(server: Server, inst: Instance, level: str, seconds: int,
     """Check one frame, then load the server with random frames of inst."""
     probe, problem = check_frame(server, inst, random.randint(1, inst.frames))
     if problem:
-        return FrameResult(server.name, level, inst.frames, 0, 0.0, 0.0, 0.0, 1, problem)
+        return FrameResult(server.name, level, inst.frames, 0, 0.0, 0.0, 0.0, 1, problem,
+                           problem=problem)
     paths = write_paths(server, inst, tmp / f"paths-{server.name}-{inst.sop}.txt")
     seconds = run_length(seconds, probe)
     load = os.getloadavg()[0]

@@ -1,6 +1,6 @@
 """Run the whole benchmark suite: slidearchive, Orthanc and nginx side by side.
 
-    python bench/run.py            # 65536 x 49152 slide (830 MB), ~10 min
+    python bench/run.py            # 65536 x 49152 slide (870 MB), ~15 min
     python bench/run.py --quick    # 16384 x 12288 slide (55 MB), ~2-3 min
 
 Builds its data in a temporary directory under /tmp, starts every server
@@ -10,14 +10,15 @@ group) on the way out, whatever happened.
 
 Per archive the order is: fresh server -> STOW the slide (ingest MB/s, memory)
 -> frame load on the level of ~192 frames and on the largest level -> restart
--> first frame; then a fresh server for the C-STORE of the slide, and another
-for the C-STORE of the small instances.
+-> first frame (3 restarts); then more fresh servers: the STOW again (the median
+of the runs is reported), the C-STORE of the slide (the same), and one C-STORE of
+the small instances.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import datetime as dt
+import os
 import platform
 import shutil
 import subprocess
@@ -28,9 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dataset
-import procs
 import frames
 import ingest
+import procs
 from dataset import Instance
 from frames import FrameResult
 from ingest import IngestResult
@@ -159,7 +160,7 @@ def load_frames(server: Server, levels: dict[str, Instance], prof: Profile, work
                                        large, work)
     for res in results:
         out.frames[res.level] = res
-        if res.detail.startswith("GET "):
+        if res.problem:
             out.failures.append(f"frames of {res.level}: {res.detail}")
     out.first_frame = first
     if first[1]:
@@ -216,7 +217,7 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
         vals = {}
         for col, o in outcomes.items():
             res = o.frames.get(level)
-            vals[col] = getattr(res, attr) if res and not res.detail.startswith("GET ") else None
+            vals[col] = getattr(res, attr) if res and not res.problem else None
         return vals
 
     for level in data.levels:
