@@ -11,11 +11,6 @@ from typing import Iterator
 from .config import ConfigError, Settings, load_settings, parse_remote
 from .errors import ArchiveError
 
-try:
-    from deid import PolicyError
-except ImportError:  # pragma: no cover - deid ships with the archive
-    PolicyError = ConfigError
-
 
 def _settings(args: argparse.Namespace) -> Settings:
     remotes = [parse_remote(r) for r in getattr(args, "remote", None) or []]
@@ -159,16 +154,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_configuration_error(e: Exception) -> bool:
+    if isinstance(e, ConfigError):
+        return True
+    from deid import PolicyError  # imported only when needed: deid pulls in highdicom
+
+    return isinstance(e, PolicyError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .server import quiet_libraries
+    if args.command != "serve":  # the serve supervisor imports no DICOM library at all
+        from .server import quiet_libraries
 
-    quiet_libraries()
+        quiet_libraries()
     try:
         return args.func(args) or 0
-    except (ConfigError, PolicyError) as e:
+    except ValueError as e:
+        if not _is_configuration_error(e):
+            raise
         print(f"slidearchive: configuration error: {e}", file=sys.stderr)
         return 2
     except ArchiveError as e:

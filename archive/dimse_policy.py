@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 
 from .config import DimseSettings
+from .errors import NotAuthorized
 
-#: PS3.7 Annex C general status "Refused: Not authorized". Not yet in archive.errors
-#: (proposed there as ``NotAuthorized``, HTTP 403); kept here until then.
-REFUSED_NOT_AUTHORIZED = 0x0124
+#: PS3.7 Annex C general status "Refused: Not authorized", from the error table.
+REFUSED_NOT_AUTHORIZED = NotAuthorized.dimse_status
 
 STORE, QUERY, RETRIEVE = "store", "query", "retrieve"
 

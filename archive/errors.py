@@ -85,6 +85,15 @@ class OutOfResources(ArchiveError):
     title = "Out of resources"
 
 
+class NotAuthorized(ArchiveError):
+    """The calling peer may not use this service (association policy)."""
+
+    http_status = 403
+    dimse_status = 0x0124  # Refused: not authorized
+    failure_reason = 0x0124
+    title = "Not authorized"
+
+
 class NotFound(ArchiveError):
     http_status = 404
     dimse_status = 0xC000

@@ -1,17 +1,16 @@
 """``slidearchive serve``: DICOMweb under granian, DIMSE and the index worker beside it.
 
-DIMSE and the outbox worker run in their own processes (spawned, not forked),
-so the HTTP workers stay single-purpose and a crash in one does not take the
-others down.
+DIMSE and the outbox worker share one spawned background process, so the HTTP
+workers stay single-purpose; the supervisor itself imports no DICOM library.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import multiprocessing
 import sys
-from typing import Callable
 
-from .config import Settings
+from .config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +33,46 @@ def _serve_http(settings: Settings) -> None:
             blocking_threads=settings.threads, log_level=LogLevels.warning, websockets=False).serve()
 
 
-def _background(target: Callable[[Settings], None], settings: Settings, name: str) -> multiprocessing.Process:
-    process = multiprocessing.get_context("spawn").Process(target=_child, args=(target, settings), name=name,
-                                                           daemon=True)
-    process.start()
-    return process
+def _prepare(settings: Settings) -> str | None:
+    """Create the data directory, catalog and keys, sweep crash leftovers; a config error's message or None.
 
+    Runs in a short-lived child so the supervisor process never imports the heavy
+    libraries (pydicom, highdicom) it does not use.
+    """
+    from .config import ConfigError
+    from .service import Archive
 
-def _child(target: Callable[[Settings], None], settings: Settings) -> None:
     quiet_libraries()
-    target(settings)
-
-
-def _dimse_target():
     try:
+        Archive(settings).storage.sweep_temp()
+    except (ConfigError, ValueError) as e:  # deid's PolicyError is a ValueError
+        return str(e)
+    return None
+
+
+def _background_services(settings: Settings) -> None:
+    """One process for what runs beside HTTP: the index worker (a thread) and the DIMSE listener."""
+    import signal
+    import threading
+
+    quiet_libraries()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from indexer.worker import start_worker
+    except ImportError:
+        start_worker = None
+    if start_worker is not None:
+        from .catalog import Catalog
+
+        start_worker(settings, Catalog(settings.catalog_path))
+    if settings.dimse.enabled:
         from .dimse import run as run_dimse
-    except ImportError:
-        return None
-    return run_dimse
 
-
-def _index_target():
-    try:
-        from indexer.worker import run as run_worker
-    except ImportError:
-        return None
-    return run_worker
+        run_dimse(settings)
+    else:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        stop.wait()
 
 
 def quiet_libraries() -> None:
@@ -73,30 +86,25 @@ def quiet_libraries() -> None:
 
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM."""
-    from .service import Archive
-
-    quiet_libraries()
-    Archive(settings).storage.sweep_temp()  # creates the data dir and catalog; removes crash leftovers
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        problem = pool.submit(_prepare, settings).result()
+    if problem is not None:
+        raise ConfigError(problem)
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         print(f"slidearchive: listening on loopback only ({settings.host}); use --host 0.0.0.0 to accept "
               "other machines (there is no authentication yet)", file=sys.stderr)
-    children = []
-    run_dimse = _dimse_target()
-    if settings.dimse.enabled and run_dimse is not None:
-        children.append(_background(run_dimse, settings, "slidearchive-dimse"))
+    background = spawn.Process(target=_background_services, args=(settings,), name="slidearchive-background",
+                               daemon=True)
+    background.start()
+    if settings.dimse.enabled:
         print(f"slidearchive: DIMSE {settings.dimse.ae_title} on {settings.host}:{settings.dimse.port}",
               file=sys.stderr)
-    run_worker = _index_target()
-    if run_worker is not None:
-        children.append(_background(run_worker, settings, "slidearchive-indexer"))
     print(f"slidearchive: DICOMweb on http://{settings.host}:{settings.http_port}/dicomweb, "
           f"data in {settings.data_dir}", file=sys.stderr)
     try:
         _serve_http(settings)
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            child.join(10)
+        background.terminate()
+        background.join(10)
     return 0
-
