@@ -5,14 +5,18 @@ workers stay single-purpose; the supervisor itself imports no DICOM library.
 """
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import logging
 import multiprocessing
+import os
+import pickle
 import sys
 
 from .config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
+SETTINGS_ENV = "SLIDEARCHIVE_SETTINGS"
 
 
 def _serve_http(settings: Settings) -> None:
@@ -25,9 +29,7 @@ def _serve_http(settings: Settings) -> None:
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
-    from dicomweb.wsgi import export_settings
-
-    export_settings(settings)
+    os.environ[SETTINGS_ENV] = base64.b64encode(pickle.dumps(settings)).decode()
     Granian("dicomweb.wsgi:app_from_environment", factory=True, interface=Interfaces.WSGI,
             address=settings.host, port=settings.http_port, workers=settings.workers,
             blocking_threads=settings.threads, log_level=LogLevels.warning, websockets=False).serve()
@@ -86,16 +88,17 @@ def quiet_libraries() -> None:
 
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM."""
-    spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+    # fork: the supervisor is single-threaded and light here, and fork needs no resource-tracker process
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         problem = pool.submit(_prepare, settings).result()
     if problem is not None:
         raise ConfigError(problem)
     if settings.host in ("127.0.0.1", "localhost", "::1"):
         print(f"slidearchive: listening on loopback only ({settings.host}); use --host 0.0.0.0 to accept "
               "other machines (there is no authentication yet)", file=sys.stderr)
-    background = spawn.Process(target=_background_services, args=(settings,), name="slidearchive-background",
-                               daemon=True)
+    background = context.Process(target=_background_services, args=(settings,), name="slidearchive-background",
+                                 daemon=True)
     background.start()
     if settings.dimse.enabled:
         print(f"slidearchive: DIMSE {settings.dimse.ae_title} on {settings.host}:{settings.dimse.port}",

@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-from deid.vault import LinkVault, generate_keypair
 
 PRIVATE_NAME = "broker_private.pem"
 PUBLIC_NAME = "broker_public.pem"
@@ -31,6 +30,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if private_path.exists() or public_path.exists():
         print(f"refusing to overwrite existing keys in {out}", file=sys.stderr)
         return 1
+    from deid.vault import generate_keypair  # cryptography loads only for broker commands
+
     private_pem, public_pem = generate_keypair()
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -43,6 +44,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_reveal(args: argparse.Namespace) -> int:
     """Print the originals behind a pseudonym as JSON (the vault audits the reveal)."""
+    from deid.vault import LinkVault
+
     vault = LinkVault(vault_path(Path(args.data_dir)), audit_log=args.audit_log)
     try:
         originals = vault.reveal(args.pseudonym, Path(args.private_key), who=args.who)
