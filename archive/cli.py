@@ -158,8 +158,9 @@ def _is_configuration_error(e: Exception) -> bool:
     if isinstance(e, ConfigError):
         return True
     from deid import PolicyError  # imported only when needed: deid pulls in highdicom
+    from indexer.config import IndexConfigError
 
-    return isinstance(e, PolicyError)
+    return isinstance(e, (PolicyError, IndexConfigError))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,10 +44,13 @@ def _prepare(settings: Settings) -> str | None:
     from .config import ConfigError
     from .service import Archive
 
+    from indexer.config import load_index_config
+
     quiet_libraries()
     try:
+        load_index_config(settings.index, settings.data_dir)
         Archive(settings).storage.sweep_temp()
-    except (ConfigError, ValueError) as e:  # deid's PolicyError is a ValueError
+    except (ConfigError, ValueError) as e:  # deid's PolicyError and the index's config error are ValueErrors
         return str(e)
     return None
 

@@ -90,6 +90,14 @@ def test_configuration_errors(tmp_path, text, message):
     assert "Traceback" not in result.stderr
 
 
+def test_serve_refuses_a_bad_index_configuration(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[index]\nbackend = 'solr'\n")
+    result = run("serve", "--data-dir", str(tmp_path / "data"), "--config", str(path), "--no-dimse")
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr and "[index]" in result.stderr
+
+
 def test_bad_remote_option(tmp_path):
     result = run("serve", "--data-dir", str(tmp_path), "--remote", "NOPE")
     assert result.returncode == 2 and "AE=HOST:PORT" in result.stderr
