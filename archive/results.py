@@ -47,7 +47,8 @@ def check_result(ds: Dataset, catalog, path: Path, policy: str | None = None) ->
     """Validate a result instance; returns a warning message, or None. Raises on refusal.
 
     ``ds`` is the header to be stored, ``path`` the file as it will be stored
-    (a segmentation is read whole from it, since highdicom needs its pixels).
+    (a segmentation is read whole from it, as highdicom wants; large values such as
+    the pixel data stay on disk, deferred).
     """
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in RESULT_CLASSES:
@@ -57,7 +58,7 @@ def check_result(ds: Dataset, catalog, path: Path, policy: str | None = None) ->
         _highdicom_parse(ds, sop_class)
     else:
         try:
-            full = dcmread(path)
+            full = dcmread(path, defer_size="64 KB")  # highdicom needs the whole data set, not the pixels in memory
         except Exception as e:  # noqa: BLE001 - any failure is the same answer
             raise DatasetDoesNotMatchSOPClass(f"segmentation cannot be read: {type(e).__name__}") from None
         _highdicom_parse(full, sop_class)
