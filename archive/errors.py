@@ -135,3 +135,4 @@ class MoveDestinationUnknown(ArchiveError):
 #: Warning statuses (PS3.4 Annex B / PS3.18 WarningReason).
 WARNING_COERCED = 0xB000  # Coercion of data elements (de-identification rewrote them)
 WARNING_ELEMENTS_DISCARDED = 0xB006  # Accepted but not kept (e.g. a LABEL image dropped by policy)
+WARNING_REFERENCE = 0xB007  # Data set does not match SOP class: a result whose slide is absent, kept by policy

@@ -22,7 +22,7 @@ from . import dicomjson
 from . import results  # AI results (issue 6)
 from .catalog import NewInstance
 from .dicomfile import Header, read_full, read_header
-from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, DatasetDoesNotMatchSOPClass,
+from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, DatasetDoesNotMatchSOPClass,
                      DuplicateInstance, InvalidDataset, SOPClassNotSupported)
 from .frames import index_frames
 from .storage import CHUNK, copy_range, raise_for_os_error, spool
@@ -111,8 +111,10 @@ class Ingest:
         if expected_study is not None and ds.StudyInstanceUID != expected_study:
             raise DatasetDoesNotMatchSOPClass("StudyInstanceUID differs from the study in the request URL")
         policy = self.policies.for_origin(origin.ae_title, origin.collection) if self.policies else None
-        if origin.kind == "derived":  # AI results (issue 6): built by the archive from its stored, already
-            policy = None             # de-identified headers; de-identifying again would re-map their UIDs
+        if origin.kind == "derived":
+            # Built by the archive's results API from stored, already de-identified headers:
+            # de-identifying again would re-map their UIDs and break the slide references.
+            policy = None
         out = self.storage.new_temp()
         try:
             try:
@@ -120,19 +122,14 @@ class Ingest:
             except _Dropped as d:
                 return StoreResult("dropped", str(ds.SOPClassUID), warning=WARNING_ELEMENTS_DISCARDED,
                                    message=d.reason)
-            # --- AI results (issue 6, archive/results.py): check ANN/SEG on the stored header ---
-            result_warning = results.check_result(stored, self.catalog, out)
-            # ---
+            reference_warning = results.check_result(stored, self.catalog, out)  # ANN / SEG only
             result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
-            if coerced and result.status == "stored":
-                result = dataclasses.replace(result, warning=WARNING_COERCED)
-            # --- AI results (issue 6): link to slides after commit (idempotent); a dangling-reference
-            # warning (policy "warn") outranks the coercion warning ---
             if result.status in ("stored", "duplicate"):
-                results.record(self.catalog, stored)
-            if result_warning and result.status == "stored":
-                result = dataclasses.replace(result, warning=results.WARNING_REFERENCE, message=result_warning)
-            # ---
+                results.record(self.catalog, stored)  # link results to their slides; idempotent, never raises
+            if result.status == "stored" and reference_warning:
+                result = dataclasses.replace(result, warning=WARNING_REFERENCE, message=reference_warning)
+            elif result.status == "stored" and coerced:
+                result = dataclasses.replace(result, warning=WARNING_COERCED)
             return result
         finally:
             out.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from .errors import DatasetDoesNotMatchSOPClass, ReferenceNotFound
+from .errors import WARNING_REFERENCE, DatasetDoesNotMatchSOPClass, ReferenceNotFound
 from . import result_links
 from .result_links import results_summary  # noqa: F401 - re-exported for the indexer
 
@@ -31,8 +31,6 @@ ANN_CLASS = "1.2.840.10008.5.1.4.1.1.91.1"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 LABELMAP_CLASS = "1.2.840.10008.5.1.4.1.1.66.7"
 RESULT_CLASSES = frozenset({ANN_CLASS, SEG_CLASS, LABELMAP_CLASS})
-#: PS3.4 warning status used when a dangling reference is accepted by policy.
-WARNING_REFERENCE = 0xB007
 MAX_REFERENCES = 1000
 _GRAPHIC_POINTS = {"POINT": 1, "RECTANGLE": 4, "ELLIPSE": 4}
 _MIN_POINTS = {"POLYLINE": 2, "POLYGON": 3}
