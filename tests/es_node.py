@@ -43,7 +43,7 @@ class EsNode:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "EsNode":
-        env = dict(os.environ, ES_HEAP=self.heap)
+        env = dict(os.environ, ES_HEAP=self.heap, ES_PARENT_PID=str(os.getpid()))
         out = subprocess.run(["bash", str(RUNNER / "start.sh"), str(self.home), str(self.port)],
                              capture_output=True, text=True, env=env, timeout=300)
         if out.returncode != 0:

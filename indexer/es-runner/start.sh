@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a single-node Elasticsearch 8 on 127.0.0.1 for tests/benchmarks and prints its URL.
 # Needs: `mvn -q -f indexer/es-runner/pom.xml dependency:copy-dependencies` run once before.
-# Usage: start.sh [HOME_DIR] [HTTP_PORT]   (env ES_HEAP, default 1g)
+# Usage: start.sh [HOME_DIR] [HTTP_PORT]   (env ES_HEAP, default 1g; env ES_PARENT_PID: the node
+# exits when that process is gone, so a killed test run leaves no node behind)
 # The node runs in the background; its pid is written to HOME_DIR/node.pid and its
 # log to HOME_DIR/node.log. Stop it with: kill "$(cat HOME_DIR/node.pid)"
 set -euo pipefail

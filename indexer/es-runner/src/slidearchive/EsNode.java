@@ -66,8 +66,30 @@ public class EsNode {
             stopped.countDown();
         }));
         node.start();
+        watchParent();
         System.out.println("ES_NODE_STARTED http://127.0.0.1:" + httpPort);
         System.out.flush();
         stopped.await();
+    }
+
+    /** With ES_PARENT_PID set (the test process), exit when it is gone: no orphaned nodes after a crash. */
+    private static void watchParent() {
+        String parent = System.getenv("ES_PARENT_PID");
+        if (parent == null || parent.isBlank()) {
+            return;
+        }
+        long pid = Long.parseLong(parent.trim());
+        Thread watcher = new Thread(() -> {
+            while (ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false)) {
+                try {
+                    Thread.sleep(2000);
+                } catch (InterruptedException e) {
+                    return;
+                }
+            }
+            System.exit(0); // runs the shutdown hook, which closes the node
+        }, "parent-watch");
+        watcher.setDaemon(true);
+        watcher.start();
     }
 }
