@@ -133,7 +133,8 @@ def test_bad_dates_and_empty_values_are_dropped_not_fatal():
 
 
 def test_real_slide_files_from_the_generator(tmp_path):
-    slides = pytest.importorskip("slides")
+    import slides
+
     spec = slides.SlideSpec(width=600, height=400, tile=128)
     paths = slides.make_slide(tmp_path, spec)
     headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
