@@ -141,3 +141,32 @@ def test_reindex_command_and_search_route_in_the_archive_app(tmp_path, capsys):
     app = dicomweb.create_app(settings)
     body = app.test_client().get("/api/search?facet=collection").get_json()
     assert body["total"] == 5 and body["facets"]["collection"] == [{"value": "c", "count": 5}]
+
+
+def test_worker_process_entry_point_follows_the_catalog(tmp_path):
+    """indexer.worker.run(settings): what `slidearchive serve` spawns; SIGTERM stops it cleanly."""
+    import multiprocessing
+    import time
+
+    from archive.catalog import Catalog
+    from archive.config import load_settings
+    from indexer.embedded import EmbeddedIndex
+
+    settings = load_settings(None, data_dir=str(tmp_path / "data"))
+    catalog = Catalog(settings.catalog_path)
+    process = multiprocessing.get_context("spawn").Process(target=worker_module.run, args=(settings,))
+    process.start()
+    try:
+        for n in range(3):
+            store_series(catalog, slide_headers(n))
+        index = EmbeddedIndex(settings.data_dir / "index.sqlite")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and index.count() < 3:
+            time.sleep(0.2)
+        assert index.count() == 3
+        index.close()
+    finally:
+        process.terminate()
+        process.join(20)
+        catalog.close()
+    assert process.exitcode == 0
