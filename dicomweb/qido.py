@@ -1,7 +1,7 @@
 """QIDO-RS: every search resource of PS3.18 10.6, answered from the catalog."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
 from archive.attributes import tag_hex
 from archive.dicomjson import dumps
@@ -9,7 +9,7 @@ from archive.errors import NotAcceptable
 from archive.query import parse_qido
 from archive.uids import check_uid
 
-from . import archive, media, resource_url
+from . import archive, media, resource_url, settings
 
 bp = Blueprint("qido", __name__)
 
@@ -24,7 +24,7 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
         raise NotAcceptable("QIDO-RS responses are application/dicom+json")
     # request.args is already percent-decoded; keep repeated keys in order
     query = parse_qido(level, request.args.items(multi=True))
-    rows = archive().catalog.search(query, study, series)
+    rows = _rows(query, study, series)
     keep = query.returned()
     tags = None if keep is None else {tag_hex(k) for k in keep if k not in ("RetrieveURL",)}
     out = []
@@ -37,6 +37,36 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
         row["00081190"] = {"vr": "UR", "Value": [resource_url(s, se, sop)]}
         out.append(dict(sorted(row.items())))
     return Response(dumps(out), content_type="application/dicom+json")
+
+
+def _rows(query, study: str | None, series: str | None) -> list[dict]:
+    """From the search index when ``[index] qido = true`` and it can answer, else from the catalog.
+
+    The catalog stays the source of truth: the index only picks the matching UIDs,
+    and any failure of the index falls back to the catalog's own matching.
+    """
+    catalog = archive().catalog
+    index = _qido_index()
+    if index is not None and study is None and series is None:
+        from indexer.base import IndexUnavailable, Unanswerable
+        from indexer.qido import answer
+
+        try:
+            return answer(index, catalog, query)
+        except (Unanswerable, IndexUnavailable):
+            pass
+    return catalog.search(query, study, series)
+
+
+def _qido_index():
+    app = current_app
+    if "qido_index" not in app.extensions:
+        from indexer.config import load_index_config
+        from indexer.factory import open_index
+
+        config = load_index_config(settings().index, settings().data_dir)
+        app.extensions["qido_index"] = open_index(config) if config.qido else None
+    return app.extensions["qido_index"]
 
 
 @bp.get("/studies")
