@@ -120,12 +120,3 @@ def keyword_of(name: str) -> str | None:
 
 def tag_hex(keyword: str) -> str:
     return f"{tag_for_keyword(keyword):08X}"
-
-
-def level_of_attribute(keyword: str) -> str:
-    """The row whose JSON keeps a top-level attribute."""
-    if keyword in STUDY_ATTRIBUTES:
-        return "study"
-    if keyword in SERIES_ATTRIBUTES:
-        return "series"
-    return "instance"

@@ -118,20 +118,6 @@ class RangeNotSatisfiable(ArchiveError):
     title = "Range not satisfiable"
 
 
-class ServiceUnavailable(ArchiveError):
-    """A dependency (the search cluster) is down; retry later."""
-
-    http_status = 503
-    dimse_status = 0xA700
-    title = "Service unavailable"
-
-
-class MoveDestinationUnknown(ArchiveError):
-    http_status = 400
-    dimse_status = 0xA801
-    title = "Move destination unknown"
-
-
 #: Warning statuses (PS3.4 Annex B / PS3.18 WarningReason).
 WARNING_COERCED = 0xB000  # Coercion of data elements (de-identification rewrote them)
 WARNING_ELEMENTS_DISCARDED = 0xB006  # Accepted but not kept (e.g. a LABEL image dropped by policy)

@@ -23,7 +23,6 @@ from pydicom.dataset import Dataset
 
 from .errors import WARNING_REFERENCE, DatasetDoesNotMatchSOPClass, ReferenceNotFound
 from . import result_links
-from .result_links import results_summary  # noqa: F401 - re-exported for the indexer
 
 log = logging.getLogger(__name__)
 

@@ -55,9 +55,6 @@ class StorageArea:
         except FileNotFoundError:
             pass
 
-    def exists(self, storage_id: str) -> bool:
-        return self.path(storage_id).is_file()
-
     def files(self) -> dict[str, Path]:
         """Every committed file on disk by its name (for ``verify``), wherever it lies."""
         return {f.name: f for f in self.root.glob("*/*/*") if f.is_file() and f.parent.parent.name != "tmp"}
