@@ -288,15 +288,27 @@ def notes(outcomes: dict[str, Outcome]) -> str:
     return "\n".join(lines)
 
 
-def versions() -> str:
-    def first_line(cmd: list[str]) -> str:
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-            return (done.stdout or done.stderr).strip().splitlines()[0]
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            return "?"
+def first_line(cmd: list[str]) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (done.stdout or done.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
 
+
+def head_commit() -> str:
+    """The checked-out commit; servers are started many times during a run, so a
+    commit landing mid-run would change the code under test (the report says so)."""
+    dirty = first_line(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no",
+                        "--", "archive", "dicomweb", "deid", "indexer", "config"])
     commit = first_line(["git", "-C", str(REPO), "log", "-1", "--format=%h %s"])
+    return commit + (" (with uncommitted changes in the archive's code)" if dirty not in ("", "?") else "")
+
+
+def versions(start_commit: str) -> str:
+    commit = head_commit()
+    if commit != start_commit:
+        commit = f"{start_commit} at the start, {commit} at the end (code changed during the run)"
     pkgs = first_line(["dpkg-query", "-W", "-f", "${Package} ${Version}, ",
                        "orthanc", "orthanc-dicomweb", "nginx", "wrk", "dcmtk"])
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -307,7 +319,8 @@ def versions() -> str:
             f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores")
 
 
-def report(outcomes: dict[str, Outcome], data: Data, prof: Profile, command: str) -> str:
+def report(outcomes: dict[str, Outcome], data: Data, prof: Profile, command: str,
+           start_commit: str) -> str:
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""# Benchmark results
 
@@ -348,7 +361,7 @@ Details:
 {notes(outcomes)}
 
 Environment:
-{versions()}
+{versions(start_commit)}
 """
 
 
@@ -368,6 +381,7 @@ def main() -> int:
     command = "python bench/run.py" + (" --quick" if a.quick else "") + (
         f" --repeats {a.repeats}" if a.repeats else "") + (
         f" --servers {a.servers}" if a.servers != "slidearchive,Orthanc,nginx" else "")
+    start_commit = head_commit()
     work = Path(tempfile.mkdtemp(prefix="slidearchive-bench-", dir="/tmp"))
     try:
         data = build_data(work, prof)
@@ -375,7 +389,7 @@ def main() -> int:
         for name in a.servers.split(","):
             outcomes[name] = bench_nginx(data, prof, work) if name == "nginx" else \
                 bench_archive(name, data, prof, work)
-        text = report(outcomes, data, prof, command)
+        text = report(outcomes, data, prof, command, start_commit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(text)
