@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,6 +72,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL
 );
 """
+
+
+HEADER_CACHE = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +164,7 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._parsed: OrderedDict[str, Dataset] = OrderedDict()  # see series_headers
         self._db().executescript(SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
@@ -360,10 +365,26 @@ class Catalog:
         return row[0] if row else None
 
     def series_headers(self, series_uid: str) -> list[Dataset]:
-        """Headers of a series' instances as Datasets (bulk values left out), for the indexer."""
-        rows = self._db().execute("SELECT i.header FROM instance i JOIN series se ON i.series_fk=se.pk "
-                                  "WHERE se.series_instance_uid=? ORDER BY i.pk", (series_uid,)).fetchall()
-        return [Dataset.from_json(_without_bulk(json.loads(zlib.decompress(r[0])))) for r in rows]
+        """Headers of a series' instances as Datasets (bulk values left out), for the indexer.
+
+        Parsed headers are cached by SOP Instance UID (a stored instance never changes):
+        a series that grows one instance at a time is then parsed once, not once per event.
+        """
+        rows = self._db().execute("SELECT i.sop_instance_uid, i.header FROM instance i JOIN series se "
+                                  "ON i.series_fk=se.pk WHERE se.series_instance_uid=? ORDER BY i.pk",
+                                  (series_uid,)).fetchall()
+        out = []
+        for sop, blob in rows:
+            ds = self._parsed.get(sop)
+            if ds is None:
+                ds = Dataset.from_json(_without_bulk(json.loads(zlib.decompress(blob))))
+                self._parsed[sop] = ds
+                while len(self._parsed) > HEADER_CACHE:
+                    self._parsed.popitem(last=False)
+            else:
+                self._parsed.move_to_end(sop)
+            out.append(ds)
+        return out
 
     def iter_series_uids(self) -> Iterator[str]:
         for (uid,) in self._db().execute("SELECT series_instance_uid FROM series ORDER BY pk").fetchall():
