@@ -279,7 +279,9 @@ def notes(outcomes: dict[str, Outcome]) -> str:
             res = o.ingest[label]
             rates = ", ".join(f"{r.mb_per_s:.1f} MB/s" if r.ok else "failed" for r in runs)
             lines.append(f"- {col}, {label}: {res.instances} instances, {res.nbytes / 1e6:.0f} MB "
-                         f"in {res.seconds:.1f} s (median of {len(runs)} fresh-server runs: {rates}); "
+                         f"in {res.seconds:.1f} s"
+                         + (f" (median of {len(runs)} fresh-server runs: {rates})" if len(runs) > 1 else "")
+                         + "; "
                          f"RSS {res.start_rss_mb:.0f} MB at start, {res.peak_rss_mb:.0f} MB peak; "
                          f"load average {res.load:.1f} before"
                          + (f"; {res.detail}" if res.ok and res.detail else ""))
