@@ -322,7 +322,7 @@ class Catalog:
             conds.append(sql)
             params += p
         joins = "FROM study st JOIN patient p ON st.patient_fk=p.pk "
-        select = ["st.attrs AS study_attrs", "st.study_instance_uid", "st.collection",
+        select = ["st.attrs AS study_attrs", "st.study_instance_uid",
                   "(SELECT count(*) FROM series x WHERE x.study_fk=st.pk) AS n_series",
                   "(SELECT count(*) FROM series x JOIN instance y ON y.series_fk=x.pk WHERE x.study_fk=st.pk) AS n_study_instances",
                   "(SELECT group_concat(DISTINCT x.modality) FROM series x WHERE x.study_fk=st.pk) AS modalities"]
