@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -23,6 +22,7 @@ from pydicom.dataset import Dataset
 from .attributes import KEYS, LEVELS, Key
 from .errors import DuplicateInstance, NotFound
 from .query import Query, match_sql
+from .sqlite import Connections
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collection (name TEXT PRIMARY KEY);
@@ -162,41 +162,19 @@ def _without_bulk(obj: dict[str, Any]) -> dict[str, Any]:
 class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._connections = Connections(self.path, ("synchronous=FULL", "foreign_keys=ON"), timeout=60,
+                                        row_factory=sqlite3.Row)
         self._parsed: OrderedDict[str, Dataset] = OrderedDict()  # see series_headers
         self._db().executescript(SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            self._local.db = db
-        return db
+        return self._connections.get()
+
+    def transaction(self):
+        return self._connections.transaction()
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
-
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def transaction(self) -> "_Tx":
-        return self._Tx(self._db())
+        self._connections.close()
 
     # --- writes ---------------------------------------------------------------
 

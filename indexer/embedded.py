@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from archive.sqlite import Connections
+
 from . import qido
 from .base import IndexUnavailable
 from .documents import FIELD_BY_NAME, DocumentError, check, flatten, free_text
@@ -123,8 +125,7 @@ class EmbeddedIndex:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.name = f"embedded:{self.path}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._connections = Connections(self.path, ("synchronous=NORMAL",))
         self._lock = threading.Lock()
         db = self._db()
         db.execute(_META)
@@ -132,27 +133,10 @@ class EmbeddedIndex:
     # --- plumbing -----------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
+        return self._connections.get()
 
-    class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
-            return self.db
-
-        def __exit__(self, exc_type, exc, tb) -> None:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-    def _write(self) -> "_Tx":
-        return self._Tx(self._db())
+    def _write(self):
+        return self._connections.transaction()
 
     @staticmethod
     def _current(db: sqlite3.Connection) -> str | None:
@@ -209,10 +193,7 @@ class EmbeddedIndex:
         return _Generation(self, self._new_generation(deferred=True))
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._connections.close()
 
     # --- search -----------------------------------------------------------------------------
 

@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Iterable
+
+from archive.sqlite import Connections
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS index_cursor (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
@@ -27,23 +28,14 @@ CREATE INDEX IF NOT EXISTS ai_refs_slide ON ai_refs(slide_series);
 class IndexState:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._connections = Connections(self.path)
         self._db().executescript(SCHEMA)
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            self._local.db = db
-        return db
+        return self._connections.get()
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        self._connections.close()
 
     # --- cursor -----------------------------------------------------------------
 
