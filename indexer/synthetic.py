@@ -21,7 +21,7 @@ STAINS = [[("SCT", "12710003", "hematoxylin stain"), ("SCT", "36879007", "water 
           [("SCT", "13958009", "Masson trichrome stain")]]
 SCANNERS = [("Acme Imaging", "SlideScan 400"), ("Leica Biosystems", "Aperio GT 450"),
             ("Hamamatsu", "NanoZoomer S360"), ("3DHISTECH", "Pannoramic 1000")]
-NAMES = ["DOE^JANE", "SMITH^JOHN", "MULLER^ANNA", "GARCIA^LUIS", "NGUYEN^MAI", "SMYTHE^JON", "O'BRIEN^PAT"]
+NAMES = ["ROE^JANA", "SMITH^JOHN", "MULLER^ANNA", "GARCIA^LUIS", "NGUYEN^MAI", "SMYTHE^JON", "O'BRIEN^PAT"]
 DESCRIPTIONS = ["Kidney biopsy", "Liver resection margins", "Lung adenocarcinoma staging",
                 "Breast core needle biopsy", "Colon polyp", "Prostate needle biopsy", "Skin excision"]
 MODALITIES = ["SM", "SM", "SM", "OT"]
