@@ -56,6 +56,8 @@ class Settings:
     dimse: DimseSettings = DimseSettings()
     index: dict[str, Any] = dataclasses.field(default_factory=dict)
     deid: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: AI results whose referenced slide is absent: "refuse" (0xA900 / 409) or "warn" (stored, 0xB007).
+    dangling_references: str = "refuse"
 
     @property
     def catalog_path(self) -> Path:
@@ -150,7 +152,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     raw = _read_toml(DEFAULT_FILE)
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
-    unknown = set(raw) - {"server", "dimse", "index", "deid"}
+    unknown = set(raw) - {"server", "dimse", "index", "deid", "results"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -176,4 +178,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     _port(values.get("http_port", 8080), "http_port")
     if values.get("workers", 1) < 1 or values.get("threads", 1) < 1:
         raise ConfigError("[server] workers and threads must be at least 1")
-    return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}))
+    results = raw.get("results", {})
+    if set(results) - {"dangling_references"}:
+        raise ConfigError(f"[results] unknown keys: {', '.join(sorted(set(results) - {'dangling_references'}))}")
+    dangling = results.get("dangling_references", "refuse")
+    if dangling not in ("refuse", "warn"):
+        raise ConfigError('[results] dangling_references must be "refuse" or "warn"')
+    return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
+                    dangling_references=dangling)

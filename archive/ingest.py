@@ -84,11 +84,12 @@ def sha256_of(path: Path) -> str:
 class Ingest:
     """Holds what ingest needs; one per process, shared by all entry points."""
 
-    def __init__(self, storage, catalog, policies=None, vault=None):
+    def __init__(self, storage, catalog, policies=None, vault=None, dangling_references: str = "refuse"):
         self.storage = storage
         self.catalog = catalog
         self.policies = policies
         self.vault = vault
+        self.dangling_references = dangling_references
 
     def store_instance(self, stream: BinaryIO, origin: Origin) -> StoreResult:
         """Spool ``stream`` to disk, then store it; the stream is read in bounded chunks."""
@@ -122,7 +123,7 @@ class Ingest:
             except _Dropped as d:
                 return StoreResult("dropped", str(ds.SOPClassUID), warning=WARNING_ELEMENTS_DISCARDED,
                                    message=d.reason)
-            reference_warning = results.check_result(stored, self.catalog, out)  # ANN / SEG only
+            reference_warning = results.check_result(stored, self.catalog, out, self.dangling_references)
             result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
             if result.status in ("stored", "duplicate"):
                 results.record(self.catalog, stored)  # link results to their slides; idempotent, never raises

@@ -7,21 +7,19 @@ commit ingest calls :func:`record` so the result is linked to its slides
 (``archive.result_links``).
 
 Dangling references are refused (``ReferenceNotFound``, HTTP 409 / DIMSE A900)
-unless ``SLIDEARCHIVE_DANGLING_RESULTS=warn`` is set, which stores the result
-and answers a warning instead (interim knob until the config grows a
-``[results]`` section).
+unless ``[results] dangling_references = "warn"``, which stores the result and
+answers warning 0xB007 instead.
 """
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from .errors import WARNING_REFERENCE, DatasetDoesNotMatchSOPClass, ReferenceNotFound
+from .errors import DatasetDoesNotMatchSOPClass, ReferenceNotFound
 from . import result_links
 
 log = logging.getLogger(__name__)
@@ -35,12 +33,7 @@ _GRAPHIC_POINTS = {"POINT": 1, "RECTANGLE": 4, "ELLIPSE": 4}
 _MIN_POINTS = {"POLYLINE": 2, "POLYGON": 3}
 
 
-def dangling_policy() -> str:
-    """'refuse' (default) or 'warn'."""
-    return "warn" if os.environ.get("SLIDEARCHIVE_DANGLING_RESULTS", "").lower() == "warn" else "refuse"
-
-
-def check_result(ds: Dataset, catalog, path: Path, policy: str | None = None) -> str | None:
+def check_result(ds: Dataset, catalog, path: Path, policy: str = "refuse") -> str | None:
     """Validate a result instance; returns a warning message, or None. Raises on refusal.
 
     ``ds`` is the header to be stored, ``path`` the file as it will be stored
@@ -63,7 +56,7 @@ def check_result(ds: Dataset, catalog, path: Path, policy: str | None = None) ->
     if not problems:
         return None
     message = "; ".join(problems)
-    if (policy or dangling_policy()) == "warn":
+    if policy == "warn":
         log.warning("result %s stored with dangling references", ds.SOPInstanceUID)
         return message
     raise ReferenceNotFound(message)

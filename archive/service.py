@@ -59,7 +59,7 @@ class Archive:
         self.storage = StorageArea(settings.storage_dir)
         self.catalog = Catalog(settings.catalog_path)
         policies, vault = _load_deid(settings)
-        self.ingest = Ingest(self.storage, self.catalog, policies, vault)
+        self.ingest = Ingest(self.storage, self.catalog, policies, vault, settings.dangling_references)
         self._fds = _FdCache()
         self._indexes: OrderedDict[str, FrameIndex] = OrderedDict()
         self._index_lock = threading.Lock()

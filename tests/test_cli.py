@@ -80,6 +80,7 @@ def test_verify_reports_and_repairs(tmp_path, config):
     ("[dimse]\nae_title = 'THIS TITLE IS FAR TOO LONG'", "invalid AE title"),
     ("[[dimse.remote]]\nae_title = 'X'", "needs ae_title, host and port"),
     ("[deid]\ndefault = 'missing'", "undefined policy"),
+    ("[results]\ndangling_references = 'ignore'", "must be \"refuse\" or \"warn\""),
 ])
 def test_configuration_errors(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -202,9 +202,8 @@ def test_segmentation_that_highdicom_cannot_read_refused(server, stored, tmp_pat
     assert body["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
 
 
-def test_warn_policy_stores_dangling_result_with_warning(make_server, shared_data, monkeypatch):
-    monkeypatch.setenv("SLIDEARCHIVE_DANGLING_RESULTS", "warn")
-    server = make_server(dimse=False)
+def test_warn_policy_stores_dangling_result_with_warning(make_server, shared_data):
+    server = make_server('[results]\ndangling_references = "warn"\n', dimse=False)
     status, body = stow(server, [shared_data / "sm_annotations.dcm"])
     assert status == 202, body
     item = body["00081199"]["Value"][0]
