@@ -248,7 +248,7 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
         ingest_metric("stow-slide", "start_rss_mb"), 0)
     add("peak server RSS MB during STOW-RS (lower is better)",
         ingest_metric("stow-slide", "peak_rss_mb"), 0)
-    add(f"C-STORE ingest MB/s, whole slide (storescu +sd -R -xy, one association)",
+    add("C-STORE ingest MB/s, whole slide (storescu +sd -R -xy, one association)",
         ingest_metric("cstore-slide", "mb_per_s"))
     add("server CPU s per GB, C-STORE of the slide", ingest_metric("cstore-slide", "cpu_s_per_gb"))
     add("peak server RSS MB during C-STORE of the slide (lower is better)",
