@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+MAKE_WSI = SHARED / "tools" / "make_wsi.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def make_wsi(out: Path, *args: str) -> dict[str, Path]:
+    """A slide from the shared generator (PHI in headers, burned into LABEL and OVERVIEW): {stem: path}."""
+    subprocess.run([sys.executable, str(MAKE_WSI), str(out), *args], check=True, capture_output=True)
+    return {p.stem: p for p in sorted(Path(out).glob("*.dcm"))}
 
 
 def free_port() -> int:

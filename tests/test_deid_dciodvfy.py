@@ -18,8 +18,7 @@ import pytest
 from deid import Dropped, Option, Policy, blank_region, deidentify
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_deid_highdicom import shared_data  # noqa: E402
-from test_deid_slides import make_wsi_tool  # noqa: E402
+from conftest import SHARED_DATA, make_wsi  # noqa: E402
 
 DCIODVFY = shutil.which("dciodvfy") or "dciodvfy"  # installed by scripts/test.sh (dicom3tools)
 KEY = b"dciodvfy-test-key-0123456789abcd"
@@ -39,16 +38,8 @@ def errors(path: Path) -> set[str]:
 
 
 def inputs(tmp: Path) -> list[Path]:
-    files = []
-    tool = make_wsi_tool()
-    if tool is not None:
-        subprocess.run([sys.executable, str(tool), str(tmp / "wsi"), "--width", "1024", "--height", "768"],
-                       check=True, capture_output=True)
-        files += sorted((tmp / "wsi").glob("*.dcm"))
-    data = shared_data()
-    if data is not None:
-        files += sorted(data.glob("*.dcm"))
-    return files
+    files = list(make_wsi(tmp / "wsi", "--width", "1024", "--height", "768").values())
+    return files + sorted(SHARED_DATA.glob("*.dcm"))
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.name)

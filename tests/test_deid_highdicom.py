@@ -7,7 +7,6 @@ highdicom's from_dataset must accept the full de-identified files.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import highdicom as hd
@@ -18,24 +17,8 @@ from pydicom.dataset import Dataset
 from deid import Policy, deidentify
 from deid.uids import is_well_known_uid
 
-ROOT = Path(__file__).resolve().parents[1]
 KEY = b"highdicom-test-key-0123456789abc"
 POLICY = Policy(name="basic", key=KEY)
-
-
-def shared_data() -> Path | None:
-    for base in (os.environ.get("SLIDEARCHIVE_SHARED", ""), str(ROOT.parent / "shared"), "/work/shared"):
-        if base and (Path(base) / "data" / "sm_image.dcm").is_file():
-            return Path(base) / "data"
-    return None
-
-
-@pytest.fixture(scope="module")
-def data() -> Path:
-    found = shared_data()
-    if found is None:
-        pytest.fail("shared/data not found")
-    return found
 
 
 def store(path: Path) -> Dataset:
@@ -51,13 +34,13 @@ def store(path: Path) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def stored(data: Path) -> dict[str, Dataset]:
-    return {name: store(data / f"{name}.dcm") for name in ("sm_image", "sm_annotations", "seg_image_sm_control")}
+def stored(shared_data: Path) -> dict[str, Dataset]:
+    return {name: store(shared_data / f"{name}.dcm") for name in ("sm_image", "sm_annotations", "seg_image_sm_control")}
 
 
-def test_annotation_references_the_deidentified_image(stored: dict[str, Dataset], data: Path) -> None:
+def test_annotation_references_the_deidentified_image(stored: dict[str, Dataset], shared_data: Path) -> None:
     image, ann = stored["sm_image"], stored["sm_annotations"]
-    original = pydicom.dcmread(data / "sm_image.dcm", stop_before_pixels=True)
+    original = pydicom.dcmread(shared_data / "sm_image.dcm", stop_before_pixels=True)
     assert image.SOPInstanceUID != original.SOPInstanceUID
     ref_series = ann.ReferencedSeriesSequence[0]
     assert ref_series.SeriesInstanceUID == image.SeriesInstanceUID
@@ -92,10 +75,10 @@ def test_highdicom_loads_the_deidentified_objects(stored: dict[str, Dataset]) ->
     assert seg.get_segment_numbers()
 
 
-def test_no_original_uid_survives(stored: dict[str, Dataset], data: Path) -> None:
+def test_no_original_uid_survives(stored: dict[str, Dataset], shared_data: Path) -> None:
     originals = set()
     for name in stored:
-        for elem in pydicom.dcmread(data / f"{name}.dcm", stop_before_pixels=True).iterall():
+        for elem in pydicom.dcmread(shared_data / f"{name}.dcm", stop_before_pixels=True).iterall():
             value = str(elem.value or "")
             if elem.VR == "UI" and value and not is_well_known_uid(value) and "ClassUID" not in elem.keyword:
                 originals.add(value)
@@ -106,9 +89,9 @@ def test_no_original_uid_survives(stored: dict[str, Dataset], data: Path) -> Non
         assert not leaked, (name, leaked)
 
 
-def test_specimen_preparation_text_is_replaced_codes_stay(stored: dict[str, Dataset], data: Path) -> None:
+def test_specimen_preparation_text_is_replaced_codes_stay(stored: dict[str, Dataset], shared_data: Path) -> None:
     """TEXT content items (specimen ids, issuers) do not leak; identifier items match the header's dummy."""
-    original = pydicom.dcmread(data / "sm_image.dcm", stop_before_pixels=True)
+    original = pydicom.dcmread(shared_data / "sm_image.dcm", stop_before_pixels=True)
     texts = {str(e.value) for e in original.iterall() if e.keyword == "TextValue" and e.value}
     assert texts
     out = stored["sm_image"]

@@ -19,6 +19,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
+from conftest import make_wsi
 from deid import Dropped, Option, Policy, blank_region, deidentify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,24 +29,9 @@ PHI = [b"DOE^JANE", b"DOE", b"JANE", b"PAT-0001", b"ACC-0001", b"SSN-123-45-6789
 AREA = (0, 0, 400, 400)  # make_wsi pastes the label at (20, 125)-(320, 275) of the overview
 
 
-def make_wsi_tool() -> Path | None:
-    """shared/tools/make_wsi.py beside the repository (CI layout) or at /work/shared."""
-    candidates = [os.environ.get("SLIDEARCHIVE_SHARED", ""), str(ROOT.parent / "shared"), "/work/shared"]
-    for base in candidates:
-        if base and (Path(base) / "tools" / "make_wsi.py").is_file():
-            return Path(base) / "tools" / "make_wsi.py"
-    return None
-
-
 @pytest.fixture(scope="module")
 def wsi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    tool = make_wsi_tool()
-    if tool is None:
-        pytest.fail("shared/tools/make_wsi.py not found")
-    out = tmp_path_factory.mktemp("wsi")
-    subprocess.run([sys.executable, str(tool), str(out), "--width", "1024", "--height", "768"],
-                   check=True, capture_output=True)
-    return {p.stem: p for p in out.glob("*.dcm")}
+    return make_wsi(tmp_path_factory.mktemp("wsi"), "--width", "1024", "--height", "768")
 
 
 def header(path: Path) -> Dataset:
@@ -212,11 +198,7 @@ def test_same_bytes_across_processes(wsi: dict[str, Path]) -> None:
 
 
 def test_extended_offset_table_kept_for_raw_pixels_dropped_for_blanked(tmp_path: Path) -> None:
-    tool = make_wsi_tool()
-    if tool is None:
-        pytest.fail("shared/tools/make_wsi.py not found")
-    subprocess.run([sys.executable, str(tool), str(tmp_path), "--width", "512", "--height", "512", "--eot"],
-                   check=True, capture_output=True)
+    make_wsi(tmp_path, "--width", "512", "--height", "512", "--eot")
     level = header(tmp_path / "level0.dcm")
     assert "ExtendedOffsetTable" in level
     kept = deidentify(level, BASIC).dataset

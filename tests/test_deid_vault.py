@@ -14,7 +14,7 @@ from deid import DeidentificationError, LinkVault, Policy, deidentify
 from deid.cli import cmd_keygen, register, vault_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_deid_slides import make_wsi_tool  # noqa: E402
+from conftest import make_wsi  # noqa: E402
 
 KEY = b"vault-test-key-0123456789abcdef0"
 
@@ -39,15 +39,8 @@ def keys(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def level0(tmp_path_factory: pytest.TempPathFactory) -> pydicom.Dataset:
-    import subprocess
-
-    tool = make_wsi_tool()
-    if tool is None:
-        pytest.fail("shared/tools/make_wsi.py not found")
-    out = tmp_path_factory.mktemp("wsi")
-    subprocess.run([sys.executable, str(tool), str(out), "--width", "512", "--height", "512"],
-                   check=True, capture_output=True)
-    return pydicom.dcmread(out / "level0.dcm", stop_before_pixels=True)
+    level = make_wsi(tmp_path_factory.mktemp("wsi"), "--width", "512", "--height", "512")["level0"]
+    return pydicom.dcmread(level, stop_before_pixels=True)
 
 
 def test_keygen_writes_private_key_0600_and_refuses_to_overwrite(keys: Path) -> None:

@@ -17,10 +17,10 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
+from conftest import make_wsi
 from test_deid_profile import marked_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-MAKE_WSI = REPO.parent / "shared" / "tools" / "make_wsi.py"
 #: PHI the shared generator writes (headers and burned-in text).
 SLIDE_PHI = [b"DOE^JANE", b"DOE", b"PAT-0001", b"ACC-0001", b"SSN-123-45-6789", b"St. Example", b"HOUSE",
              b"TECH^TERRY", b"PATH^PAULA", b"SN-000042", b"PATH-SCANNER-03", b"Main Street", b"555-0100",
@@ -42,8 +42,7 @@ def ingested(deidentifying_server, tmp_path_factory) -> dict:
     server = deidentifying_server
     work = tmp_path_factory.mktemp("phi")
     slide_dir = work / "slide"
-    subprocess.run([sys.executable, str(MAKE_WSI), str(slide_dir), "--width", "1024", "--height", "768"],
-                   check=True, capture_output=True)
+    make_wsi(slide_dir, "--width", "1024", "--height", "768")
     marked, _, _ = marked_dataset()
     marked_path = work / "marked.dcm"
     marked.save_as(marked_path, enforce_file_format=True)
