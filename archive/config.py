@@ -45,6 +45,35 @@ class DimseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class SyslogSettings:
+    """An audit record repository reached by RFC 5424 syslog over TLS (RFC 5425)."""
+    host: str
+    port: int = 6514
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    server_name: str = ""
+    retry_seconds: float = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    enabled: bool = True
+    #: Relative to the data directory unless absolute.
+    directory: str = "audit"
+    source_id: str = ""
+    enterprise_site_id: str = ""
+    queue_size: int = 10000
+    fsync: bool = True
+    rotate_bytes: int = 64 * 1024 * 1024
+    frame_interval: float = 60
+    syslog: SyslogSettings | None = None
+
+    def directory_in(self, data_dir: Path) -> Path:
+        return data_dir / Path(self.directory).expanduser()
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./slidearchive-data")
     host: str = "127.0.0.1"
@@ -58,6 +87,7 @@ class Settings:
     deid: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: AI results whose referenced slide is absent: "refuse" (0xA900 / 409) or "warn" (stored, 0xB007).
     dangling_references: str = "refuse"
+    audit: AuditSettings = AuditSettings()
 
     @property
     def catalog_path(self) -> Path:
@@ -143,6 +173,32 @@ def _dimse(table: dict) -> DimseSettings:
     return DimseSettings(**values, remotes=tuple(remotes), peers=tuple(peers))
 
 
+def _audit(table: dict) -> AuditSettings:
+    kinds = {"enabled": bool, "directory": str, "source_id": str, "enterprise_site_id": str, "queue_size": int,
+             "fsync": bool, "rotate_bytes": int, "frame_interval": float}
+    unknown = set(table) - set(kinds) - {"syslog"}
+    if unknown:
+        raise ConfigError(f"[audit] unknown keys: {', '.join(sorted(unknown))}")
+    values = {k: _typed(table, k, kinds[k], "audit") for k in kinds if k in table}
+    if values.get("queue_size", 1) < 1 or values.get("rotate_bytes", 1) < 4096 or values.get("frame_interval", 1) <= 0:
+        raise ConfigError("[audit] queue_size must be at least 1, rotate_bytes at least 4096, frame_interval above 0")
+    syslog = table.get("syslog")
+    if syslog is not None:
+        skinds = {"host": str, "port": int, "ca_file": str, "cert_file": str, "key_file": str, "server_name": str,
+                  "retry_seconds": float}
+        unknown = set(syslog) - set(skinds)
+        if unknown:
+            raise ConfigError(f"[audit.syslog] unknown keys: {', '.join(sorted(unknown))}")
+        svalues = {k: _typed(syslog, k, skinds[k], "audit.syslog") for k in skinds if k in syslog}
+        if not svalues.get("host"):
+            raise ConfigError("[audit.syslog] host is required (remove the section to send nothing)")
+        if bool(svalues.get("cert_file")) != bool(svalues.get("key_file")):
+            raise ConfigError("[audit.syslog] cert_file and key_file go together")
+        _port(svalues.get("port", 6514), "[audit.syslog] port")
+        values["syslog"] = SyslogSettings(**svalues)
+    return AuditSettings(**values)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then ``config_file``, then non-None ``overrides`` (from command-line flags).
 
@@ -152,7 +208,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     raw = _read_toml(DEFAULT_FILE)
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
-    unknown = set(raw) - {"server", "dimse", "index", "deid", "results"}
+    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -185,4 +241,4 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if dangling not in ("refuse", "warn"):
         raise ConfigError('[results] dangling_references must be "refuse" or "warn"')
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
-                    dangling_references=dangling)
+                    dangling_references=dangling, audit=_audit(raw.get("audit", {})))

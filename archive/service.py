@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from . import dicomjson
+from .audit import AuditTrail
 from .catalog import Catalog, InstanceRecord
 from .config import Settings
 from .errors import InvalidRequest, NotFound
@@ -56,6 +57,8 @@ class Archive:
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        #: ``audit.record(event, principal=..., ...)`` at every door; see archive/audit.py.
+        self.audit = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
         self.storage = StorageArea(settings.storage_dir)
         self.catalog = Catalog(settings.catalog_path)
         policies, vault = _load_deid(settings)
