@@ -106,8 +106,9 @@ class AuditTrail:
         except Exception as e:  # a caller's mistake must not fail its request
             log.warning("audit record %r not written: %s", event, e)
 
-    def frame(self, principal: PrincipalLike | None, study: str, series: str, sop: str, remote: str | None) -> None:
-        """Count one frame sent; the first of a series for a principal records Begin Transferring."""
+    def frame(self, principal: PrincipalLike | None, study: str, series: str, sop: str, remote: str | None,
+              frames: int = 1) -> None:
+        """Count frames sent; the first of a series for a principal records Begin Transferring."""
         if not self.settings.enabled:
             return
         try:
@@ -118,7 +119,7 @@ class AuditTrail:
                 begin = transfer is None
                 if begin:
                     transfer = self._transfers[key] = _Transfer(remote, time.monotonic())
-                transfer.frames += 1
+                transfer.frames += frames
                 if len(transfer.sops) < MAX_LISTED_INSTANCES:
                     transfer.sops.add(sop)
             if begin:

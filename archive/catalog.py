@@ -227,8 +227,8 @@ class Catalog:
                          list(values.values()))
         return cur.lastrowid
 
-    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
-        """Remove rows (and now-empty parents); returns the storage ids to unlink after commit."""
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[InstanceRecord]:
+        """Remove rows (and now-empty parents); returns the removed instances (their bytes go after commit)."""
         records = self.instances(study_uid, series_uid, sop_uid)
         if not records:
             raise NotFound("no such study, series or instance")
@@ -240,7 +240,7 @@ class Catalog:
             db.execute("DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instance i WHERE i.series_fk=series.pk)")
             db.execute("DELETE FROM study WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.study_fk=study.pk)")
             db.execute("DELETE FROM patient WHERE NOT EXISTS (SELECT 1 FROM study s WHERE s.patient_fk=patient.pk)")
-        return [r.storage_id for r in records]
+        return records
 
     # --- reads ------------------------------------------------------------------
 

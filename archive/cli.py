@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checksums", action="store_true", help="also re-hash every stored file")
     p.set_defaults(func=cmd_verify)
 
+    from . import audit_cli
+
+    audit_cli.register(sub, common)
     for name in ("deid.cli", "indexer.cli"):
         try:
             module = __import__(name, fromlist=["register"])

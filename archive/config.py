@@ -6,6 +6,8 @@ as dicts and handed to those packages, which validate them themselves.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,11 @@ class Settings:
     #: AI results whose referenced slide is absent: "refuse" (0xA900 / 409) or "warn" (stored, 0xB007).
     dangling_references: str = "refuse"
     audit: AuditSettings = AuditSettings()
+    #: Reverse proxies (addresses or networks) whose X-Forwarded-* headers are believed.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        return _in_networks(address, self.trusted_proxies)
 
     @property
     def catalog_path(self) -> Path:
@@ -96,6 +103,20 @@ class Settings:
     @property
     def storage_dir(self) -> Path:
         return self.data_dir / "storage"
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(entries: tuple[str, ...]) -> tuple:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_networks(address: str, entries: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in _networks(entries) if net.version == ip.version)
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -173,6 +194,15 @@ def _dimse(table: dict) -> DimseSettings:
     return DimseSettings(**values, remotes=tuple(remotes), peers=tuple(peers))
 
 
+def _proxies(entries: list) -> tuple[str, ...]:
+    for entry in entries:
+        try:
+            ipaddress.ip_network(str(entry), strict=False)
+        except ValueError:
+            raise ConfigError(f"[server] trusted_proxies: {entry!r} is not an IP address or network") from None
+    return tuple(str(e) for e in entries)
+
+
 def _audit(table: dict) -> AuditSettings:
     kinds = {"enabled": bool, "directory": str, "source_id": str, "enterprise_site_id": str, "queue_size": int,
              "fsync": bool, "rotate_bytes": int, "frame_interval": float}
@@ -213,11 +243,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
     kinds = {"data_dir": str, "host": str, "http_port": int, "public_base_url": str,
-             "workers": int, "threads": int, "default_collection": str}
+             "workers": int, "threads": int, "default_collection": str, "trusted_proxies": list}
     unknown = set(server) - set(kinds)
     if unknown:
         raise ConfigError(f"[server] unknown keys: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {k: _typed(server, k, kinds[k], "server") for k in kinds if k in server}
+    if "trusted_proxies" in values:
+        values["trusted_proxies"] = _proxies(values["trusted_proxies"])
     dimse = _dimse(raw.get("dimse", {}))
     o = {k: v for k, v in overrides.items() if v is not None}
     if "dimse_port" in o:

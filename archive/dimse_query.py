@@ -23,6 +23,7 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
 from .attributes import KEYS, LEVELS
 from .errors import ArchiveError, DatasetDoesNotMatchSOPClass
 from .query import Query, parse_match
+from . import dimse_audit
 from .dimse_policy import QUERY, REFUSED_NOT_AUTHORIZED, PeerPolicy, calling_ae
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,9 @@ def handle_find(event, archive, policy: PeerPolicy, ae_title: str) -> Iterator[t
         yield _failure(0xC000, f"processing failure: {type(e).__name__}"), None
         return
     log.info("C-FIND from %s: %d matches", ae, count)
+    dimse_audit.record(event, archive, "Query", query=dimse_audit.identifier_keys(event.identifier),
+                       detail={"sop_class": str(event.request.AffectedSOPClassUID),
+                               "description": f"C-FIND, {count} matches"})
     yield 0x0000, None
 
 

@@ -27,6 +27,7 @@ from .catalog import InstanceRecord
 from .config import RemoteAE
 from .errors import ArchiveError, DatasetDoesNotMatchSOPClass
 from .query import Query
+from . import dimse_audit
 from .dimse_policy import REFUSED_NOT_AUTHORIZED, RETRIEVE, PeerPolicy, calling_ae
 from .dimse_query import UNIQUE_KEY, plan, query_level
 
@@ -141,13 +142,27 @@ def _failure(status: int, message: str) -> Dataset:
     return ds
 
 
-def _sub_operations(event, records: list[InstanceRecord], archive) -> Iterator[tuple[Any, Dataset | None]]:
+def _sub_operations(event, records: list[InstanceRecord], archive,
+                    destination: RemoteAE | None = None) -> Iterator[tuple[Any, Dataset | None]]:
+    """One pending result per instance; audited as Begin Transferring, then Transferred (C-GET) or Export (C-MOVE)."""
+    studies = dimse_audit.by_study(records)
+    where = {"destination": destination.ae_title, "destination_host": destination.host} if destination else {}
+    for study, instances in studies.items():
+        dimse_audit.record(event, archive, "BeginTransferringDICOMInstances", study=study, instances=instances,
+                           detail=where)
+    sent = len(records)
     for n, record in enumerate(records):
         if event.is_cancelled:
             log.info("retrieve cancelled after %d of %d sub-operations", n, len(records))
-            yield STATUS_CANCEL, None
-            return
+            sent = n
+            break
         yield STATUS_PENDING, StoredRef(record, archive.path(record))
+    for study, instances in studies.items():
+        dimse_audit.record(event, archive, "Export" if destination else "DICOMInstancesTransferred", study=study,
+                           instances=instances, outcome=0 if sent == len(records) else 4,
+                           detail=where | {"description": f"{sent} of {len(records)} sub-operations started"})
+    if sent < len(records):
+        yield STATUS_CANCEL, None
 
 
 class NotAuthorized(Exception):
@@ -188,7 +203,7 @@ def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]
         return
     log.info("C-MOVE from %s to %s: %d sub-operations", ae, remote.ae_title, len(records))
     yield len(records)
-    yield from _sub_operations(event, records, archive)
+    yield from _sub_operations(event, records, archive, remote)
 
 
 def handle_get(event, archive, policy: PeerPolicy) -> Iterator[Any]:

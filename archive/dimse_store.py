@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from .errors import ArchiveError
 from .ingest import Origin
+from . import dimse_audit
 from .dimse_policy import REFUSED_NOT_AUTHORIZED, STORE, PeerPolicy, calling_ae
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ def handle_store(event, archive, policy: PeerPolicy, collection: str) -> Dataset
         return _status(CANNOT_UNDERSTAND, f"processing failure: {type(e).__name__}")
     finally:
         path.unlink(missing_ok=True)  # already moved when stored; removed on any failure
+    if result.status == "stored":
+        dimse_audit.record(event, archive, "DICOMInstancesTransferred", study=result.study_uid,
+                           series=result.series_uid, instances=[(result.sop_class_uid, result.sop_instance_uid)],
+                           detail={"action": "C"})
     if result.warning is not None:
         log.info("C-STORE from %s: %s, warning 0x%04X", ae, result.status, result.warning)
         return _status(result.warning, result.message or None)

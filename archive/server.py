@@ -108,9 +108,16 @@ def serve(settings: Settings) -> int:
               file=sys.stderr)
     print(f"slidearchive: DICOMweb on http://{settings.host}:{settings.http_port}/dicomweb, "
           f"data in {settings.data_dir}", file=sys.stderr)
+    from .audit import AuditTrail
+
+    audit = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
+    audit.record("ApplicationActivity", principal=None, detail={"type": "Application Start"})
+    audit.flush()
     try:
         _serve_http(settings)
     finally:
         background.terminate()
         background.join(10)
+        audit.record("ApplicationActivity", principal=None, detail={"type": "Application Stop"})
+        audit.close()
     return 0

@@ -165,11 +165,12 @@ class Archive:
 
     # --- delete -----------------------------------------------------------------
 
-    def delete(self, study: str, series: str | None = None, sop: str | None = None) -> int:
-        storage_ids = self.catalog.delete(study, series, sop)
-        for storage_id in storage_ids:
-            self.storage.remove(storage_id)
-        return len(storage_ids)
+    def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRecord]:
+        """Remove the instances (catalog first, then bytes); returns what was deleted."""
+        records = self.catalog.delete(study, series, sop)
+        for record in records:
+            self.storage.remove(record.storage_id)
+        return records
 
 
 def _load_deid(settings: Settings):

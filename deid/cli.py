@@ -51,10 +51,26 @@ def cmd_reveal(args: argparse.Namespace) -> int:
         originals = vault.reveal(args.pseudonym, Path(args.private_key), who=args.who)
     except KeyError:
         print("no link recorded for this pseudonym", file=sys.stderr)
+        _audit_reveal(args, found=False)
         return 2
+    _audit_reveal(args, found=True)
     json.dump(originals, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0
+
+
+def _audit_reveal(args: argparse.Namespace, found: bool) -> None:
+    """The reveal in the archive's audit trail too (a Security Alert: use of a restricted function)."""
+    from archive.audit import AuditTrail, LocalUser
+    from archive.config import AuditSettings
+
+    trail = AuditTrail(AuditSettings(), Path(args.data_dir).resolve())
+    who = LocalUser(args.who) if args.who else LocalUser.current()
+    trail.record("SecurityAlert", principal=who, outcome=0 if found else 4,
+                 detail={"type": "Use of Restricted Function",  # an unknown argument may be typed PHI: not kept
+                         "description": f"broker reveal of pseudonym {args.pseudonym[:64]}: link opened" if found
+                         else "broker reveal: no link recorded for the pseudonym given"})
+    trail.close()
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

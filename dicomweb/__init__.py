@@ -89,18 +89,55 @@ def settings() -> Settings:
 
 
 def base_url() -> str:
-    """The service root as the client reaches it: configured, or from Host / X-Forwarded-*."""
+    """The service root as the client reaches it: configured, or from Host / X-Forwarded-*.
+
+    The X-Forwarded-* headers count only from a ``[server] trusted_proxies`` address:
+    anyone else could make the archive write their host into BulkDataURIs.
+    """
     configured = settings().public_base_url
     if configured:
         return configured.rstrip("/") + SERVICE_ROOT
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
+    forwarded = request.headers if proxied(request.environ) else {}
+    proto = forwarded.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    host = forwarded.get("X-Forwarded-Host", request.host).split(",")[0].strip()
     port = request.environ.get("SERVER_PORT", "")
-    if "X-Forwarded-Host" not in request.headers and ":" not in host.rsplit("]", 1)[-1] and port not in ("80", "443", ""):
+    if "X-Forwarded-Host" not in forwarded and ":" not in host.rsplit("]", 1)[-1] and port not in ("80", "443", ""):
         # A direct client that left the port out of Host (dicomweb-client does) reached us on this port.
         host = f"{host}:{port}"
-    prefix = request.headers.get("X-Forwarded-Prefix", "").rstrip("/")
+    prefix = forwarded.get("X-Forwarded-Prefix", "").rstrip("/")
     return f"{proto}://{host}{prefix}{SERVICE_ROOT}"
+
+
+def proxied(environ: dict) -> bool:
+    """Whether the peer is one of the configured reverse proxies (whose X-Forwarded-* headers count)."""
+    return settings().is_trusted_proxy(environ.get("REMOTE_ADDR", ""))
+
+
+def client_address(environ: dict, settings_: Settings) -> str | None:
+    """The client's address: the peer's, or behind a trusted proxy the last X-Forwarded-For hop it did not add."""
+    peer = environ.get("REMOTE_ADDR")
+    if not peer or not settings_.is_trusted_proxy(peer):
+        return peer
+    hops = [h.strip() for h in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    while hops and settings_.is_trusted_proxy(hops[-1]):
+        hops.pop()
+    return hops[-1][:64] if hops else peer
+
+
+#: Where the authentication layer puts the request's principal (an ``archive.access.Principal``).
+PRINCIPAL_ENVIRON = "slidearchive.principal"
+
+
+def audit(event: str, **fields) -> None:
+    """Record ``event`` for this request's principal and client address (see archive/audit.py)."""
+    archive().audit.record(event, principal=request.environ.get(PRINCIPAL_ENVIRON),
+                           remote=client_address(request.environ, settings()), **fields)
+
+
+def audit_frames(study: str, series: str, sop: str, frames: int = 1) -> None:
+    """Count pixel data sent (frames, rendered images, bulk pixel data): summarised, never one line each."""
+    archive().audit.frame(request.environ.get(PRINCIPAL_ENVIRON), study, series, sop,
+                          client_address(request.environ, settings()), frames)
 
 
 def resource_url(study: str, series: str | None = None, sop: str | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 from archive.errors import ArchiveError
 from archive.service import Archive
 
-from . import media, multipart
+from . import PRINCIPAL_ENVIRON, client_address, media, multipart
 
 _FRAME = re.compile(r"/dicomweb/studies/([0-9.]{1,64})/series/([0-9.]{1,64})/instances/([0-9.]{1,64})/frames/([0-9]{1,9})")
 _CORS = [("Access-Control-Allow-Origin", "*"),
@@ -32,6 +32,9 @@ class FastFrames:
             if m is not None:
                 answer = self._frame(*m.groups(), environ.get("HTTP_ACCEPT"))
                 if answer is not None:
+                    study, series, sop, _ = m.groups()
+                    self.archive.audit.frame(environ.get(PRINCIPAL_ENVIRON), study, series, sop,
+                                             client_address(environ, self.archive.settings))
                     content_type, body = answer
                     start_response("200 OK", [("Content-Type", content_type),
                                               ("Content-Length", str(len(body))), *_CORS])

@@ -9,7 +9,7 @@ from archive.errors import NotAcceptable
 from archive.query import parse_qido
 from archive.uids import check_uid
 
-from . import archive, media, resource_url, settings
+from . import archive, audit, media, resource_url, settings
 
 bp = Blueprint("qido", __name__)
 
@@ -36,6 +36,8 @@ def _search(level: str, study: str | None = None, series: str | None = None) -> 
             row = {t: v for t, v in row.items() if t in tags}
         row["00081190"] = {"vr": "UR", "Value": [resource_url(s, se, sop)]}
         out.append(dict(sorted(row.items())))
+    audit("Query", study=study, series=series, query=request.args.to_dict(flat=False),
+          detail={"description": f"QIDO-RS {level} level, {len(out)} matches"})
     return Response(dumps(out), content_type="application/dicom+json")
 
 

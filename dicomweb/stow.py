@@ -8,7 +8,7 @@ from archive.errors import ArchiveError, InvalidRequest, NotAcceptable, Unsuppor
 from archive.ingest import Origin
 from archive.uids import check_uid
 
-from . import archive, media, multipart, resource_url, settings
+from . import archive, audit, media, multipart, resource_url, settings
 
 bp = Blueprint("stow", __name__)
 
@@ -36,6 +36,7 @@ def store(study: str | None = None):
     store = archive()
     origin = Origin("stow", collection=settings().default_collection)
     referenced, failed, warned = [], [], False
+    received: dict[str, list[tuple[str | None, str]]] = {}
     messages = []
     parts = multipart.read_parts(request.stream, boundary, store.storage.new_temp)
     for n, (headers, path) in enumerate(parts, start=1):
@@ -55,6 +56,8 @@ def store(study: str | None = None):
             path.unlink(missing_ok=True)
         if result.message:
             messages.append(f"part {n}: {result.message}")
+        if result.status == "stored" and result.study_uid and result.sop_instance_uid:
+            received.setdefault(result.study_uid, []).append((result.sop_class_uid, result.sop_instance_uid))
         item = _item(result.sop_class_uid, result.sop_instance_uid)
         if result.status in ("stored", "duplicate"):
             item["00081190"] = {"vr": "UR", "Value": [resource_url(result.study_uid, result.series_uid,
@@ -74,6 +77,9 @@ def store(study: str | None = None):
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     status = 409 if not referenced else 202 if failed or warned else 200
+    for study_uid, instances in received.items():
+        audit("DICOMInstancesTransferred", study=study_uid, instances=instances, outcome=4 if failed else 0,
+              detail={"action": "C", "description": f"STOW-RS: {len(failed)} parts failed" if failed else ""})
     response = Response(dumps(body), status=status, content_type="application/dicom+json")
     for message in messages[:100]:
         response.headers.add("Warning", f'299 slidearchive "{_quoted(message)}"')

@@ -17,7 +17,7 @@ from archive.frames import _element_header
 from archive.storage import CHUNK
 from archive.uids import check_uid
 
-from . import archive, media, multipart, render, resource_url
+from . import archive, audit, audit_frames, media, multipart, render, resource_url
 
 bp = Blueprint("wado", __name__)
 MAX_FRAMES_PER_REQUEST = 10000
@@ -51,6 +51,7 @@ def retrieve(study: str, series: str | None = None, sop: str | None = None):
                             "this archive sends them as stored (transfer-syntax=*)")
     boundary = multipart.new_boundary()
     store = archive()
+    _audit_instances("DICOMInstancesTransferred", records)
 
     def body():
         for n, record in enumerate(records):
@@ -79,8 +80,10 @@ def metadata(study: str, series: str | None = None, sop: str | None = None):
     _uids(study, series, sop)
     if not media.accepts(media.parse_accept(request.headers.get("Accept")), "application/dicom+json", "application/json"):
         raise NotAcceptable("metadata is sent as application/dicom+json")
+    found = archive().metadata(study, series, sop)
+    _audit_instances("DICOMInstancesAccessed", [r for r, _ in found])
     parts = [absolute_bulk_uris(text, resource_url(r.study_uid, r.series_uid, r.sop_instance_uid))
-             for r, text in archive().metadata(study, series, sop)]
+             for r, text in found]
     return Response("[" + ",".join(parts) + "]", content_type="application/dicom+json")
 
 
@@ -144,6 +147,10 @@ def bulkdata(study: str, series: str, sop: str, path: str):
         response = Response(data, status=status, content_type="application/octet-stream")
     else:
         raise NotAcceptable("bulkdata is sent as application/octet-stream")
+    if path.upper() == "7FE00010":
+        audit_frames(study, series, sop)
+    else:
+        audit("DICOMInstancesAccessed", study=study, series=series, instances=[(record.sop_class_uid, sop)])
     if rng:
         response.headers["Content-Range"] = f"bytes {first}-{last}/{length}"
     response.headers["Accept-Ranges"] = "bytes"
@@ -179,6 +186,7 @@ def frames(study: str, series: str, sop: str, frames: str):
         raise NotAcceptable(f"frames are stored as {record.transfer_syntax_uid}; the Accept header allows "
                             "neither that nor uncompressed application/octet-stream")
     data = [store.frame(part, n) for part, n in store.level_frames(record, numbers)]
+    audit_frames(study, series, sop, len(data))
     if choice.decode:
         header = render.header_dict(store.catalog.header_json(sop) or "{}")
         data = [render.native_bytes(render.decode_frame(d, record.transfer_syntax_uid, header)) for d in data]
@@ -200,8 +208,9 @@ def _render_media() -> str:
     return chosen
 
 
-def _rendered_response(img, default_viewport: tuple[int, int] | None = None) -> Response:
+def _rendered_response(img, record: InstanceRecord, default_viewport: tuple[int, int] | None = None) -> Response:
     kind = _render_media()
+    audit_frames(record.study_uid, record.series_uid, record.sop_instance_uid)
     viewport = render.parse_viewport(request.args.get("viewport")) or default_viewport
     data = render.encode(img, kind, render.parse_quality(request.args.get("quality")), viewport)
     return Response(data, content_type=kind)
@@ -217,7 +226,8 @@ def _instance_image(record: InstanceRecord):
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/rendered")
 def rendered_instance(study: str, series: str, sop: str):
     _uids(study, series, sop)
-    return _rendered_response(_instance_image(archive().locate(study, series, sop)))
+    record = archive().locate(study, series, sop)
+    return _rendered_response(_instance_image(record), record)
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/rendered")
@@ -232,13 +242,14 @@ def rendered_frame(study: str, series: str, sop: str, frames: str):
         raise InvalidRequest(f"frame {numbers[0]} out of range 1-{store.frame_count(record)}")
     header = render.header_dict(store.catalog.header_json(sop) or "{}")
     arr = render.decode_frame(store.frame(record, numbers[0]), record.transfer_syntax_uid, header)
-    return _rendered_response(render.to_image(arr, header))
+    return _rendered_response(render.to_image(arr, header), record)
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/thumbnail")
 def thumbnail_instance(study: str, series: str, sop: str):
     _uids(study, series, sop)
-    return _rendered_response(_instance_image(archive().locate(study, series, sop)), (256, 256))
+    record = archive().locate(study, series, sop)
+    return _rendered_response(_instance_image(record), record, (256, 256))
 
 
 @bp.get("/studies/<study>/thumbnail")
@@ -254,7 +265,7 @@ def thumbnail_series(study: str, series: str | None = None):
     candidates = [r for r in records if r.series_uid == first_series]
     volume = [r for r in candidates if _is_volume(store, r)] or candidates
     smallest = min(volume, key=lambda r: store.frame_count(r) * (r.rows or 1) * (r.columns or 1))
-    return _rendered_response(_instance_image(smallest), (256, 256))
+    return _rendered_response(_instance_image(smallest), smallest, (256, 256))
 
 
 def _is_volume(store, record: InstanceRecord) -> bool:
@@ -271,5 +282,16 @@ def _is_volume(store, record: InstanceRecord) -> bool:
 @bp.delete("/studies/<study>/series/<series>/instances/<sop>")
 def delete(study: str, series: str | None = None, sop: str | None = None):
     _uids(study, series, sop)
-    archive().delete(study, series, sop)
+    _audit_instances("DICOMInstancesDeleted", archive().delete(study, series, sop))
     return Response(status=204)
+
+
+def _audit_instances(event: str, records: list[InstanceRecord]) -> None:
+    """One audit message per study (and series, when all the records are of one)."""
+    by_study: dict[str, list[InstanceRecord]] = {}
+    for r in records:
+        by_study.setdefault(r.study_uid, []).append(r)
+    for study, rs in by_study.items():
+        series = {r.series_uid for r in rs}
+        audit(event, study=study, series=series.pop() if len(series) == 1 else None,
+              instances=[(r.sop_class_uid, r.sop_instance_uid) for r in rs])
