@@ -47,6 +47,26 @@ class DimseSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    """TLS for HTTP and DIMSE (PS3.15 Annex B secure transport): one server certificate for both."""
+    cert_file: str = ""
+    key_file: str = ""
+    #: CAs whose client certificates are accepted (DIMSE and HTTP); required with require_client_cert.
+    ca_file: str = ""
+    require_client_cert: bool = False
+    min_version: str = "1.2"
+    #: Serve HTTPS on [server] http_port.
+    http: bool = False
+    #: "off" (plain DIMSE only), "separate" (TLS on dimse_port beside the plain port) or "only" (TLS on [dimse] port).
+    dimse: str = "off"
+    dimse_port: int = 2762
+
+    @property
+    def any(self) -> bool:
+        return self.http or self.dimse != "off"
+
+
+@dataclasses.dataclass(frozen=True)
 class SyslogSettings:
     """An audit record repository reached by RFC 5424 syslog over TLS (RFC 5425)."""
     host: str
@@ -90,6 +110,7 @@ class Settings:
     #: AI results whose referenced slide is absent: "refuse" (0xA900 / 409) or "warn" (stored, 0xB007).
     dangling_references: str = "refuse"
     audit: AuditSettings = AuditSettings()
+    tls: TlsSettings = TlsSettings()
     #: Reverse proxies (addresses or networks) whose X-Forwarded-* headers are believed.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
 
@@ -229,6 +250,30 @@ def _audit(table: dict) -> AuditSettings:
     return AuditSettings(**values)
 
 
+def _tls(table: dict) -> TlsSettings:
+    kinds = {"cert_file": str, "key_file": str, "ca_file": str, "require_client_cert": bool, "min_version": str,
+             "http": bool, "dimse": str, "dimse_port": int}
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise ConfigError(f"[tls] unknown keys: {', '.join(sorted(unknown))}")
+    tls = TlsSettings(**{k: _typed(table, k, kinds[k], "tls") for k in kinds if k in table})
+    if tls.dimse not in ("off", "separate", "only"):
+        raise ConfigError('[tls] dimse must be "off", "separate" or "only"')
+    if tls.min_version not in ("1.2", "1.3"):
+        raise ConfigError('[tls] min_version must be "1.2" or "1.3" (PS3.15 Annex B: TLS 1.2 or newer)')
+    _port(tls.dimse_port, "[tls] dimse_port")
+    if tls.require_client_cert and not tls.ca_file:
+        raise ConfigError("[tls] require_client_cert needs ca_file (the CAs whose client certificates count)")
+    if tls.any:
+        for key in ("cert_file", "key_file") + (("ca_file",) if tls.ca_file else ()):
+            value = getattr(tls, key)
+            if not value:
+                raise ConfigError(f"[tls] {key} is required when TLS is on (http = true or dimse != \"off\")")
+            if not Path(value).expanduser().is_file():
+                raise ConfigError(f"[tls] {key}: file not found: {value}")
+    return tls
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then ``config_file``, then non-None ``overrides`` (from command-line flags).
 
@@ -238,7 +283,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     raw = _read_toml(DEFAULT_FILE)
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
-    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit"}
+    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -273,4 +318,4 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if dangling not in ("refuse", "warn"):
         raise ConfigError('[results] dangling_references must be "refuse" or "warn"')
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
-                    dangling_references=dangling, audit=_audit(raw.get("audit", {})))
+                    dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {})))

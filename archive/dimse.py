@@ -118,7 +118,18 @@ def run(settings: Settings) -> None:
     ae = build_ae(settings)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("DIMSE %s listening on %s:%d", settings.dimse.ae_title, settings.host, settings.dimse.port)
+    tls = settings.tls
+    bound = handlers(settings, archive)
+    context = None
+    if tls.dimse != "off":
+        from .tls import dimse_context
+
+        context = dimse_context(tls, archive.audit)
     try:
-        ae.start_server((settings.host, settings.dimse.port), block=True, evt_handlers=handlers(settings, archive))
+        if tls.dimse == "separate":
+            ae.start_server((settings.host, settings.dimse.port), block=False, evt_handlers=bound)
+            log.info("DIMSE over TLS on %s:%d", settings.host, tls.dimse_port)
+        port = tls.dimse_port if tls.dimse == "separate" else settings.dimse.port
+        ae.start_server((settings.host, port), block=True, evt_handlers=bound, ssl_context=context)
     finally:
         ae.shutdown()

@@ -29,10 +29,13 @@ def _serve_http(settings: Settings) -> None:
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
+    from .tls import granian_options
+
     os.environ[SETTINGS_ENV] = base64.b64encode(pickle.dumps(settings)).decode()
     Granian("dicomweb.wsgi:app_from_environment", factory=True, interface=Interfaces.WSGI,
             address=settings.host, port=settings.http_port, workers=settings.workers,
-            blocking_threads=settings.threads, log_level=LogLevels.warning, websockets=False).serve()
+            blocking_threads=settings.threads, log_level=LogLevels.warning, websockets=False,
+            **granian_options(settings.tls)).serve()
 
 
 def _prepare(settings: Settings) -> str | None:
@@ -103,10 +106,12 @@ def serve(settings: Settings) -> int:
     background = context.Process(target=_background_services, args=(settings,), name="slidearchive-background",
                                  daemon=True)
     background.start()
+    tls = settings.tls
     if settings.dimse.enabled:
-        print(f"slidearchive: DIMSE {settings.dimse.ae_title} on {settings.host}:{settings.dimse.port}",
-              file=sys.stderr)
-    print(f"slidearchive: DICOMweb on http://{settings.host}:{settings.http_port}/dicomweb, "
+        ports = {"off": f"{settings.dimse.port}", "only": f"{settings.dimse.port} (TLS)",
+                 "separate": f"{settings.dimse.port}, TLS on {tls.dimse_port}"}[tls.dimse]
+        print(f"slidearchive: DIMSE {settings.dimse.ae_title} on {settings.host}:{ports}", file=sys.stderr)
+    print(f"slidearchive: DICOMweb on {'https' if tls.http else 'http'}://{settings.host}:{settings.http_port}/dicomweb, "
           f"data in {settings.data_dir}", file=sys.stderr)
     from .audit import AuditTrail
 
