@@ -377,6 +377,13 @@ class Catalog:
         """storage id -> SOP Instance UID, for ``verify``."""
         return {r[0]: r[1] for r in self._db().execute("SELECT storage_id, sop_instance_uid FROM instance")}
 
+    def replace_storage(self, sop_uid: str, old_storage_id: str, new_storage_id: str) -> bool:
+        """Point an instance at a fresh copy of its identical bytes; False when it no longer names ``old``."""
+        with self.transaction() as db:
+            cur = db.execute("UPDATE instance SET storage_id=? WHERE sop_instance_uid=? AND storage_id=?",
+                             (new_storage_id, sop_uid, old_storage_id))
+        return cur.rowcount == 1
+
     def remove_instance_row(self, sop_uid: str) -> None:
         """Drop one instance row whose bytes are gone (``verify --repair``)."""
         record = self.instance(sop_uid)

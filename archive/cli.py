@@ -21,60 +21,119 @@ def _settings(args: argparse.Namespace) -> Settings:
                          no_dimse=True if getattr(args, "no_dimse", False) else None)
 
 
+def _existing_archive(args: argparse.Namespace, need_catalog: bool = False) -> Settings:
+    """Settings of an archive that must already exist: only ``serve`` creates a data directory.
+
+    Without this a mistyped or forgotten ``--data-dir`` would create an empty archive
+    and report it healthy.
+    """
+    settings = _settings(args)
+    where = "--data-dir" if args.data_dir else ("[server] data_dir" if args.config else "the default")
+    if not settings.data_dir.is_dir():
+        raise UsageError(f"no archive at {settings.data_dir} (from {where}): the directory does not exist; "
+                         "pass --data-dir, or run `slidearchive serve` once to create it")
+    if need_catalog and not settings.catalog_path.is_file():
+        raise UsageError(f"no archive at {settings.data_dir} (from {where}): it holds no catalog.sqlite")
+    return settings
+
+
+class UsageError(Exception):
+    """Bad input to a command (a path that does not exist, a key that does not load): one line, exit 2."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .server import serve
 
     return serve(_settings(args))
 
 
-def _files(paths: list[str]) -> Iterator[Path]:
+def _files(paths: list[str]) -> Iterator[tuple[Path, bool]]:
+    """(path, named): files given by name, then the files inside given folders (recursively)."""
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            for root, _, names in os.walk(path):
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
                 for name in sorted(names):
-                    yield Path(root) / name
+                    yield Path(root) / name, False
         else:
-            yield path
+            yield path, True
 
 
-def _progress(done: int, total: int, counts: dict[str, int]) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    summary = " ".join(f"{k}={v}" for k, v in counts.items() if v)
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {summary}")
-    sys.stderr.flush()
+def looks_like_dicom(path: Path) -> bool:
+    """A Part 10 file: 128-byte preamble then ``DICM``, and not a DICOMDIR (a media index, not an instance)."""
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+class Progress:
+    """A bar redrawn in place on a terminal; on a pipe or log file, a plain line per tenth done."""
+
+    WIDTH = 30
+
+    def __init__(self, total: int, stream=None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown = -1
+
+    def update(self, done: int, counts: dict[str, int]) -> None:
+        summary = " ".join(f"{k}={v}" for k, v in counts.items() if v)
+        if self.tty:
+            filled = self.WIDTH * done // max(self.total, 1)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total} {summary}")
+        else:
+            tenth = 10 * done // max(self.total, 1)
+            if tenth == self.shown:
+                return
+            self.shown = tenth
+            self.stream.write(f"{done}/{self.total} files {summary}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .ingest import Origin
     from .service import Archive
 
-    settings = _settings(args)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"import: not found: {missing[0]}")
+    settings = _existing_archive(args)
     archive = Archive(settings)
     files = list(_files(args.paths))
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        print(f"slidearchive import: not found: {missing[0]}", file=sys.stderr)
-        return 2
     origin = Origin("import", ae_title=args.source, collection=args.collection or settings.default_collection)
-    counts = {"stored": 0, "duplicate": 0, "dropped": 0, "failed": 0}
+    counts = {"stored": 0, "duplicate": 0, "dropped": 0, "skipped": 0, "failed": 0}
     failures: list[str] = []
-    for n, path in enumerate(files, start=1):
-        try:
-            result = archive.store_file(path, origin)
-            counts[result.status] += 1
-        except ArchiveError as e:
-            counts["failed"] += 1
-            failures.append(f"{path}: {e.title}: {e.message}")
-        if not args.quiet:
-            _progress(n, len(files), counts)
-    if not args.quiet:
-        sys.stderr.write("\n")
+    progress = None if args.quiet else Progress(len(files))
+    for n, (path, named) in enumerate(files, start=1):
+        if not named and not looks_like_dicom(path):
+            counts["skipped"] += 1  # README.md, .DS_Store, DICOMDIR next to the instances
+        else:
+            try:
+                result = archive.store_file(path, origin)
+                counts[result.status] += 1
+            except ArchiveError as e:
+                counts["failed"] += 1
+                failures.append(f"{path}: {e.title}: {e.message}")
+        if progress:
+            progress.update(n, counts)
+    if progress:
+        progress.close()
     for line in failures:
         print(line, file=sys.stderr)
     print(f"{len(files)} files: {counts['stored']} stored, {counts['duplicate']} already stored, "
-          f"{counts['dropped']} dropped by policy, {counts['failed']} failed")
+          f"{counts['dropped']} dropped by policy, {counts['skipped']} skipped (not DICOM), "
+          f"{counts['failed']} failed")
     return 1 if counts["failed"] else 0
 
 
@@ -82,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .ingest import sha256_of
     from .service import Archive
 
-    archive = Archive(_settings(args))
+    archive = Archive(_existing_archive(args, need_catalog=True))
     rows = archive.catalog.storage_ids()
     on_disk = archive.storage.files()
     missing = [sid for sid in rows if sid not in on_disk]
@@ -97,11 +156,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"missing files: {len(missing)}; files without catalog rows: {len(orphans)}; "
           f"checksum mismatches: {len(corrupt)}; temp files: {temps}")
     for sid in missing:
-        print(f"  missing: storage id {sid}")
+        print(f"  missing: {_describe(archive, rows[sid])} (storage id {sid})")
     for sid in orphans:
         print(f"  orphan: storage id {sid}")
     for sid in corrupt:
-        print(f"  corrupt: storage id {sid}")
+        print(f"  corrupt: {_describe(archive, rows[sid])} (storage id {sid})")
     problems = len(missing) + len(orphans) + len(corrupt) + temps
     if args.repair and problems:
         for sid in missing:
@@ -110,37 +169,81 @@ def cmd_verify(args: argparse.Namespace) -> int:
             on_disk[sid].unlink(missing_ok=True)
         archive.storage.sweep_temp()
         print(f"repaired: removed {len(missing)} rows without bytes, {len(orphans)} orphan files, {temps} temp files"
-              + (f"; {len(corrupt)} corrupt instances left for you to re-send" if corrupt else ""))
+              + (f"; {len(corrupt)} corrupt instance(s) left for you to re-send (import or send the original "
+                 "again: an identical instance replaces its corrupt copy)" if corrupt else ""))
         return 1 if corrupt else 0
     return 1 if problems else 0
 
 
+def _describe(archive, sop_uid: str) -> str:
+    """Study / series / SOP Instance UIDs as stored (pseudonymous under a de-identifying policy)."""
+    record = archive.catalog.instance(sop_uid)
+    if record is None:
+        return f"SOP Instance UID {sop_uid}"
+    return f"study {record.study_uid} series {record.series_uid} SOP Instance UID {sop_uid}"
+
+
+def _defaults() -> dict:
+    """The embedded defaults (config/default.toml), shown in --help."""
+    import tomllib
+
+    from .config import DEFAULT_FILE
+
+    with open(DEFAULT_FILE, "rb") as f:
+        raw = tomllib.load(f)
+    return {**raw.get("server", {}), **{f"dimse_{k}": v for k, v in raw.get("dimse", {}).items()}}
+
+
+def version() -> str:
+    """The installed distribution's version, else the one in pyproject.toml next to this checkout."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("slidearchive")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        with open(pyproject, "rb") as f:
+            return tomllib.load(f)["project"]["version"]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = _defaults()
     parser = argparse.ArgumentParser(prog="slidearchive", description="DICOMweb archive for whole-slide DICOM")
+    parser.add_argument("--version", action="version", version=f"slidearchive {version()}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML configuration file (defaults: config/default.toml)")
-    common.add_argument("--data-dir", help="where instances, catalog and keys live")
+    common.add_argument("--config", type=Path,
+                        help="TOML file overriding the defaults in config/default.toml (default: none)")
+    common.add_argument("--data-dir", help="where instances, catalog and keys live "
+                                           f"(default: {d['data_dir']}, relative to the current directory)")
     common.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", parents=[common], help="run the DICOMweb and DIMSE servers")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--http-port", type=int, help="DICOMweb port (default 8080)")
-    p.add_argument("--dimse-port", type=int, help="DICOM port (default 11112)")
-    p.add_argument("--ae-title", help="the archive's AE title (default SLIDEARCHIVE)")
+    p = sub.add_parser("serve", parents=[common], help="run the DICOMweb and DIMSE servers",
+                       description="Run DICOMweb and DIMSE until Ctrl-C or SIGTERM; creates the data "
+                                   "directory on first start.")
+    p.add_argument("--host", help=f"bind address (default {d['host']})")
+    p.add_argument("--http-port", type=int, help=f"DICOMweb port (default {d['http_port']})")
+    p.add_argument("--dimse-port", type=int, help=f"DICOM port (default {d['dimse_port']})")
+    p.add_argument("--ae-title", help=f"the archive's AE title (default {d['dimse_ae_title']})")
     p.add_argument("--remote", action="append", metavar="AE=HOST:PORT", help="a C-MOVE destination (repeatable)")
-    p.add_argument("--workers", type=int, help="HTTP worker processes")
+    p.add_argument("--workers", type=int, help=f"HTTP worker processes (default {d['workers']})")
     p.add_argument("--no-dimse", action="store_true", help="do not listen for DICOM associations")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("import", parents=[common], help="store DICOM files and folders")
+    p = sub.add_parser("import", parents=[common], help="store DICOM files and folders",
+                       description="Store Part 10 files into an existing archive (see serve). Files inside "
+                                   "folders that are not DICOM (no DICM prefix, DICOMDIR) are skipped.")
     p.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
-    p.add_argument("--collection", help="collection for new studies")
+    p.add_argument("--collection", help=f"collection for new studies (default {d['default_collection']})")
     p.add_argument("--source", help="treat the files as sent by this AE title (picks its de-identification policy)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("verify", parents=[common], help="check that storage and catalog agree")
+    p = sub.add_parser("verify", parents=[common], help="check that storage and catalog agree",
+                       description="Compare the catalog with the stored files of an existing archive; "
+                                   "exit 1 when anything disagrees.")
     p.add_argument("--repair", action="store_true", help="remove orphans and rows without bytes")
     p.add_argument("--checksums", action="store_true", help="also re-hash every stored file")
     p.set_defaults(func=cmd_verify)
@@ -167,25 +270,40 @@ def _is_configuration_error(e: Exception) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every failure ends in one line on stderr and a non-zero exit; a traceback only with --verbose."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+    verbose = getattr(args, "verbose", False)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command != "serve":  # the serve supervisor imports no DICOM library at all
         from .server import quiet_libraries
 
         quiet_libraries()
     try:
+        if args.command == "reindex":  # registered by indexer.cli; rebuilds from an existing catalog only
+            _existing_archive(args, need_catalog=True)
         return args.func(args) or 0
-    except ValueError as e:
-        if not _is_configuration_error(e):
-            raise
-        print(f"slidearchive: configuration error: {e}", file=sys.stderr)
+    except UsageError as e:
+        print(f"slidearchive: {e}", file=sys.stderr)
         return 2
     except ArchiveError as e:
         print(f"slidearchive: {e.title}: {e.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if isinstance(e, ValueError) and _is_configuration_error(e):
+            print(f"slidearchive: configuration error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):  # names the file and the system's reason, no data-set values
+            print(f"slidearchive: {e.strerror or type(e).__name__}: {e.filename or ''}".rstrip(": "),
+                  file=sys.stderr)
+            return 1
+        if verbose:
+            logging.getLogger(__name__).error("unexpected failure", exc_info=True)
+        print(f"slidearchive: unexpected {type(e).__name__} in {args.command}"
+              + ("" if verbose else " (rerun with --verbose for details)"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
 
 from .errors import InvalidDataset
 
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float, DoubleFloat
+TRUNCATED = "truncated: the file ends inside a data element (a transfer or copy cut short?)"
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_DELIM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
 
 
 @dataclasses.dataclass
@@ -49,13 +55,95 @@ def read_header(path: Path) -> Header:
                     elem = int.from_bytes(tag[2:], "little")
                     if (group << 16 | elem) in PIXEL_DATA_TAGS:
                         pixel_offset = position
+            if pixel_offset is None and ts not in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
+                # pydicom stops quietly at the end of the file: a header cut short would
+                # otherwise look like a data set with attributes missing.
+                start = _dataset_start(ds)
+                if start is not None and start <= size:
+                    f.seek(start)
+                    _check_complete(f, size, ts != ImplicitVRLittleEndian)
     except InvalidDataset:
         raise
     except InvalidDicomError:
         raise InvalidDataset("not a DICOM Part 10 file (no DICM prefix or file meta information)") from None
+    except EOFError:
+        raise InvalidDataset(TRUNCATED) from None
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as e:
         raise InvalidDataset(f"cannot parse the data set: {type(e).__name__}") from None
     return Header(ds, ts, pixel_offset, size)
+
+
+def _dataset_start(ds: Dataset) -> int | None:
+    """File offset of the data set: preamble, DICM and the file meta group (by its group length)."""
+    length = ds.file_meta.get("FileMetaInformationGroupLength")
+    return None if length is None else 128 + 4 + 12 + int(length)
+
+
+class _Truncated(Exception):
+    pass
+
+
+def _check_complete(f: BinaryIO, size: int, explicit: bool) -> None:
+    """Raise InvalidDataset when an element's value, or a sequence's delimiter, lies beyond the end.
+
+    Walks element headers only (values are skipped with a seek). Structures it does not
+    recognise end the check: it exists to name truncation, not to judge conformance.
+    """
+    try:
+        _walk(f, size, explicit, None)
+    except _Truncated:
+        raise InvalidDataset(TRUNCATED) from None
+    except _Unrecognised:
+        return
+
+
+class _Unrecognised(Exception):
+    pass
+
+
+def _walk(f: BinaryIO, size: int, explicit: bool, until: int | None) -> None:
+    """Skip elements (or items) until ``until`` (a delimiter tag) or, at the top level, the end."""
+    while True:
+        if f.tell() == size:
+            if until is not None:
+                raise _Truncated
+            return
+        head = f.read(8)
+        if len(head) < 8:
+            raise _Truncated
+        group, elem = struct.unpack("<HH", head[:4])
+        tag = group << 16 | elem
+        if group == 0xFFFE:
+            length = struct.unpack("<I", head[4:])[0]
+            if tag == until:
+                return
+            if tag != _ITEM:
+                raise _Unrecognised
+            if length == _UNDEFINED:
+                _walk(f, size, explicit, _ITEM_DELIM)
+                continue
+        elif explicit:
+            vr = head[4:6]
+            if vr in _LONG_VRS:
+                extra = f.read(4)
+                if len(extra) < 4:
+                    raise _Truncated
+                length = struct.unpack("<I", extra)[0]
+            elif vr.isalpha() and vr.isupper():
+                length = struct.unpack("<H", head[6:])[0]
+            else:
+                raise _Unrecognised
+            if length == _UNDEFINED:
+                _walk(f, size, explicit and vr != b"UN", _SEQ_DELIM)
+                continue
+        else:
+            length = struct.unpack("<I", head[4:])[0]
+            if length == _UNDEFINED:
+                _walk(f, size, False, _SEQ_DELIM)
+                continue
+        if f.tell() + length > size:
+            raise _Truncated
+        f.seek(length, 1)
 
 
 def read_full(path: Path) -> Dataset:

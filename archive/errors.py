@@ -16,6 +16,9 @@ class ArchiveError(Exception):
     #: STOW-RS FailureReason (PS3.18 Annex I), a DIMSE status code.
     failure_reason: int = 0x0110  # Processing failure
     title: str = "Processing failure"
+    #: The instance the failure is about, as it would have been stored (set by ingest when known).
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
 
     def __init__(self, message: str):
         super().__init__(message)

@@ -167,7 +167,9 @@ def _native(ds: Dataset, value_start: int, length: int, frames: int, file_size: 
         bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated)
     except (AttributeError, TypeError, ValueError):
         raise InvalidDataset("native pixel data without Rows, Columns or BitsAllocated") from None
-    if value_start + length > file_size or bits * frames > length * 8:
+    if value_start + length > file_size:
+        raise InvalidDataset("pixel data truncated: the file ends before the end of its value")
+    if bits * frames > length * 8:
         raise InvalidDataset("pixel data shorter than Rows x Columns x NumberOfFrames")
     if bits % 8:
         offsets = np.full(frames, value_start, dtype=np.uint64)

@@ -22,8 +22,8 @@ from . import dicomjson
 from . import results  # AI results (issue 6)
 from .catalog import NewInstance
 from .dicomfile import Header, read_full, read_header
-from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, DatasetDoesNotMatchSOPClass,
-                     DuplicateInstance, InvalidDataset, SOPClassNotSupported)
+from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
+                     DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
 from .frames import index_frames
 from .storage import CHUNK, copy_range, raise_for_os_error, spool
 from .uids import is_valid_uid
@@ -108,14 +108,24 @@ class Ingest:
         """
         header = read_header(path)
         ds = header.dataset
-        validate(ds)
-        if expected_study is not None and ds.StudyInstanceUID != expected_study:
-            raise DatasetDoesNotMatchSOPClass("StudyInstanceUID differs from the study in the request URL")
         policy = self.policies.for_origin(origin.ae_title, origin.collection) if self.policies else None
         if origin.kind == "derived":
             # Built by the archive's results API from stored, already de-identified headers:
             # de-identifying again would re-map their UIDs and break the slide references.
             policy = None
+        try:
+            return self._store(path, header, policy, origin, owned, expected_study)
+        except ArchiveError as e:
+            if e.sop_class_uid is None and e.sop_instance_uid is None:
+                e.sop_class_uid, e.sop_instance_uid = _reported_uids(ds, policy)
+            raise
+
+    def _store(self, path: Path, header: Header, policy, origin: Origin, owned: bool,
+               expected_study: str | None) -> StoreResult:
+        ds = header.dataset
+        validate(ds)
+        if expected_study is not None and ds.StudyInstanceUID != expected_study:
+            raise DatasetDoesNotMatchSOPClass("StudyInstanceUID differs from the study in the request URL")
         out = self.storage.new_temp()
         try:
             try:
@@ -123,14 +133,19 @@ class Ingest:
             except _Dropped as d:
                 return StoreResult("dropped", str(ds.SOPClassUID), warning=WARNING_ELEMENTS_DISCARDED,
                                    message=d.reason)
-            reference_warning = results.check_result(stored, self.catalog, out, self.dangling_references)
-            result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
+            try:
+                reference_warning = results.check_result(stored, self.catalog, out, self.dangling_references)
+                result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
+            except ArchiveError as e:
+                e.sop_class_uid, e.sop_instance_uid = str(stored.SOPClassUID), str(stored.SOPInstanceUID)
+                raise
             if result.status in ("stored", "duplicate"):
                 results.record(self.catalog, stored)  # link results to their slides; idempotent, never raises
             if result.status == "stored" and reference_warning:
                 result = dataclasses.replace(result, warning=WARNING_REFERENCE, message=reference_warning)
             elif result.status == "stored" and coerced:
-                result = dataclasses.replace(result, warning=WARNING_COERCED)
+                result = dataclasses.replace(result, warning=WARNING_COERCED, message=result.message or
+                                             f"de-identified by policy {policy.name}: data elements coerced")
             return result
         finally:
             out.unlink(missing_ok=True)
@@ -175,7 +190,7 @@ class Ingest:
                              str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
         existing = self.catalog.instance(ds.SOPInstanceUID)
         if existing is not None:
-            return self._duplicate(existing, sha, result)
+            return self._duplicate(existing, sha, result, temp)
         size = temp.stat().st_size
         layout = index_blob = None
         header_json = dicomjson.to_json(ds)
@@ -195,17 +210,53 @@ class Ingest:
             existing = self.catalog.instance(ds.SOPInstanceUID)
             if existing is None:
                 raise
-            return self._duplicate(existing, sha, result)
+            return self._duplicate(existing, sha, result, None)
         except BaseException:
             self.storage.remove(storage_id)
             raise
         return result
 
-    @staticmethod
-    def _duplicate(existing, sha: str, result: StoreResult) -> StoreResult:
+    def _duplicate(self, existing, sha: str, result: StoreResult, temp: Path | None) -> StoreResult:
+        """An instance already held: identical bytes are success, and replace a stored copy that rotted."""
         if existing.sha256 != sha:
             raise DuplicateInstance("a different instance is already stored under this SOP Instance UID")
+        if temp is not None and not self._intact(existing):
+            storage_id = self.storage.commit(temp)
+            if self.catalog.replace_storage(existing.sop_instance_uid, existing.storage_id, storage_id):
+                self.storage.remove(existing.storage_id)
+                log.warning("replaced a corrupt stored copy (storage id %s) with a re-sent identical instance",
+                            existing.storage_id)
+                return dataclasses.replace(result, message="replaced a corrupt or missing stored copy")
+            self.storage.remove(storage_id)  # someone else replaced it first
         return dataclasses.replace(result, status="duplicate", message="identical instance already stored")
+
+    def _intact(self, existing) -> bool:
+        """Whether the stored bytes still hash to what the catalog recorded (re-sends only)."""
+        path = self.storage.path(existing.storage_id)
+        try:
+            return path.stat().st_size == existing.size and sha256_of(path) == existing.sha256
+        except OSError:
+            return False
+
+
+def _reported_uids(ds: Dataset, policy) -> tuple[str | None, str | None]:
+    """SOP Class / Instance UID of a refused instance, as it would have been stored.
+
+    The instance UID is reported only when it is well formed, and pseudonymised as the
+    policy would have done: a failure answer must not hand back an original identifier.
+    """
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    sop_class = sop_class if is_valid_uid(sop_class) else None
+    if not is_valid_uid(sop_uid):
+        return sop_class, None
+    if policy is not None and not getattr(policy, "identified", False):
+        from deid.options import Option
+        from deid.uids import Pseudonymizer, is_well_known_uid
+
+        if Option.RETAIN_UIDS not in policy.options and not is_well_known_uid(sop_uid):
+            sop_uid = Pseudonymizer(policy.key).uid(sop_uid)
+    return sop_class, sop_uid
 
 
 class _Dropped(Exception):

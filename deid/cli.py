@@ -44,15 +44,28 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 def cmd_reveal(args: argparse.Namespace) -> int:
     """Print the originals behind a pseudonym as JSON (the vault audits the reveal)."""
-    from deid.vault import LinkVault
+    from cryptography.exceptions import InvalidTag
 
-    vault = LinkVault(vault_path(Path(args.data_dir)), audit_log=args.audit_log)
+    from deid.vault import LinkVault, load_private_key
+
+    data_dir, key_path = Path(args.data_dir), Path(args.private_key)
+    if not data_dir.is_dir():
+        return _refuse(f"no archive at {data_dir}: the directory does not exist")
+    if not key_path.is_file():
+        hint = f" (keygen writes {PRIVATE_NAME})" if key_path.name != PRIVATE_NAME else ""
+        return _refuse(f"private key not found: {key_path}{hint}")
     try:
-        originals = vault.reveal(args.pseudonym, Path(args.private_key), who=args.who)
+        private_key = load_private_key(key_path)
+    except (ValueError, TypeError):  # not PEM, not X25519, or protected by a password
+        return _refuse(f"{key_path} is not an unencrypted X25519 private key in PEM (made by broker keygen)")
+    vault = LinkVault(vault_path(data_dir), audit_log=args.audit_log)
+    try:
+        originals = vault.reveal(args.pseudonym, private_key, who=args.who)
     except KeyError:
-        print("no link recorded for this pseudonym", file=sys.stderr)
         _audit_reveal(args, found=False)
-        return 2
+        return _refuse("no link recorded for this pseudonym")
+    except InvalidTag:
+        return _refuse(f"the link cannot be opened with {key_path}: not the key its policy's public key belongs to")
     _audit_reveal(args, found=True)
     json.dump(originals, sys.stdout, indent=2, sort_keys=True, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -71,6 +84,11 @@ def _audit_reveal(args: argparse.Namespace, found: bool) -> None:
                          "description": f"broker reveal of pseudonym {args.pseudonym[:64]}: link opened" if found
                          else "broker reveal: no link recorded for the pseudonym given"})
     trail.close()
+
+
+def _refuse(message: str) -> int:
+    print(f"slidearchive broker reveal: {message}", file=sys.stderr)
+    return 2
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

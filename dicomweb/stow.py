@@ -13,6 +13,9 @@ from . import archive, audit, media, multipart, resource_url, settings
 bp = Blueprint("stow", __name__)
 
 
+ERROR_COMMENT = "00000902"  # Error Comment (0000,0902), LO: the reason in words, as in a DIMSE response
+
+
 def _item(sop_class: str | None, sop_uid: str | None) -> dict:
     item = {}
     if sop_class:
@@ -20,6 +23,20 @@ def _item(sop_class: str | None, sop_uid: str | None) -> dict:
     if sop_uid:
         item["00081155"] = {"vr": "UI", "Value": [sop_uid]}
     return item
+
+
+def _failed(code: int, text: str, sop_class: str | None = None, sop_uid: str | None = None) -> dict:
+    """A Failed SOP Sequence item: the instance when known, FailureReason and the reason in words."""
+    item = _item(sop_class, sop_uid)
+    item["00081197"] = {"vr": "US", "Value": [code]}
+    item[ERROR_COMMENT] = {"vr": "LO", "Value": [_comment(text)]}
+    return item
+
+
+def _comment(text: str) -> str:
+    """LO: at most 64 characters, no backslash (the value separator)."""
+    text = text.replace("\\", "/")
+    return text if len(text) <= 64 else text[:61] + "..."
 
 
 @bp.post("/studies")
@@ -43,13 +60,13 @@ def store(study: str | None = None):
         try:
             ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
             if ctype != "application/dicom":
-                failed.append(_reason(0xC000))
+                failed.append(_failed(0xC000, "Content-Type is not application/dicom"))
                 messages.append(f"part {n}: Content-Type {ctype[:40]} is not application/dicom")
                 continue
             try:
                 result = store.store_file(path, origin, owned=True, expected_study=study)
             except ArchiveError as e:
-                failed.append(_reason(e.failure_reason))
+                failed.append(_failed(e.failure_reason, e.message, e.sop_class_uid, e.sop_instance_uid))
                 messages.append(f"part {n}: {e.title}: {e.message}")
                 continue
         finally:
@@ -65,6 +82,8 @@ def store(study: str | None = None):
         if result.warning is not None:
             item["00081196"] = {"vr": "US", "Value": [result.warning]}
             warned = True
+        if result.message and result.warning is not None:
+            item[ERROR_COMMENT] = {"vr": "LO", "Value": [_comment(result.message)]}
         referenced.append(item)
     if not referenced and not failed:
         raise InvalidRequest("multipart body contains no parts")
@@ -89,6 +108,3 @@ def store(study: str | None = None):
 def _quoted(text: str) -> str:
     return text.replace("\\", "/").replace('"', "'").encode("ascii", "replace").decode()
 
-
-def _reason(code: int) -> dict:
-    return {"00081197": {"vr": "US", "Value": [code]}}
