@@ -32,7 +32,7 @@ from .audit_log import AuditLogFile
 log = logging.getLogger(__name__)
 EVENTS = tuple(audit_messages.EVENTS)
 #: At most this many SOP Instance UIDs are listed in one message (the count is always exact).
-MAX_LISTED_INSTANCES = 1000
+MAX_LISTED_INSTANCES = 200
 _TICK = 1.0
 
 

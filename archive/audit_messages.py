@@ -77,6 +77,8 @@ def redact_query(query: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in query.items():
         key = str(key)[:64]
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]  # a repeatable query parameter given once
         name = _keyword(key)
         if name.endswith("UID") and value not in (None, ""):
             values = value if isinstance(value, (list, tuple)) else str(value).replace("\\", ",").split(",")

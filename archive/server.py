@@ -65,6 +65,9 @@ def _background_services(settings: Settings) -> None:
 
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .audit_syslog import start as start_forwarder
+
+    start_forwarder(settings.audit, settings.data_dir)
     try:
         from indexer.worker import start_worker
     except ImportError:
@@ -125,4 +128,8 @@ def serve(settings: Settings) -> int:
         background.join(10)
         audit.record("ApplicationActivity", principal=None, detail={"type": "Application Stop"})
         audit.close()
+        if settings.audit.syslog is not None and settings.audit.enabled:
+            from .audit_syslog import SyslogForwarder
+
+            SyslogForwarder(settings.audit, settings.data_dir).drain(timeout=5)
     return 0
