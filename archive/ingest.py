@@ -188,16 +188,17 @@ class Ingest:
         sha = sha256_of(temp)
         result = StoreResult("stored", str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                              str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
-        existing = self.catalog.instance(ds.SOPInstanceUID)
-        if existing is not None:
-            return self._duplicate(existing, sha, result, temp)
         size = temp.stat().st_size
         layout = index_blob = None
-        header_json = dicomjson.to_json(ds)
-        if pixel_offset is not None:
+        if pixel_offset is not None:  # before the duplicate check: a truncated re-send is 0xC000, not 0x0111
             with open(temp, "rb") as f:
                 index = index_frames(f, ds, ts, pixel_offset, size)
             layout, index_blob = index.layout, index.pack()
+        existing = self.catalog.instance(ds.SOPInstanceUID)
+        if existing is not None:
+            return self._duplicate(existing, sha, result, temp)
+        header_json = dicomjson.to_json(ds)
+        if pixel_offset is not None:
             encapsulated = layout in ("fragment", "fragments")
             vr = "OB" if encapsulated or int(ds.get("BitsAllocated", 8)) <= 8 else "OW"
             header_json["7FE00010"] = {"vr": vr, "BulkDataURI": "bulkdata/7FE00010"}
