@@ -190,10 +190,10 @@ class ElasticIndex:
     @staticmethod
     def _query(request: SearchRequest) -> dict[str, Any]:
         filters: list[dict[str, Any]] = []
-        terms = dict(request.terms)
-        if not request.include_all_kinds:
-            terms.setdefault("kind", ("slide",))
-        for field, values in terms.items():
+        terms = list(request.terms)  # a field may appear twice (stain=HE: both codes required)
+        if not request.include_all_kinds and "kind" not in dict(terms):
+            terms.append(("kind", ("slide",)))
+        for field, values in terms:
             filters.append({"terms": {field: list(values)}})
         for field, rng in request.ranges:
             bounds = {k: v for k, v in (("gte", rng.gte), ("lte", rng.lte)) if v is not None}

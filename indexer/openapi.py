@@ -51,6 +51,12 @@ def document() -> dict[str, Any]:
                     {"name": "q", "in": "query", "required": False, "schema": {"type": "string"},
                      "description": "Free text; every word must match (descriptions, anatomy, stains, "
                                     "scanner, algorithm names, collection)."},
+                    {"name": "stain", "in": "query", "required": False, "style": "form", "explode": True,
+                     "schema": {"type": "array", "items": {"type": "string"}},
+                     "description": "A stain as a user names it: HE (or H&E: hematoxylin and eosin, both "
+                                    "codes required), hematoxylin, eosin, or a code (SCT:12710003, or a bare "
+                                    "SNOMED code value). Matches specimen.stain_codes; repeat to require "
+                                    "several. An unknown name answers 400 (search names with q=)."},
                     {"name": "facet", "in": "query", "required": False, "style": "form", "explode": True,
                      "schema": {"type": "array", "items": {"type": "string", "enum": list(FACETABLE)}},
                      "description": "Fields to count values of (repeat or comma-separate)."},

@@ -25,6 +25,34 @@ FACETABLE = tuple(f.name for f in FIELDS if f.facet)
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
 
+STAIN_FIELD = "specimen.stain_codes"
+# What people type for a stain, as the SNOMED codes slides carry (DICOM CID 8112 "Pathology
+# Stains"). A combined stain names every code it needs: HE matches slides with both.
+_HEMATOXYLIN, _EOSIN = "SCT:12710003", "SCT:36879007"
+STAIN_NAMES: dict[str, tuple[str, ...]] = {
+    "he": (_HEMATOXYLIN, _EOSIN), "h&e": (_HEMATOXYLIN, _EOSIN), "h-e": (_HEMATOXYLIN, _EOSIN),
+    "hematoxylin and eosin": (_HEMATOXYLIN, _EOSIN), "haematoxylin and eosin": (_HEMATOXYLIN, _EOSIN),
+    "hematoxylin": (_HEMATOXYLIN,), "haematoxylin": (_HEMATOXYLIN,), "hematoxylin stain": (_HEMATOXYLIN,),
+    "eosin": (_EOSIN,), "water soluble eosin stain": (_EOSIN,),
+}
+_CODE = re.compile(r"(?:([A-Za-z][A-Za-z0-9-]*):)?([0-9A-Za-z.-]+)")
+
+
+def stain_codes(raw: str) -> tuple[str, ...]:
+    """``stain=`` as the codes a slide must carry: a name (HE, H&E, hematoxylin, eosin) or a code.
+
+    A code is ``SCHEME:VALUE`` as indexed, or a bare SNOMED code value (``12710003``).
+    """
+    name = " ".join(raw.lower().split())
+    if name in STAIN_NAMES:
+        return STAIN_NAMES[name]
+    m = _CODE.fullmatch(raw.strip())
+    if m and (m.group(1) or m.group(2).isdigit()):
+        return (f"{(m.group(1) or 'SCT').upper()}:{m.group(2)}",)
+    raise BadQuery(f"unknown stain {raw[:40]!r}: give a name ({', '.join(sorted(STAIN_NAMES)[:6])}, ...), "
+                   f"a code such as SCT:12710003, or search stain names as free text with q=")
+
+
 class BadQuery(ValueError):
     """A search the index cannot answer; the message tells the caller what to change (HTTP 400)."""
 
@@ -38,7 +66,7 @@ class Range:
 @dataclasses.dataclass(frozen=True)
 class SearchRequest:
     text: tuple[str, ...] = ()  # free-text tokens, all must match
-    terms: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # field -> any of the values
+    terms: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # field -> any of the values; pairs are ANDed
     ranges: tuple[tuple[str, Range], ...] = ()
     facets: tuple[str, ...] = ()
     facet_size: int = 10
@@ -108,9 +136,12 @@ def parse_search(params: Iterable[tuple[str, str]]) -> SearchRequest:
     facets: list[str] = []
     sort: list[tuple[str, bool]] = []
     options: dict[str, Any] = {}
+    required: list[tuple[str, tuple[Any, ...]]] = []  # each pair must match (AND), e.g. both codes of HE
     for name, raw in params:
         if name == "q":
             text += tokens(raw)
+        elif name == "stain":
+            required += [(STAIN_FIELD, (code,)) for code in stain_codes(raw)]
         elif name in ("facet", "facets"):
             for f in filter(None, (x.strip() for x in raw.split(","))):
                 if f not in FACETABLE:
@@ -147,7 +178,7 @@ def parse_search(params: Iterable[tuple[str, str]]) -> SearchRequest:
                 raise BadQuery(f"at most {MAX_TERMS} values for {name}")
         else:
             raise BadQuery(f"unknown parameter {name[:64]!r}; filters: {', '.join(FILTERABLE)}")
-    request = SearchRequest(text=text, terms=tuple((k, tuple(v)) for k, v in terms.items()),
+    request = SearchRequest(text=text, terms=tuple((k, tuple(v)) for k, v in terms.items()) + tuple(required),
                             ranges=tuple(ranges.items()), facets=tuple(facets), sort=tuple(sort), **options)
     if request.page * request.size > MAX_WINDOW:
         raise BadQuery(f"page * size may not exceed {MAX_WINDOW}; narrow the query with filters instead")

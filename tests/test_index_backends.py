@@ -217,3 +217,21 @@ def test_both_backends_answer_alike(tmp_path, es_node):  # noqa: F811
         elastic.es.indices.delete(index=f"{elastic.alias}*", ignore_unavailable=True)
         elastic.close()
         embedded.close()
+
+
+def test_stain_as_a_user_types_it(filled):
+    """stain=HE needs both codes (AND on one field), a bare code or a name finds the same slides."""
+    index, docs = filled
+    hematoxylin_only = dict(docs[2], specimen=dict(docs[2]["specimen"], stain_codes=["SCT:12710003"]))
+    index.upsert([hematoxylin_only])
+    index.refresh()
+    docs = [hematoxylin_only if d["series_uid"] == hematoxylin_only["series_uid"] else d for d in docs]
+    both = _expected(docs, lambda f: {"SCT:12710003", "SCT:36879007"} <= set(f.get("specimen.stain_codes", [])))
+    with_h = _expected(docs, lambda f: "SCT:12710003" in f.get("specimen.stain_codes", []))
+    assert both and len(with_h) == len(both) + (hematoxylin_only["kind"] == "slide")
+    for value in ("HE", "H&E", "he", "hematoxylin and eosin"):
+        assert _all_uids(index, [("stain", value)])[1] == both, value
+    for value in ("hematoxylin", "SCT:12710003", "12710003"):
+        assert _all_uids(index, [("stain", value)])[1] == with_h, value
+    with pytest.raises(BadQuery, match="unknown stain"):
+        parse_search([("stain", "giemsa")])
