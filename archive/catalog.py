@@ -90,8 +90,7 @@ class InstanceRecord:
     size: int
     sha256: str
     number_of_frames: int | None
-    frame_layout: str | None
-    frame_index: bytes | None
+    frame_layout: str | None  # None: no pixel data (the packed index is read by Catalog.frame_index)
     rows: int | None
     columns: int | None
     concatenation_uid: str | None = None
@@ -247,13 +246,19 @@ class Catalog:
     _INSTANCE_SELECT = (
         "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, "
         "i.transfer_syntax_uid, i.storage_id, i.size, i.sha256, i.number_of_frames, i.frame_layout, "
-        "i.frame_index, i.rows, i.columns, i.concatenation_uid, i.in_concatenation_number, "
+        "i.rows, i.columns, i.concatenation_uid, i.in_concatenation_number, "
         "i.concatenation_frame_offset FROM instance i JOIN series se ON i.series_fk=se.pk "
         "JOIN study st ON se.study_fk=st.pk ")
 
     def instance(self, sop_uid: str) -> InstanceRecord | None:
         row = self._db().execute(self._INSTANCE_SELECT + "WHERE i.sop_instance_uid=?", (sop_uid,)).fetchone()
         return InstanceRecord(*row) if row else None
+
+    def frame_index(self, storage_id: str) -> bytes | None:
+        """The packed frame index of a stored file: read apart from ``instance`` because it
+        grows with the frame count (hundreds of KB for a large level) and is cached unpacked."""
+        row = self._db().execute("SELECT frame_index FROM instance WHERE storage_id=?", (storage_id,)).fetchone()
+        return row[0] if row else None
 
     def concatenation(self, concatenation_uid: str) -> list[InstanceRecord]:
         """The parts of a concatenation, in order."""

@@ -94,9 +94,10 @@ class Archive:
             if index is not None:
                 self._indexes.move_to_end(record.storage_id)
                 return index
-        if record.frame_index is None or record.frame_layout is None:
+        blob = self.catalog.frame_index(record.storage_id) if record.frame_layout is not None else None
+        if blob is None or record.frame_layout is None:
             raise NotFound("this instance has no frames")
-        index = FrameIndex.unpack(record.frame_layout, record.frame_index)
+        index = FrameIndex.unpack(record.frame_layout, blob)
         with self._index_lock:
             self._indexes[record.storage_id] = index
             while len(self._indexes) > 64:

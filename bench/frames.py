@@ -135,8 +135,13 @@ def resolve_stored(server: Server, levels: dict[str, Instance],
 
 
 def write_paths(server: Server, inst: Instance, out: Path) -> Path:
-    out.write_text("\n".join(server.frame_path(inst.study, inst.series, inst.sop, n)
-                             for n in range(1, inst.frames + 1)) + "\n")
+    """frames.lua's input: the frame URL path without the frame number, and the frame count."""
+    first = server.frame_path(inst.study, inst.series, inst.sop, 1)
+    prefix = first.removesuffix("1")
+    if not prefix.endswith("/") or server.frame_path(inst.study, inst.series, inst.sop, inst.frames) \
+            != f"{prefix}{inst.frames}":
+        raise RuntimeError(f"{server.name}: frame URLs do not end with the frame number: {first}")
+    out.write_text(f"{prefix}\n{inst.frames}\n")
     return out
 
 
