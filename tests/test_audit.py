@@ -168,3 +168,21 @@ def test_configuration_errors_name_the_field(tmp_path):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
             load_settings(bad, data_dir=str(tmp_path))
+
+
+def test_broker_reveal_is_in_the_audit_trail(tmp_path):
+    from archive.cli import main
+    from deid.vault import generate_keypair
+
+    private_pem, _ = generate_keypair()
+    key = tmp_path / "broker.pem"
+    key.write_bytes(private_pem)
+    data = tmp_path / "data"
+    data.mkdir()
+    assert main(["broker", "reveal", "Doe^Typed", "--private-key", str(key), "--data-dir", str(data),
+                 "--who", "broker-carol"]) == 2
+    (alert,) = records(data)
+    ident = alert["AuditMessage"]["EventIdentification"]
+    assert (alert["event"], alert["user"], alert["outcome"]) == ("SecurityAlert", "broker-carol", 4)
+    assert ident["EventTypeCode"][0]["originalText"] == "Use of Restricted Function"
+    assert "Doe" not in json.dumps(alert)  # an argument that opened no link may be typed PHI

@@ -42,9 +42,9 @@ def repository(tmp_path):
     receiver.stop()
 
 
-def test_outage_delays_records_and_loses_none(repository, make_server):
-    key, cert = repository.client
-    server = make_server(IDENTIFIED + f"""
+def forwarding_to(repository, key_cert: tuple) -> str:
+    key, cert = key_cert
+    return IDENTIFIED + f"""
 [audit.syslog]
 host = "127.0.0.1"
 port = {repository.port}
@@ -52,7 +52,11 @@ ca_file = "{repository.ca}"
 cert_file = "{cert}"
 key_file = "{key}"
 retry_seconds = 1
-""", dimse=False)
+"""
+
+
+def test_outage_delays_records_and_loses_none(repository, make_server):
+    server = make_server(forwarding_to(repository, repository.client), dimse=False)
     assert requests.get(f"{server.dicomweb}/studies", params={"limit": "1"}).ok
     assert wait(lambda: any(query_limit(m) == "1" for _, _, m in repository.messages())), \
         (repository.directory / "rsyslogd.log").read_text()[-2000:]
@@ -89,15 +93,7 @@ retry_seconds = 1
 
 def test_a_repository_that_rejects_our_certificate_gets_nothing_and_blocks_nothing(repository, make_server, tmp_path):
     stranger = Authority(tmp_path / "stranger", "stranger CA").issue("not-the-archive")
-    server = make_server(IDENTIFIED + f"""
-[audit.syslog]
-host = "127.0.0.1"
-port = {repository.port}
-ca_file = "{repository.ca}"
-cert_file = "{stranger[1]}"
-key_file = "{stranger[0]}"
-retry_seconds = 1
-""", dimse=False)
+    server = make_server(forwarding_to(repository, stranger), dimse=False)
     for n in range(5):
         assert requests.get(f"{server.dicomweb}/studies", params={"limit": str(n)}, timeout=10).ok
     time.sleep(3)
