@@ -75,6 +75,7 @@ class AuditTrail:
         self.dropped = 0
         self.written = 0
         self._pid = -1
+        self._at_exit = False
 
     # --- the API every door calls ---------------------------------------------------
 
@@ -149,10 +150,20 @@ class AuditTrail:
 
     def close(self) -> None:
         """Write pending frame summaries and everything queued; stop the writer."""
-        if self._pid != os.getpid():
-            return
-        self._closing = True
-        self.flush()
+        with _START_LOCK:
+            if self._pid != os.getpid():
+                return
+            self._closing = True
+            self.flush()
+            self._thread.join(5)
+            self._pid = -1  # a later record starts a new writer
+
+    def _closed(self, waiters: list[threading.Event]) -> bool:
+        """The writer ends once close() asked and its flush is answered (so ``serve`` can fork without it)."""
+        if self._closing and waiters:
+            self._file.close()
+            return True
+        return False
 
     def _queue(self) -> queue.Queue:
         if self._pid != os.getpid():  # first use in this process (or in a forked child)
@@ -168,8 +179,11 @@ class AuditTrail:
         self._closing = False
         self._file = AuditLogFile(self.directory, self.settings.rotate_bytes, self.settings.fsync)
         self._reported_drops = self.dropped
-        threading.Thread(target=self._run, name="audit-writer", daemon=True).start()
-        atexit.register(self.close)
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        if not self._at_exit:
+            atexit.register(self.close)
+            self._at_exit = True
         self._pid = os.getpid()
 
     def _run(self) -> None:
@@ -191,8 +205,11 @@ class AuditTrail:
                 self._write(records)
             except Exception as e:  # disk full, permissions: say so, keep serving
                 log.error("audit log %s not writable (%s): %d records lost", self.directory, e, len(records))
+            closed = self._closed(waiters)
             for w in waiters:
                 w.set()
+            if closed:
+                return
 
     def _write(self, records: list[tuple]) -> None:
         if not records:

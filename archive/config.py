@@ -246,6 +246,9 @@ def _audit(table: dict) -> AuditSettings:
         if bool(svalues.get("cert_file")) != bool(svalues.get("key_file")):
             raise ConfigError("[audit.syslog] cert_file and key_file go together")
         _port(svalues.get("port", 6514), "[audit.syslog] port")
+        for key in ("ca_file", "cert_file", "key_file"):
+            if svalues.get(key) and not Path(svalues[key]).expanduser().is_file():
+                raise ConfigError(f"[audit.syslog] {key}: file not found: {svalues[key]}")
         values["syslog"] = SyslogSettings(**svalues)
     return AuditSettings(**values)
 

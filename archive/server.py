@@ -120,7 +120,7 @@ def serve(settings: Settings) -> int:
 
     audit = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
     audit.record("ApplicationActivity", principal=None, detail={"type": "Application Start"})
-    audit.flush()
+    audit.close()  # no writer thread while granian forks its workers (a fork copies no thread, only its locks)
     try:
         _serve_http(settings)
     finally:

@@ -164,7 +164,13 @@ def test_configuration_errors_name_the_field(tmp_path):
     for text, words in [('[audit]\nqueue_size = "big"', "[audit] queue_size must be int"),
                         ("[audit]\nnope = 1", "[audit] unknown keys: nope"),
                         ('[audit.syslog]\nport = 6514', "[audit.syslog] host is required"),
-                        ('[audit.syslog]\nhost = "x"\ncert_file = "c.pem"', "cert_file and key_file")]:
+                        ('[audit.syslog]\nhost = "x"\ncert_file = "c.pem"', "cert_file and key_file go together"),
+                        ('[audit.syslog]\nhost = "x"\nca_file = "/nonexistent.pem"', "ca_file: file not found"),
+                        ('[tls]\nhttp = true', "[tls] cert_file is required"),
+                        ('[tls]\ndimse = "sometimes"', '[tls] dimse must be "off", "separate" or "only"'),
+                        ('[tls]\nmin_version = "1.1"', "TLS 1.2 or newer"),
+                        ('[tls]\nrequire_client_cert = true', "require_client_cert needs ca_file"),
+                        ('[server]\ntrusted_proxies = ["nginx"]', "'nginx' is not an IP address or network")]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
             load_settings(bad, data_dir=str(tmp_path))
