@@ -114,9 +114,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     origin = Origin("import", ae_title=args.source, collection=args.collection or settings.default_collection)
     counts = {"stored": 0, "duplicate": 0, "dropped": 0, "skipped": 0, "failed": 0}
     failures: list[str] = []
+    vendor = _vendor_batch(archive, args, files)
     progress = None if args.quiet else Progress(len(files))
     for n, (path, named) in enumerate(files, start=1):
-        if not named and not looks_like_dicom(path):
+        if vendor and not looks_like_dicom(path) and vendor.is_vendor_file(path):
+            outcome = vendor.run(path, origin, args.quiet)  # converted, then stored like any instance
+            if outcome is not None:
+                counts["stored" if outcome.status == "stored" else "duplicate"] += outcome.stored
+                counts["dropped"] += outcome.dropped if outcome.status == "stored" else 0
+        elif not named and not looks_like_dicom(path):
             counts["skipped"] += 1  # README.md, .DS_Store, DICOMDIR next to the instances
         else:
             try:
@@ -134,7 +140,23 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"{len(files)} files: {counts['stored']} stored, {counts['duplicate']} already stored, "
           f"{counts['dropped']} dropped by policy, {counts['skipped']} skipped (not DICOM), "
           f"{counts['failed']} failed")
+    if vendor:
+        failures_vendor = vendor.failed
+        for line in vendor.failures:
+            print(line, file=sys.stderr)
+        if vendor.converted or vendor.already or failures_vendor:
+            print(vendor.summary())
+        return 1 if counts["failed"] or failures_vendor else 0
     return 1 if counts["failed"] else 0
+
+
+def _vendor_batch(archive, args: argparse.Namespace, files: list[tuple[Path, bool]]):
+    """The vendor-format importer (SVS, NDPI, ...; docs/import.md), or None when it is not installed."""
+    try:
+        from importer.batch import Batch
+    except ImportError:
+        return None
+    return Batch.open(archive, args.manifest, args.import_workers, [p for p, _ in files])
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -239,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collection", help=f"collection for new studies (default {d['default_collection']})")
     p.add_argument("--source", help="treat the files as sent by this AE title (picks its de-identification policy)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--manifest", type=Path, help="CSV or JSON sidecar for vendor slides: specimen, stain, anatomy, "
+                   "collection, case_id per file (docs/import.md)")
+    p.add_argument("--workers", dest="import_workers", type=int, default=2,
+                   help="threads converting one vendor slide")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("verify", parents=[common], help="check that storage and catalog agree",

@@ -121,6 +121,29 @@ class RangeNotSatisfiable(ArchiveError):
     title = "Range not satisfiable"
 
 
+class NotASlide(InvalidDataset):
+    """A file given to import that is neither DICOM nor a whole-slide image any reader here opens."""
+
+    title = "Not a slide"
+
+
+class UnsupportedFormat(UnsupportedMediaType):
+    """A vendor slide format this archive has no reader for (docs/import.md lists the formats)."""
+
+    title = "Unsupported slide format"
+
+
+class InvalidManifest(InvalidRequest):
+    """A sidecar manifest row that cannot be used: a missing file, an unknown column, a malformed code."""
+
+    title = "Invalid manifest"
+
+
+class ConversionRefused(InvalidDataset):
+    """A vendor file whose pyramid cannot become whole-slide DICOM as asked (e.g. a level too large for one instance)."""
+
+    title = "Conversion refused"
+
 #: Warning statuses (PS3.4 Annex B / PS3.18 WarningReason).
 WARNING_COERCED = 0xB000  # Coercion of data elements (de-identification rewrote them)
 WARNING_ELEMENTS_DISCARDED = 0xB006  # Accepted but not kept (e.g. a LABEL image dropped by policy)

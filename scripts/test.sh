@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 if ! command -v /usr/bin/storescu >/dev/null || ! command -v dciodvfy >/dev/null \
     || [ ! -x /usr/sbin/rsyslogd ] || [ ! -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] \
-    || [ ! -x /usr/sbin/nginx ]; then
+    || [ ! -x /usr/sbin/nginx ] || ! ldconfig -p | grep -q libturbojpeg.so.0; then
   $SUDO apt-get update -qq
   # rsyslog + rsyslog-gnutls: the audit repository the syslog-over-TLS tests send to; nginx: the reverse proxy
+  # libturbojpeg0: opentile's lossless JPEG tile operations (vendor import, docs/import.md)
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk dicom3tools \
-    rsyslog rsyslog-gnutls nginx >/dev/null
+    rsyslog rsyslog-gnutls nginx libturbojpeg0 >/dev/null
 fi
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 mvn -q -f indexer/es-runner/pom.xml dependency:copy-dependencies

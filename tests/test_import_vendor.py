@@ -1,0 +1,295 @@
+"""Vendor slide import (issue 13): real Aperio SVS, generated SVS and generic TIFF, through the one ingest path."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+import tifffile
+
+from test_faults import small_disk  # noqa: F401  (a tmpfs of a few MB: a disk that fills)
+from vendor_files import PHI, cmu_small_region, make_generic_tiff, make_svs
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("SLIDEARCHIVE_TEST_CACHE", Path.home() / ".cache" / "slidearchive-tests"))
+STAIN = "SCT:12710003:hematoxylin stain;SCT:36879007:water soluble eosin stain"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "archive.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cmu() -> Path:
+    return cmu_small_region(CACHE)
+
+
+def _scan(jpeg: bytes) -> bytes:
+    """The entropy-coded scan of a baseline JPEG: what a lossless copy must keep bit for bit."""
+    sos = jpeg.index(b"\xff\xda")
+    length = int.from_bytes(jpeg[sos + 2:sos + 4], "big")
+    end = jpeg.rindex(b"\xff\xd9")
+    return jpeg[sos + 2 + length:end]
+
+
+def _source_tiles(path: Path, page: int) -> list[bytes]:
+    with tifffile.TiffFile(path) as tif, open(path, "rb") as f:
+        p = tif.pages[page]
+        tiles = []
+        for offset, count in zip(p.dataoffsets, p.databytecounts):
+            f.seek(offset)
+            tiles.append(f.read(count))
+        return tiles
+
+
+def _instances(server) -> list[dict]:
+    return requests.get(f"{server.dicomweb}/instances", params={"includefield": "all"}).json()
+
+
+def _volume_frames(server, instance: dict) -> list[bytes]:
+    study, series, sop = (instance[t]["Value"][0] for t in ("0020000D", "0020000E", "00080018"))
+    n = int(instance["00280008"]["Value"][0])
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=server.dicomweb)
+    return client.retrieve_instance_frames(study, series, sop, list(range(1, n + 1)),
+                                           media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
+
+
+def _image_type(instance: dict) -> str:
+    return instance["00080008"]["Value"][2]
+
+
+# wsidicom reads metadata without following BulkDataURIs (the ICC profile); pydicom warns about that.
+@pytest.mark.filterwarnings("ignore:No bulk data URI handler")
+def test_real_svs_is_copied_tile_for_tile_and_its_label_and_macro_are_not_stored(make_server, cmu, tmp_path):
+    server = make_server()  # the default: Basic Profile, labels and label-showing overviews dropped
+    result = run("import", str(cmu), "--data-dir", str(server.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert "vendor slides: 1 converted" in result.stdout
+    assert "2 stored" in result.stdout and "2 dropped by policy" in result.stdout
+    assert "converting" in result.stderr and "storing 100%" in result.stderr  # the per-file bar
+    instances = _instances(server)
+    assert sorted(_image_type(i) for i in instances) == ["THUMBNAIL", "VOLUME"]
+    volume = next(i for i in instances if _image_type(i) == "VOLUME")
+    frames = _volume_frames(server, volume)
+    source = _source_tiles(cmu, 0)
+    assert len(frames) == len(source) == 130
+    assert all(_scan(f) == _scan(s) for f, s in zip(frames, source))  # lossless: the same scans, byte for byte
+    assert volume["00282110"]["Value"] == ["01"]  # the SVS tiles were lossy JPEG already: said so
+    # the same file again: skipped, nothing new
+    again = run("import", str(cmu), "--data-dir", str(server.data_dir), "-q")
+    assert again.returncode == 0 and "1 already imported" in again.stdout
+    assert len(_instances(server)) == 2
+    # it opens in wsidicom, from the stored files and over DICOMweb
+    from wsidicom import WsiDicom, WsiDicomWebClient
+
+    study, series = volume["0020000D"]["Value"][0], volume["0020000E"]["Value"][0]
+    with WsiDicom.open_web(WsiDicomWebClient.create_client(server.dicomweb), study, series) as web:
+        web_region = np.asarray(web.read_region((0, 0), 0, (480, 480)))
+    stored = [p for p in (server.data_dir / "storage").rglob("*") if p.is_file()]
+    with WsiDicom.open(stored) as local:
+        assert local.size.width == 2220 and local.size.height == 2967
+        local_region = np.asarray(local.read_region((0, 0), 0, (480, 480)))
+    assert np.array_equal(web_region, local_region)
+    import openslide
+
+    with openslide.OpenSlide(str(cmu)) as slide:
+        reference = np.asarray(slide.read_region((0, 0), 0, (480, 480)).convert("RGB"))
+    assert np.abs(local_region.astype(int) - reference.astype(int)).mean() < 1.0  # same JPEG data, two decoders
+
+
+def _phi_free(blob: bytes, where: str) -> None:
+    for name, value in PHI.items():
+        assert value.encode() not in blob, f"planted {name} found in {where}"
+
+
+@pytest.mark.filterwarnings("ignore:No bulk data URI handler")
+def test_generated_svs_with_manifest_leaves_no_planted_vendor_text(make_server, tmp_path):
+    server = make_server()
+    folder = tmp_path / "export"
+    folder.mkdir()
+    svs = make_svs(folder / f"{PHI['filename']}.svs", seed=5)
+    (folder / "README.md").write_text("scanner export\n")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("file,specimen,stain,anatomy,collection,case_id\n"
+                        f"{svs.name},SPEC-PLANTED-0042,{STAIN},SCT:76752008:Breast,study7,CASE-PLANTED-0099\n")
+    result = run("import", str(folder), "--manifest", str(manifest), "--data-dir", str(server.data_dir), "-q")
+    assert result.returncode == 0, result.stderr
+    instances = _instances(server)
+    assert sorted(_image_type(i) for i in instances) == ["THUMBNAIL", "VOLUME", "VOLUME"]
+    secret_values = [*PHI.values(), "SPEC-PLANTED-0042", "CASE-PLANTED-0099"]
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            for value in secret_values:
+                assert value.encode() not in blob, f"{value} in {path.relative_to(server.data_dir)}"
+    answers = [requests.get(f"{server.dicomweb}/{what}").content for what in ("studies", "series", "instances")]
+    study = instances[0]["0020000D"]["Value"][0]
+    answers.append(requests.get(f"{server.dicomweb}/studies/{study}/metadata").content)
+    for blob in answers + [server.log_path.read_bytes(), result.stdout.encode(), result.stderr.encode()]:
+        for value in secret_values[:-2]:  # the file name is the user's own input on the command line
+            if value == PHI["filename"] and blob in (result.stdout.encode(), result.stderr.encode()):
+                continue
+            assert value.encode() not in blob
+    meta = pydicom.Dataset.from_json(requests.get(f"{server.dicomweb}/studies/{study}/metadata").json()[0])
+    assert meta.PatientID.startswith("DEID-")  # the case id, pseudonymised
+    spec = meta.SpecimenDescriptionSequence[0]
+    assert spec.PrimaryAnatomicStructureSequence[0].CodeValue == "76752008"
+    assert meta.OpticalPathSequence[0].ObjectiveLensPower == 20  # AppMag, mapped
+    assert float(meta.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing[0]) == \
+        pytest.approx(0.0005)  # MPP = 0.5 um
+    assert meta.Manufacturer == "Aperio"
+    # frames of both levels are the source tiles' scans, byte for byte
+    for page, level in ((0, 2048), (2, 512)):
+        inst = next(i for i in instances if _image_type(i) == "VOLUME" and i["00480006"]["Value"][0] == level)
+        frames = _volume_frames(server, inst)
+        assert [_scan(f) for f in frames] == [_scan(t) for t in _source_tiles(svs, page)]
+    # the manifest reached the search index: stain and collection
+    for _ in range(100):  # the index worker catches up from the catalog's outbox
+        found = requests.get(f"{server.url}/api/search", params={"specimen.stain_codes": "SCT:12710003"}).json()
+        if found.get("total"):
+            break
+        time.sleep(0.1)
+    assert found["total"] == 1, found
+    assert found["hits"][0]["collection"] == "study7", found
+
+
+def test_openslide_formats_are_re_encoded_and_say_so(make_server, tmp_path):
+    server = make_server()
+    tiff = make_generic_tiff(tmp_path / "slide.tiff")
+    result = run("import", str(tiff), "--data-dir", str(server.data_dir), "-q", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    instances = _instances(server)
+    volumes = [i for i in instances if _image_type(i) == "VOLUME"]
+    assert volumes
+    base = max(volumes, key=lambda i: i["00480006"]["Value"][0])
+    assert base["00282110"]["Value"] == ["01"]
+    assert float(base["00282112"]["Value"][0]) > 1  # the ratio, recorded
+    assert base["00282114"]["Value"][0] == "ISO_10918_1"
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            _phi_free(path.read_bytes(), str(path))
+    from wsidicom import WsiDicom
+    import openslide
+
+    stored = [p for p in (server.data_dir / "storage").rglob("*") if p.is_file()]
+    with WsiDicom.open(stored) as wsi, openslide.OpenSlide(str(tiff)) as slide:
+        ours = np.asarray(wsi.read_region((256, 256), 0, (512, 512))).astype(float)
+        theirs = np.asarray(slide.read_region((256, 256), 0, (512, 512)).convert("RGB")).astype(float)
+    mse = ((ours - theirs) ** 2).mean()
+    assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 35  # within JPEG quality 90's error
+
+
+def test_bad_files_fail_one_by_one_and_the_batch_goes_on(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = make_svs(folder / "good.svs", width=1024, height=768, seed=7, levels=1)
+    whole = make_svs(tmp_path / "whole.svs", width=1024, height=768, seed=8, levels=1).read_bytes()
+    (folder / "truncated.svs").write_bytes(whole[: len(whole) // 2])
+    (folder / "notes.svs").write_text("not a slide at all\n")
+    (folder / "scan.czi").write_bytes(b"ZISRAWFILE" + b"\0" * 100)
+    (folder / "bad-code.svs").write_bytes(good.read_bytes()[:-1] + b"\0")  # valid file, but its row is bad
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"files": [
+        {"file": "in/good.svs", "stain": "SCT:12710003:hematoxylin stain"},
+        {"file": "in/bad-code.svs", "stain": "SCT:12710004:hematoxylin stain"},  # check digit wrong
+        {"file": "in/missing.svs", "specimen": "S9"},
+    ]}))
+    result = run("import", str(folder), "--manifest", str(manifest), "--data-dir", str(data), "-q")
+    assert result.returncode == 1
+    err = result.stderr
+    assert "truncated.svs: Not a slide:" in err or "truncated.svs: Not a slide" in err, err
+    assert "notes.svs: Not a slide" in err
+    assert "scan.czi: Unsupported slide format: Zeiss CZI" in err
+    assert "bad-code.svs: Invalid manifest" in err and "check digit" in err
+    assert "row 3" in err and "does not exist" in err  # in/missing.svs
+    assert "vendor slides: 1 converted, 0 already imported, 5 failed" in result.stdout
+    verify = run("verify", "--data-dir", str(data), "--checksums")
+    assert verify.returncode == 0, verify.stdout  # nothing half-stored, no temp files
+    assert not any((data / "imports" / "work").iterdir())
+
+
+def test_an_interrupted_import_is_undone_and_redone(tmp_path):
+    """A crash between two stored instances: the next run removes the partial slide and imports it whole."""
+    data = tmp_path / "data"
+    data.mkdir()
+    svs = make_svs(tmp_path / "s.svs", width=1024, height=768, seed=9)
+    crash = ("import sys; sys.path.insert(0, sys.argv[1]);"
+             "import archive.service as s;"
+             "orig = s.Archive.store_file; n = [0]\n"
+             "def store(self, *a, **k):\n"
+             "    n[0] += 1\n"
+             "    if n[0] == 2: import os; os._exit(9)\n"
+             "    return orig(self, *a, **k)\n"
+             "s.Archive.store_file = store\n"
+             "from archive.cli import main; main(sys.argv[2:])")
+    crashed = subprocess.run([sys.executable, "-c", crash, str(REPO), "import", str(svs), "--data-dir", str(data),
+                              "-q"], capture_output=True, text=True)
+    assert crashed.returncode == 9
+    listed = run("verify", "--data-dir", str(data))
+    assert "1 instances in the catalog" in listed.stdout  # the partial import the crash left
+    again = run("import", str(svs), "--data-dir", str(data), "-q")
+    assert again.returncode == 0, again.stderr
+    assert "1 converted" in again.stdout
+    after = run("verify", "--data-dir", str(data), "--repair")
+    assert "3 instances in the catalog" in after.stdout  # two levels and the thumbnail, each once
+
+
+def test_a_disk_filling_mid_conversion_fails_that_file_only(tmp_path, small_disk):
+    data = small_disk / "data"
+    data.mkdir()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_svs(folder / "a-big.svs", width=4096, height=4096, seed=11, levels=1)
+    make_svs(folder / "b-small.svs", width=512, height=512, seed=12, levels=1)
+    assert (folder / "a-big.svs").stat().st_size > 4 * 1024 * 1024
+    result = run("import", str(folder), "--data-dir", str(data), "-q")
+    assert result.returncode == 1
+    assert "a-big.svs: Out of resources" in result.stderr, result.stderr
+    assert "1 converted" in result.stdout and "1 failed" in result.stdout
+    verify = run("verify", "--data-dir", str(data))
+    assert verify.returncode == 0, verify.stdout
+    assert "2 instances in the catalog" in verify.stdout  # b-small: its level and thumbnail
+
+
+def test_large_levels_get_the_extended_offset_table(tmp_path):
+    from importer.convert import convert
+    from importer.formats import detect
+
+    svs = make_svs(tmp_path / "s.svs", width=1024, height=768, seed=13)
+    out = tmp_path / "out"
+    out.mkdir()
+    files = convert(svs, detect(svs), out, None, "fp", eot_from=1024 * 768 * 3)
+    by_columns = {}
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        by_columns[(ds.ImageType[2], int(ds.TotalPixelMatrixColumns))] = ds
+    assert "ExtendedOffsetTable" in by_columns[("VOLUME", 1024)]
+    assert "ExtendedOffsetTable" not in by_columns[("VOLUME", 256)]
+    uids = {str(ds.SOPInstanceUID) for ds in by_columns.values()} | {str(ds.StudyInstanceUID)
+                                                                     for ds in by_columns.values()}
+    assert all(u.startswith("2.25.") for u in uids)  # not the converter's default root
+    again = tmp_path / "again"
+    again.mkdir()
+    assert sorted(p.name for p in convert(svs, detect(svs), again, None, "fp")) == sorted(p.name for p in files)
+
+
+def test_a_level_one_instance_cannot_hold_is_refused_with_the_reason():
+    from archive.errors import ConversionRefused
+    from importer.convert import Level, check_level
+
+    check_level(Level(200_000, 100_000, 512, 512, 3, 8, encapsulated=True), 0)  # 75k JPEG tiles: fine
+    with pytest.raises(ConversionRefused, match="native Pixel Data"):
+        check_level(Level(60_000, 40_000, 512, 512, 3, 8, encapsulated=False), 0)
