@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from pydicom.dataset import Dataset
 
 from .attributes import KEYS, LEVELS, Key
-from .errors import DuplicateInstance, NotFound
+from .access import SYSTEM, Principal
+from .errors import DuplicateInstance, NotAuthorized, NotFound
 from .query import Query, match_sql
 from .sqlite import Connections
 
@@ -66,6 +67,13 @@ CREATE INDEX IF NOT EXISTS series_study ON series(study_fk);
 CREATE INDEX IF NOT EXISTS instance_series ON instance(series_fk);
 CREATE INDEX IF NOT EXISTS study_patient ON study(patient_fk);
 CREATE INDEX IF NOT EXISTS study_date_idx ON study(study_date);
+-- Access control: a study belongs to one or more collections (study.collection is the first).
+CREATE TABLE IF NOT EXISTS study_collection (
+    study_fk INTEGER NOT NULL REFERENCES study(pk) ON DELETE CASCADE,
+    collection TEXT NOT NULL REFERENCES collection(name),
+    PRIMARY KEY (study_fk, collection)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS study_collection_by_name ON study_collection(collection, study_fk);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event TEXT NOT NULL, study_uid TEXT, series_uid TEXT, sop_instance_uid TEXT,
@@ -158,6 +166,22 @@ def _without_bulk(obj: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def scope(principal: Principal, role: str = "read", study: str = "st") -> tuple[str, list[str]]:
+    """The SQL condition (on study alias ``study``) limiting a query to what ``principal`` may ``role``.
+
+    Every catalog read that answers a request takes a principal and adds this to its
+    WHERE clause: filtering happens inside the query, so paging and counts are right.
+    """
+    collections = principal.collections(role)
+    if collections is None:
+        return "1", []
+    if not collections:
+        return "0", []
+    names = sorted(collections)
+    return (f"{study}.pk IN (SELECT sc.study_fk FROM study_collection sc "
+            f"WHERE sc.collection IN ({','.join('?' * len(names))}))", names)
+
+
 class Catalog:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -165,6 +189,15 @@ class Catalog:
                                         row_factory=sqlite3.Row)
         self._parsed: OrderedDict[str, Dataset] = OrderedDict()  # see series_headers
         self._db().executescript(SCHEMA)
+        self._fill_study_collections()
+
+    def _fill_study_collections(self) -> None:
+        """Catalogs written before study_collection existed: one row per study from study.collection."""
+        db = self._db()
+        if db.execute("SELECT 1 FROM study_collection LIMIT 1").fetchone() is None and \
+                db.execute("SELECT 1 FROM study LIMIT 1").fetchone() is not None:
+            with self.transaction() as tx:
+                tx.execute("INSERT OR IGNORE INTO study_collection(study_fk, collection) SELECT pk, collection FROM study")
 
     def _db(self) -> sqlite3.Connection:
         return self._connections.get()
@@ -177,8 +210,13 @@ class Catalog:
 
     # --- writes ---------------------------------------------------------------
 
-    def add_instance(self, new: NewInstance, collection: str) -> None:
-        """Insert the instance and its parents and an outbox event, in one transaction."""
+    def add_instance(self, new: NewInstance, collection: str, writable: frozenset[str] | None = None) -> None:
+        """Insert the instance and its parents and an outbox event, in one transaction.
+
+        The study joins ``collection``. ``writable`` (None: unrestricted) are the collections
+        the sender may write: an existing study outside all of them is refused, so a writer
+        cannot pull another collection's study into its own.
+        """
         from .attributes import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, EXCLUDED_FROM_ROWS
 
         ds = new.dataset
@@ -204,6 +242,13 @@ class Catalog:
             study_fk = self._upsert(db, "study", "study_instance_uid", cols["study"],
                                     {"patient_fk": patient_fk, "collection": collection,
                                      "attrs": json.dumps(study_json)})
+            if writable is not None:
+                held = {r[0] for r in db.execute("SELECT collection FROM study_collection WHERE study_fk=?",
+                                                 (study_fk,))}
+                if held and not held & writable:
+                    raise NotAuthorized("the study is held in collections this sender may not write")
+            db.execute("INSERT OR IGNORE INTO study_collection(study_fk, collection) VALUES (?,?)",
+                       (study_fk, collection))
             series_fk = self._upsert(db, "series", "series_instance_uid", cols["series"],
                                      {"study_fk": study_fk, "attrs": json.dumps(series_json)})
             row = dict(cols["instance"], series_fk=series_fk, transfer_syntax_uid=new.transfer_syntax_uid,
@@ -226,9 +271,15 @@ class Catalog:
                          list(values.values()))
         return cur.lastrowid
 
-    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[InstanceRecord]:
-        """Remove rows (and now-empty parents); returns the removed instances (their bytes go after commit)."""
-        records = self.instances(study_uid, series_uid, sop_uid)
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+               principal: Principal) -> list[InstanceRecord]:
+        """Remove rows (and now-empty parents); returns the removed instances (their bytes go after commit).
+
+        Only what ``principal`` may delete; what it may not even read is "not found".
+        """
+        records = self.instances(study_uid, series_uid, sop_uid, principal=principal, role="delete")
+        if not records and self.instances(study_uid, series_uid, sop_uid, principal=principal):
+            raise NotAuthorized("deleting here needs the delete role on the study's collection")
         if not records:
             raise NotFound("no such study, series or instance")
         with self.transaction() as db:
@@ -237,6 +288,8 @@ class Catalog:
                 db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
                            "VALUES ('deleted',?,?,?,?)", (r.study_uid, r.series_uid, r.sop_instance_uid, time.time()))
             db.execute("DELETE FROM series WHERE NOT EXISTS (SELECT 1 FROM instance i WHERE i.series_fk=series.pk)")
+            db.execute("DELETE FROM study_collection WHERE study_fk IN (SELECT pk FROM study WHERE NOT EXISTS "
+                       "(SELECT 1 FROM series s WHERE s.study_fk=study.pk))")
             db.execute("DELETE FROM study WHERE NOT EXISTS (SELECT 1 FROM series s WHERE s.study_fk=study.pk)")
             db.execute("DELETE FROM patient WHERE NOT EXISTS (SELECT 1 FROM study s WHERE s.patient_fk=patient.pk)")
         return records
@@ -250,8 +303,11 @@ class Catalog:
         "i.concatenation_frame_offset FROM instance i JOIN series se ON i.series_fk=se.pk "
         "JOIN study st ON se.study_fk=st.pk ")
 
-    def instance(self, sop_uid: str) -> InstanceRecord | None:
-        row = self._db().execute(self._INSTANCE_SELECT + "WHERE i.sop_instance_uid=?", (sop_uid,)).fetchone()
+    def instance(self, sop_uid: str, *, principal: Principal) -> InstanceRecord | None:
+        """The instance, or None when it is absent or outside what ``principal`` may read."""
+        cond, params = scope(principal)
+        row = self._db().execute(self._INSTANCE_SELECT + f"WHERE i.sop_instance_uid=? AND {cond}",
+                                 (sop_uid, *params)).fetchone()
         return InstanceRecord(*row) if row else None
 
     def frame_index(self, storage_id: str) -> bytes | None:
@@ -266,9 +322,10 @@ class Catalog:
             self._INSTANCE_SELECT + "WHERE i.concatenation_uid=? ORDER BY i.in_concatenation_number",
             (concatenation_uid,))]
 
-    def instances(self, study_uid: str, series_uid: str | None = None,
-                  sop_uid: str | None = None) -> list[InstanceRecord]:
-        sql, params = self._INSTANCE_SELECT + "WHERE st.study_instance_uid=?", [study_uid]
+    def instances(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+                  principal: Principal, role: str = "read") -> list[InstanceRecord]:
+        cond, params = scope(principal, role)
+        sql, params = self._INSTANCE_SELECT + f"WHERE st.study_instance_uid=? AND {cond}", [study_uid, *params]
         if series_uid:
             sql += " AND se.series_instance_uid=?"
             params.append(series_uid)
@@ -283,17 +340,22 @@ class Catalog:
         row = self._db().execute("SELECT header FROM instance WHERE sop_instance_uid=?", (sop_uid,)).fetchone()
         return zlib.decompress(row[0]).decode() if row else None
 
-    def headers(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> Iterator[tuple[InstanceRecord, str]]:
-        for r in self.instances(study_uid, series_uid, sop_uid):
+    def headers(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
+                principal: Principal) -> Iterator[tuple[InstanceRecord, str]]:
+        for r in self.instances(study_uid, series_uid, sop_uid, principal=principal):
             text = self.header_json(r.sop_instance_uid)
             if text is not None:
                 yield r, text
 
-    def search(self, query: Query, study_uid: str | None = None,
-               series_uid: str | None = None) -> list[dict[str, Any]]:
-        """QIDO / C-FIND: one merged DICOM JSON dict per matching row, in a stable order."""
+    def search(self, query: Query, study_uid: str | None = None, series_uid: str | None = None, *,
+               principal: Principal) -> list[dict[str, Any]]:
+        """QIDO / C-FIND: one merged DICOM JSON dict per matching row, in a stable order.
+
+        Only studies ``principal`` may read exist for the query (and for its paging).
+        """
         level = query.level
-        conds, params = [], []
+        cond, params = scope(principal)
+        conds = [] if cond == "1" else [cond]
         if study_uid:
             conds.append("st.study_instance_uid=?")
             params.append(study_uid)
@@ -341,6 +403,45 @@ class Catalog:
         if level == "instance":
             out.update(json.loads(row["instance_attrs"]))
         return out
+
+    def study_collections(self, study_uid: str) -> list[str]:
+        """Every collection the study belongs to."""
+        return [r[0] for r in self._db().execute(
+            "SELECT sc.collection FROM study_collection sc JOIN study st ON sc.study_fk=st.pk "
+            "WHERE st.study_instance_uid=? ORDER BY sc.collection", (study_uid,))]
+
+    def set_study_collection(self, study_uid: str, collection: str, member: bool = True) -> None:
+        """Add the study to ``collection`` (or take it out; a study keeps at least one)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT pk FROM study WHERE study_instance_uid=?", (study_uid,)).fetchone()
+            if row is None:
+                raise NotFound("no such study")
+            if member:
+                db.execute("INSERT OR IGNORE INTO collection(name) VALUES (?)", (collection,))
+                db.execute("INSERT OR IGNORE INTO study_collection(study_fk, collection) VALUES (?,?)",
+                           (row[0], collection))
+            else:
+                left = db.execute("SELECT count(*) FROM study_collection WHERE study_fk=? AND collection<>?",
+                                  (row[0], collection)).fetchone()[0]
+                if not left:
+                    raise NotAuthorized("a study must stay in at least one collection")
+                db.execute("DELETE FROM study_collection WHERE study_fk=? AND collection=?", (row[0], collection))
+            for (series_uid,) in db.execute("SELECT series_instance_uid FROM series WHERE study_fk=?", (row[0],)):
+                db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
+                           "VALUES ('stored',?,?,NULL,?)", (study_uid, series_uid, time.time()))
+
+    def series_study(self, series_uid: str, *, principal: Principal) -> str | None:
+        """The series' Study Instance UID when ``principal`` may read it, else None."""
+        cond, params = scope(principal)
+        row = self._db().execute("SELECT st.study_instance_uid FROM series se JOIN study st ON se.study_fk=st.pk "
+                                 f"WHERE se.series_instance_uid=? AND {cond}", (series_uid, *params)).fetchone()
+        return row[0] if row else None
+
+    def series_collections(self, series_uid: str) -> list[str]:
+        """Every collection of the series' study (the search index filters on these)."""
+        return [r[0] for r in self._db().execute(
+            "SELECT sc.collection FROM study_collection sc JOIN series se ON se.study_fk=sc.study_fk "
+            "WHERE se.series_instance_uid=? ORDER BY sc.collection", (series_uid,))]
 
     def series_collection(self, series_uid: str) -> str | None:
         row = self._db().execute("SELECT st.collection FROM series se JOIN study st ON se.study_fk=st.pk "
@@ -391,6 +492,6 @@ class Catalog:
 
     def remove_instance_row(self, sop_uid: str) -> None:
         """Drop one instance row whose bytes are gone (``verify --repair``)."""
-        record = self.instance(sop_uid)
+        record = self.instance(sop_uid, principal=SYSTEM)
         if record is not None:
-            self.delete(record.study_uid, record.series_uid, sop_uid)
+            self.delete(record.study_uid, record.series_uid, sop_uid, principal=SYSTEM)

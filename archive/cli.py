@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import ConfigError, Settings, load_settings, parse_remote
+from .access import SYSTEM
 from .errors import ArchiveError
 
 
@@ -171,7 +172,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     corrupt = []
     if args.checksums:
         expected = {r.storage_id: r.sha256 for r in
-                    (archive.catalog.instance(uid) for uid in rows.values()) if r is not None}
+                    (archive.catalog.instance(uid, principal=SYSTEM) for uid in rows.values()) if r is not None}
         corrupt = [sid for sid in rows if sid in on_disk and sha256_of(archive.storage.path(sid)) != expected.get(sid)]
     temps = len(list(archive.storage.tmp.iterdir()))
     print(f"{len(rows)} instances in the catalog, {len(on_disk)} files in storage")
@@ -199,7 +200,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _describe(archive, sop_uid: str) -> str:
     """Study / series / SOP Instance UIDs as stored (pseudonymous under a de-identifying policy)."""
-    record = archive.catalog.instance(sop_uid)
+    record = archive.catalog.instance(sop_uid, principal=SYSTEM)
     if record is None:
         return f"SOP Instance UID {sop_uid}"
     return f"study {record.study_uid} series {record.series_uid} SOP Instance UID {sop_uid}"
@@ -274,9 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checksums", action="store_true", help="also re-hash every stored file")
     p.set_defaults(func=cmd_verify)
 
-    from . import audit_cli
+    from . import audit_cli, keys_cli
 
     audit_cli.register(sub, common)
+    keys_cli.register(sub, common)
     for name in ("deid.cli", "indexer.cli"):
         try:
             module = __import__(name, fromlist=["register"])

@@ -30,6 +30,8 @@ class RemoteAE:
 class PeerRule:
     ae_title: str
     allow: frozenset[str]
+    #: With authentication on, what the peer may do without user identity ("name" or "name:role").
+    collections: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +98,48 @@ class AuditSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class OidcIssuer:
+    """A trusted OpenID Connect issuer of JWT access tokens (Keycloak realm, LS Login, ...)."""
+    issuer: str
+    audience: tuple[str, ...]
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256")
+    #: Where the discovery document is ("" = <issuer>/.well-known/openid-configuration).
+    discovery_url: str = ""
+    #: The claim listing collections: "name" (read) or "name:role"; "*:admin" makes an administrator.
+    collections_claim: str = "collections"
+    #: Whether GA4GH Passport visas in the token (ga4gh_passport_v1) grant collections.
+    passports: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class VisaIssuer:
+    """A GA4GH Passport visa issuer whose ControlledAccessGrants visas grant collections."""
+    issuer: str
+    #: JWKS URLs a visa's ``jku`` header may name; a visa naming any other is ignored.
+    jku: tuple[str, ...]
+    #: visa ``value`` (e.g. a dataset URL) -> collection.
+    collections: tuple[tuple[str, str], ...]
+    roles: tuple[str, ...] = ("read",)
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    #: False: every request acts as an administrator; allowed only when the server binds loopback.
+    enabled: bool = True
+    #: Requests without credentials may read the public collections (and nothing else).
+    anonymous: bool = False
+    public_collections: tuple[str, ...] = ()
+    #: Origins a browser viewer may call from when authentication is on (CORS); "*" only when off.
+    cors_origins: tuple[str, ...] = ()
+    #: A verified token or key is trusted this long (at most until it expires): revocation delay.
+    token_cache_seconds: float = 60
+    #: Print one administrator API key on the first start of an archive that has none.
+    first_admin_key: bool = True
+    issuers: tuple[OidcIssuer, ...] = ()
+    visa_issuers: tuple[VisaIssuer, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./slidearchive-data")
     host: str = "127.0.0.1"
@@ -113,6 +157,11 @@ class Settings:
     tls: TlsSettings = TlsSettings()
     #: Reverse proxies (addresses or networks) whose X-Forwarded-* headers are believed.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    auth: AuthSettings = AuthSettings()
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
 
     def is_trusted_proxy(self, address: str) -> bool:
         return _in_networks(address, self.trusted_proxies)
@@ -204,7 +253,8 @@ def _dimse(table: dict) -> DimseSettings:
         allow = frozenset(p.get("allow", ["store", "query", "retrieve"]))
         if not allow <= {"store", "query", "retrieve"} or "ae_title" not in p:
             raise ConfigError(f"[[dimse.peer]] entry {i + 1}: needs ae_title and allow within store/query/retrieve")
-        peers.append(PeerRule(_ae_title(p["ae_title"]), allow))
+        peers.append(PeerRule(_ae_title(p["ae_title"]), allow,
+                              _strings(p, "collections", f"[[dimse.peer]] entry {i + 1}")))
     kinds = {"enabled": bool, "port": int, "ae_title": str, "max_pdu": int, "network_timeout": float,
              "acse_timeout": float, "dimse_timeout": float, "maximum_associations": int}
     values = {k: _typed(table, k, kinds[k], "dimse") for k in kinds if k in table}
@@ -286,7 +336,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     raw = _read_toml(DEFAULT_FILE)
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
-    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls"}
+    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -320,5 +370,85 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     dangling = results.get("dangling_references", "refuse")
     if dangling not in ("refuse", "warn"):
         raise ConfigError('[results] dangling_references must be "refuse" or "warn"')
+    auth = _auth(raw.get("auth", {}))
+    if not auth.enabled and not _is_loopback(values.get("host", "127.0.0.1")):
+        raise ConfigError("[auth] enabled = false is allowed only when the server binds loopback "
+                          f"(host is {values.get('host')}); configure API keys or an OIDC issuer instead")
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
-                    dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {})))
+                    dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {})),
+                    auth=auth)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _strings(table: dict, key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"[{where}] {key} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _url(value: str, where: str) -> str:
+    if not value.startswith(("https://", "http://")):
+        raise ConfigError(f"[{where}] {value[:80]!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+#: Asymmetric signatures only: an HS256 token "signed" with a public key must never verify.
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+def _auth(table: dict) -> AuthSettings:
+    known = {"enabled", "anonymous", "public_collections", "cors_origins", "token_cache_seconds",
+             "first_admin_key", "issuer", "visa_issuer"}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"[auth] unknown keys: {', '.join(sorted(unknown))}")
+    kinds = {"enabled": bool, "anonymous": bool, "token_cache_seconds": float, "first_admin_key": bool}
+    values: dict[str, Any] = {k: _typed(table, k, kinds[k], "auth") for k in kinds if k in table}
+    if not 0 <= values.get("token_cache_seconds", 60) <= 3600:
+        raise ConfigError("[auth] token_cache_seconds must be 0-3600")
+    issuers = []
+    for i, entry in enumerate(table.get("issuer", [])):
+        where = f"[[auth.issuer]] entry {i + 1}"
+        extra = set(entry) - {"issuer", "audience", "algorithms", "discovery_url", "collections_claim", "passports"}
+        if extra:
+            raise ConfigError(f"{where}: unknown keys: {', '.join(sorted(extra))}")
+        if not isinstance(entry.get("issuer"), str) or not entry.get("audience"):
+            raise ConfigError(f"{where}: needs issuer (a URL) and audience (the archive's client id)")
+        algorithms = _strings(entry, "algorithms", where) or OidcIssuer.algorithms
+        bad = [a for a in algorithms if a not in ALLOWED_ALGORITHMS]
+        if bad:
+            raise ConfigError(f"{where}: algorithms {bad} not allowed (asymmetric only: {', '.join(ALLOWED_ALGORITHMS)})")
+        issuers.append(OidcIssuer(
+            issuer=_url(entry["issuer"], where), audience=_strings(entry, "audience", where), algorithms=algorithms,
+            discovery_url=_url(entry["discovery_url"], where) if entry.get("discovery_url") else "",
+            collections_claim=str(entry.get("collections_claim", "collections")),
+            passports=bool(entry.get("passports", True))))
+    visas = []
+    for i, entry in enumerate(table.get("visa_issuer", [])):
+        where = f"[[auth.visa_issuer]] entry {i + 1}"
+        extra = set(entry) - {"issuer", "jku", "collections", "roles"}
+        if extra:
+            raise ConfigError(f"{where}: unknown keys: {', '.join(sorted(extra))}")
+        mapping = entry.get("collections")
+        if not isinstance(entry.get("issuer"), str) or not entry.get("jku") or not isinstance(mapping, dict):
+            raise ConfigError(f"{where}: needs issuer, jku (allowed JWKS URLs) and collections "
+                              "(a table: visa value -> collection)")
+        roles = _strings(entry, "roles", where) or ("read",)
+        if set(roles) - {"read", "write", "delete"}:
+            raise ConfigError(f"{where}: roles must be within read, write, delete")
+        visas.append(VisaIssuer(entry["issuer"], tuple(_url(u, where) for u in _strings(entry, "jku", where)),
+                                tuple((str(k), str(v)) for k, v in mapping.items()), roles))
+    return AuthSettings(**values, public_collections=_strings(table, "public_collections", "auth"),
+                        cors_origins=_strings(table, "cors_origins", "auth"), issuers=tuple(issuers),
+                        visa_issuers=tuple(visas))

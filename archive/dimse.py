@@ -25,7 +25,9 @@ from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEn
                          JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
                          RLELossless)
 
+from .authn import Authenticator
 from .config import Settings
+from .dimse_identity import association_principal, handle_user_id
 from .dimse_commit import Commitments
 from .dimse_policy import PeerPolicy
 from .dimse_query import handle_find
@@ -84,17 +86,20 @@ def build_ae(settings: Settings) -> AE:
 def handlers(settings: Settings, archive) -> list[tuple]:
     d = settings.dimse
     policy = PeerPolicy.from_settings(d)
+    authenticator = Authenticator(settings, archive.audit)
+    who = partial(association_principal, authenticator=authenticator, policy=policy)
     remotes = {r.ae_title: r for r in d.remotes}
     commitments = Commitments(archive, policy, remotes, d.ae_title,
                               {"acse": d.acse_timeout, "dimse": d.dimse_timeout, "network": d.network_timeout})
     return [
         (evt.EVT_C_ECHO, lambda event: 0x0000),
+        (evt.EVT_USER_ID, partial(handle_user_id, authenticator=authenticator)),
         (evt.EVT_C_STORE, partial(handle_store, archive=archive, policy=policy,
-                                  collection=settings.default_collection)),
-        (evt.EVT_C_FIND, partial(handle_find, archive=archive, policy=policy, ae_title=d.ae_title)),
+                                  collection=settings.default_collection, who=who)),
+        (evt.EVT_C_FIND, partial(handle_find, archive=archive, policy=policy, ae_title=d.ae_title, who=who)),
         (evt.EVT_C_MOVE, partial(handle_move, archive=archive, policy=policy, remotes=remotes,
-                                 max_pdu=d.max_pdu)),
-        (evt.EVT_C_GET, partial(handle_get, archive=archive, policy=policy)),
+                                 max_pdu=d.max_pdu, who=who)),
+        (evt.EVT_C_GET, partial(handle_get, archive=archive, policy=policy, who=who)),
         (evt.EVT_ABORTED, discard_partial),
         (evt.EVT_CONN_CLOSE, discard_partial),
         (evt.EVT_REJECTED, _log_rejected),

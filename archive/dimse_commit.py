@@ -18,6 +18,7 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from .access import SYSTEM
 from .config import RemoteAE
 from .dimse_policy import REFUSED_NOT_AUTHORIZED, STORE, PeerPolicy, calling_ae
 
@@ -54,7 +55,7 @@ def check(catalog, action: Dataset) -> Dataset:
         ref.ReferencedSOPClassUID = sop_class
         ref.ReferencedSOPInstanceUID = sop
         try:
-            record = catalog.instance(sop) if sop else None
+            record = catalog.instance(sop, principal=SYSTEM) if sop else None
         except Exception:  # noqa: BLE001 - reported per instance, not as a dead worker
             record, reason = None, PROCESSING_FAILURE
         else:

@@ -23,10 +23,12 @@ class PeerPolicy:
     """The allow-list; empty means anyone may do anything (the default, loopback-only install)."""
 
     rules: dict[str, frozenset[str]]
+    #: Collection grants ("name" or "name:role") of peers that send no user identity (auth on).
+    grants: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, dimse: DimseSettings) -> "PeerPolicy":
-        return cls({p.ae_title: p.allow for p in dimse.peers})
+        return cls({p.ae_title: p.allow for p in dimse.peers}, {p.ae_title: p.collections for p in dimse.peers})
 
     @property
     def is_open(self) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
@@ -20,6 +20,7 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   PatientRootQueryRetrieveInformationModelGet,
                                   PatientRootQueryRetrieveInformationModelMove)
 
+from .access import Principal
 from .attributes import KEYS, LEVELS
 from .errors import ArchiveError, DatasetDoesNotMatchSOPClass
 from .query import Query, parse_match
@@ -160,8 +161,8 @@ def response(row: dict[str, Any], keys: list[str], level_name: str, ae_title: st
     return ds
 
 
-def results(p: FindPlan, catalog, ae_title: str) -> Iterator[Dataset]:
-    rows = catalog.search(p.query)
+def results(p: FindPlan, catalog, ae_title: str, principal: Principal) -> Iterator[Dataset]:
+    rows = catalog.search(p.query, principal=principal)
     if p.level == "patient":
         rows = _patients(rows)
     keys = _returned_keys(p)
@@ -170,7 +171,8 @@ def results(p: FindPlan, catalog, ae_title: str) -> Iterator[Dataset]:
         yield response(row, keys, level_name, ae_title)
 
 
-def handle_find(event, archive, policy: PeerPolicy, ae_title: str) -> Iterator[tuple[int, Dataset | None]]:
+def handle_find(event, archive, policy: PeerPolicy, ae_title: str,
+                who: Callable[[Any], Principal]) -> Iterator[tuple[int, Dataset | None]]:
     """Pending responses, one per match; C-CANCEL is checked before each."""
     ae = calling_ae(event)
     if not policy.allows(ae, QUERY):
@@ -179,7 +181,7 @@ def handle_find(event, archive, policy: PeerPolicy, ae_title: str) -> Iterator[t
         return
     try:
         p = plan(event.identifier, str(event.request.AffectedSOPClassUID))
-        found = results(p, archive.catalog, ae_title)
+        found = results(p, archive.catalog, ae_title, who(event))
         count = 0
         for ds in found:
             if event.is_cancelled:

@@ -23,6 +23,7 @@ from pynetdicom import build_context, evt
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
+from .access import Principal
 from .catalog import InstanceRecord
 from .config import RemoteAE
 from .errors import ArchiveError, DatasetDoesNotMatchSOPClass
@@ -50,18 +51,18 @@ class StoredRef(Dataset):
         self.stored_syntax = UID(record.transfer_syntax_uid)
 
 
-def select(identifier: Dataset, sop_class: str, catalog) -> list[InstanceRecord]:
+def select(identifier: Dataset, sop_class: str, catalog, principal: Principal) -> list[InstanceRecord]:
     """The stored instances a C-MOVE/C-GET identifier names (same matching as C-FIND)."""
     level = query_level(identifier)
     unique = UNIQUE_KEY[level]
     if not str(identifier.get(unique, "") or "").strip():
         raise DatasetDoesNotMatchSOPClass(f"a {level} retrieve needs {unique}")
     p = plan(identifier, sop_class)
-    rows = catalog.search(Query("instance", p.query.matches))
+    rows = catalog.search(Query("instance", p.query.matches), principal=principal)
     records = []
     for row in rows:
         sop = (row.get("00080018", {}).get("Value") or [None])[0]
-        record = catalog.instance(sop) if sop else None
+        record = catalog.instance(sop, principal=principal) if sop else None
         if record is not None:
             records.append(record)
     return records
@@ -170,7 +171,7 @@ class NotAuthorized(Exception):
 
 
 def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE],
-                max_pdu: int = 0) -> Iterator[Any]:
+                max_pdu: int = 0, *, who: Callable[[Any], Principal]) -> Iterator[Any]:
     """Destination, then sub-operation count, then one pending result per instance."""
     ae = calling_ae(event)
     if not policy.allows(ae, RETRIEVE):
@@ -187,7 +188,7 @@ def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]
         yield None, None  # pynetdicom answers 0xA801 Move destination unknown
         return
     try:
-        records = select(event.identifier, str(event.request.AffectedSOPClassUID), archive.catalog)
+        records = select(event.identifier, str(event.request.AffectedSOPClassUID), archive.catalog, who(event))
         error = None
     except ArchiveError as e:
         records, error = [], e
@@ -206,7 +207,7 @@ def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]
     yield from _sub_operations(event, records, archive, remote)
 
 
-def handle_get(event, archive, policy: PeerPolicy) -> Iterator[Any]:
+def handle_get(event, archive, policy: PeerPolicy, *, who: Callable[[Any], Principal]) -> Iterator[Any]:
     """Sub-operation count, then one pending result per instance, sent on this association."""
     ae = calling_ae(event)
     if not policy.allows(ae, RETRIEVE):
@@ -215,7 +216,7 @@ def handle_get(event, archive, policy: PeerPolicy) -> Iterator[Any]:
         yield _failure(REFUSED_NOT_AUTHORIZED, "calling AE title may not retrieve"), None
         return
     try:
-        records = select(event.identifier, str(event.request.AffectedSOPClassUID), archive.catalog)
+        records = select(event.identifier, str(event.request.AffectedSOPClassUID), archive.catalog, who(event))
     except ArchiveError as e:
         log.warning("C-GET from %s failed: 0x%04X %s", ae, e.dimse_status, e.title)
         yield 1

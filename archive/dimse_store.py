@@ -13,9 +13,11 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 from pydicom.dataset import Dataset
 
+from .access import Principal, target_collection
 from .errors import ArchiveError
 from .ingest import Origin
 from . import dimse_audit
@@ -47,7 +49,7 @@ def _status(code: int, comment: str | None = None) -> Dataset:
     return ds
 
 
-def handle_store(event, archive, policy: PeerPolicy, collection: str) -> Dataset:
+def handle_store(event, archive, policy: PeerPolicy, collection: str, who: Callable[[Any], Principal]) -> Dataset:
     """Store one instance; Success only after the catalog commit."""
     ae = calling_ae(event)
     if not policy.allows(ae, STORE):
@@ -58,7 +60,10 @@ def handle_store(event, archive, policy: PeerPolicy, collection: str) -> Dataset
     except AttributeError:
         return _status(CANNOT_UNDERSTAND, "no data set received")
     try:
-        result = archive.store_file(path, Origin("dimse", ae_title=ae, collection=collection), owned=True)
+        principal = who(event)
+        origin = Origin("dimse", ae_title=ae, collection=target_collection(principal, None, collection),
+                        writable=principal.collections("write"))
+        result = archive.store_file(path, origin, owned=True)
     except ArchiveError as e:
         log.warning("C-STORE from %s failed: 0x%04X %s", ae, e.dimse_status, e.title)
         return _status(e.dimse_status, e.message)

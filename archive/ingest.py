@@ -20,6 +20,7 @@ from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from . import dicomjson
 from . import results  # AI results (issue 6)
+from .access import SYSTEM
 from .catalog import NewInstance
 from .dicomfile import Header, read_full, read_header
 from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
@@ -40,6 +41,9 @@ class Origin:
     kind: str  # stow | dimse | import | api | derived (made by the archive from stored instances)
     ae_title: str | None = None
     collection: str = "default"
+    #: Collections the sender may write (None: unrestricted, e.g. the command line or auth off);
+    #: an existing study outside all of them is refused (archive.catalog.Catalog.add_instance).
+    writable: frozenset[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +198,7 @@ class Ingest:
             with open(temp, "rb") as f:
                 index = index_frames(f, ds, ts, pixel_offset, size)
             layout, index_blob = index.layout, index.pack()
-        existing = self.catalog.instance(ds.SOPInstanceUID)
+        existing = self.catalog.instance(ds.SOPInstanceUID, principal=SYSTEM)
         if existing is not None:
             return self._duplicate(existing, sha, result, temp)
         header_json = dicomjson.to_json(ds)
@@ -205,10 +209,10 @@ class Ingest:
         storage_id = self.storage.commit(temp)
         try:
             self.catalog.add_instance(NewInstance(ds, str(ts), storage_id, size, sha, layout, index_blob,
-                                                  header_json), origin.collection)
+                                                  header_json), origin.collection, origin.writable)
         except DuplicateInstance:
             self.storage.remove(storage_id)
-            existing = self.catalog.instance(ds.SOPInstanceUID)
+            existing = self.catalog.instance(ds.SOPInstanceUID, principal=SYSTEM)
             if existing is None:
                 raise
             return self._duplicate(existing, sha, result, None)

@@ -25,6 +25,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from .access import SYSTEM, Principal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS result_instance (
     result_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
@@ -152,7 +154,7 @@ def record(catalog, ds: Dataset) -> None:
     instance, groups = extract(ds)
     refs = []
     for series, sop in referenced_instances(ds):
-        found = catalog.instance(sop)
+        found = catalog.instance(sop, principal=SYSTEM)
         slide_series = found.series_uid if found is not None else series
         if slide_series:
             refs.append((instance["result_uid"], slide_series, sop))
@@ -242,21 +244,34 @@ def _groups_of(db: sqlite3.Connection, uids: list[str]) -> dict[str, list[dict[s
     return out
 
 
-def results_for_slide(catalog, series_uid: str, current_only: bool = False) -> list[dict[str, Any]]:
-    """Every result referencing the slide series, newest first."""
+def _readable(principal: Principal, study_uid_column: str) -> tuple[str, list[str]]:
+    """Condition: the study named by ``study_uid_column`` is one ``principal`` may read."""
+    from .catalog import scope
+
+    cond, params = scope(principal)
+    if cond == "1":
+        return "1", []
+    return (f"EXISTS (SELECT 1 FROM study st WHERE st.study_instance_uid = {study_uid_column} AND {cond})",
+            params)
+
+
+def results_for_slide(catalog, series_uid: str, current_only: bool = False, *,
+                      principal: Principal) -> list[dict[str, Any]]:
+    """Every result referencing the slide series that ``principal`` may read, newest first."""
     sync(catalog)
     db = _db(catalog)
-    sql = "SELECT * FROM result_link WHERE slide_series_uid=?"
+    cond, params = _readable(principal, "result_link.study_uid")
+    sql = f"SELECT * FROM result_link WHERE slide_series_uid=? AND {cond}"
     if current_only:
         sql += " AND current=1"
-    rows = db.execute(sql + " ORDER BY content_datetime DESC, stored_at DESC", (series_uid,)).fetchall()
+    rows = db.execute(sql + " ORDER BY content_datetime DESC, stored_at DESC", (series_uid, *params)).fetchall()
     groups = _groups_of(db, [r["result_uid"] for r in rows])
     return [_result_dict(r, groups[r["result_uid"]]) for r in rows]
 
 
 def results_summary(catalog, series_uid: str) -> dict[str, Any]:
     """A compact summary for search indexing: algorithms, property types and counts of current results."""
-    results = results_for_slide(catalog, series_uid, current_only=True)
+    results = results_for_slide(catalog, series_uid, current_only=True, principal=SYSTEM)
     algorithms = sorted({(r["algorithm"]["name"], r["algorithm"]["version"] or "", r["algorithm"]["family"] or "")
                          for r in results if r["algorithm"]})
     counts: dict[str, int] = {}
@@ -279,12 +294,17 @@ def results_summary(catalog, series_uid: str) -> dict[str, Any]:
 
 def find_slides(catalog, algorithm: str | None = None, version: str | None = None,
                 property_type: str | None = None, min_count: int | None = None, kind: str | None = None,
-                include_superseded: bool = False, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+                include_superseded: bool = False, limit: int = 100, offset: int = 0, *,
+                principal: Principal) -> list[dict[str, Any]]:
     """Slides with matching results. ``property_type`` matches a code value or meaning (case-insensitive);
     ``min_count``: some matching group has at least that many annotations."""
     sync(catalog)
     db = _db(catalog)
-    conds, params = ["1=1"], []
+    from .catalog import scope
+
+    slide_cond, params = scope(principal)  # the slide's study (st, joined below)
+    result_cond, result_params = _readable(principal, "l.study_uid")
+    conds, params = [slide_cond, result_cond], params + result_params
     if not include_superseded:
         conds.append("l.current=1")
     if kind:

@@ -19,6 +19,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from .access import SYSTEM
 from .errors import DatasetDoesNotMatchSOPClass, ReferenceNotFound
 from . import result_links
 
@@ -193,7 +194,7 @@ def reference_problems(ds: Dataset, catalog) -> list[str]:
     missing, wrong_series, wrong_for = 0, 0, 0
     own_for = ds.get("FrameOfReferenceUID")
     for series, sop in refs:
-        record = catalog.instance(sop)
+        record = catalog.instance(sop, principal=SYSTEM)
         if record is None:
             missing += 1
             continue

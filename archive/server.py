@@ -55,7 +55,33 @@ def _prepare(settings: Settings) -> str | None:
         Archive(settings).storage.sweep_temp()
     except (ConfigError, ValueError) as e:  # deid's PolicyError and the index's config error are ValueErrors
         return str(e)
+    _first_admin_key(settings)
     return None
+
+
+def _first_admin_key(settings: Settings) -> None:
+    """On the first start with authentication on, no API key and no OIDC issuer: one admin key, shown once."""
+    auth = settings.auth
+    if not auth.enabled or not auth.first_admin_key or auth.issuers:
+        return
+    from .apikeys import KeyStore
+
+    keys = KeyStore(settings.secrets_dir)
+    if not keys.is_empty():
+        return
+    key, text = keys.create("first administrator", {}, admin=True)
+    url = f"http://{settings.host}:{settings.http_port}/dicomweb"
+    print(f"""slidearchive: authentication is on and this archive had no API key, so here is an
+  administrator key. It is shown this once (only its hash is stored):
+
+      {text}
+
+  export SLIDEARCHIVE_KEY={text}
+  curl -H "Authorization: Bearer $SLIDEARCHIVE_KEY" {url}/studies
+  storescu --user admin --password "$SLIDEARCHIVE_KEY" ...    (DIMSE user identity)
+  slidearchive keys create --name scanner1 --grant default:write   (keys for systems; see docs/security.md)
+  slidearchive keys revoke {key.id}                                (when you have made your own)
+""", file=sys.stderr, flush=True)
 
 
 def _background_services(settings: Settings) -> None:
@@ -103,9 +129,12 @@ def serve(settings: Settings) -> int:
         problem = pool.submit(_prepare, settings).result()
     if problem is not None:
         raise ConfigError(problem)
-    if settings.host in ("127.0.0.1", "localhost", "::1"):
+    if not settings.auth.enabled:
+        print(f"slidearchive: authentication is OFF ([auth] enabled = false): every request acts as an "
+              f"administrator; allowed on loopback only ({settings.host})", file=sys.stderr)
+    elif settings.host in ("127.0.0.1", "localhost", "::1"):
         print(f"slidearchive: listening on loopback only ({settings.host}); use --host 0.0.0.0 to accept "
-              "other machines (there is no authentication yet)", file=sys.stderr)
+              "other machines (authentication is on: see docs/security.md)", file=sys.stderr)
     background = context.Process(target=_background_services, args=(settings,), name="slidearchive-background",
                                  daemon=True)
     background.start()

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from . import dicomjson
 from .audit import AuditTrail
+from .access import Principal
 from .catalog import Catalog, InstanceRecord
 from .config import Settings
 from .errors import InvalidRequest, NotFound
@@ -78,9 +79,10 @@ class Archive:
 
     # --- reads ------------------------------------------------------------------
 
-    def locate(self, study: str, series: str | None, sop: str) -> InstanceRecord:
-        """The instance, checked to be inside the study (and series) the URL names."""
-        record = self.catalog.instance(sop)
+    def locate(self, study: str, series: str | None, sop: str, principal: Principal) -> InstanceRecord:
+        """The instance, checked to be inside the study (and series) the URL names and readable
+        by ``principal``; "not found" either way, so existence does not leak."""
+        record = self.catalog.instance(sop, principal=principal)
         if record is None or record.study_uid != study or (series and record.series_uid != series):
             raise NotFound("no such instance")
         return record
@@ -158,17 +160,18 @@ class Archive:
         value = elem.value
         return value if isinstance(value, bytes) else b""
 
-    def metadata(self, study: str, series: str | None = None, sop: str | None = None) -> list[tuple[InstanceRecord, str]]:
-        found = list(self.catalog.headers(study, series, sop))
+    def metadata(self, study: str, series: str | None, sop: str | None,
+                 principal: Principal) -> list[tuple[InstanceRecord, str]]:
+        found = list(self.catalog.headers(study, series, sop, principal=principal))
         if not found:
             raise NotFound("no such study, series or instance")
         return found
 
     # --- delete -----------------------------------------------------------------
 
-    def delete(self, study: str, series: str | None = None, sop: str | None = None) -> list[InstanceRecord]:
+    def delete(self, study: str, series: str | None, sop: str | None, principal: Principal) -> list[InstanceRecord]:
         """Remove the instances (catalog first, then bytes); returns what was deleted."""
-        records = self.catalog.delete(study, series, sop)
+        records = self.catalog.delete(study, series, sop, principal=principal)
         for record in records:
             self.storage.remove(record.storage_id)
         return records

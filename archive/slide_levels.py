@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 
+from .access import SYSTEM
 from .catalog import InstanceRecord
 from .errors import InvalidRequest, NotFound
 
@@ -30,7 +31,7 @@ def levels(archive, series_uid: str) -> list[tuple[InstanceRecord, int, int]]:
             sizes.setdefault((int(row["cols"]), int(row["rows"])), row["sop_instance_uid"])
     found = []
     for (cols, height), sop in sorted(sizes.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
-        record = archive.catalog.instance(sop)
+        record = archive.catalog.instance(sop, principal=SYSTEM)
         if record is not None:
             found.append((record, cols, height))
     if not found:

@@ -106,7 +106,9 @@ class SlideArchive(Server):
     aet = os.environ.get("BENCH_SLIDEARCHIVE_AET", "SLIDEARCHIVE")
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "archive.cli", "serve",
+        config = self.workdir / "slidearchive.toml"
+        config.write_text(os.environ.get("BENCH_SLIDEARCHIVE_CONFIG", "[auth]\nenabled = false\n"))
+        return [sys.executable, "-m", "archive.cli", "serve", "--config", str(config),
                 "--data-dir", str(self.workdir / "data"),
                 "--http-port", str(self.http_port),
                 "--dimse-port", str(self.dimse_port),

@@ -11,6 +11,8 @@ import logging
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from archive.access import Principal, requires
+from archive.authn import Authenticator
 from archive.config import Settings
 from archive.errors import ArchiveError
 from archive.service import Archive
@@ -23,9 +25,17 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.extensions["archive"] = archive or Archive(settings)
+    from .auth import install, jsonify_principal
     from .fastframes import FastFrames
 
-    app.wsgi_app = FastFrames(app.wsgi_app, app.extensions["archive"])
+    authenticator = Authenticator(settings, app.extensions["archive"].audit)
+    install(app, authenticator)
+    app.wsgi_app = FastFrames(app.wsgi_app, app.extensions["archive"], authenticator)
+
+    @app.get("/api/whoami")
+    @requires("authenticated")
+    def whoami():
+        return jsonify_principal(principal())
 
     from . import qido, stow, wado
 
@@ -47,15 +57,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
         log.error("unexpected %s in %s %s", type(e).__name__, request.method, request.path)
         return _error(500, "Internal server error", "unexpected server error; see the server log")
 
-    @app.after_request
-    def cors(response):
-        response.headers["Access-Control-Allow-Origin"] = "*"
-        response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Accept, Content-Type, Range, Authorization"
-        response.headers["Access-Control-Expose-Headers"] = "Content-Type, Content-Length, Content-Range, Content-Location, Warning"
-        return response
-
     @app.get("/health")
+    @requires("public")
     def health():
         return jsonify(status="ok")
 
@@ -126,6 +129,14 @@ def client_address(environ: dict, settings_: Settings) -> str | None:
 
 #: Where the authentication layer puts the request's principal (an ``archive.access.Principal``).
 PRINCIPAL_ENVIRON = "slidearchive.principal"
+
+
+def principal() -> Principal:
+    """The request's principal, set by the authentication hook (dicomweb.auth) before the view runs."""
+    found = request.environ.get(PRINCIPAL_ENVIRON)
+    if found is None:
+        raise RuntimeError("no principal: the route is public or the authentication hook did not run")
+    return found
 
 
 def audit(event: str, **fields) -> None:

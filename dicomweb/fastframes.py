@@ -4,46 +4,57 @@ A viewer panning a slide asks for thousands of single frames; Flask's request
 machinery costs more than the frame itself (one indexed SQL lookup and one
 pread). This WSGI middleware answers exactly the common case (GET of one frame,
 sent as stored) and hands everything else, errors included, to the Flask app,
-so behaviour and error messages stay the same.
+so behaviour and error messages stay the same. It authenticates from the same
+credential cache as the app; a request it cannot authenticate, or for an instance
+the principal may not read, goes to Flask, which answers 401 or 404.
 """
 from __future__ import annotations
 
 import re
 from typing import Callable, Iterable
 
+from archive.access import Principal
+from archive.authn import Authenticator, Unauthenticated
 from archive.errors import ArchiveError
 from archive.service import Archive
 
 from . import PRINCIPAL_ENVIRON, client_address, media, multipart
+from .auth import cors_headers, principal_from
 
 _FRAME = re.compile(r"/dicomweb/studies/([0-9.]{1,64})/series/([0-9.]{1,64})/instances/([0-9.]{1,64})/frames/([0-9]{1,9})")
-_CORS = [("Access-Control-Allow-Origin", "*"),
-         ("Access-Control-Expose-Headers", "Content-Type, Content-Length, Content-Range, Content-Location, Warning")]
 
 
 class FastFrames:
-    def __init__(self, app: Callable, archive: Archive):
+    def __init__(self, app: Callable, archive: Archive, authenticator: Authenticator):
         self.app = app
         self.archive = archive
+        self.authenticator = authenticator
+        self.origins = set(archive.settings.auth.cors_origins)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
             m = _FRAME.fullmatch(environ.get("PATH_INFO", ""))
             if m is not None:
-                answer = self._frame(*m.groups(), environ.get("HTTP_ACCEPT"))
+                remote = client_address(environ, self.archive.settings)
+                try:
+                    principal = principal_from(environ, self.authenticator, remote)
+                except Unauthenticated:
+                    return self.app(environ, start_response)  # Flask answers 401 (and audits it)
+                answer = self._frame(*m.groups(), environ.get("HTTP_ACCEPT"), principal)
                 if answer is not None:
                     study, series, sop, _ = m.groups()
-                    self.archive.audit.frame(environ.get(PRINCIPAL_ENVIRON), study, series, sop,
-                                             client_address(environ, self.archive.settings))
+                    environ[PRINCIPAL_ENVIRON] = principal
+                    self.archive.audit.frame(principal, study, series, sop, remote)
                     content_type, body = answer
-                    start_response("200 OK", [("Content-Type", content_type),
-                                              ("Content-Length", str(len(body))), *_CORS])
+                    start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                                              *cors_headers(environ, self.authenticator, self.origins)])
                     return [body]
         return self.app(environ, start_response)
 
-    def _frame(self, study: str, series: str, sop: str, number: str, accept: str | None) -> tuple[str, bytes] | None:
+    def _frame(self, study: str, series: str, sop: str, number: str, accept: str | None,
+               principal: Principal) -> tuple[str, bytes] | None:
         try:
-            record = self.archive.locate(study, series, sop)
+            record = self.archive.locate(study, series, sop, principal)
             choice = media.choose_frame_format(media.parse_accept(accept), record.transfer_syntax_uid, single=True)
             n = int(number)
             if choice is None or choice.decode or not 1 <= n <= self.archive.frame_count(record):

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
+from archive.access import requires
 from archive.attributes import tag_hex
 from archive.dicomjson import dumps
 from archive.errors import NotAcceptable
 from archive.query import parse_qido
 from archive.uids import check_uid
 
-from . import archive, audit, media, resource_url, settings
+from . import archive, audit, media, principal, resource_url, settings
 
 bp = Blueprint("qido", __name__)
 
@@ -54,10 +55,10 @@ def _rows(query, study: str | None, series: str | None) -> list[dict]:
         from indexer.qido import answer
 
         try:
-            return answer(index, catalog, query)
+            return answer(index, catalog, query, principal())
         except (Unanswerable, IndexUnavailable):
             pass
-    return catalog.search(query, study, series)
+    return catalog.search(query, study, series, principal=principal())
 
 
 def _qido_index():
@@ -72,30 +73,36 @@ def _qido_index():
 
 
 @bp.get("/studies")
+@requires("read")
 def studies():
     return _search("study")
 
 
 @bp.get("/series")
+@requires("read")
 def all_series():
     return _search("series")
 
 
 @bp.get("/studies/<study>/series")
+@requires("read")
 def study_series(study: str):
     return _search("series", study)
 
 
 @bp.get("/instances")
+@requires("read")
 def all_instances():
     return _search("instance")
 
 
 @bp.get("/studies/<study>/instances")
+@requires("read")
 def study_instances(study: str):
     return _search("instance", study)
 
 
 @bp.get("/studies/<study>/series/<series>/instances")
+@requires("read")
 def series_instances(study: str, series: str):
     return _search("instance", study, series)

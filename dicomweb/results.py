@@ -16,12 +16,13 @@ from flask import Blueprint, Flask, Response, request, stream_with_context
 from pydicom.filewriter import dcmwrite
 
 from archive import annotations, result_links, segmentations, slide_levels
+from archive.access import requires
 from archive.errors import ArchiveError, InvalidRequest, NotFound, UnsupportedMediaType
-from archive.ingest import Origin
 from archive.results import ANN_CLASS
 from archive.uids import check_uid
 
-from . import archive, resource_url
+from . import archive, principal, resource_url
+from .stow import target_origin
 
 try:  # optional: ten times faster float formatting, same shortest round-trip repr as json
     import orjson
@@ -99,14 +100,16 @@ def _with_urls(result: dict[str, Any]) -> dict[str, Any]:
 
 
 @bp.get("/slides/<series>/results")
+@requires("read")
 def slide_results(series: str):
-    check_uid(series, "SeriesInstanceUID")
-    slide_levels.levels(archive(), series)  # 404 for an unknown slide
-    found = result_links.results_for_slide(archive().catalog, series, current_only=_flag("current"))
+    _readable_slide(series)
+    found = result_links.results_for_slide(archive().catalog, series, current_only=_flag("current"),
+                                           principal=principal())
     return _json({"series": series, "results": [_with_urls(r) for r in found]})
 
 
 @bp.get("/results")
+@requires("read")
 def find_results():
     kind = request.args.get("kind")
     if kind and kind.upper() not in ("ANN", "SEG"):
@@ -115,7 +118,7 @@ def find_results():
         archive().catalog, algorithm=request.args.get("algorithm") or None,
         version=request.args.get("version") or None, property_type=request.args.get("property_type") or None,
         min_count=_int_arg("min_count", None), kind=kind, include_superseded=_flag("include_superseded"),
-        limit=_int_arg("limit", 100, 1, MAX_LIMIT), offset=_int_arg("offset", 0))
+        limit=_int_arg("limit", 100, 1, MAX_LIMIT), offset=_int_arg("offset", 0), principal=principal())
     for slide in slides:
         slide["results"] = [_with_urls(r) for r in slide["results"]]
     return _json({"slides": slides})
@@ -124,14 +127,25 @@ def find_results():
 # --- store ----------------------------------------------------------------------------------
 
 
+def _readable_slide(series: str) -> None:
+    """404 unless the slide exists and the caller may read it (existence must not leak)."""
+    check_uid(series, "SeriesInstanceUID")
+    if archive().catalog.series_study(series, principal=principal()) is None:
+        raise NotFound("no such slide")
+    slide_levels.levels(archive(), series)  # 404 for a series that is no slide
+
+
 def _store(series: str, ds) -> Response:
-    """Write ``ds`` to a temp file and store it through ingest, as a derived object of the slide."""
+    """Write ``ds`` to a temp file and store it through ingest, as a derived object of the slide.
+
+    It goes to ``?collection=`` or the slide's collection, which the caller must be able to write."""
     store = archive()
+    asked = request.args.get("collection") or store.catalog.series_collection(series) or "default"
+    origin = target_origin("derived", asked)
     temp = store.storage.new_temp()
     try:
         dcmwrite(temp, ds, enforce_file_format=True)
-        collection = store.catalog.series_collection(series) or "default"
-        result = store.store_file(temp, Origin("derived", collection=collection), owned=True)
+        result = store.store_file(temp, origin, owned=True)
     finally:
         temp.unlink(missing_ok=True)
     body = {"status": result.status, "study": result.study_uid, "series": result.series_uid,
@@ -172,8 +186,9 @@ def _annotation_request() -> tuple[Any, annotations.Creator, dict, Any]:
 
 
 @bp.post("/slides/<series>/annotations")
+@requires("write")
 def post_annotations(series: str):
-    check_uid(series, "SeriesInstanceUID")
+    _readable_slide(series)
     _, header, cols, rows = slide_levels.level(archive(), series, 0)
     with _gc_paused_while_parsing():
         geojson, creator, classes, category = _annotation_request()
@@ -184,16 +199,17 @@ def post_annotations(series: str):
 
 
 @bp.get("/slides/<series>/annotations")
+@requires("read")
 def get_annotations(series: str):
-    check_uid(series, "SeriesInstanceUID")
-    slide_levels.levels(archive(), series)
+    _readable_slide(series)
     wanted = request.args.get("instance")
-    found = [r for r in result_links.results_for_slide(archive().catalog, series, current_only=not _flag("all"))
+    found = [r for r in result_links.results_for_slide(archive().catalog, series, current_only=not _flag("all"),
+                                                       principal=principal())
              if r["kind"] == "ANN" and r["sop_class"] == ANN_CLASS and (not wanted or r["sop_instance"] == wanted)]
     if wanted and not found:
         raise NotFound("no such annotation instance on this slide")
     store = archive()
-    records = [store.locate(r["study"], r["series"], r["sop_instance"]) for r in found]
+    records = [store.locate(r["study"], r["series"], r["sop_instance"], principal()) for r in found]
     instances = [{"sop_instance": r["sop_instance"], "algorithm": r["algorithm"], "current": r["current"],
                   "url": resource_url(r["study"], r["series"], r["sop_instance"])} for r in found]
 
@@ -218,8 +234,9 @@ def get_annotations(series: str):
 
 
 @bp.post("/slides/<series>/segmentations")
+@requires("write")
 def post_segmentation(series: str):
-    check_uid(series, "SeriesInstanceUID")
+    _readable_slide(series)
     upload = request.files.get("mask")
     if upload is None:
         raise InvalidRequest("send multipart/form-data with a 'mask' PNG file and a 'metadata' JSON field")

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
+from archive.access import requires, target_collection
 from archive.dicomjson import dumps
 from archive.errors import ArchiveError, InvalidRequest, NotAcceptable, UnsupportedMediaType
 from archive.ingest import Origin
 from archive.uids import check_uid
 
-from . import archive, audit, media, multipart, resource_url, settings
+from . import archive, audit, media, multipart, principal, resource_url, settings
 
 bp = Blueprint("stow", __name__)
 
@@ -41,6 +42,7 @@ def _comment(text: str) -> str:
 
 @bp.post("/studies")
 @bp.post("/studies/<study>")
+@requires("write")
 def store(study: str | None = None):
     if study is not None:
         check_uid(study, "StudyInstanceUID")
@@ -51,7 +53,7 @@ def store(study: str | None = None):
     if part_type and part_type != "application/dicom":
         raise UnsupportedMediaType('only type="application/dicom" parts are accepted (no metadata+bulkdata)')
     store = archive()
-    origin = Origin("stow", collection=settings().default_collection)
+    origin = target_origin("stow", request.args.get("collection"))
     referenced, failed, warned = [], [], False
     received: dict[str, list[tuple[str | None, str]]] = {}
     messages = []
@@ -103,6 +105,13 @@ def store(study: str | None = None):
     for message in messages[:100]:
         response.headers.add("Warning", f'299 slidearchive "{_quoted(message)}"')
     return response
+
+
+def target_origin(kind: str, asked: str | None) -> Origin:
+    """Where stored instances go (``?collection=``, see archive.access.target_collection)."""
+    who = principal()
+    return Origin(kind, collection=target_collection(who, asked, settings().default_collection),
+                  writable=who.collections("write"))
 
 
 def _quoted(text: str) -> str:

@@ -9,6 +9,7 @@ import re
 
 from flask import Blueprint, Response, request, stream_with_context
 
+from archive.access import requires
 from archive.catalog import InstanceRecord
 from archive.dicomjson import absolute_bulk_uris
 from archive.dicomfile import read_header
@@ -17,7 +18,7 @@ from archive.frames import _element_header
 from archive.storage import CHUNK
 from archive.uids import check_uid
 
-from . import archive, audit, audit_frames, media, multipart, render, resource_url
+from . import archive, audit, audit_frames, media, multipart, principal, render, resource_url
 
 bp = Blueprint("wado", __name__)
 MAX_FRAMES_PER_REQUEST = 10000
@@ -37,12 +38,13 @@ def _uids(study: str, series: str | None = None, sop: str | None = None) -> None
 @bp.get("/studies/<study>")
 @bp.get("/studies/<study>/series/<series>")
 @bp.get("/studies/<study>/series/<series>/instances/<sop>")
+@requires("read")
 def retrieve(study: str, series: str | None = None, sop: str | None = None):
     _uids(study, series, sop)
     params = media.accepts_multipart(media.parse_accept(request.headers.get("Accept")), "application/dicom")
     if params is None:
         raise NotAcceptable('instances are sent as multipart/related; type="application/dicom"')
-    records = archive().catalog.instances(study, series, sop)
+    records = archive().catalog.instances(study, series, sop, principal=principal())
     if not records:
         raise NotFound("no such study, series or instance")
     wanted = params.get("transfer-syntax")
@@ -76,11 +78,12 @@ def retrieve(study: str, series: str | None = None, sop: str | None = None):
 @bp.get("/studies/<study>/metadata")
 @bp.get("/studies/<study>/series/<series>/metadata")
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/metadata")
+@requires("read")
 def metadata(study: str, series: str | None = None, sop: str | None = None):
     _uids(study, series, sop)
     if not media.accepts(media.parse_accept(request.headers.get("Accept")), "application/dicom+json", "application/json"):
         raise NotAcceptable("metadata is sent as application/dicom+json")
-    found = archive().metadata(study, series, sop)
+    found = archive().metadata(study, series, sop, principal())
     _audit_instances("DICOMInstancesAccessed", [r for r, _ in found])
     parts = [absolute_bulk_uris(text, resource_url(r.study_uid, r.series_uid, r.sop_instance_uid))
              for r, text in found]
@@ -123,10 +126,11 @@ def _byte_range(total: int) -> tuple[int, int] | None:
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/bulkdata/<path:path>")
+@requires("read")
 def bulkdata(study: str, series: str, sop: str, path: str):
     _uids(study, series, sop)
     store = archive()
-    record = store.locate(study, series, sop)
+    record = store.locate(study, series, sop, principal())
     if path.upper() == "7FE00010":
         start, length = _pixel_value_range(record, store.path(record))
         read = lambda a, n: store.read_range(record, start + a, n)  # noqa: E731
@@ -175,11 +179,12 @@ def parse_frame_list(text: str) -> list[int]:
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>")
+@requires("read")
 def frames(study: str, series: str, sop: str, frames: str):
     _uids(study, series, sop)
     numbers = parse_frame_list(frames)
     store = archive()
-    record = store.locate(study, series, sop)
+    record = store.locate(study, series, sop, principal())
     choice = media.choose_frame_format(media.parse_accept(request.headers.get("Accept")),
                                        record.transfer_syntax_uid, single=len(numbers) == 1)
     if choice is None:
@@ -224,20 +229,22 @@ def _instance_image(record: InstanceRecord):
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/rendered")
+@requires("read")
 def rendered_instance(study: str, series: str, sop: str):
     _uids(study, series, sop)
-    record = archive().locate(study, series, sop)
+    record = archive().locate(study, series, sop, principal())
     return _rendered_response(_instance_image(record), record)
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/frames/<frames>/rendered")
+@requires("read")
 def rendered_frame(study: str, series: str, sop: str, frames: str):
     _uids(study, series, sop)
     numbers = parse_frame_list(frames)
     if len(numbers) != 1:
         raise InvalidRequest("rendered frames are served one at a time")
     store = archive()
-    record = store.locate(study, series, sop)
+    record = store.locate(study, series, sop, principal())
     if numbers[0] > store.frame_count(record):
         raise InvalidRequest(f"frame {numbers[0]} out of range 1-{store.frame_count(record)}")
     header = render.header_dict(store.catalog.header_json(sop) or "{}")
@@ -246,19 +253,21 @@ def rendered_frame(study: str, series: str, sop: str, frames: str):
 
 
 @bp.get("/studies/<study>/series/<series>/instances/<sop>/thumbnail")
+@requires("read")
 def thumbnail_instance(study: str, series: str, sop: str):
     _uids(study, series, sop)
-    record = archive().locate(study, series, sop)
+    record = archive().locate(study, series, sop, principal())
     return _rendered_response(_instance_image(record), record, (256, 256))
 
 
 @bp.get("/studies/<study>/thumbnail")
 @bp.get("/studies/<study>/series/<series>/thumbnail")
+@requires("read")
 def thumbnail_series(study: str, series: str | None = None):
     """The smallest pyramid level of the (first) slide: a few tiles, never level 0."""
     _uids(study, series)
     store = archive()
-    records = [r for r in store.catalog.instances(study, series) if r.frame_layout is not None]
+    records = [r for r in store.catalog.instances(study, series, principal=principal()) if r.frame_layout is not None]
     if not records:
         raise NotFound("no images to make a thumbnail from")
     first_series = records[0].series_uid
@@ -280,9 +289,10 @@ def _is_volume(store, record: InstanceRecord) -> bool:
 @bp.delete("/studies/<study>")
 @bp.delete("/studies/<study>/series/<series>")
 @bp.delete("/studies/<study>/series/<series>/instances/<sop>")
+@requires("delete")
 def delete(study: str, series: str | None = None, sop: str | None = None):
     _uids(study, series, sop)
-    _audit_instances("DICOMInstancesDeleted", archive().delete(study, series, sop))
+    _audit_instances("DICOMInstancesDeleted", archive().delete(study, series, sop, principal()))
     return Response(status=204)
 
 

@@ -7,10 +7,13 @@ Retry-After) when the index is down, slow or shedding load.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
+
+from archive.access import requires
 
 from .base import Index, IndexUnavailable
 from .openapi import document
@@ -39,9 +42,11 @@ def search_blueprint(index: Index | Callable[[], Index], retry_after: int = 5) -
         return response
 
     @bp.get("/api/search")
+    @requires("read")
     def search() -> Any:
         try:
             req = parse_search(request.args.items(multi=True))
+            req = dataclasses.replace(req, collections=_readable())
             result = current().search(req)
         except BadQuery as e:
             return error(400, str(e))
@@ -51,10 +56,22 @@ def search_blueprint(index: Index | Callable[[], Index], retry_after: int = 5) -
         return jsonify(result.to_json(req))
 
     @bp.get("/api/search/openapi.json")
+    @requires("public")
     def openapi() -> Any:
         return jsonify(document())
 
     return bp
+
+
+def _readable() -> tuple[str, ...] | None:
+    """The caller's readable collections (None: all), from the principal the archive's
+    authentication hook set; a blueprint mounted without that hook (tests) is unrestricted."""
+    from dicomweb import PRINCIPAL_ENVIRON
+
+    if "authenticator" not in current_app.extensions:
+        return None
+    collections = request.environ[PRINCIPAL_ENVIRON].collections("read")
+    return None if collections is None else tuple(sorted(collections))
 
 
 def register(app: Any) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from pydicom.dataset import Dataset
 
-MAPPING_VERSION = 1
+MAPPING_VERSION = 2  # 2: collections (every collection of the study, for access control)
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 ANN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.91.1"
@@ -43,6 +43,7 @@ FIELDS: tuple[Field, ...] = (
     Field("study_uid", "keyword"),
     Field("kind", "keyword", facet=True),
     Field("collection", "keyword", facet=True),
+    Field("collections", "keyword"),
     Field("sop_classes", "keyword"),
     Field("instance_count", "integer"),
     Field("patient.id", "keyword"),
@@ -430,7 +431,9 @@ def build_document(headers: list[Dataset], collection: str | None = None,
     """The search document of one series.
 
     ``headers``: every instance header of the series. ``ai_headers``: headers of
-    ANN/SEG instances that may reference it (others are ignored). Empty lists
+    ANN/SEG instances that may reference it (others are ignored). ``collections`` (what
+    searches filter on for access control) starts as ``[collection]``; the worker sets every
+    collection of the study. Empty lists
     of values and None are dropped, so a missing attribute is a missing field.
     """
     if not headers:
@@ -449,6 +452,7 @@ def build_document(headers: list[Dataset], collection: str | None = None,
         "study_uid": str(first.get("StudyInstanceUID") or ""),
         "kind": _kind(sop_classes),
         "collection": collection,
+        "collections": [collection] if collection else [],
         "sop_classes": sorted(c for c in sop_classes if c),
         "instance_count": len(headers),
         "patient": {"id": _str(first.get("PatientID")), "sex": _str(first.get("PatientSex")),

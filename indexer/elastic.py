@@ -195,6 +195,8 @@ class ElasticIndex:
             terms.append(("kind", ("slide",)))
         for field, values in terms:
             filters.append({"terms": {field: list(values)}})
+        if request.collections is not None:  # access control: only the caller's collections exist
+            filters.append({"terms": {"collections": list(request.collections)}})
         for field, rng in request.ranges:
             bounds = {k: v for k, v in (("gte", rng.gte), ("lte", rng.lte)) if v is not None}
             if bounds:

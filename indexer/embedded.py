@@ -221,6 +221,10 @@ class EmbeddedIndex:
                 sub.append("v.value <= ?")
                 sp.append(rng.lte)
             parts.append((" AND ".join(sub), sp))
+        if request.collections is not None:  # access control: only the caller's collections exist
+            names = sorted(request.collections)
+            parts.insert(0, (f"v.field = 'collections' AND v.value IN ({','.join('?' * len(names))})", names)
+                         if names else ("0", []))
         if not request.include_all_kinds and "kind" not in dict(request.terms):
             parts.append(("v.field = 'kind' AND v.value = 'slide'", []))
         conds, params = [], []

@@ -128,11 +128,12 @@ def sql_clause(m: Any, fuzzy: bool, vals: str) -> tuple[str, list[Any]]:
 # --- answering --------------------------------------------------------------------
 
 
-def answer(index: Index, catalog: Any, query: Any) -> list[dict[str, Any]]:
+def answer(index: Index, catalog: Any, query: Any, principal: Any) -> list[dict[str, Any]]:
     """Catalog rows for a study/series Query, with the matching done by the index.
 
     Raises Unanswerable when the caller should run ``catalog.search(query)``
-    itself. Attributes to return are still decided by ``query.returned()``.
+    itself. Attributes to return are still decided by ``query.returned()``. The catalog
+    query limits the index's UIDs to what ``principal`` may read (and pages after that).
     """
     from archive.attributes import KEYS
     from archive.query import Match, Query
@@ -142,7 +143,7 @@ def answer(index: Index, catalog: Any, query: Any) -> list[dict[str, Any]]:
         return []
     key = KEYS["StudyInstanceUID" if query.level == "study" else "SeriesInstanceUID"]
     narrowed = Query(query.level, [Match(key, "list", tuple(uids))], None, query.limit, query.offset, query.fuzzy)
-    return catalog.search(narrowed)
+    return catalog.search(narrowed, principal=principal)
 
 
 def replace_matches(query: Any, matches: list[Any]) -> Any:

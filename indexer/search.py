@@ -74,6 +74,8 @@ class SearchRequest:
     page: int = 1
     size: int = 20
     include_all_kinds: bool = False  # default: slides only
+    #: Access control: only documents of these collections exist for the search (None: all).
+    collections: tuple[str, ...] | None = None
 
     @property
     def offset(self) -> int:

@@ -13,6 +13,8 @@ import random
 import threading
 from typing import Any, Iterable
 
+from archive.access import SYSTEM
+
 from .base import Index, IndexUnavailable
 from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document, references
 from .state import IndexState
@@ -35,6 +37,7 @@ class DocumentSource:
         for ai_series in self.state.ai_for_slide(series_uid):
             ai_headers += self.headers(ai_series)
         doc = build_document(headers, self.catalog.series_collection(series_uid), ai_headers)
+        doc["collections"] = self.catalog.series_collections(series_uid) or doc.get("collections", [])
         row = self.study_row(doc.get("study_uid", ""))
         return apply_study_row(doc, row) if row is not None else doc
 
@@ -46,7 +49,7 @@ class DocumentSource:
         if not study_uid:
             return None
         rows = self.catalog.search(Query("study", [Match(KEYS["StudyInstanceUID"], "single", (study_uid,))],
-                                         limit=1))
+                                         limit=1), principal=SYSTEM)
         return rows[0] if rows else None
 
     def note_ai(self, series_uid: str, headers: list[Any]) -> set[str]:

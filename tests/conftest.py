@@ -53,7 +53,7 @@ class Server:
         self.dimse_port = free_port()
         self.log_path = root / "server.log"
         self.config_path = root / "config.toml"
-        self.config_path.write_text(config)
+        self.config_path.write_text(config if "[auth]" in config else AUTH_OFF + config)
         self.dimse = dimse
         self.args = args
         self.process: subprocess.Popen | None = None
@@ -133,6 +133,13 @@ def web_server(tmp_path_factory):
     yield s
     s.stop()
 
+
+#: Tests that do not test access control run with authentication off (allowed on loopback only);
+#: the auth tests write their own [auth] section.
+AUTH_OFF = """
+[auth]
+enabled = false
+"""
 
 IDENTIFIED = """
 [deid]

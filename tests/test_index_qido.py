@@ -5,6 +5,8 @@ import random
 
 import pytest
 
+from archive.access import SYSTEM
+
 from es_node import es_node, make_index, store_series  # noqa: F401  (fixtures)
 from indexer import qido
 from indexer.base import Unanswerable
@@ -170,13 +172,13 @@ def test_generated_queries_match_the_catalog(level, catalog_and_data, make_index
     index.refresh()
     nonempty = 0
     for params, query in _queries(data, level, N_QUERIES // 2, seed=11 if level == "study" else 12):
-        expected_rows = catalog.search(query)
+        expected_rows = catalog.search(query, principal=SYSTEM)
         unpaged = qido.replace_matches(query, query.matches)
         unpaged.limit, unpaged.offset = None, 0
-        expected = sorted({_uid(level, r) for r in catalog.search(unpaged)})
+        expected = sorted({_uid(level, r) for r in catalog.search(unpaged, principal=SYSTEM)})
         got = index.qido_uids(level, query.matches, query.fuzzy, 10_000)
         assert got == expected, params
-        assert qido.answer(index, catalog, query) == expected_rows, params
+        assert qido.answer(index, catalog, query, SYSTEM) == expected_rows, params
         nonempty += bool(expected)
     assert nonempty > N_QUERIES // 6  # the generator really exercises matching, not just misses
 
@@ -187,4 +189,4 @@ def test_answer_refuses_instance_level(catalog_and_data, make_index, tmp_path):
     catalog, _ = catalog_and_data
     index = make_index()
     with pytest.raises(Unanswerable):
-        qido.answer(index, catalog, parse_qido("instance", [("SOPClassUID", "1.2.3")]))
+        qido.answer(index, catalog, parse_qido("instance", [("SOPClassUID", "1.2.3")]), SYSTEM)

@@ -5,6 +5,8 @@ import logging
 
 import pytest
 
+from archive.access import SYSTEM
+
 from es_node import es_node, make_index, store_series  # noqa: F401  (fixtures)
 from indexer import worker as worker_module
 from indexer.reindex import reindex
@@ -46,7 +48,7 @@ def test_worker_indexes_new_series_and_follows_ai_results(setup):
     assert index.get(ann[0].SeriesInstanceUID)["kind"] == "annotation"
     assert index.search(parse_search([("ai.algorithms", "NucleiNet")])).total == 1
 
-    catalog.delete(ann[0].StudyInstanceUID, ann[0].SeriesInstanceUID)
+    catalog.delete(ann[0].StudyInstanceUID, ann[0].SeriesInstanceUID, principal=SYSTEM)
     worker.catch_up()
     index.refresh()
     assert index.get(ann[0].SeriesInstanceUID) is None
@@ -60,9 +62,9 @@ def test_deletes_propagate_and_partial_deletes_update(setup):
         store_series(catalog, h)
     worker.catch_up()
     gone = slides[1][0]
-    catalog.delete(gone.StudyInstanceUID, gone.SeriesInstanceUID)
+    catalog.delete(gone.StudyInstanceUID, gone.SeriesInstanceUID, principal=SYSTEM)
     part = slides[2]
-    catalog.delete(part[0].StudyInstanceUID, part[0].SeriesInstanceUID, part[-1].SOPInstanceUID)
+    catalog.delete(part[0].StudyInstanceUID, part[0].SeriesInstanceUID, part[-1].SOPInstanceUID, principal=SYSTEM)
     worker.catch_up()
     index.refresh()
     assert index.get(gone.SeriesInstanceUID) is None
@@ -125,10 +127,13 @@ def test_rejected_document_is_logged_kept_and_retried_after_a_fix(setup, monkeyp
 def test_reindex_command_and_search_route_in_the_archive_app(tmp_path, capsys):
     """`slidearchive reindex` (archive/cli.py registers it) and /api/search mounted by dicomweb.create_app."""
     from archive.catalog import Catalog
+    import dataclasses
+
     from archive.cli import main
-    from archive.config import load_settings
+    from archive.config import AuthSettings, load_settings
 
     settings = load_settings(None, data_dir=str(tmp_path / "data"))
+    settings = dataclasses.replace(settings, auth=AuthSettings(enabled=False))  # not an access-control test
     catalog = Catalog(settings.catalog_path)
     for n in range(5):
         store_series(catalog, slide_headers(n))

@@ -1,0 +1,67 @@
+"""Deny by default: every route of the app declares what it needs, and none answers data without a principal.
+
+Walks Flask's URL map, so a route added later without ``@requires(...)`` fails here.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from archive.access import REQUIREMENTS
+from archive.config import load_settings
+
+UID = "1.2.3.4"
+VALUES = {"study": UID, "series": UID, "sop": UID, "frames": "1", "path": "7FE00010"}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    import dicomweb
+
+    settings = load_settings(None, data_dir=str(tmp_path_factory.mktemp("routes") / "data"))
+    assert settings.auth.enabled  # the default
+    return dicomweb.create_app(settings)
+
+
+def _rules(app):
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield rule, method
+
+
+def test_every_route_declares_its_requirement(app):
+    undeclared = [rule.rule for rule, _ in _rules(app)
+                  if getattr(app.view_functions[rule.endpoint], "required", None) not in REQUIREMENTS]
+    assert undeclared == []
+
+
+def test_no_route_answers_without_a_principal(app):
+    client = app.test_client()
+    checked = 0
+    for rule, method in _rules(app):
+        _, path = rule.build(VALUES, append_unknown=False)
+        required = app.view_functions[rule.endpoint].required
+        response = client.open(path, method=method, headers={"Accept": "*/*"})
+        if required == "public":
+            assert rule.rule in ("/health", "/api/search/openapi.json"), f"{rule.rule} is public"
+            continue
+        checked += 1
+        assert response.status_code == 401, (method, rule.rule, response.status_code)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert checked >= 25
+
+
+def test_a_route_without_a_declaration_is_refused(app, tmp_path):
+    import dicomweb
+
+    settings = dataclasses.replace(app.config["SETTINGS"], data_dir=tmp_path / "data")
+    fresh = dicomweb.create_app(settings)
+
+    @fresh.get("/api/undeclared")
+    def undeclared():
+        return "data"
+
+    assert fresh.test_client().get("/api/undeclared").status_code == 403
