@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from archive.access import SYSTEM
 from archive.errors import ArchiveError, NotASlide, OutOfResources
 from archive.ingest import Origin, sha256_of
 
@@ -102,12 +103,12 @@ class VendorImporter:
 
     def _all_present(self, fingerprint: str) -> bool:
         rows = self.ledger.instances(fingerprint)
-        return bool(rows) and all(self.archive.catalog.instance(sop) is not None for _, _, sop in rows)
+        return bool(rows) and all(self.archive.catalog.instance(sop, principal=SYSTEM) is not None for _, _, sop in rows)
 
     def _undo(self, fingerprint: str) -> None:
         for study, series, sop in self.ledger.instances(fingerprint):
-            if self.archive.catalog.instance(sop) is not None:
-                self.archive.delete(study, series, sop)
+            if self.archive.catalog.instance(sop, principal=SYSTEM) is not None:
+                self.archive.delete(study, series, sop, SYSTEM)
         self.ledger.forget(fingerprint)
 
 
