@@ -14,8 +14,10 @@ holes, MultiLineString, MultiPolygon and GeometryCollection are refused.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -225,6 +227,24 @@ def _measurement_objects(group: Group):
     return out
 
 
+@contextlib.contextmanager
+def pseudonymous_names_accepted(source: Dataset) -> Iterator[None]:
+    """highdicom warns for every one-component person name it copies from the source image.
+
+    The slide's own names are pseudonyms ("DEID-...", one component by design), not mistakes:
+    that warning is dropped for them, and every other warning is passed on unchanged.
+    """
+    names = {str(e.value) for e in source if e.VR == "PN" and e.VM == 1 and e.value}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        text = str(w.message)
+        if "is unlikely to represent the intended person name" in text and any(f'"{n}"' in text for n in names):
+            continue
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def _source(slide_header: Dataset) -> Dataset:
     """A copy of the slide's header with the Type 2 attributes highdicom copies present (maybe empty)."""
     src = Dataset(slide_header)
@@ -260,8 +280,17 @@ def build(slide_header: Dataset, groups: list[Group], creator: Creator, classes:
             raise InvalidRequest(f"class {group.label}: {str(e).splitlines()[0][:200]}") from None
     annotator = result_codes.text(creator.annotator, "annotator") if creator.annotator else None
     description = result_codes.text(creator.description, "description") if creator.description else None
+    source = _source(slide_header)
+    with pseudonymous_names_accepted(source):
+        return _annotations(hd, source, hd_groups, series_number, description, annotator)
+
+
+def _annotations(hd, source: Dataset, hd_groups: list, series_number: int, description: str | None,
+                 annotator: str | None) -> Dataset:
+    from pydicom.uid import generate_uid
+
     return hd.ann.MicroscopyBulkSimpleAnnotations(
-        source_images=[_source(slide_header)], annotation_coordinate_type="2D", annotation_groups=hd_groups,
+        source_images=[source], annotation_coordinate_type="2D", annotation_groups=hd_groups,
         series_instance_uid=generate_uid(), series_number=series_number, sop_instance_uid=generate_uid(),
         instance_number=1, manufacturer="slidearchive", manufacturer_model_name="slidearchive results API",
         software_versions="1", device_serial_number="1", content_description=description,

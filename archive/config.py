@@ -140,6 +140,22 @@ class AuthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoggingSettings:
+    """Where the server's log and access log go (``[logging]``); see archive/logs.py."""
+
+    level: str = "warning"  # debug | info | warning | error
+    file: str = ""  # empty: standard error; relative paths are under the data directory
+    access_log: bool = True  # one line per HTTP request: method, path, query keys, status, bytes, time
+    format: str = "text"  # text | json (one JSON object per line)
+
+    def path(self, data_dir: Path) -> Path | None:
+        return data_dir / Path(self.file).expanduser() if self.file else None
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./slidearchive-data")
     host: str = "127.0.0.1"
@@ -155,6 +171,7 @@ class Settings:
     dangling_references: str = "refuse"
     audit: AuditSettings = AuditSettings()
     tls: TlsSettings = TlsSettings()
+    logging: LoggingSettings = LoggingSettings()
     #: Reverse proxies (addresses or networks) whose X-Forwarded-* headers are believed.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     auth: AuthSettings = AuthSettings()
@@ -327,6 +344,19 @@ def _tls(table: dict) -> TlsSettings:
     return tls
 
 
+def _logging(table: dict) -> LoggingSettings:
+    kinds = {"level": str, "file": str, "access_log": bool, "format": str}
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise ConfigError(f"[logging] unknown keys: {', '.join(sorted(unknown))}")
+    settings = LoggingSettings(**{k: _typed(table, k, kinds[k], "logging") for k in kinds if k in table})
+    if settings.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"[logging] level must be one of {', '.join(LOG_LEVELS)}")
+    if settings.format not in ("text", "json"):
+        raise ConfigError('[logging] format must be "text" or "json"')
+    return dataclasses.replace(settings, level=settings.level.lower())
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then ``config_file``, then non-None ``overrides`` (from command-line flags).
 
@@ -336,7 +366,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     raw = _read_toml(DEFAULT_FILE)
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
-    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth"}
+    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth", "logging"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -376,7 +406,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                           f"(host is {values.get('host')}); configure API keys or an OIDC issuer instead")
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
                     dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {})),
-                    auth=auth)
+                    auth=auth, logging=_logging(raw.get("logging", {})))
 
 
 def _is_loopback(host: str) -> bool:

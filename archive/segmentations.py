@@ -17,7 +17,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from . import result_codes
-from .annotations import _source
+from .annotations import _source, pseudonymous_names_accepted
 from .errors import InvalidRequest
 
 TYPES = ("BINARY", "FRACTIONAL", "LABELMAP")
@@ -71,7 +71,6 @@ def build(level_header: Dataset, mask: np.ndarray, segments: list[Any], seg_type
           series_number: int = 901) -> Dataset:
     """A tiled highdicom Segmentation of the image ``level_header`` (one pyramid level)."""
     import highdicom as hd
-    from pydicom.uid import generate_uid
 
     seg_type = str(seg_type).upper()
     if seg_type not in TYPES:
@@ -98,15 +97,24 @@ def build(level_header: Dataset, mask: np.ndarray, segments: list[Any], seg_type
         raise InvalidRequest("tiling must be full or sparse")
     if tile is not None and not 16 <= int(tile) <= 4096:
         raise InvalidRequest("tile must be 16-4096 pixels")
+    source = _source(level_header)
     try:
-        return hd.seg.Segmentation(
-            source_images=[_source(level_header)], pixel_array=pixels[None, :, :], segmentation_type=seg_type,
-            segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="slidearchive",
-            manufacturer_model_name="slidearchive results API", software_versions="1", device_serial_number="1",
-            tile_pixel_array=True, tile_size=(int(tile), int(tile)) if tile else None,
-            omit_empty_frames=tiling == "sparse",
-            dimension_organization_type="TILED_SPARSE" if tiling == "sparse" else "TILED_FULL",
-            content_label="SEGMENTATION", max_fractional_value=255)
+        with pseudonymous_names_accepted(source):
+            return _segmentation(hd, source, pixels, seg_type, descriptions, series_number, tiling, tile)
     except ValueError as e:
         raise InvalidRequest(f"cannot build the segmentation: {str(e).splitlines()[0][:200]}") from None
+
+
+def _segmentation(hd, source: Dataset, pixels, seg_type: str, descriptions: list, series_number: int,
+                  tiling: str, tile: int | None) -> Dataset:
+    from pydicom.uid import generate_uid
+
+    return hd.seg.Segmentation(
+        source_images=[source], pixel_array=pixels[None, :, :], segmentation_type=seg_type,
+        segment_descriptions=descriptions, series_instance_uid=generate_uid(), series_number=series_number,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="slidearchive",
+        manufacturer_model_name="slidearchive results API", software_versions="1", device_serial_number="1",
+        tile_pixel_array=True, tile_size=(int(tile), int(tile)) if tile else None,
+        omit_empty_frames=tiling == "sparse",
+        dimension_organization_type="TILED_SPARSE" if tiling == "sparse" else "TILED_FULL",
+        content_label="SEGMENTATION", max_fractional_value=255)

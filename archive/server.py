@@ -90,7 +90,9 @@ def _background_services(settings: Settings) -> None:
     import threading
 
     quiet_libraries()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import configure
+
+    configure(settings.logging, settings.data_dir)
     from .audit_syslog import start as start_forwarder
 
     start_forwarder(settings.audit, settings.data_dir)
@@ -123,6 +125,9 @@ def quiet_libraries() -> None:
 
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM."""
+    from .logs import configure
+
+    configure(settings.logging, settings.data_dir)
     # fork: the supervisor is single-threaded and light here, and fork needs no resource-tracker process
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:

@@ -14,9 +14,14 @@ from flask import Flask
 
 
 def app_from_environment() -> Flask:
+    from archive.logs import AccessLog, configure
     from archive.server import SETTINGS_ENV, quiet_libraries
 
     from . import create_app
 
+    settings = pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV]))
+    configure(settings.logging, settings.data_dir)
     quiet_libraries()
-    return create_app(pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV])))
+    app = create_app(settings)
+    app.wsgi_app = AccessLog(app.wsgi_app)  # outermost: every request, the frame fast path included
+    return app
