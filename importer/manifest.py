@@ -100,7 +100,7 @@ def _text(value: object, where: str, limit: int) -> str | None:
     return text
 
 
-def _entry(row: dict, where: str) -> Entry:
+def entry_from_row(row: dict, where: str) -> Entry:
     unknown = sorted(set(row) - set(COLUMNS))
     if unknown:
         raise InvalidManifest(f"{where}: unknown column(s) {', '.join(unknown)}; columns are {', '.join(COLUMNS)}")
@@ -154,7 +154,7 @@ def load(path: Path) -> Manifest:
             manifest.entries.pop(target, None)
             continue
         try:
-            manifest.entries[target] = _entry(row, where)
+            manifest.entries[target] = entry_from_row(row, where)
         except InvalidManifest as e:
             manifest.errors[key] = e.message
     return manifest

@@ -12,7 +12,7 @@ from archive.access import REQUIREMENTS
 from archive.config import load_settings
 
 UID = "1.2.3.4"
-VALUES = {"study": UID, "series": UID, "sop": UID, "frames": "1", "path": "7FE00010"}
+VALUES = {"study": UID, "series": UID, "sop": UID, "frames": "1", "path": "7FE00010", "job": "0" * 32}
 
 
 @pytest.fixture(scope="module")

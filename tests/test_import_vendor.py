@@ -293,3 +293,45 @@ def test_a_level_one_instance_cannot_hold_is_refused_with_the_reason():
     check_level(Level(200_000, 100_000, 512, 512, 3, 8, encapsulated=True), 0)  # 75k JPEG tiles: fine
     with pytest.raises(ConversionRefused, match="native Pixel Data"):
         check_level(Level(60_000, 40_000, 512, 512, 3, 8, encapsulated=False), 0)
+
+
+def _wait_job(server, location: str) -> dict:
+    for _ in range(600):
+        state = requests.get(location).json()
+        if state["status"] in ("done", "failed"):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"job did not finish: {state}")
+
+
+def test_upload_over_http_converts_in_the_background(make_server, cmu, tmp_path):
+    server = make_server()
+    with open(cmu, "rb") as body:  # streamed from the file, as a pipeline would send it
+        r = requests.post(f"{server.url}/api/imports", data=body,
+                          params={"filename": "cmu.svs", "stain": "SCT:12710003:hematoxylin stain",
+                                  "case_id": "CASE-PLANTED-0099"})
+    assert r.status_code == 202, r.text
+    state = _wait_job(server, r.headers["Location"])
+    assert state["status"] == "done", state
+    result = state["result"]
+    assert result["format"] == "Aperio SVS" and result["lossless"] is True
+    assert result["stored"] == 2 and result["dropped"] == 2
+    assert any("LABEL" in reason for reason in result["dropped_reasons"])
+    series = requests.get(result["series_url"] + "/instances").json()
+    assert len(series) == 2
+    assert "CASE-PLANTED-0099" not in requests.get(result["series_url"] + "/metadata").text
+    assert not list((server.data_dir / "imports" / "jobs").rglob("source.*"))  # the upload is not kept
+    # bad uploads: refused before anything is converted, or failed with the reason
+    bad = requests.post(f"{server.url}/api/imports", data=b"x" * 10,
+                        params={"filename": "a.svs", "stain": "SCT:12710004:hematoxylin stain"})
+    assert bad.status_code == 400 and "check digit" in bad.json()["message"]
+    assert requests.post(f"{server.url}/api/imports", data=b"x", params={"filename": "a.czi"}).status_code == 415
+    assert requests.post(f"{server.url}/api/imports", data=b"", params={"filename": "a.svs"}).status_code == 400
+    assert requests.post(f"{server.url}/api/imports", data=b"x", params={"filename": "a.txt"}).status_code == 400
+    half = cmu.read_bytes()[:400_000]
+    r = requests.post(f"{server.url}/api/imports", data=half, params={"filename": "half.svs"})
+    failed = _wait_job(server, r.headers["Location"])
+    assert failed["status"] == "failed" and failed["error"]["title"] == "Not a slide", failed
+    assert requests.get(f"{server.url}/api/imports/{'0' * 32}").status_code == 404
+    assert requests.get(f"{server.url}/api/imports/..%2F..").status_code == 404
+    assert len(requests.get(f"{server.dicomweb}/instances").json()) == 2  # nothing half-stored
