@@ -12,9 +12,9 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from archive.audit_log import read_records
-from conftest import IDENTIFIED, REPO
+from conftest import IDENTIFIED, REPO, _wait_port, free_port
 from slides import SlideSpec, make_slide
-from test_dimse_tools import AE, dcmtk, find, needs_dcmtk
+from test_dimse_tools import AE, DCMTK, dcmtk, find, needs_dcmtk
 
 CONFIG = IDENTIFIED + """
 [audit]
@@ -44,10 +44,24 @@ def audit_cli(server, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory):
+def destination(tmp_path_factory):
+    """A DCMTK storescp (AE DEST): where C-MOVE exports to."""
+    out = tmp_path_factory.mktemp("dest")
+    port = free_port()
+    proc = subprocess.Popen([str(DCMTK / "storescp"), "-aet", "DEST", "+xa", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    assert _wait_port(port, time.time() + 20)
+    yield out, port
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory, destination):
     from conftest import Server
 
-    server = Server(tmp_path_factory.mktemp("audited"), CONFIG).start()
+    config = CONFIG + f'[[dimse.remote]]\nae_title = "DEST"\nhost = "127.0.0.1"\nport = {destination[1]}\n'
+    server = Server(tmp_path_factory.mktemp("audited"), config).start()
     paths = make_slide(tmp_path_factory.mktemp("slide"), SlideSpec(width=512, height=512, seed=41,
                                                                    patient_name="AUDIT^PATIENT"))
     datasets = [dcmread(p) for p in paths]
@@ -109,6 +123,25 @@ def test_every_door_is_audited_without_phi(audited, tmp_path):
     got = [r for r in events(records, "DICOMInstancesTransferred") if r["user"] == "GETSCU"]
     assert get_begin and got and got[0]["instances"] == len(datasets)  # one series: pyramid, label, overview
     assert all(r["AuditMessage"]["AuditSourceIdentification"]["AuditSourceID"] == "archive-under-test" for r in records)
+
+
+@needs_dcmtk
+def test_c_move_is_an_export_to_its_destination(audited, destination):
+    server, datasets = audited
+    study = datasets[0].StudyInstanceUID
+    result = dcmtk("movescu", "-S", "-aet", "MOVESCU", "-aec", AE, "-aem", "DEST", "-k", "QueryRetrieveLevel=STUDY",
+                   "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.dimse_port))
+    assert result.returncode == 0, result.stderr
+    assert len(list(destination[0].iterdir())) == len(datasets)
+    records = wait_for(server, lambda rs: events(rs, "Export"))
+    (export,) = events(records, "Export")
+    assert (export["user"], export["study"], export["instances"], export["outcome"]) == ("MOVESCU", study,
+                                                                                          len(datasets), 0)
+    requestor, archive, dest = export["AuditMessage"]["ActiveParticipant"]
+    assert requestor["UserIsRequestor"] and archive["RoleIDCode"]["originalText"] == "Source Role ID"
+    assert dest["UserID"] == "DEST" and dest["RoleIDCode"]["originalText"] == "Destination Role ID"
+    begin = [r for r in events(records, "BeginTransferringDICOMInstances") if r["user"] == "MOVESCU"]
+    assert len(begin) == 1
 
 
 def test_delete_and_the_audit_command(audited):
