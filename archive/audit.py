@@ -17,6 +17,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import multiprocessing.util
 import os
 import queue
 import socket
@@ -181,8 +182,9 @@ class AuditTrail:
         self._reported_drops = self.dropped
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
-        if not self._at_exit:
+        if not self._at_exit:  # multiprocessing children (granian's workers) exit without running atexit
             atexit.register(self.close)
+            multiprocessing.util.Finalize(self, self.close, exitpriority=10)
             self._at_exit = True
         self._pid = os.getpid()
 

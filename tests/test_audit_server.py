@@ -174,3 +174,16 @@ def test_stop_records_application_stop(audited):
     stops = [r for r in events(list(read_records(server.data_dir / "audit")), "ApplicationActivity")
              if r["AuditMessage"]["EventIdentification"]["EventTypeCode"][0]["originalText"] == "Application Stop"]
     assert len(stops) == 1
+
+
+def test_frame_counts_are_written_when_the_server_stops(make_server, tmp_path):
+    server = make_server(IDENTIFIED + "[audit]\nframe_interval = 3600\n", dimse=False)
+    paths = make_slide(tmp_path / "slide", SlideSpec(width=256, height=256, seed=43, label=False, overview=False))
+    ds = dcmread(paths[0])
+    DICOMwebClient(url=server.dicomweb).store_instances([ds])
+    url = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    for _ in range(12):
+        assert requests.get(f"{url}/frames/1", headers={"Accept": "application/octet-stream"}).ok
+    server.stop()
+    records = list(read_records(server.data_dir / "audit"))
+    assert sum(r.get("frames", 0) for r in events(records, "DICOMInstancesTransferred")) == 12
