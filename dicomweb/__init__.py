@@ -25,7 +25,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.extensions["archive"] = archive or Archive(settings)
-    from .auth import install, jsonify_principal
+    from .auth import alert_if_hidden, install, jsonify_principal
     from .fastframes import FastFrames
 
     authenticator = Authenticator(settings, app.extensions["archive"].audit)
@@ -45,6 +45,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
 
     @app.errorhandler(ArchiveError)
     def archive_error(e: ArchiveError):
+        alert_if_hidden(e)
         return _error(e.http_status, e.title, e.message)
 
     @app.errorhandler(HTTPException)

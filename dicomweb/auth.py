@@ -87,6 +87,31 @@ def install(app: Flask, authenticator: Authenticator) -> None:
         return response
 
 
+def alert_if_hidden(error: Exception) -> None:
+    """A "not found" for something that exists outside the principal's collections: a Security Alert
+    (the client still gets the plain 404; checked only on this error path, never on success)."""
+    from archive.access import SYSTEM
+    from archive.errors import NotFound
+
+    from . import PRINCIPAL_ENVIRON, archive, audit
+
+    principal = request.environ.get(PRINCIPAL_ENVIRON)
+    args = request.view_args or {}
+    if not isinstance(error, NotFound) or principal is None or principal.collections("read") is None:
+        return
+    catalog = archive().catalog
+    study = args.get("study")
+    try:
+        hidden = (bool(catalog.instances(study, principal=SYSTEM)) if study
+                  else bool(args.get("series") and catalog.series_study(args["series"], principal=SYSTEM)))
+    except Exception:  # noqa: BLE001 - a malformed UID is simply not found
+        return
+    if hidden:
+        audit("SecurityAlert", outcome=4, study=study, series=args.get("series"),
+              detail={"type": "Use of Restricted Function",
+                      "description": f"{request.method} {request.endpoint}: outside the principal's collections"})
+
+
 def cors_headers(environ: dict, authenticator: Authenticator, origins: set[str]) -> list[tuple[str, str]]:
     """The CORS headers of the frame fast path (the same rules as ``cors`` above)."""
     expose = ("Access-Control-Expose-Headers", "Content-Type, Content-Length, Content-Range, Content-Location, Warning")

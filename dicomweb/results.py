@@ -22,6 +22,7 @@ from archive.results import ANN_CLASS
 from archive.uids import check_uid
 
 from . import archive, principal, resource_url
+from .auth import alert_if_hidden
 from .stow import target_origin
 
 try:  # optional: ten times faster float formatting, same shortest round-trip repr as json
@@ -260,4 +261,5 @@ def post_segmentation(series: str):
 
 @bp.errorhandler(ArchiveError)
 def _archive_error(e: ArchiveError):
+    alert_if_hidden(e)
     return _json({"status": e.http_status, "error": e.title, "message": e.message}, e.http_status)

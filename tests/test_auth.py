@@ -224,15 +224,8 @@ def test_bad_tokens_are_refused_without_detail(archive, studies, oidc, loopback,
 
 def test_a_refused_token_is_a_security_alert(archive, studies):
     requests.get(f"{archive.dicomweb}/studies", headers=bearer("sa_0123456789ab_" + "B" * 43))
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        lines = [json.loads(line) for f in sorted((archive.data_dir / "audit").glob("*.jsonl"))
-                 for line in f.read_text().splitlines()]
-        if any("unknown or revoked API key" in json.dumps(m) for m in lines):
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError("no Security Alert for a refused API key in the audit trail")
+    assert _wait_audit(archive, lambda m: m["event"] == "SecurityAlert"
+                       and "unknown or revoked API key" in json.dumps(m))
 
 
 def test_unknown_kid_refetches_the_issuers_keys(archive, studies, loopback):
@@ -351,6 +344,18 @@ def test_wado_of_another_collection_is_404_not_403(archive, studies, oidc):
         r = requests.get(f"{archive.dicomweb}{path}", headers={**bearer(token), "Accept": accept})
         assert r.status_code == 404, (path, r.status_code)
         assert b["study"] not in r.text and b["sop"] not in r.text
+    assert _wait_audit(archive, lambda m: m["event"] == "SecurityAlert" and m.get("study") == b["study"])
+
+
+def _wait_audit(server: Server, matches) -> bool:
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        records = [json.loads(line) for f in sorted((server.data_dir / "audit").glob("*.jsonl"))
+                   for line in f.read_text().splitlines()]
+        if any(matches(r) for r in records):
+            return True
+        time.sleep(0.3)
+    return False
 
 
 @pytest.mark.parametrize("uid", ["1' OR '1'='1", "..%2F..%2Fcatalog.sqlite", "1.2.3;DROP TABLE study",
