@@ -3,19 +3,20 @@
 Compound actions in Table E.1-1 (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) depend on the
 attribute's type in the IOD at hand; highdicom packages the standard's
 SOP class -> IOD -> module -> attribute tables as JSON, which we read here once per
-SOP class. Conditional types count as their unconditional type (1C as 1, 2C as 2):
-we cannot evaluate the condition cheaply, and assuming it holds keeps the result valid.
+SOP class, straight from the files: importing highdicom (for its loaders) and keeping
+its parsed tables cached cost every ingesting process about 90 MB of resident memory
+(the module table alone is 22 MB of JSON); only the small per-class result is kept.
+Conditional types count as their unconditional type (1C as 1, 2C as 2): we cannot
+evaluate the condition cheaply, and assuming it holds keeps the result valid.
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 from dataclasses import dataclass
 from functools import lru_cache
-
-from highdicom._standard_utils import (
-    get_iod_module_map,
-    get_module_attribute_map,
-    get_sop_class_iod_map,
-)
+from pathlib import Path
+from typing import Any
 
 _RANK = {"1": 1, "1C": 1, "2": 2, "2C": 2, "3": 3}
 
@@ -43,16 +44,25 @@ class IodTypes:
         return self.by_keyword.get(keyword, 3)
 
 
+def _standard_table(name: str) -> Any:
+    """One of highdicom's tables of the standard (``_standard/<name>.json``), without importing highdicom."""
+    spec = importlib.util.find_spec("highdicom")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("highdicom is not installed (its tables of the standard are needed)")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "_standard"
+    return json.loads((folder / f"{name}.json").read_bytes())
+
+
 @lru_cache(maxsize=64)
 def iod_types(sop_class_uid: str) -> IodTypes:
-    """Build (and cache) the type lookup for a SOP class."""
-    iod = get_sop_class_iod_map().get(str(sop_class_uid))
+    """Build (and cache) the type lookup for a SOP class; the big tables are dropped afterwards."""
+    iod = _standard_table("sop_class_iod_map").get(str(sop_class_uid))
     if iod is None:
         return IodTypes(None, {}, {})
-    modules = get_module_attribute_map()
+    modules = _standard_table("module_attribute_map")
     by_path: dict[tuple[str, ...], int] = {}
     by_keyword: dict[str, int] = {}
-    for module in get_iod_module_map().get(iod, []):
+    for module in _standard_table("iod_module_map").get(iod, []):
         for attr in modules.get(module["key"], []):
             rank = _RANK.get(attr["type"], 3)
             key = tuple(attr["path"]) + (attr["keyword"],)
