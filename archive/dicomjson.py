@@ -7,9 +7,10 @@ served, so the catalog never stores a host name.
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
@@ -34,12 +35,167 @@ def _element(elem: DataElement, path: str) -> dict[str, Any]:
 
 
 def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
-    """DICOM JSON of ``ds``; nested bulk paths carry the sequence tags and item indices."""
+    """DICOM JSON of ``ds``; nested bulk paths carry the sequence tags and item indices.
+
+    Elements pydicom has not parsed yet (sequences included) are converted from their
+    bytes where that is simple (``_from_bytes``): pydicom's own parsing and conversion
+    was most of the CPU of storing a small instance. The answer is the same either
+    way; anything unusual (other character sets, implicit VR, UN) goes through pydicom.
+    """
     out: dict[str, Any] = {}
-    for elem in ds:
-        if elem.tag.element == 0 or elem.tag.group in (0x0002, 0xFFFE):
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 or tag.group in (0x0002, 0xFFFE):
             continue  # group lengths, file meta and item tags are not part of the model
-        out[f"{elem.tag:08X}"] = _element(elem, path)
+        raw = ds.get_item(tag)
+        fast = None
+        if isinstance(raw, RawDataElement) and raw.VR is not None and raw.is_little_endian and raw.value is not None:
+            fast = _from_bytes(int(tag), raw.VR, raw.value, path)
+        out[f"{tag:08X}"] = fast if fast is not None else _element(ds[tag], path)
+    return out
+
+
+_STRUCTS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+_SPLIT_STRIP = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # ASCII; padding off the end, then split
+_TEXT = frozenset({"SH", "LO", "UC"})  # split, then padding off each value
+_SINGLE_TEXT = frozenset({"ST", "LT", "UT"})  # never split
+_EMPTY_OK = frozenset(_STRUCTS) | _SPLIT_STRIP | _TEXT | _SINGLE_TEXT | {"IS", "DS", "SQ", "AT"}
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
+_HEADER = struct.Struct("<HH2sH")
+_U32 = struct.Struct("<I")
+_UNDEFINED = 0xFFFFFFFF
+
+
+class _Unusual(Exception):
+    """Bytes this converter leaves to pydicom."""
+
+
+def _from_bytes(tag: int, vr: str, value: bytes, path: str) -> dict[str, Any] | None:
+    """DICOM JSON of one explicit VR little endian element from its value bytes, or None."""
+    try:
+        return _convert(tag, vr, value, path)
+    except (_Unusual, struct.error, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _convert(tag: int, vr: str, value: bytes, path: str) -> dict[str, Any]:
+    if vr == "SQ":
+        items = _items(value)
+        prefix = f"{path}{tag:08X}/"
+        return {"vr": "SQ", "Value": [_item_json(item, f"{prefix}{i}/") for i, item in enumerate(items)]}
+    if vr == "UN":
+        raise _Unusual  # pydicom gives a known tag its dictionary VR
+    if vr in BINARY_VRS:
+        if len(value) > INLINE_LIMIT:
+            return {"vr": vr, "BulkDataURI": f"bulkdata/{path}{tag:08X}"}
+        raise _Unusual  # short binary values are inlined by pydicom
+    if not value:
+        if vr in _EMPTY_OK:
+            return {"vr": vr}
+        raise _Unusual
+    if vr in _STRUCTS:
+        code = _STRUCTS[vr]
+        size = struct.calcsize(code)
+        if len(value) % size:
+            raise _Unusual
+        return {"vr": vr, "Value": list(struct.unpack(f"<{len(value) // size}{code}", value))}
+    if vr == "AT":
+        if len(value) % 4:
+            raise _Unusual
+        pairs = struct.unpack(f"<{len(value) // 2}H", value)
+        return {"vr": "AT", "Value": [f"{g:04X}{e:04X}" for g, e in zip(pairs[::2], pairs[1::2])]}
+    if not value.isascii() or b"\x1b" in value:
+        raise _Unusual  # other character sets: pydicom decodes them
+    text = value.decode("ascii")
+    if vr in _SPLIT_STRIP:
+        strings = text.rstrip(" \x00").split("\\")
+    elif vr in _TEXT:
+        strings = [v.rstrip("\x00 ") for v in text.split("\\")]
+    elif vr in _SINGLE_TEXT:
+        strings = [text.rstrip("\x00 ")]
+    elif vr in ("IS", "DS"):
+        parts = text.strip(" \x00").split("\\")
+        return {"vr": vr, "Value": [int(v) if vr == "IS" else float(v) for v in parts]}  # ValueError: pydicom's way
+    else:
+        raise _Unusual
+    return {"vr": vr} if strings == [""] else {"vr": vr, "Value": strings}
+
+
+def _items(value: bytes) -> list[list[tuple[int, str, bytes]]]:
+    """The items of an encoded explicit VR little endian sequence value, as (tag, VR, value) lists."""
+    items, pos, end = [], 0, len(value)
+    while pos < end:
+        group, elem, _, _ = _HEADER.unpack_from(value, pos)
+        length = _U32.unpack_from(value, pos + 4)[0]
+        pos += 8
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            break
+        if (group, elem) != (0xFFFE, 0xE000):
+            raise _Unusual
+        if length == _UNDEFINED:
+            elements, pos = _elements(value, pos, end, until_delimiter=True)
+        else:
+            elements, _ = _elements(value, pos, pos + length, until_delimiter=False)
+            pos += length
+        items.append(elements)
+    return items
+
+
+def _elements(value: bytes, pos: int, end: int, until_delimiter: bool) -> tuple[list[tuple[int, str, bytes]], int]:
+    out = []
+    while pos < end:
+        group, elem, raw_vr, short = _HEADER.unpack_from(value, pos)
+        if group == 0xFFFE:
+            if elem == 0xE00D and until_delimiter:
+                return out, pos + 8
+            raise _Unusual
+        if raw_vr in _LONG_VRS:
+            length = _U32.unpack_from(value, pos + 8)[0]
+            pos += 12
+        else:
+            length = short
+            pos += 8
+        vr = raw_vr.decode("ascii")
+        if length == _UNDEFINED:
+            if vr != "SQ":
+                raise _Unusual
+            start = pos
+            pos = _skip_undefined_sequence(value, pos, end)
+            out.append(((group << 16) | elem, vr, value[start:pos]))
+            continue
+        if pos + length > end:
+            raise _Unusual
+        out.append(((group << 16) | elem, vr, value[pos:pos + length]))
+        pos += length
+    if until_delimiter:
+        raise _Unusual  # no item delimiter
+    return out, pos
+
+
+def _skip_undefined_sequence(value: bytes, pos: int, end: int) -> int:
+    """Position after the sequence delimiter of an undefined-length sequence starting at ``pos``."""
+    while pos < end:
+        group, elem, _, _ = _HEADER.unpack_from(value, pos)
+        length = _U32.unpack_from(value, pos + 4)[0]
+        pos += 8
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            return pos
+        if (group, elem) != (0xFFFE, 0xE000):
+            raise _Unusual
+        if length == _UNDEFINED:
+            _, pos = _elements(value, pos, end, until_delimiter=True)
+        else:
+            pos += length
+    raise _Unusual
+
+
+def _item_json(elements: list[tuple[int, str, bytes]], path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag, vr, value in sorted(elements, key=lambda e: e[0]):
+        if tag & 0xFFFF == 0 or tag >> 16 in (0x0002, 0xFFFE):
+            continue
+        if tag >> 16 & 1 and vr not in BINARY_VRS:
+            raise _Unusual  # private elements: pydicom knows some of their VRs
+        out[f"{tag:08X}"] = _convert(tag, vr, value, path)
     return out
 
 

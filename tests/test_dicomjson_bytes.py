@@ -1,0 +1,56 @@
+"""DICOM JSON converted from unparsed element bytes equals pydicom's own conversion.
+
+``archive.dicomjson.to_json`` converts elements (and whole sequences) pydicom has not
+parsed straight from their bytes, for speed; this checks the answer is the same as
+when every element has been parsed by pydicom first, on the shared test data and on
+pydicom's own test files (other character sets, implicit VR, private and UN elements).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from archive import dicomjson
+
+from conftest import SHARED_DATA
+
+PYDICOM_DATA = Path(pydicom.__file__).parent / "data"  # the files installed with pydicom (no download)
+PYDICOM_FILES = ["test_files/CT_small.dcm", "test_files/MR_small.dcm", "test_files/MR_small_implicit.dcm",
+                 "test_files/rtplan.dcm", "test_files/rtdose_rle.dcm", "test_files/nested_priv_SQ.dcm",
+                 "test_files/priv_SQ.dcm", "test_files/UN_sequence.dcm", "test_files/reportsi.dcm",
+                 "test_files/reportsi_with_empty_number_tags.dcm", "test_files/empty_charset_LEI.dcm",
+                 "test_files/ExplVR_BigEnd.dcm", "test_files/image_dfl.dcm",
+                 "charset_files/chrH31.dcm", "charset_files/chrJapMulti.dcm", "charset_files/chrX1.dcm"]
+
+
+def _parse_everything(ds: pydicom.Dataset) -> None:
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _parse_everything(item)
+
+
+def _files() -> list[Path]:
+    files = sorted(Path(SHARED_DATA).glob("*.dcm"))
+    return files + [PYDICOM_DATA / name for name in PYDICOM_FILES]
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.name)
+def test_json_from_bytes_equals_pydicom(path: Path) -> None:
+    unparsed = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    parsed = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    _parse_everything(parsed)
+    assert dicomjson.to_json(unparsed) == dicomjson.to_json(parsed)
+
+
+def test_sequences_are_converted_without_pydicom_parsing_them() -> None:
+    """The fast path is taken (else this module tests nothing new): a raw sequence stays raw."""
+    path = next(p for p in _files() if p.name == "sm_image.dcm")
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    raw_sequences = [t for t in ds.keys() if isinstance(ds.get_item(t), pydicom.dataelem.RawDataElement)
+                     and ds.get_item(t).VR == "SQ"]
+    assert raw_sequences
+    dicomjson.to_json(ds)
+    assert all(isinstance(ds.get_item(t), pydicom.dataelem.RawDataElement) for t in raw_sequences)
