@@ -15,7 +15,7 @@ import requests
 import tifffile
 
 from test_faults import small_disk  # noqa: F401  (a tmpfs of a few MB: a disk that fills)
-from vendor_files import PHI, cmu_small_region, make_generic_tiff, make_svs
+from vendor_files import PHI, cmu_small_region, make_generic_tiff, make_ndpi, make_svs
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SLIDEARCHIVE_TEST_CACHE", Path.home() / ".cache" / "slidearchive-tests"))
@@ -162,6 +162,74 @@ def test_generated_svs_with_manifest_leaves_no_planted_vendor_text(make_server, 
         time.sleep(0.1)
     assert found["total"] == 1, found
     assert found["hits"][0]["collection"] == "study7", found
+
+
+def _quantization_tables(jpeg: bytes) -> list[bytes]:
+    tables, at = [], 2
+    while at < len(jpeg) and jpeg[at] == 0xFF and jpeg[at + 1] != 0xDA:
+        length = int.from_bytes(jpeg[at + 2:at + 4], "big")
+        if jpeg[at + 1] == 0xDB:
+            tables.append(jpeg[at + 4:at + 2 + length])
+        at += 2 + length
+    return tables
+
+
+def test_ndpi_strips_become_tiles_without_re_quantisation(make_server, tmp_path):
+    """NDPI pages are one JPEG strip; opentile cuts tiles out of it in the DCT domain (no new quantisation)."""
+    server = make_server()
+    ndpi = make_ndpi(tmp_path / "slide.ndpi")
+    result = run("import", str(ndpi), "--data-dir", str(server.data_dir), "-q")
+    assert result.returncode == 0, result.stderr
+    instances = _instances(server)
+    kinds = sorted(_image_type(i) for i in instances)
+    assert kinds == ["VOLUME", "VOLUME"], kinds  # the macro (it shows the label) dropped by the Basic policy
+    with tifffile.TiffFile(ndpi) as tif:
+        source = tif.pages[0].asarray()
+        source_tables = _quantization_tables(_source_tiles(ndpi, 0)[0])
+    base = next(i for i in instances if i["00480006"]["Value"][0] == 2048)
+    frames = _volume_frames(server, base)
+    columns = int(base["00280011"]["Value"][0])
+    across = -(-2048 // columns)
+    from PIL import Image
+    import io
+
+    for k, frame in enumerate(frames):
+        assert _quantization_tables(frame) == source_tables
+        tile = np.asarray(Image.open(io.BytesIO(frame)).convert("RGB")).astype(int)
+        y, x = (k // across) * columns, (k % across) * columns
+        part = source[y:y + columns, x:x + columns].astype(int)
+        h, w = part.shape[:2]
+        assert np.abs(tile[:h, :w] - part).mean() < 1.0
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            _phi_free(path.read_bytes(), str(path))
+    _phi_free(requests.get(f"{server.dicomweb}/instances", params={"includefield": "all"}).content, "QIDO")
+
+
+BLANK_OVERVIEW = """
+[deid]
+default = "research"
+[deid.policies.research]
+overview = "blank"
+overview_label_area = [0, 0, 300, 400]
+"""
+
+
+def test_a_macro_is_kept_blanked_when_the_policy_says_so(make_server, tmp_path):
+    server = make_server(BLANK_OVERVIEW)
+    svs = make_svs(tmp_path / "s.svs", width=1024, height=768, seed=15, levels=1)
+    result = run("import", str(svs), "--data-dir", str(server.data_dir), "--config", str(server.config_path), "-q")
+    assert result.returncode == 0, result.stderr
+    instances = _instances(server)
+    assert sorted(_image_type(i) for i in instances) == ["OVERVIEW", "THUMBNAIL", "VOLUME"]  # LABEL: dropped
+    overview = next(i for i in instances if _image_type(i) == "OVERVIEW")
+    from PIL import Image
+    import io
+
+    macro = np.asarray(Image.open(io.BytesIO(_volume_frames(server, overview)[0])).convert("RGB")).astype(int)
+    assert macro[:384, :272].max() < 16  # the label end, blanked (away from the edge's JPEG ringing)
+    assert macro[:, 320:].mean() > 60  # the rest is still the slide
+    assert overview["00280301"]["Value"] == ["NO"]  # Burned In Annotation: cleaned
 
 
 def test_openslide_formats_are_re_encoded_and_say_so(make_server, tmp_path):

@@ -3,6 +3,7 @@ SVS-, NDPI- and generic-TIFF-structured files written with tifffile (with PHI pl
 their text metadata, so the tests can show it never reaches storage)."""
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 import zipfile
@@ -90,4 +91,59 @@ def make_generic_tiff(path: Path, width: int = 1536, height: int = 1024, seed: i
                   resolutionunit="CENTIMETER")
         tif.write(image[::2, ::2], tile=(256, 256), compression="jpeg", photometric="rgb", metadata=None,
                   resolution=(10000, 10000), resolutionunit="CENTIMETER")
+    return path
+
+
+
+def _jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def make_ndpi(path: Path, width: int = 2048, height: int = 1536, seed: int = 21) -> Path:
+    """An NDPI-structured file: one JPEG strip per page, Hamamatsu's private tags (PHI in the text ones),
+    and NDPI's 64-bit IFD offsets (which tifffile's writer does not produce, so it is laid out here)."""
+    image = tissue(height, width, seed)
+    pages = [(image, 20.0, 20000), (image[::2, ::2], 20.0, 10000), (tissue(400, 1200, seed + 1), -1.0, 500)]
+    with open(path, "wb") as f:
+        f.write(b"II*\x00" + b"\x00" * 8)  # first IFD offset (8 bytes in NDPI) patched below
+        link = 4
+        for array, magnification, per_cm in pages:
+            strip = _jpeg(array)
+            strip_at = f.tell()
+            f.write(strip)
+            h, w = array.shape[:2]
+            text = {271: "Hamamatsu", 272: "C13220", 305: "NDP.scan 3.4", 65427: PHI["barcode"],
+                    65442: "SN-112233", 65449: f"[Operator]\nName={PHI['operator']}\nPath={PHI['path']}\n"}
+            blobs = {code: value.encode() + b"\x00" for code, value in text.items()}
+            blobs[258] = struct.pack("<3H", 8, 8, 8)
+            blobs[282] = blobs[283] = struct.pack("<2I", per_cm, 1)
+            where = {}
+            for code, blob in blobs.items():
+                where[code] = f.tell()
+                f.write(blob + b"\x00" * (len(blob) % 2))
+            entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, where[258]), (259, 3, 1, 7), (262, 3, 1, 6),
+                       (271, 2, len(blobs[271]), where[271]), (272, 2, len(blobs[272]), where[272]),
+                       (273, 4, 1, strip_at), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, len(strip)),
+                       (282, 5, 1, where[282]), (283, 5, 1, where[283]), (296, 3, 1, 3),
+                       (305, 2, len(blobs[305]), where[305]), (65420, 4, 1, 1), (65421, 11, 1, magnification),
+                       (65422, 9, 1, 0), (65423, 9, 1, 0), (65424, 9, 1, 0),
+                       (65427, 2, len(blobs[65427]), where[65427]), (65442, 2, len(blobs[65442]), where[65442]),
+                       (65449, 2, len(blobs[65449]), where[65449])]
+            ifd_at = f.tell()
+            f.seek(link)
+            f.write(struct.pack("<Q", ifd_at))
+            f.seek(ifd_at)
+            f.write(struct.pack("<H", len(entries)))
+            for code, kind, count, value in entries:
+                packed = (struct.pack("<f", value) if kind == 11 else struct.pack("<i", value) if kind == 9
+                          else struct.pack("<I", value) if kind in (4, 2, 5) or count > 1 else struct.pack("<HH", value, 0))
+                f.write(struct.pack("<HHI", code, kind, count) + packed)
+            link = f.tell()
+            f.write(b"\x00" * (8 + 4 * len(entries)))  # next IFD (8 bytes in NDPI), then each value's high bytes
     return path
