@@ -21,7 +21,7 @@ from archive.errors import ArchiveError, InvalidRequest, NotFound, UnsupportedMe
 from archive.results import ANN_CLASS
 from archive.uids import check_uid
 
-from . import archive, principal, resource_url
+from . import archive, audit, principal, resource_url
 from .auth import alert_if_hidden
 from .stow import target_origin
 
@@ -106,6 +106,8 @@ def slide_results(series: str):
     _readable_slide(series)
     found = result_links.results_for_slide(archive().catalog, series, current_only=_flag("current"),
                                            principal=principal())
+    audit("Query", series=series, query=request.args.to_dict(flat=False),
+          detail={"description": f"results of a slide, {len(found)} found"})
     return _json({"series": series, "results": [_with_urls(r) for r in found]})
 
 
@@ -122,6 +124,7 @@ def find_results():
         limit=_int_arg("limit", 100, 1, MAX_LIMIT), offset=_int_arg("offset", 0), principal=principal())
     for slide in slides:
         slide["results"] = [_with_urls(r) for r in slide["results"]]
+    audit("Query", query=request.args.to_dict(flat=False), detail={"description": f"results, {len(slides)} slides"})
     return _json({"slides": slides})
 
 
@@ -154,6 +157,9 @@ def _store(series: str, ds) -> Response:
             "url": resource_url(result.study_uid, result.series_uid, result.sop_instance_uid)}
     if result.warning is not None:
         body["warning"] = {"status": result.warning, "message": result.message}
+    if result.status == "stored":
+        audit("DICOMInstancesTransferred", study=result.study_uid, series=result.series_uid,
+              instances=[(result.sop_class_uid, result.sop_instance_uid)], detail={"action": "C"})
     return _json(body, 201)
 
 
@@ -211,6 +217,9 @@ def get_annotations(series: str):
         raise NotFound("no such annotation instance on this slide")
     store = archive()
     records = [store.locate(r["study"], r["series"], r["sop_instance"], principal()) for r in found]
+    for study in {r.study_uid for r in records}:
+        audit("DICOMInstancesAccessed", study=study,
+              instances=[(r.sop_class_uid, r.sop_instance_uid) for r in records if r.study_uid == study])
     instances = [{"sop_instance": r["sop_instance"], "algorithm": r["algorithm"], "current": r["current"],
                   "url": resource_url(r["study"], r["series"], r["sop_instance"])} for r in found]
 

@@ -53,7 +53,12 @@ def search_blueprint(index: Index | Callable[[], Index], retry_after: int = 5) -
         except IndexUnavailable as e:
             log.warning("search answered 503: %s", e)
             return error(503, f"the search index is unavailable, retry later ({e})")
-        return jsonify(result.to_json(req))
+        answer = result.to_json(req)
+        from dicomweb import audit
+
+        audit("Query", query=request.args.to_dict(flat=False),
+              detail={"description": f"search API, {answer.get('total', len(answer.get('hits', [])))} hits"})
+        return jsonify(answer)
 
     @bp.get("/api/search/openapi.json")
     @requires("public")

@@ -1,6 +1,7 @@
 """The audit trail of a real server: every door it has today, over real sockets, and ``slidearchive audit``."""
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -142,6 +143,21 @@ def test_c_move_is_an_export_to_its_destination(audited, destination):
     assert dest["UserID"] == "DEST" and dest["RoleIDCode"]["originalText"] == "Destination Role ID"
     begin = [r for r in events(records, "BeginTransferringDICOMInstances") if r["user"] == "MOVESCU"]
     assert len(begin) == 1
+
+
+def test_search_and_results_apis_are_audited(audited):
+    server, datasets = audited
+    assert requests.get(f"{server.url}/api/search", params={"q": "Johnathan Doe", "size": "5"}).ok
+    assert requests.get(f"{server.url}/api/slides/{datasets[0].SeriesInstanceUID}/results").ok
+    records = wait_for(server, lambda rs: len([r for r in events(rs, "Query") if r["study"] is None]) >= 3)
+    search = [r for r in events(records, "Query") if "search API" in
+              r["AuditMessage"]["EventIdentification"].get("EventOutcomeDescription", "")]
+    assert len(search) == 1
+    query = json.loads(base64.b64decode(search[0]["AuditMessage"]["ParticipantObjectIdentification"][0]
+                                        ["ParticipantObjectQuery"]))
+    assert query == {"q": "<redacted>", "size": "5"}
+    results = [r for r in events(records, "Query") if r["series"] == datasets[0].SeriesInstanceUID]
+    assert len(results) == 1
 
 
 def test_delete_and_the_audit_command(audited):
