@@ -149,14 +149,16 @@ def test_search_and_results_apis_are_audited(audited):
     server, datasets = audited
     assert requests.get(f"{server.url}/api/search", params={"q": "Johnathan Doe", "size": "5"}).ok
     assert requests.get(f"{server.url}/api/slides/{datasets[0].SeriesInstanceUID}/results").ok
-    records = wait_for(server, lambda rs: len([r for r in events(rs, "Query") if r["study"] is None]) >= 3)
+    slide = datasets[0].SeriesInstanceUID
+    records = wait_for(server, lambda rs: [r for r in events(rs, "Query") if r["series"] == slide] and
+                       [r for r in events(rs, "Query") if "size" in json.dumps(r)])
     search = [r for r in events(records, "Query") if "search API" in
               r["AuditMessage"]["EventIdentification"].get("EventOutcomeDescription", "")]
     assert len(search) == 1
     query = json.loads(base64.b64decode(search[0]["AuditMessage"]["ParticipantObjectIdentification"][0]
                                         ["ParticipantObjectQuery"]))
     assert query == {"q": "<redacted>", "size": "5"}
-    results = [r for r in events(records, "Query") if r["series"] == datasets[0].SeriesInstanceUID]
+    results = [r for r in events(records, "Query") if r["series"] == slide]
     assert len(results) == 1
 
 
