@@ -151,7 +151,7 @@ def test_search_and_results_apis_are_audited(audited):
     assert requests.get(f"{server.url}/api/slides/{datasets[0].SeriesInstanceUID}/results").ok
     slide = datasets[0].SeriesInstanceUID
     records = wait_for(server, lambda rs: [r for r in events(rs, "Query") if r["series"] == slide] and
-                       [r for r in events(rs, "Query") if "size" in json.dumps(r)])
+                       [r for r in events(rs, "Query") if "search API" in json.dumps(r)])
     search = [r for r in events(records, "Query") if "search API" in
               r["AuditMessage"]["EventIdentification"].get("EventOutcomeDescription", "")]
     assert len(search) == 1
