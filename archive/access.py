@@ -80,10 +80,12 @@ def anonymous(public_collections: Iterable[str]) -> Principal:
 def target_collection(principal: Principal, asked: str | None, default: str) -> str:
     """Where new instances go: the collection asked for, else the principal's only writable one,
     else ``default``; raises NotAuthorized when the principal may not write there."""
-    from .errors import NotAuthorized
+    from .errors import InvalidRequest, NotAuthorized
 
     writable = principal.collections("write")
     if asked:
+        if len(asked) > 64 or not asked.isprintable() or asked == ALL:
+            raise InvalidRequest("a collection name is 1-64 printable characters")
         collection = asked
     elif writable is not None and len(writable) == 1:
         collection = next(iter(writable))

@@ -499,3 +499,22 @@ def test_anonymous_reads_public_collections_only(make_server, tmp_path):
     assert len(everything) == 2 and len(public) == 1 and public[0] in everything
     r = requests.post(f"{server.dicomweb}/studies", data=b"", headers={"Content-Type": "multipart/related; boundary=x"})
     assert r.status_code == 403
+
+
+def test_a_study_in_two_collections_is_seen_by_readers_of_either(archive, studies, oidc):
+    b = studies["b"][0]
+    token = oidc.token("coll-a")
+    assert b["study"] not in study_uids(qido_studies(archive, token))
+    assert cli(archive, "collection", "add", b["study"], "a") == "a b"
+    assert b["study"] in study_uids(qido_studies(archive, token))
+    assert b["study"] in study_uids(qido_studies(archive, oidc.token("passport")))  # b's readers still see it
+    deadline = time.time() + 30
+    while time.time() < deadline:  # the search index follows through the outbox
+        hits = requests.get(f"{archive.url}/api/search", params={"study_uid": b["study"]},
+                            headers=bearer(token)).json()["hits"]
+        if hits:
+            break
+        time.sleep(0.5)
+    assert hits and set(hits[0]["collections"]) == {"a", "b"}
+    assert cli(archive, "collection", "remove", b["study"], "a") == "b"
+    assert b["study"] not in study_uids(qido_studies(archive, token))
