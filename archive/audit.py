@@ -25,7 +25,7 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping, NamedTuple, Protocol
 
 from . import audit_messages
 from .audit_log import AuditLogFile
@@ -54,6 +54,23 @@ class LocalUser:
             return cls(getpass.getuser())
         except Exception:  # no login name in some containers
             return cls(f"uid:{os.getuid()}")
+
+
+class _Record(NamedTuple):
+    """What a request thread queues: the message is built by the writer thread, off the request."""
+    time: datetime
+    event: str
+    user: str
+    kind: str
+    outcome: int
+    remote: str | None
+    study: str | None
+    series: str | None
+    listed: list[tuple[str | None, str]]
+    count: int
+    query: dict[str, Any] | None
+    detail: dict[str, Any]
+    counts: dict[str, int] | None = None
 
 
 @dataclasses.dataclass
@@ -100,8 +117,9 @@ class AuditTrail:
                 raise ValueError(f"unknown audit event {event!r}")
             listed, count = audit_messages.normalise_instances(instances, MAX_LISTED_INSTANCES)
             details = {"description": detail} if isinstance(detail, str) else dict(detail or {})
-            item = (datetime.now(timezone.utc), event, self._subject(principal, event), _kind(principal, event),
-                    int(outcome), remote, study, series, listed, count, dict(query) if query is not None else None, details, None)
+            item = _Record(datetime.now(timezone.utc), event, self._subject(principal, event), _kind(principal, event),
+                           int(outcome), remote, study, series, listed, count,
+                           dict(query) if query is not None else None, details)
             self._queue().put_nowait(item)
         except queue.Full:
             self.dropped += 1
@@ -213,29 +231,28 @@ class AuditTrail:
             if closed:
                 return
 
-    def _write(self, records: list[tuple]) -> None:
+    def _write(self, records: list[_Record]) -> None:
         if not records:
             return
-        lines = [json.dumps(self._line(*r), separators=(",", ":"), ensure_ascii=False) for r in records]
+        lines = [json.dumps(self._line(r), separators=(",", ":"), ensure_ascii=False) for r in records]
         self._file.append(("\n".join(lines) + "\n").encode("utf-8"), datetime.now(timezone.utc))
         self.written += len(lines)
 
-    def _line(self, when, event, user, kind, outcome, remote, study, series, listed, count, query, detail,
-              counts) -> dict[str, Any]:
+    def _line(self, r: _Record) -> dict[str, Any]:
         """The flat fields ``slidearchive audit`` filters on, and the standard message itself."""
-        message = audit_messages.build(event, time=when, user=user, kind=kind, outcome=outcome, remote=remote,
-                                       study=study, series=series, instances=listed, query=query, detail=detail,
-                                       source=self.source, counts=counts)
-        line: dict[str, Any] = {"time": message["EventIdentification"]["EventDateTime"], "event": event,
-                                "user": user, "kind": kind, "outcome": outcome, "remote": remote,
-                                "study": audit_messages.safe_uid(study), "series": audit_messages.safe_uid(series),
-                                "instances": count}
-        if counts:
-            line.update(counts)
+        message = audit_messages.build(r.event, time=r.time, user=r.user, kind=r.kind, outcome=r.outcome,
+                                       remote=r.remote, study=r.study, series=r.series, instances=r.listed,
+                                       query=r.query, detail=r.detail, source=self.source, counts=r.counts)
+        line: dict[str, Any] = {"time": message["EventIdentification"]["EventDateTime"], "event": r.event,
+                                "user": r.user, "kind": r.kind, "outcome": r.outcome, "remote": r.remote,
+                                "study": audit_messages.safe_uid(r.study),
+                                "series": audit_messages.safe_uid(r.series), "instances": r.count}
+        if r.counts:
+            line.update(r.counts)
         line["AuditMessage"] = message
         return line
 
-    def _due_transfers(self, everything: bool) -> list[tuple]:
+    def _due_transfers(self, everything: bool) -> list[_Record]:
         """Instances Transferred for each (principal, series) whose interval is over; idle ones end."""
         now = time.monotonic()
         out = []
@@ -247,21 +264,20 @@ class AuditTrail:
                     del self._transfers[key]
                 if t.frames:
                     user, kind, study, series = key
-                    out.append((datetime.now(timezone.utc), "DICOMInstancesTransferred", user, kind, 0, t.remote,
-                                study, series, [(None, s) for s in sorted(t.sops)], len(t.sops), None, {},
-                                {"frames": t.frames}))
+                    out.append(_Record(datetime.now(timezone.utc), "DICOMInstancesTransferred", user, kind, 0,
+                                       t.remote, study, series, [(None, s) for s in sorted(t.sops)], len(t.sops),
+                                       None, {}, {"frames": t.frames}))
                     t.frames, t.sops, t.last_flush = 0, set(), now
         return out
 
-    def _drop_report(self) -> list[tuple]:
+    def _drop_report(self) -> list[_Record]:
         lost = self.dropped - self._reported_drops
         if not lost:
             return []
         self._reported_drops = self.dropped
-        return [(datetime.now(timezone.utc), "SecurityAlert", self.source["id"], "system", 4, None, None, None, [],
-                 0, None, {"type": "Audit Recording Stopped",
-                           "description": f"{lost} audit records dropped: queue of {self.settings.queue_size} full"},
-                 None)]
+        return [_Record(datetime.now(timezone.utc), "SecurityAlert", self.source["id"], "system", 4, None, None,
+                        None, [], 0, None, {"type": "Audit Recording Stopped", "description":
+                                            f"{lost} audit records dropped: queue of {self.settings.queue_size} full"})]
 
 
 _START_LOCK = threading.Lock()
