@@ -2,7 +2,7 @@
 # Install what the tests need (DCMTK, dicom3tools, Python packages, an Elasticsearch 8 node's jars
 # from Maven Central) and run the whole suite. Extra arguments go to pytest.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$(readlink -f "$0")")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 if ! command -v /usr/bin/storescu >/dev/null || ! command -v dciodvfy >/dev/null \
     || [ ! -x /usr/sbin/rsyslogd ] || [ ! -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] \
@@ -13,7 +13,7 @@ if ! command -v /usr/bin/storescu >/dev/null || ! command -v dciodvfy >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk dicom3tools \
     rsyslog rsyslog-gnutls nginx libturbojpeg0 >/dev/null
 fi
-python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
+python3 scripts/installed.py test || python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 mvn -q -f indexer/es-runner/pom.xml dependency:copy-dependencies
 # OIDC providers for the authentication tests: mock-oauth2-server and Keycloak (unpacked once)
 mvn -q -f tests/oidc/pom.xml dependency:copy-dependencies
