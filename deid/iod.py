@@ -5,7 +5,8 @@ attribute's type in the IOD at hand; highdicom packages the standard's
 SOP class -> IOD -> module -> attribute tables as JSON, which we read here once per
 SOP class, straight from the files: importing highdicom (for its loaders) and keeping
 its parsed tables cached cost every ingesting process about 90 MB of resident memory
-(the module table alone is 22 MB of JSON); only the small per-class result is kept.
+(the module table alone is 22 MB of JSON); only the modules of the IOD at hand are
+parsed and only the small per-class result is kept.
 Conditional types count as their unconditional type (1C as 1, 2C as 2): we cannot
 evaluate the condition cheaply, and assuming it holds keeps the result valid.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -44,13 +47,44 @@ class IodTypes:
         return self.by_keyword.get(keyword, 3)
 
 
-def _standard_table(name: str) -> Any:
-    """One of highdicom's tables of the standard (``_standard/<name>.json``), without importing highdicom."""
+def _standard_file(name: str) -> Path:
+    """One of highdicom's tables of the standard (``_standard/<name>.json``), found without importing highdicom."""
     spec = importlib.util.find_spec("highdicom")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("highdicom is not installed (its tables of the standard are needed)")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "_standard"
-    return json.loads((folder / f"{name}.json").read_bytes())
+    return Path(next(iter(spec.submodule_search_locations))) / "_standard" / f"{name}.json"
+
+
+def _standard_table(name: str) -> Any:
+    return json.loads(_standard_file(name).read_bytes())
+
+
+def _module_attributes(keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The attribute lists of these modules only, from the 22 MB module table.
+
+    The file is indented JSON with one top-level key per module, each module's list
+    running from ``\\n  "key": [`` to the next ``\\n  ]``; one scan finds them and
+    only the wanted slices are parsed (a few MB of memory, against 67 MB for the whole
+    table). Should the layout ever differ, the whole table is parsed instead.
+    """
+    path = _standard_file("module_attribute_map")
+    found: dict[str, list[dict[str, Any]]] = {}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        starts = {m.group(1).decode(): m.end() - 1 for m in _MODULE_KEY.finditer(data)}
+        try:
+            for key in keys:
+                if key not in starts:
+                    raise ValueError(key)
+                begin = starts[key]
+                found[key] = json.loads(data[begin:data.find(b"\n  ]", begin) + 4])
+            return found
+        except ValueError:
+            pass
+    table = _standard_table("module_attribute_map")
+    return {key: table[key] for key in keys if key in table}
+
+
+_MODULE_KEY = re.compile(rb'\n  "([^"\n]+)": \[')
 
 
 @lru_cache(maxsize=64)
@@ -59,10 +93,11 @@ def iod_types(sop_class_uid: str) -> IodTypes:
     iod = _standard_table("sop_class_iod_map").get(str(sop_class_uid))
     if iod is None:
         return IodTypes(None, {}, {})
-    modules = _standard_table("module_attribute_map")
+    iod_modules = _standard_table("iod_module_map").get(iod, [])
+    modules = _module_attributes([module["key"] for module in iod_modules])
     by_path: dict[tuple[str, ...], int] = {}
     by_keyword: dict[str, int] = {}
-    for module in _standard_table("iod_module_map").get(iod, []):
+    for module in iod_modules:
         for attr in modules.get(module["key"], []):
             rank = _RANK.get(attr["type"], 3)
             key = tuple(attr["path"]) + (attr["keyword"],)
