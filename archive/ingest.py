@@ -8,6 +8,7 @@ the earlier steps wrote, so nothing is ever half-stored.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -17,7 +18,6 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
-from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from . import dicomjson
 from . import results  # AI results (issue 6)
@@ -31,7 +31,17 @@ from .storage import CHUNK, copy_range, raise_for_os_error, spool
 from .uids import is_valid_uid
 
 log = logging.getLogger(__name__)
-STORAGE_SOP_CLASSES = frozenset(_STORAGE_CLASSES.values())
+
+
+@functools.cache
+def storage_sop_classes() -> frozenset[str]:
+    """The storage SOP classes accepted (pynetdicom's list; imported on first use, as an
+    HTTP worker that only serves frames never needs pynetdicom's 7 MB)."""
+    from pynetdicom.sop_class import _STORAGE_CLASSES
+
+    return frozenset(_STORAGE_CLASSES.values())
+
+
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -66,7 +76,7 @@ def validate(ds: Dataset) -> None:
             raise DatasetDoesNotMatchSOPClass(f"missing {keyword}")
         if not is_valid_uid(str(value)):
             raise DatasetDoesNotMatchSOPClass(f"malformed {keyword}: expected digits and dots, at most 64 characters")
-    if ds.SOPClassUID not in STORAGE_SOP_CLASSES:
+    if ds.SOPClassUID not in storage_sop_classes():
         raise SOPClassNotSupported("SOP Class UID is not a storage SOP class this archive accepts")
     meta_class = ds.file_meta.get("MediaStorageSOPClassUID")
     if meta_class and meta_class != ds.SOPClassUID:
