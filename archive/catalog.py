@@ -15,9 +15,13 @@ import time
 import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from pydicom import dcmread
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from .attributes import KEYS, LEVELS, Key
 from .access import SYSTEM, Principal
@@ -83,6 +87,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 HEADER_CACHE = 2048
+SHARED_SEQUENCES = 512
+SHARED_SEQUENCE_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,11 +189,15 @@ def scope(principal: Principal, role: str = "read", study: str = "st") -> tuple[
 
 
 class Catalog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, stored_file: Callable[[str], Path] | None = None):
+        """``stored_file``: storage id -> path of the stored file; when given, ``series_headers``
+        reads headers from the stored files (faster than from the catalog's DICOM JSON)."""
         self.path = Path(path)
+        self._stored_file = stored_file
         self._connections = Connections(self.path, ("synchronous=FULL", "foreign_keys=ON"), timeout=60,
                                         row_factory=sqlite3.Row)
         self._parsed: OrderedDict[str, Dataset] = OrderedDict()  # see series_headers
+        self._sequences: OrderedDict[tuple, DataElement] = OrderedDict()  # see _share_sequences
         self._db().executescript(SCHEMA)
         self._fill_study_collections()
 
@@ -224,7 +234,8 @@ class Catalog:
         cols["study"].pop("modalities_in_study")
         study_json = _subset(new.header_json, STUDY_ATTRIBUTES)
         series_json = _subset(new.header_json, SERIES_ATTRIBUTES)
-        rest = {kw for kw in (e.keyword for e in ds if e.keyword)} - STUDY_ATTRIBUTES - SERIES_ATTRIBUTES
+        # keywords from the tags alone: iterating ``ds`` would make pydicom parse every element
+        rest = {kw for kw in map(keyword_for_tag, ds.keys()) if kw} - STUDY_ATTRIBUTES - SERIES_ATTRIBUTES
         instance_json = _subset(new.header_json, rest - EXCLUDED_FROM_ROWS)
         header = zlib.compress(json.dumps(new.header_json, separators=(",", ":")).encode(), 3)
         with self.transaction() as db:
@@ -454,14 +465,16 @@ class Catalog:
         Parsed headers are cached by SOP Instance UID (a stored instance never changes):
         a series that grows one instance at a time is then parsed once, not once per event.
         """
-        rows = self._db().execute("SELECT i.sop_instance_uid, i.header FROM instance i JOIN series se "
+        rows = self._db().execute("SELECT i.sop_instance_uid, i.storage_id FROM instance i JOIN series se "
                                   "ON i.series_fk=se.pk WHERE se.series_instance_uid=? ORDER BY i.pk",
                                   (series_uid,)).fetchall()
         out = []
-        for sop, blob in rows:
+        for sop, storage_id in rows:
             ds = self._parsed.get(sop)
             if ds is None:
-                ds = Dataset.from_json(_without_bulk(json.loads(zlib.decompress(blob))))
+                ds = self._stored_header(sop, storage_id)
+                if ds is None:
+                    continue  # deleted meanwhile
                 self._parsed[sop] = ds
                 while len(self._parsed) > HEADER_CACHE:
                     self._parsed.popitem(last=False)
@@ -469,6 +482,45 @@ class Catalog:
                 self._parsed.move_to_end(sop)
             out.append(ds)
         return out
+
+    def _stored_header(self, sop_uid: str, storage_id: str) -> Dataset | None:
+        """One instance's header: read lazily from its stored file when the catalog knows where
+        files are (pydicom converts only the elements used, and leaves values over 4 KB on disk
+        until asked for), else parsed from the catalog's DICOM JSON (about 5x the CPU)."""
+        if self._stored_file is not None:
+            try:
+                ds = dcmread(self._stored_file(storage_id), stop_before_pixels=True, defer_size="4 KB")
+            except (OSError, InvalidDicomError, EOFError, ValueError):
+                ds = None  # removed or replaced meanwhile: the catalog's copy answers
+            if ds is not None:
+                self._share_sequences(ds)
+                return ds
+        row = self._db().execute("SELECT header FROM instance WHERE sop_instance_uid=?", (sop_uid,)).fetchone()
+        return Dataset.from_json(_without_bulk(json.loads(zlib.decompress(row[0])))) if row else None
+
+    def _share_sequences(self, ds: Dataset) -> None:
+        """Give ``ds`` the already parsed value of each small sequence whose bytes an earlier header had.
+
+        The instances of a series mostly repeat the same descriptions (a specimen's
+        preparation steps, optical paths): parsing those once per series instead of once
+        per instance was most of the index worker's CPU per small instance. The headers
+        are only read, so sharing the parsed items is safe.
+        """
+        encoding = (*ds.original_encoding, str(ds.original_character_set))
+        for tag in list(ds.keys()):
+            raw = ds.get_item(tag)
+            if not isinstance(raw, RawDataElement) or raw.VR != "SQ" or raw.value is None \
+                    or len(raw.value) > SHARED_SEQUENCE_BYTES:
+                continue
+            key = (int(tag), encoding, raw.value)
+            parsed = self._sequences.get(key)
+            if parsed is None:
+                self._sequences[key] = ds[tag]
+                while len(self._sequences) > SHARED_SEQUENCES:
+                    self._sequences.popitem(last=False)
+            else:
+                self._sequences.move_to_end(key)
+                ds._dict[tag] = parsed
 
     def iter_series_uids(self) -> Iterator[str]:
         for (uid,) in self._db().execute("SELECT series_instance_uid FROM series ORDER BY pk").fetchall():

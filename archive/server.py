@@ -102,8 +102,9 @@ def _background_services(settings: Settings) -> None:
         start_worker = None
     if start_worker is not None:
         from .catalog import Catalog
+        from .storage import StorageArea
 
-        start_worker(settings, Catalog(settings.catalog_path))
+        start_worker(settings, Catalog(settings.catalog_path, StorageArea(settings.storage_dir).path))
     if settings.dimse.enabled:
         from .dimse import run as run_dimse
 
