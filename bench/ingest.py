@@ -5,7 +5,8 @@ memory peak belongs to this ingest alone:
   * STOW-RS of every instance of the slide in one multipart/related request,
     streamed from the files with a Content-Length (never held in memory here);
   * DIMSE C-STORE of the same files with DCMTK's storescu, one association;
-  * C-STORE of many small instances, for the per-instance overhead.
+  * C-STORE of many small instances, for the per-instance overhead;
+  * STOW-RS of the same small instances, one request each (on one connection).
 Peak memory is the summed RSS of the server's process tree, sampled every 20 ms.
 
     python bench/ingest.py SLIDE_DIR [--small N] [--servers slidearchive,Orthanc]
@@ -145,6 +146,33 @@ def stow_warnings(status: int, text: str) -> str:
             + (f"; {'; '.join(said)[:400]}" if said else ""))
 
 
+def stow_each(server: Server, paths: list[Path]) -> tuple[float, int, str]:
+    """One STOW-RS request per file, one after another on one keep-alive connection
+    (a pipeline posting its results as they come); (seconds, HTTP status, problem).
+
+    The status is 200 when every request was answered 200 or 202 without failed
+    parts; otherwise the first bad answer's status and body are returned.
+    """
+    url = urlsplit(server.dicomweb_root + "/studies")
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=STOW_TIMEOUT)
+    t0 = time.monotonic()
+    try:
+        for path in paths:
+            boundary = uuid.uuid4().hex
+            head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            body = head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+            conn.request("POST", url.path, body=body, headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Accept": "application/dicom+json"})
+            resp = conn.getresponse()
+            text = resp.read().decode("utf-8", "replace")
+            if stow_failures(resp.status, text):
+                return time.monotonic() - t0, resp.status, f"{path.name}: {text[:500]}"
+    finally:
+        conn.close()
+    return time.monotonic() - t0, 200, ""
+
+
 def stored_instances(server: Server, text: str) -> list[tuple[str, str, str]]:
     """(study, series, instance) UIDs the server reports for what it stored.
 
@@ -185,11 +213,11 @@ def measure(server: Server, label: str, files: list[Path], send) -> IngestResult
     with procs.MemorySampler(server.pid) as mem:
         seconds, code, detail = send()
     ok, why = judge(label, code, detail)
-    if ok and label.startswith("stow"):
+    if ok and label == "stow-slide":
         why = stow_warnings(code, detail)
     res = IngestResult(label, server.name, sum(p.stat().st_size for p in files), len(files),
                        seconds, mem.peak_mb, mem.start_kb / 1024, ok, why,
-                       mem.cpu_s, load, detail if label.startswith("stow") else "")
+                       mem.cpu_s, load, detail if label == "stow-slide" else "")
     print(f"    {label}: {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
           f"{res.instances_per_s:.1f} inst/s, peak RSS {res.peak_rss_mb:.0f} MB, "
           f"server CPU {res.cpu_s:.1f} s"
@@ -208,6 +236,8 @@ def measure_fresh(server: Server, label: str, files: list[Path], send) -> Ingest
 
 
 def judge(label: str, code: int, detail: str) -> tuple[bool, str]:
+    if label == "stow-small":
+        return code == 200, (f"HTTP {code}: {detail}" if code != 200 else "")
     if label.startswith("stow"):
         why = stow_failures(code, detail)
         return not why, why
@@ -237,6 +267,7 @@ def ingest_plan(slide: list[Path], small: list[Path]) -> list[tuple]:
     ]
     if small:
         plan.append(("cstore-small", small, lambda s: storescu(s, small[0].parent, [])))
+        plan.append(("stow-small", small, lambda s: stow_each(s, small)))
     return plan
 
 

@@ -121,7 +121,7 @@ def bench_archive(name: str, data: Data, prof: Profile, work: Path) -> Outcome:
     plan = ingest.ingest_plan(data.slide, data.small)
     for label, files, send in plan:
         runs = prof.repeats - (1 if label == "stow-slide" else 0)  # STOW ran once above
-        if label == "cstore-small":
+        if label in ("cstore-small", "stow-small"):
             runs = 1  # long, and per-instance overhead varies little between runs
         extra = []
         for n in range(runs):
@@ -259,6 +259,10 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
         ingest_metric("cstore-small", "cpu_ms_per_instance"), 2)
     add("peak server RSS MB during C-STORE of small instances (lower is better)",
         ingest_metric("cstore-small", "peak_rss_mb"), 0)
+    add(f"STOW-RS instances/s, {len(data.small)} small instances (one request each)",
+        ingest_metric("stow-small", "instances_per_s"))
+    add("server CPU ms per small instance, STOW-RS",
+        ingest_metric("stow-small", "cpu_ms_per_instance"), 2)
     return table
 
 
