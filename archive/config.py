@@ -24,6 +24,8 @@ class RemoteAE:
     ae_title: str
     host: str
     port: int
+    #: Associations to it over TLS ([tls] cert_file/key_file as our certificate, ca_file checks its certificate).
+    tls: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,9 +264,13 @@ def _dimse(table: dict) -> DimseSettings:
     remotes = []
     for i, r in enumerate(table.get("remote", [])):
         try:
-            remotes.append(RemoteAE(_ae_title(r["ae_title"]), str(r["host"]), _port(int(r["port"]), "[[dimse.remote]]")))
+            if not isinstance(r.get("tls", False), bool):
+                raise ValueError("tls must be true or false")
+            remotes.append(RemoteAE(_ae_title(r["ae_title"]), str(r["host"]), _port(int(r["port"]), "[[dimse.remote]]"),
+                                    r.get("tls", False)))
         except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"[[dimse.remote]] entry {i + 1}: needs ae_title, host and port ({e})") from None
+            raise ConfigError(f"[[dimse.remote]] entry {i + 1}: needs ae_title, host and port, "
+                              f"tls true or false ({e})") from None
     peers = []
     for i, p in enumerate(table.get("peer", [])):
         allow = frozenset(p.get("allow", ["store", "query", "retrieve"]))
@@ -320,7 +326,8 @@ def _audit(table: dict) -> AuditSettings:
     return AuditSettings(**values)
 
 
-def _tls(table: dict) -> TlsSettings:
+def _tls(table: dict, outgoing: bool = False) -> TlsSettings:
+    """[tls]; ``outgoing``: a [[dimse.remote]] is reached over TLS, which needs our certificate and the CAs."""
     kinds = {"cert_file": str, "key_file": str, "ca_file": str, "require_client_cert": bool, "min_version": str,
              "http": bool, "dimse": str, "dimse_port": int}
     unknown = set(table) - set(kinds)
@@ -334,7 +341,10 @@ def _tls(table: dict) -> TlsSettings:
     _port(tls.dimse_port, "[tls] dimse_port")
     if tls.require_client_cert and not tls.ca_file:
         raise ConfigError("[tls] require_client_cert needs ca_file (the CAs whose client certificates count)")
-    if tls.any:
+    if outgoing and not (tls.cert_file and tls.key_file and tls.ca_file):
+        raise ConfigError("[[dimse.remote]] with tls = true needs [tls] cert_file and key_file (the archive's "
+                          "certificate) and ca_file (the CAs that signed the destination's)")
+    if tls.any or outgoing:
         for key in ("cert_file", "key_file") + (("ca_file",) if tls.ca_file else ()):
             value = getattr(tls, key)
             if not value:
@@ -405,7 +415,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError("[auth] enabled = false is allowed only when the server binds loopback "
                           f"(host is {values.get('host')}); configure API keys or an OIDC issuer instead")
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
-                    dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {})),
+                    dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {}), any(r.tls for r in dimse.remotes)),
                     auth=auth, logging=_logging(raw.get("logging", {})))
 
 

@@ -98,13 +98,22 @@ def handlers(settings: Settings, archive) -> list[tuple]:
                                   collection=settings.default_collection, who=who)),
         (evt.EVT_C_FIND, partial(handle_find, archive=archive, policy=policy, ae_title=d.ae_title, who=who)),
         (evt.EVT_C_MOVE, partial(handle_move, archive=archive, policy=policy, remotes=remotes,
-                                 max_pdu=d.max_pdu, who=who)),
+                                 max_pdu=d.max_pdu, who=who, tls=_outgoing_tls(settings))),
         (evt.EVT_C_GET, partial(handle_get, archive=archive, policy=policy, who=who)),
         (evt.EVT_ABORTED, discard_partial),
         (evt.EVT_CONN_CLOSE, discard_partial),
         (evt.EVT_REJECTED, _log_rejected),
         *commitments.bind(),
     ]
+
+
+def _outgoing_tls(settings: Settings):
+    """The client TLS context for remotes marked ``tls = true`` (None when there is none)."""
+    if not any(r.tls for r in settings.dimse.remotes):
+        return None
+    from .tls import client_context
+
+    return client_context(settings.tls)
 
 
 def _log_rejected(event) -> None:

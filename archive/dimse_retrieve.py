@@ -171,7 +171,7 @@ class NotAuthorized(Exception):
 
 
 def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE],
-                max_pdu: int = 0, *, who: Callable[[Any], Principal]) -> Iterator[Any]:
+                max_pdu: int = 0, *, who: Callable[[Any], Principal], tls: Any = None) -> Iterator[Any]:
     """Destination, then sub-operation count, then one pending result per instance."""
     ae = calling_ae(event)
     if not policy.allows(ae, RETRIEVE):
@@ -196,6 +196,8 @@ def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]
         records, error = [], ArchiveError(f"processing failure: {type(e).__name__}")
     kwargs = {"contexts": move_contexts(records), "max_pdu": max_pdu,
               "evt_handlers": [(evt.EVT_ESTABLISHED, lambda ev: route_sends(ev.assoc))]}
+    if remote.tls:
+        kwargs["tls_args"] = (tls, remote.host)  # the destination's certificate must name its host
     yield remote.host, remote.port, kwargs
     if error is not None:
         log.warning("C-MOVE from %s failed: 0x%04X %s", ae, error.dimse_status, error.title)

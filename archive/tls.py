@@ -75,6 +75,15 @@ def dimse_context(tls: TlsSettings, audit: Any = None) -> ssl.SSLContext:
     return context
 
 
+def client_context(tls: TlsSettings) -> ssl.SSLContext:
+    """For associations the archive opens (C-MOVE to a ``tls = true`` remote): our certificate, theirs checked."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(Path(tls.ca_file).expanduser()))
+    context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
+    context.load_cert_chain(Path(tls.cert_file).expanduser(), Path(tls.key_file).expanduser())
+    return context
+
+
 def granian_options(tls: TlsSettings) -> dict[str, Any]:
     """Keyword arguments for ``Granian(...)`` that make it serve HTTPS (empty when [tls] http is off)."""
     if not tls.http:

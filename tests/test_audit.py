@@ -170,7 +170,11 @@ def test_configuration_errors_name_the_field(tmp_path):
                         ('[tls]\ndimse = "sometimes"', '[tls] dimse must be "off", "separate" or "only"'),
                         ('[tls]\nmin_version = "1.1"', "TLS 1.2 or newer"),
                         ('[tls]\nrequire_client_cert = true', "require_client_cert needs ca_file"),
-                        ('[server]\ntrusted_proxies = ["nginx"]', "'nginx' is not an IP address or network")]:
+                        ('[server]\ntrusted_proxies = ["nginx"]', "'nginx' is not an IP address or network"),
+                        ('[[dimse.remote]]\nae_title = "X"\nhost = "h"\nport = 1\ntls = true',
+                         "with tls = true needs [tls] cert_file and key_file"),
+                        ('[[dimse.remote]]\nae_title = "X"\nhost = "h"\nport = 1\ntls = "yes"',
+                         "tls true or false")]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
             load_settings(bad, data_dir=str(tmp_path))

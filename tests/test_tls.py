@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from archive.audit_log import read_records
-from conftest import IDENTIFIED, Server, free_port
+from conftest import IDENTIFIED, Server, _wait_port, free_port
 from slides import SlideSpec, make_slide
-from test_dimse_tools import AE, dcmtk, needs_dcmtk
+from test_dimse_tools import AE, DCMTK, dcmtk, needs_dcmtk
 from tls_pki import Authority
 
 pytestmark = needs_dcmtk
@@ -24,7 +24,7 @@ def pki(tmp_path_factory):
     ca = Authority(directory)
     other = Authority(directory / "other", "someone else's CA")
     return {"ca": ca.cert_path, "server": ca.issue("archive", server=True), "client": ca.issue("scanner"),
-            "stranger": other.issue("stranger")}
+            "stranger": other.issue("stranger"), "destination": ca.issue("viewer-node", server=True)}
 
 
 def tls_config(pki, **fields) -> str:
@@ -162,3 +162,48 @@ def test_tls_only_dimse_takes_a_client_without_certificate_when_not_required(htt
     result = echo(https.dimse_port, "+tla", "+cf", str(pki["ca"]))
     assert result.returncode == 0, result.stdout + result.stderr
     assert echo(https.dimse_port).returncode != 0  # no plain DICOM on a TLS-only port
+
+
+def tls_storescp(directory, key_cert, ca, port: int) -> subprocess.Popen:
+    """DCMTK's storescp over TLS (peer certificate required, DCMTK's default), AE TLSDEST."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key, cert = key_cert
+    return subprocess.Popen([str(DCMTK / "storescp"), "+tls", str(key), str(cert), "+cf", str(ca), "-aet", "TLSDEST",
+                             "+xa", "-od", str(directory), str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["destination-trusted", "destination-unknown-ca"])
+def test_c_move_to_a_tls_destination(pki, tmp_path, trusted):
+    """The archive opens the sub-association over TLS; a destination whose certificate it cannot check gets nothing."""
+    ca = Authority(tmp_path / "dest-pki", "destination CA") if not trusted else None
+    dest_cert = pki["destination"] if trusted else ca.issue("destination", server=True)
+    dest_port = free_port()
+    receiver = tls_storescp(tmp_path / "received", dest_cert, pki["ca"], dest_port)
+    try:
+        assert _wait_port(dest_port, time.time() + 20)
+        config = tls_config(pki) + (f'[[dimse.remote]]\nae_title = "TLSDEST"\nhost = "127.0.0.1"\n'
+                                    f'port = {dest_port}\ntls = true\n')
+        server = Server(tmp_path / "server", config).start()
+        try:
+            paths = make_slide(tmp_path / "slide", SlideSpec(width=256, height=256, seed=63, label=False,
+                                                             overview=False))
+            assert dcmtk("storescu", "-R", "-xy", "-aec", AE, "127.0.0.1", str(server.dimse_port),
+                         *map(str, paths)).returncode == 0
+            from pydicom import dcmread
+
+            study = dcmread(paths[0]).StudyInstanceUID
+            moved = dcmtk("movescu", "-S", "-aec", AE, "-aem", "TLSDEST", "-k", "QueryRetrieveLevel=STUDY",
+                          "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(server.dimse_port))
+            received = list((tmp_path / "received").iterdir())
+            if trusted:
+                assert moved.returncode == 0, moved.stdout + moved.stderr
+                assert len(received) == len(paths)
+            else:
+                assert received == []
+                assert echo(server.dimse_port).returncode == 0  # the archive keeps serving
+        finally:
+            server.stop()
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
