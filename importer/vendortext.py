@@ -21,6 +21,18 @@ MAPPED = frozenset({"Manufacturer", "ManufacturerModelName", "SoftwareVersions",
 #: Code items carry coded meanings the converter or the manifest chose.
 _CODE_PARTS = frozenset({"CodeValue", "CodingSchemeDesignator", "CodeMeaning", "CodingSchemeVersion"})
 _MIN_TOKEN = 4
+_LONG_WORD = 8
+
+
+def _identifying(value: str) -> bool:
+    """Worth scrubbing: a word with a digit, a space or punctuation (an id, a name, a path), or a long word.
+
+    A short plain word ("slide", "macro") is left alone: it is in too many standard values
+    (Position Reference Indicator SLIDE_CORNER) to say anything about the file.
+    """
+    if len(value) < _MIN_TOKEN or not any(c.isalpha() for c in value):
+        return False
+    return not value.isalpha() or len(value) >= _LONG_WORD
 
 
 def tokens_of(text: str) -> set[str]:
@@ -32,7 +44,7 @@ def tokens_of(text: str) -> set[str]:
     for piece in pieces:
         value = piece.split("=", 1)[1] if "=" in piece and "<" not in piece else piece
         value = value.strip()
-        if len(value) >= _MIN_TOKEN and any(c.isalpha() for c in value):
+        if _identifying(value):
             out.add(value)
     return out
 

@@ -17,6 +17,7 @@ import tifffile
 from test_faults import small_disk  # noqa: F401  (a tmpfs of a few MB: a disk that fills)
 from vendor_files import PHI, cmu_small_region, make_generic_tiff, make_ndpi, make_svs
 
+pytestmark = pytest.mark.slow  # each test converts and stores real slides (a few seconds to half a minute)
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("SLIDEARCHIVE_TEST_CACHE", Path.home() / ".cache" / "slidearchive-tests"))
 STAIN = "SCT:12710003:hematoxylin stain;SCT:36879007:water soluble eosin stain"
@@ -154,6 +155,12 @@ def test_generated_svs_with_manifest_leaves_no_planted_vendor_text(make_server, 
         inst = next(i for i in instances if _image_type(i) == "VOLUME" and i["00480006"]["Value"][0] == level)
         frames = _volume_frames(server, inst)
         assert [_scan(f) for f in frames] == [_scan(t) for t in _source_tiles(svs, page)]
+    # every stored instance is a valid VL WSI instance per dicom3tools (warnings allowed)
+    for path in (server.data_dir / "storage").rglob("*"):
+        if path.is_file():
+            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+            assert errors == [], errors
     # the manifest reached the search index: stain and collection
     for _ in range(100):  # the index worker catches up from the catalog's outbox
         found = requests.get(f"{server.url}/api/search", params={"specimen.stain_codes": "SCT:12710003"}).json()
@@ -403,3 +410,18 @@ def test_upload_over_http_converts_in_the_background(make_server, cmu, tmp_path)
     assert requests.get(f"{server.url}/api/imports/{'0' * 32}").status_code == 404
     assert requests.get(f"{server.url}/api/imports/..%2F..").status_code == 404
     assert len(requests.get(f"{server.dicomweb}/instances").json()) == 2  # nothing half-stored
+
+
+def test_vendor_text_is_scrubbed_but_standard_values_are_not():
+    from pydicom import Dataset
+
+    from importer.vendortext import scrub, tokens_of
+
+    tokens = tokens_of("Aperio Image Library v12|User = Jane Doe|Filename = MRN-1234|Path = slide") | tokens_of("slide")
+    ds = Dataset()
+    ds.PositionReferenceIndicator = "SLIDE_CORNER"
+    ds.SeriesDescription = "scan of MRN-1234"
+    ds.OperatorsName = "Jane Doe"
+    ds.SoftwareVersions = "Aperio Image Library v12"  # mapped on purpose
+    assert sorted(scrub(ds, tokens)) == ["OperatorsName", "SeriesDescription"]
+    assert ds.PositionReferenceIndicator == "SLIDE_CORNER" and "SoftwareVersions" in ds
