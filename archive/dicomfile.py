@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
 
-from .errors import InvalidDataset
+from .errors import DatasetDoesNotMatchSOPClass, InvalidDataset
 
+_NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float, DoubleFloat
 TRUNCATED = "truncated: the file ends inside a data element (a transfer or copy cut short?)"
 _UNDEFINED = 0xFFFFFFFF
@@ -62,13 +64,14 @@ def read_header(path: Path) -> Header:
                 if start is not None and start <= size:
                     f.seek(start)
                     _check_complete(f, size, ts != ImplicitVRLittleEndian)
-    except InvalidDataset:
+            _convert_all(ds)
+    except (InvalidDataset, DatasetDoesNotMatchSOPClass):
         raise
     except InvalidDicomError:
         raise InvalidDataset("not a DICOM Part 10 file (no DICM prefix or file meta information)") from None
     except EOFError:
         raise InvalidDataset(TRUNCATED) from None
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError) as e:
+    except Exception as e:  # noqa: BLE001 - pydicom raises many types for malformed bytes; all mean the same
         raise InvalidDataset(f"cannot parse the data set: {type(e).__name__}") from None
     return Header(ds, ts, pixel_offset, size)
 
@@ -144,6 +147,30 @@ def _walk(f: BinaryIO, size: int, explicit: bool, until: int | None) -> None:
         if f.tell() + length > size:
             raise _Truncated
         f.seek(length, 1)
+
+
+def _convert_all(ds: Dataset) -> None:
+    """Convert every value now (pydicom converts on first access): a malformed one fails here, not deep in ingest.
+
+    Standard elements must carry the data dictionary's VR (UN and the dictionary's "US or SS"
+    kind excepted) and numbers their single value where the dictionary says VM 1: the catalog,
+    QIDO, the frame index and the search index all read them as the dictionary defines them.
+    """
+    for _ in ds.file_meta.iterall() if hasattr(ds, "file_meta") else ():
+        pass
+    for elem in ds.iterall():
+        entry = DicomDictionary.get(elem.tag)
+        if entry is None or elem.VR == "UN" or " or " in entry[0]:
+            continue
+        vr, vm = entry[0], entry[1]
+        if elem.VR != vr:
+            raise DatasetDoesNotMatchSOPClass(f"{_name(elem)} has VR {elem.VR[:2]}, the data dictionary says {vr}")
+        if vm == "1" and vr in _NUMERIC_VRS and elem.VM > 1:
+            raise DatasetDoesNotMatchSOPClass(f"{_name(elem)} has {elem.VM} values, the data dictionary says 1")
+
+
+def _name(elem) -> str:
+    return elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
 
 
 def read_full(path: Path) -> Dataset:
