@@ -38,6 +38,10 @@ def _existing_archive(args: argparse.Namespace, need_catalog: bool = False) -> S
     return settings
 
 
+#: Commands other packages register that work on an archive ``serve`` made: whether they need its catalog.
+EXISTING_ARCHIVE = {"reindex": True, "collection": True, "keys": False, "audit": False}
+
+
 class UsageError(Exception):
     """Bad input to a command (a path that does not exist, a key that does not load): one line, exit 2."""
 
@@ -308,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
     try:
-        if args.command == "reindex":  # registered by indexer.cli; rebuilds from an existing catalog only
-            _existing_archive(args, need_catalog=True)
+        if args.command in EXISTING_ARCHIVE:  # commands registered by other packages, checked alike
+            _existing_archive(args, need_catalog=EXISTING_ARCHIVE[args.command])
         return args.func(args) or 0
     except UsageError as e:
         print(f"slidearchive: {e}", file=sys.stderr)

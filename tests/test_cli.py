@@ -76,7 +76,9 @@ def test_import_names_truncation(tmp_path, config):
         assert "does not match SOP class" not in result.stderr
 
 
-@pytest.mark.parametrize("command", [["verify"], ["verify", "--checksums"], ["import", "."], ["reindex"]])
+@pytest.mark.parametrize("command", [["verify"], ["verify", "--checksums"], ["import", "."], ["reindex"],
+                                     ["collection", "add", "1.2.3", "teaching"], ["audit"],
+                                     ["keys", "create", "--name", "x", "--grant", "default:write"]])
 def test_commands_refuse_a_data_directory_that_does_not_exist(tmp_path, command):
     """Only serve creates an archive: a forgotten --data-dir must not report an empty, healthy one."""
     result = run(*command, cwd=tmp_path)
@@ -215,3 +217,16 @@ def test_broker_reveal_answers_bad_input_in_one_line(tmp_path, relinked):
         assert message in result.stderr and "Traceback" not in result.stderr, (name, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
         assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["broker", "keygen", "--out", "/proc/no/such/keys"], "No such file or directory: /proc/no"),
+    (["verify", "--config", "/no/such.toml"], "configuration file not found: /no/such.toml"),
+    (["serve", "--remote", "VIEWER"], "expected AE=HOST:PORT"),
+])
+def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, message):
+    (tmp_path / "data").mkdir()
+    result = run(*args, "--data-dir", str(tmp_path / "data")) if args[0] != "broker" else run(*args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
