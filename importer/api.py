@@ -78,7 +78,8 @@ def upload():
             p.unlink()
         job_dir.rmdir()
         raise
-    with open(job_dir / "request.pickle", "wb") as f:
+    fd = os.open(job_dir / "request.pickle", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the settings
+    with os.fdopen(fd, "wb") as f:
         pickle.dump((settings(), origin, entry, JOB_WORKERS), f)
     job_mod.write_state(job_dir, job=job, status="queued", progress=0.0)
     process = subprocess.Popen([sys.executable, "-m", "importer.job", str(job_dir)], cwd=_repo(),

@@ -101,7 +101,7 @@ _STAINING = Code("SCT", "127790008", "Staining")
 _USING_SUBSTANCE = Code("SCT", "424361007", "Using substance")
 
 
-def apply_entry(ds: Dataset, entry: Entry) -> None:
+def apply_entry(ds: Dataset, entry: Entry, specimen_uid: UID) -> None:
     """The manifest's fields as DICOM: Patient ID (pseudonymised by de-identification), specimen, stain, anatomy."""
     if entry.case_id:
         ds.PatientID = entry.case_id
@@ -114,8 +114,7 @@ def apply_entry(ds: Dataset, entry: Entry) -> None:
         desc.SpecimenIdentifier = entry.specimen
         ds.ContainerIdentifier = entry.specimen
     desc.setdefault("SpecimenIdentifier", ds.get("ContainerIdentifier", "UNKNOWN"))
-    if "SpecimenUID" not in desc:
-        desc.SpecimenUID = ds.SeriesInstanceUID  # replaced below by the caller's UID source
+    desc.setdefault("SpecimenUID", specimen_uid)
     if entry.anatomy:
         desc.PrimaryAnatomicStructureSequence = Sequence([_code(c) for c in entry.anatomy])
     if entry.stains:
@@ -144,10 +143,7 @@ class _Finisher:
             for path in ds.get("OpticalPathSequence") or []:
                 path.ObjectiveLensPower = f"{self.magnification:g}"
         if self.entry is not None:
-            apply_entry(ds, self.entry)
-            for desc in ds.get("SpecimenDescriptionSequence") or []:
-                if desc.get("SpecimenUID") == ds.get("SeriesInstanceUID"):
-                    desc.SpecimenUID = self.specimen_uid
+            apply_entry(ds, self.entry, self.specimen_uid)
         keep = frozenset({"PatientID", "PatientName", "SpecimenIdentifier", "ContainerIdentifier", "TextValue"}
                          if self.entry else ())
         self.removed.update(vendortext.scrub(ds, self.tokens, keep))

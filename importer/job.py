@@ -58,8 +58,10 @@ def run(job_dir: Path) -> int:
     from .run import VendorImporter
 
     quiet_libraries()
-    with open(job_dir / "request.pickle", "rb") as f:
+    request = job_dir / "request.pickle"
+    with open(request, "rb") as f:
         settings, origin, entry, workers = pickle.load(f)
+    request.unlink()  # the settings it holds stay only in this process
     source = next(job_dir.glob("source.*"))
     last = [0.0]
 
