@@ -1,4 +1,10 @@
-"""Reading a stored or spooled Part 10 file's header without touching its pixel data."""
+"""Reading a stored or spooled Part 10 file's data set without reading its pixel data.
+
+Everything but the pixel data element is parsed, including the elements that sort
+after it (Digital Signatures, Data Set Trailing Padding, private groups above 7FE0):
+de-identification must see every element. The end of the pixel data is found from its
+length or, when encapsulated, by stepping over the item headers; no value is read.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +16,11 @@ from pydicom import dcmread
 from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
 
 from .errors import DatasetDoesNotMatchSOPClass, InvalidDataset
+from .frames import _element_header, item_spans
 
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float, DoubleFloat
@@ -20,25 +28,45 @@ TRUNCATED = "truncated: the file ends inside a data element (a transfer or copy 
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_DELIM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+#: Values after the pixel data longer than this stay unread until used (a large Data Set
+#: Trailing Padding that the profile removes is never read at all).
+TRAILER_DEFER = 64 * 1024
 
 
 @dataclasses.dataclass
 class Header:
-    """A data set without its pixel data, and where that pixel data starts in the file.
+    """A data set without its pixel data, and where that pixel data lies in the file.
 
-    ``pixel_offset`` is the file offset of the pixel data element's tag, or None
-    when the instance has none (annotations) or when offsets are meaningless
-    (deflated transfer syntax).
+    ``dataset`` holds the elements before the pixel data, ``trailer`` those after it
+    (empty for most files) with values over TRAILER_DEFER left unread. ``pixel_offset`` is the file offset of the pixel data
+    element's tag and ``pixel_end`` the offset just past its value (past the sequence
+    delimiter when encapsulated); both None when the instance has no pixel data
+    (annotations) or when offsets are meaningless (deflated transfer syntax).
     """
 
     dataset: Dataset
     transfer_syntax: UID
     pixel_offset: int | None
     file_size: int
+    pixel_end: int | None = None
+    trailer: Dataset = dataclasses.field(default_factory=Dataset)
+    #: Encapsulated pixel data: frames.item_spans of its items (offsets relative to its value).
+    item_spans: list[tuple[int, int]] | None = None
+
+    def complete(self) -> Dataset:
+        """``dataset`` with the trailer's elements added: every element but the pixel data.
+
+        Values the trailer left unread stay unread (they are read from the file on use).
+        """
+        for tag in self.trailer.keys():
+            # Straight into the element table: Dataset.__setitem__ would convert a private
+            # element, which reads (and for a deferred value, loses) its value.
+            self.dataset._dict[tag] = self.trailer.get_item(tag, keep_deferred=True)
+        return self.dataset
 
 
 def read_header(path: Path) -> Header:
-    """Parse everything before (7FE0,0010); raises InvalidDataset for non-DICOM or truncated bytes."""
+    """Parse everything but the pixel data; raises InvalidDataset for non-DICOM or truncated bytes."""
     size = Path(path).stat().st_size
     try:
         with open(path, "rb") as f:
@@ -57,6 +85,15 @@ def read_header(path: Path) -> Header:
                     elem = int.from_bytes(tag[2:], "little")
                     if (group << 16 | elem) in PIXEL_DATA_TAGS:
                         pixel_offset = position
+            pixel_end = spans = None
+            trailer = Dataset()
+            if pixel_offset is not None:
+                f.seek(pixel_offset)
+                pixel_end, spans = _pixel_data_end(f, ts, size)
+                if pixel_end < size:
+                    trailer = _read_trailer(f, pixel_end, size, ts == ImplicitVRLittleEndian)
+            elif ts == DeflatedExplicitVRLittleEndian:
+                trailer = _deflated_trailer(path)
             if pixel_offset is None and ts not in (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian):
                 # pydicom stops quietly at the end of the file: a header cut short would
                 # otherwise look like a data set with attributes missing.
@@ -73,7 +110,46 @@ def read_header(path: Path) -> Header:
         raise InvalidDataset(TRUNCATED) from None
     except Exception as e:  # noqa: BLE001 - pydicom raises many types for malformed bytes; all mean the same
         raise InvalidDataset(f"cannot parse the data set: {type(e).__name__}") from None
-    return Header(ds, ts, pixel_offset, size)
+    return Header(ds, ts, pixel_offset, size, pixel_end, trailer, spans)
+
+
+def _pixel_data_end(f: BinaryIO, ts: UID, size: int) -> tuple[int, list[tuple[int, int]] | None]:
+    """(Offset just past the pixel data element whose tag is at the current position, its item spans)."""
+    value_start, length = _element_header(f, ts)
+    if length != _UNDEFINED:
+        if value_start + length > size:
+            raise InvalidDataset("pixel data truncated: the file ends before the end of its value")
+        return value_start + length, None
+    spans, end = item_spans(f.fileno(), value_start, size)  # item headers only, no fragment is read
+    return end, spans
+
+
+def _read_trailer(f: BinaryIO, start: int, size: int, implicit: bool) -> Dataset:
+    """The elements after the pixel data, large values left unread until used."""
+    f.seek(start)
+    _check_complete(f, size, not implicit)
+    f.seek(start)
+    try:
+        trailer = read_dataset(f, implicit, True, defer_size=TRAILER_DEFER)
+    except EOFError:
+        raise InvalidDataset(TRUNCATED) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NotImplementedError, struct.error):
+        trailer = None
+    if trailer is None or f.tell() != size:
+        raise InvalidDataset("unreadable bytes after the pixel data (not a sequence of data elements)")
+    return trailer
+
+
+def _deflated_trailer(path: Path) -> Dataset:
+    """The elements after the pixel data of a deflated file (small: it is inflated whole)."""
+    full = read_full(path)
+    trailer = Dataset()
+    pixel = min((tag for tag in PIXEL_DATA_TAGS if tag in full), default=None)
+    if pixel is not None:
+        for tag in full.keys():
+            if tag > pixel:
+                trailer._dict[tag] = full.get_item(tag)
+    return trailer
 
 
 def _dataset_start(ds: Dataset) -> int | None:

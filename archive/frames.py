@@ -15,6 +15,7 @@ Native pixel data is indexed by arithmetic. The index is two uint64 arrays
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 from typing import BinaryIO
 
@@ -26,6 +27,7 @@ from .errors import InvalidDataset
 
 ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 SEQ_DELIM = 0xE0DDFFFE
+_ITEM_HEADER = struct.Struct("<II")  # (tag as one uint32, length)
 _JPEG_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
 
 
@@ -66,31 +68,32 @@ def _element_header(f: BinaryIO, ts: UID) -> tuple[int, int]:
     return f.tell(), struct.unpack("<H", raw[6:8])[0]
 
 
-def _scan_items(f: BinaryIO, start: int, file_size: int) -> tuple[bytes, list[tuple[int, int]]]:
-    """Walk the items of encapsulated pixel data: (BOT value, [(fragment value offset, length)])."""
-    f.seek(start)
-    fragments: list[tuple[int, int]] = []
-    bot = b""
-    first = True
+def item_spans(fd: int, start: int, file_size: int) -> tuple[list[tuple[int, int]], int]:
+    """The items of encapsulated pixel data whose value starts at ``start``.
+
+    Returns ([(item value offset relative to ``start``, length)], file offset just past
+    the sequence delimiter). Relative offsets stay true in a copy of the element placed
+    elsewhere (the stored file, behind a rewritten header), so one walk serves both.
+    Only the 8-byte item headers are read, one ``pread`` each (a buffered read would
+    pull in 8 KB of fragment per item); no fragment value is touched.
+    """
+    spans: list[tuple[int, int]] = []
     position = start
+    pread, unpack, append = os.pread, _ITEM_HEADER.unpack, spans.append
     while True:
-        head = f.read(8)
+        head = pread(fd, 8, position)
         if len(head) < 8:
             raise InvalidDataset("encapsulated pixel data truncated (no sequence delimiter)")
-        tag, length = struct.unpack("<II", head)
+        tag, length = unpack(head)
         position += 8
         if tag == SEQ_DELIM:
-            break
+            return spans, position
         if tag != ITEM or length == 0xFFFFFFFF or position + length > file_size:
             raise InvalidDataset("encapsulated pixel data malformed or truncated")
-        if first:
-            bot = f.read(length)
-            first = False
-        else:
-            fragments.append((position, length))
-            f.seek(length, 1)
+        append((position - start, length))
         position += length
-    return bot, fragments
+
+
 
 
 def _frames_from_starts(fragments: list[tuple[int, int]], starts: list[int]) -> FrameIndex:
@@ -118,16 +121,32 @@ def _starts_from_table(table: np.ndarray, fragments: list[tuple[int, int]], firs
     return None if any(s is None for s in starts) else starts  # type: ignore[return-value]
 
 
-def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, file_size: int) -> FrameIndex:
-    """Build the frame index of the pixel data element whose tag is at ``pixel_offset``."""
+def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, file_size: int,
+                 spans: list[tuple[int, int]] | None = None) -> FrameIndex:
+    """Build the frame index of the pixel data element whose tag is at ``pixel_offset``.
+
+    ``spans``: the element's ``item_spans`` when already walked (in the received file
+    the stored one copies the element from); else the items are walked here.
+    """
     number_of_frames = int(header_ds.get("NumberOfFrames", 1) or 1)
     f.seek(pixel_offset)
     value_start, length = _element_header(f, ts)
     if length != 0xFFFFFFFF:
         return _native(header_ds, value_start, length, number_of_frames, file_size)
-    bot, fragments = _scan_items(f, value_start, file_size)
-    if not fragments:
+    if spans is None:
+        spans = item_spans(f.fileno(), value_start, file_size)[0]
+    if len(spans) < 2:
         raise InvalidDataset("encapsulated pixel data has no fragments")
+    (bot_offset, bot_length), fragments = spans[0], spans[1:]
+    bot = os.pread(f.fileno(), bot_length, value_start + bot_offset)
+    index = _encapsulated(f, header_ds, number_of_frames, bot, fragments, value_start)
+    index.offsets += np.uint64(value_start)  # the fragments' offsets are relative to the value
+    return index
+
+
+def _encapsulated(f: BinaryIO, header_ds: Dataset, number_of_frames: int, bot: bytes,
+                  fragments: list[tuple[int, int]], value_start: int) -> FrameIndex:
+    """The frame index from the fragments (offsets relative to ``value_start``) and the offset tables."""
     first_item = fragments[0][0] - 8
     eot = header_ds.get("ExtendedOffsetTable")
     candidates = []
@@ -145,18 +164,18 @@ def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, fi
         return _frames_from_starts(fragments, list(range(number_of_frames)))
     if number_of_frames == 1:
         return _frames_from_starts(fragments, [0])
-    starts = _starts_by_marker(f, fragments)
+    starts = _starts_by_marker(f, fragments, value_start)
     if len(starts) == number_of_frames and starts[0] == 0:
         return _frames_from_starts(fragments, starts)
     raise InvalidDataset(
         f"cannot find {number_of_frames} frames in {len(fragments)} fragments (no usable offset table)")
 
 
-def _starts_by_marker(f: BinaryIO, fragments: list[tuple[int, int]]) -> list[int]:
+def _starts_by_marker(f: BinaryIO, fragments: list[tuple[int, int]], value_start: int) -> list[int]:
     """Fragments that begin a codestream (JPEG SOI, J2K SOC, JP2 signature) begin a frame."""
     starts = []
     for i, (offset, _) in enumerate(fragments):
-        f.seek(offset)
+        f.seek(value_start + offset)
         if f.read(12).startswith(_JPEG_STARTS):
             starts.append(i)
     return starts

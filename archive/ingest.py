@@ -14,16 +14,18 @@ import logging
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
 from . import dicomjson
 from . import results  # AI results (issue 6)
 from .access import SYSTEM
 from .catalog import NewInstance
-from .dicomfile import Header, read_full, read_header
+from .dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
 from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
                      DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
 from .frames import index_frames
@@ -144,13 +146,14 @@ class Ingest:
         out = self.storage.new_temp()
         try:
             try:
-                stored, pixel_offset, coerced = self._deidentify(path, header, policy, out, owned)
+                stored, pixel_offset, copied, coerced = self._deidentify(path, header, policy, out, owned)
             except _Dropped as d:
                 return StoreResult("dropped", str(ds.SOPClassUID), warning=WARNING_ELEMENTS_DISCARDED,
                                    message=d.reason)
+            spans = header.item_spans if copied else None  # the received pixel data's items, walked once
             try:
                 reference_warning = results.check_result(stored, self.catalog, out, self.dangling_references)
-                result = self._commit(stored, header.transfer_syntax, pixel_offset, out, origin)
+                result = self._commit(stored, header.transfer_syntax, pixel_offset, spans, out, origin)
             except ArchiveError as e:
                 e.sop_class_uid, e.sop_instance_uid = str(stored.SOPClassUID), str(stored.SOPInstanceUID)
                 raise
@@ -165,15 +168,22 @@ class Ingest:
         finally:
             out.unlink(missing_ok=True)
 
-    def _deidentify(self, path: Path, header: Header, policy, out: Path, owned: bool) -> tuple[Dataset, int | None, bool]:
-        """Write the file to store at ``out``; returns (stored header, pixel data offset, coerced)."""
+    def _deidentify(self, path: Path, header: Header, policy, out: Path,
+                    owned: bool) -> tuple[Dataset, int | None, bool, bool]:
+        """Write the file to store at ``out``; returns (stored header, pixel data offset, copied, coerced).
+
+        Every element goes through the profile, those sorting after the pixel data too;
+        the pixel data element alone is copied as received (raw, in bounded chunks), or,
+        for a blanked overview or a deflated file (both small), re-encoded with the rest.
+        ``copied``: the stored pixel data element is the received one, byte for byte.
+        """
         if policy is None or getattr(policy, "identified", False):
             _place(path, out, owned)
-            return header.dataset, header.pixel_offset, False
+            return header.dataset, header.pixel_offset, True, False
         import deid
 
         try:
-            outcome = deid.deidentify(header.dataset, policy, vault=self.vault)
+            outcome = deid.deidentify(header.complete(), policy, vault=self.vault)
         except deid.Dropped as d:
             raise _Dropped(str(d)) from None
         except deid.DeidentificationError as e:
@@ -183,23 +193,32 @@ class Ingest:
             full = read_full(path)
             if outcome.blank_area is not None:
                 full = deid.blank_region(full, outcome.blank_area)
-            for elem in full:
-                if elem.tag >= 0x7FE00000 and elem.tag not in new:
-                    new[elem.tag] = elem
+            for tag in PIXEL_DATA_TAGS:  # only the pixel data: every other element of `full` is the original
+                if tag in full:
+                    new[tag] = full[tag]
             _write(out, new)
-            return new, read_header(out).pixel_offset, True
-        pixel_offset = _write(out, new)
-        if header.pixel_offset is not None:
+            return new, read_header(out).pixel_offset, False, True
+        if header.pixel_offset is None or header.pixel_end is None:
+            _write(out, new)
+            return new, None, False, True
+        try:
+            before, after = _split_at_pixel_data(new)
+        except (ValueError, TypeError, AttributeError, KeyError) as e:  # a kept trailing value that cannot be decoded
+            raise InvalidDataset(f"cannot decode an element after the pixel data: {type(e).__name__}") from None
+        pixel_offset = _write(out, before)
+        try:
             with open(path, "rb") as src, open(out, "ab") as dst:
                 src.seek(header.pixel_offset)
-                try:
-                    copy_range(src, dst)
-                except OSError as e:
-                    raise_for_os_error(e)
-            return new, pixel_offset, True
-        return new, None, True
+                copy_range(src, dst, header.pixel_end - header.pixel_offset)
+                if len(after):
+                    _append_elements(dst, after, header.transfer_syntax, new.get("SpecificCharacterSet"))
+        except OSError as e:
+            raise_for_os_error(e)
+        return new, pixel_offset, True, True
 
-    def _commit(self, ds: Dataset, ts: UID, pixel_offset: int | None, temp: Path, origin: Origin) -> StoreResult:
+    def _commit(self, ds: Dataset, ts: UID, pixel_offset: int | None, spans: list[tuple[int, int]] | None,
+                temp: Path, origin: Origin) -> StoreResult:
+        """Hash, index and catalog ``temp``; ``spans``: its pixel data's item spans when already known."""
         sha = sha256_of(temp)
         result = StoreResult("stored", str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                              str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
@@ -207,7 +226,7 @@ class Ingest:
         layout = index_blob = None
         if pixel_offset is not None:  # before the duplicate check: a truncated re-send is 0xC000, not 0x0111
             with open(temp, "rb") as f:
-                index = index_frames(f, ds, ts, pixel_offset, size)
+                index = index_frames(f, ds, ts, pixel_offset, size, spans)
             layout, index_blob = index.layout, index.pack()
         existing = self.catalog.instance(ds.SOPInstanceUID, principal=SYSTEM)
         if existing is not None:
@@ -291,6 +310,33 @@ def _place(src: Path, dst: Path, owned: bool) -> None:
                 copy_range(a, b)
     except OSError as e:
         raise_for_os_error(e)
+
+
+def _split_at_pixel_data(ds: Dataset) -> tuple[Dataset, Dataset]:
+    """(the elements before the pixel data, with the file meta; those after it)."""
+    first = min(PIXEL_DATA_TAGS)
+    if not any(tag >= first for tag in ds.keys()):
+        return ds, Dataset()
+    before, after = Dataset(), Dataset()
+    # As read: writing then copies the unchanged elements instead of re-encoding them.
+    before.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    before.file_meta = ds.file_meta
+    for tag in ds.keys():
+        if tag < first:
+            before.add(ds.get_item(tag))
+        else:
+            after.add(ds[tag])  # decoded here, in the character set of the whole data set
+    return before, after
+
+
+def _append_elements(f: BinaryIO, ds: Dataset, ts: UID, charset) -> None:
+    """Encode the elements of ``ds`` at the end of ``f``: transfer syntax ``ts``, the data set's ``charset``."""
+    fp = DicomFileLike(f)
+    fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
+    try:
+        write_dataset(fp, ds, convert_encodings(charset) if charset else default_encoding)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InvalidDataset(f"cannot encode the de-identified elements after the pixel data: {type(e).__name__}") from None
 
 
 def _write(path: Path, ds: Dataset) -> int:

@@ -12,7 +12,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from . import dicomjson
@@ -20,6 +19,7 @@ from .audit import AuditTrail
 from .access import Principal
 from .catalog import Catalog, InstanceRecord
 from .config import Settings
+from .dicomfile import read_header
 from .errors import InvalidRequest, NotFound
 from .frames import FrameIndex, strip_items, unpack_bits
 from .ingest import Ingest, Origin, StoreResult
@@ -148,8 +148,8 @@ class Archive:
         return os.pread(fd, length, offset)
 
     def header(self, record: InstanceRecord) -> Dataset:
-        """The stored header, parsed (for bulkdata other than pixel data)."""
-        return dcmread(self.path(record), stop_before_pixels=True)
+        """The stored data set but its pixel data, parsed (for bulkdata other than pixel data)."""
+        return read_header(self.path(record)).complete()
 
     def bulk_value(self, record: InstanceRecord, path: str) -> bytes:
         try:

@@ -25,7 +25,7 @@ from deid.slides import Area, decide, label_flag_after_blanking
 from deid.table import load_table
 from deid.uids import Pseudonymizer
 from deid.vault import LinkVault, load_public_key
-from deid.walk import Context, walk
+from deid.walk import Context, _vr_of, walk
 
 _TEXTUAL_VRS = frozenset({"PN", "LO", "SH", "DA", "AE", "ST", "LT", "UT", "UC"})
 _SMALL_SEQUENCE = 16  # term collection skips big (per-frame) sequences: they hold no names
@@ -61,12 +61,12 @@ def _collect_terms(ds: Dataset, options: frozenset[Option], depth: int = 0) -> l
         tag = int(tag)
         if tag >> 16 & 1 or tag >> 16 == 0x0002:
             continue
-        elem = ds.get_item(tag)
-        vr = elem.VR or ""
+        elem = ds.get_item(tag, keep_deferred=True)  # a value left unread (after the pixel data) stays so
+        vr = _vr_of(elem, tag)
         rule = table.by_tag.get(tag)
-        if isinstance(elem, RawDataElement) and elem.value is not None and len(elem.value) > _BIG_RAW:
-            continue  # a big unparsed sequence (per-frame groups): never parsed just for terms
-        if vr == "SQ" or (not vr and ds[tag].VR == "SQ"):
+        if isinstance(elem, RawDataElement) and (elem.length if elem.value is None else len(elem.value)) > _BIG_RAW:
+            continue  # a big unparsed sequence (per-frame groups) or unread value: never read just for terms
+        if vr == "SQ":
             seq = ds[tag].value
             if len(seq) <= _SMALL_SEQUENCE and depth < 6:
                 for item in seq:
@@ -76,8 +76,9 @@ def _collect_terms(ds: Dataset, options: frozenset[Option], depth: int = 0) -> l
             continue
         if rule.action(options) in ("K", "C"):
             continue
-        vr = ds[tag].VR
-        if vr in _TEXTUAL_VRS:
+        if vr == "UN":
+            vr = ds[tag].VR  # received as UN: pydicom's conversion finds the dictionary VR
+        if vr in _TEXTUAL_VRS:  # binary values are not read: they hold no terms
             terms.extend(terms_of(vr, ds[tag].value))
     return terms
 

@@ -171,7 +171,7 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
             continue
         if group & 1:
             if tag in private_keep:
-                kept.append(elem)
+                kept.append(_loaded(ds, tag, elem))
             else:
                 changed = True
             continue
@@ -196,6 +196,8 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
         if new is None:
             changed = True
             continue
+        if new is elem:
+            new = _loaded(ds, tag, elem)
         if new is not elem and new is not ds._dict.get(tag):
             changed = True
         kept.append(new)
@@ -208,6 +210,16 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
     for new in kept:
         out.add(new)
     return out
+
+
+def _loaded(ds: Dataset, tag: int, elem: Any) -> Any:
+    """A kept element whose value the reader left unread (a large one after the pixel data), now read.
+
+    Only what the profile keeps is read: a removed Data Set Trailing Padding never is.
+    """
+    if isinstance(elem, RawDataElement) and elem.value is None and elem.length:
+        return ds.get_item(tag)  # reads the value from the file the data set came from
+    return elem
 
 
 def _safe_private_tags(ds: Dataset, ctx: Context) -> set[int]:

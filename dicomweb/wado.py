@@ -95,14 +95,12 @@ def metadata(study: str, series: str | None = None, sop: str | None = None):
 
 def _pixel_value_range(record: InstanceRecord, path) -> tuple[int, int]:
     header = read_header(path)
-    if header.pixel_offset is None:
+    if header.pixel_offset is None or header.pixel_end is None:
         raise NotFound("this instance has no pixel data")
     with open(path, "rb") as f:
         f.seek(header.pixel_offset)
-        start, length = _element_header(f, header.transfer_syntax)
-    if length == 0xFFFFFFFF:
-        length = header.file_size - start  # encapsulated: the items up to the sequence delimiter
-    return start, length
+        start, _ = _element_header(f, header.transfer_syntax)
+    return start, header.pixel_end - start  # encapsulated: the items up to the sequence delimiter
 
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
