@@ -207,3 +207,26 @@ def test_c_move_to_a_tls_destination(pki, tmp_path, trusted):
     finally:
         receiver.terminate()
         receiver.wait(10)
+
+
+def test_https_with_required_client_certificates(pki, tmp_path, monkeypatch):
+    """[tls] require_client_cert also holds for HTTPS: no certificate, or one from another CA, gets no answer."""
+    key, cert = pki["client"]
+    context = ssl.create_default_context(cafile=str(pki["ca"]))
+    context.load_cert_chain(cert, key)
+    import urllib.request
+
+    opener = urllib.request.urlopen
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, **kw: opener(url, context=context, **kw))
+    server = TlsServer(tmp_path / "server", lambda port: tls_config(pki, http="true", require_client_cert="true"),
+                       https=True)
+    server.start()
+    try:
+        ok = requests.get(f"{server.url}/health", verify=str(pki["ca"]), cert=(str(cert), str(key)), timeout=10)
+        assert ok.status_code == 200
+        stranger_key, stranger_cert = pki["stranger"]
+        for client_cert in (None, (str(stranger_cert), str(stranger_key))):
+            with pytest.raises(requests.exceptions.RequestException):
+                requests.get(f"{server.url}/health", verify=str(pki["ca"]), cert=client_cert, timeout=10)
+    finally:
+        server.stop()
