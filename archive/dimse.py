@@ -128,6 +128,7 @@ def run(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_pynetdicom()
     archive = Archive(settings)
+    archive.ingest.warm_up()
     prepare_spool(settings.data_dir)
     ae = build_ae(settings)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

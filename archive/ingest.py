@@ -108,6 +108,23 @@ class Ingest:
         self.vault = vault
         self.dangling_references = dangling_references
 
+    def warm_up(self) -> None:
+        """Load now what the first stored instance would otherwise load: the de-identification
+        modules, pynetdicom's SOP class list and the IOD tables of whole-slide images.
+
+        Called by the servers before they accept work, so that the first STOW or C-STORE
+        after a start does not pay 0.3-0.5 s of CPU for it; costs about 12 MB per process.
+        """
+        storage_sop_classes()
+        if self.policies is None:
+            return
+        from deid.core import deidentify  # noqa: F401 - the import is the point
+        from deid.iod import iod_types
+
+        from .slide_levels import WSI_CLASS
+
+        iod_types(WSI_CLASS)
+
     def store_instance(self, stream: BinaryIO, origin: Origin) -> StoreResult:
         """Spool ``stream`` to disk, then store it; the stream is read in bounded chunks."""
         temp = self.storage.new_temp()

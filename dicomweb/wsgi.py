@@ -23,5 +23,6 @@ def app_from_environment() -> Flask:
     configure(settings.logging, settings.data_dir)
     quiet_libraries()
     app = create_app(settings)
+    app.extensions["archive"].ingest.warm_up()
     app.wsgi_app = AccessLog(app.wsgi_app)  # outermost: every request, the frame fast path included
     return app
