@@ -232,9 +232,15 @@ def _specimen(headers: list[Dataset]) -> dict[str, Any]:
     ids: list[str] = []
     containers: list[tuple[str, str]] = []
     container_id = None
+    seen: set[int] = set()  # sequences shared by several headers (Catalog._share_sequences)
     for ds in headers:
         container_id = container_id or _str(ds.get("ContainerIdentifier"))
         containers += _codes(_items(ds, "ContainerTypeCodeSequence"))
+        descriptions = ds.get("SpecimenDescriptionSequence")
+        if descriptions is not None:
+            if id(descriptions) in seen:
+                continue  # the very same items again: everything below is made unique anyway
+            seen.add(id(descriptions))
         for spec in _items(ds, "SpecimenDescriptionSequence"):
             ids.append(_str(spec.get("SpecimenIdentifier")) or "")
             anatomy += _codes(_items(spec, "PrimaryAnatomicStructureSequence"))
