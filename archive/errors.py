@@ -88,6 +88,14 @@ class OutOfResources(ArchiveError):
     title = "Out of resources"
 
 
+class Busy(ArchiveError):
+    """As much work of this kind is running as the archive allows at once (e.g. slide conversions); retry later."""
+
+    http_status = 503
+    dimse_status = 0xA700
+    failure_reason = 0xA700
+    title = "Busy"
+
 class NotAuthorized(ArchiveError):
     """The calling peer may not use this service (association policy)."""
 

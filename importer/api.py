@@ -20,7 +20,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, jsonify, request
 
 from archive.access import requires
-from archive.errors import InvalidRequest, NotFound, UnsupportedFormat
+from archive.errors import Busy, InvalidRequest, NotFound, UnsupportedFormat
 from archive.storage import CHUNK, raise_for_os_error
 from dicomweb import archive, audit, base_url, resource_url, settings
 from dicomweb.stow import target_origin
@@ -33,6 +33,8 @@ bp = Blueprint("imports", __name__)
 _JOB = re.compile(r"[0-9a-f]{32}")
 #: Threads converting one uploaded slide (the CLI's --workers).
 JOB_WORKERS = 2
+#: Conversions running at once; another upload is answered 503 until one ends (each takes a core or two).
+MAX_RUNNING_JOBS = 2
 
 
 def register(app: Flask) -> None:
@@ -68,6 +70,8 @@ def upload():
                              f"known: filename, {', '.join(COLUMNS[1:])}")
     entry = entry_from_row(fields, "upload")
     origin = target_origin("api", entry.collection)
+    if _running() >= MAX_RUNNING_JOBS:
+        raise Busy(f"{MAX_RUNNING_JOBS} slide conversions are running; retry when one has finished")
     job = uuid.uuid4().hex
     job_dir = _jobs() / job
     job_dir.mkdir(parents=True)
@@ -97,6 +101,14 @@ def upload():
 @requires("write")
 def status(job: str):
     return jsonify(_public(job_mod.read_state(_job_dir(job)) or {}))
+
+
+def _running() -> int:
+    root = _jobs()
+    if not root.is_dir():
+        return 0
+    states = (job_mod.read_state(d) for d in root.iterdir() if d.is_dir())
+    return sum(1 for s in states if s and s.get("status") not in job_mod.FINAL)
 
 
 def _receive(target: Path) -> None:

@@ -409,6 +409,13 @@ def test_upload_over_http_converts_in_the_background(make_server, cmu, tmp_path)
     assert requests.get(f"{server.url}/api/imports/{'0' * 32}").status_code == 404
     assert requests.get(f"{server.url}/api/imports/..%2F..").status_code == 404
     assert len(requests.get(f"{server.dicomweb}/instances").json()) == 2  # nothing half-stored
+    # two conversions running (jobs whose process, here this test's, is alive): the next upload waits
+    for n in range(2):
+        running = server.data_dir / "imports" / "jobs" / f"{n:032x}"
+        running.mkdir()
+        (running / "job.json").write_text(json.dumps({"status": "converting", "pid": os.getpid()}))
+    busy = requests.post(f"{server.url}/api/imports", data=b"x", params={"filename": "a.svs"})
+    assert busy.status_code == 503 and "retry" in busy.json()["message"]
 
 
 def test_vendor_text_is_scrubbed_but_standard_values_are_not():
