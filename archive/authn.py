@@ -17,7 +17,7 @@ from collections import OrderedDict
 from .access import UNAUTHENTICATED, Principal, anonymous, merge_roles
 from .apikeys import KeyStore, looks_like_key
 from .config import Settings
-from .oidc import PASSPORT_CLAIM, IssuerVerifier, TokenRejected, VisaVerifier, unverified_issuer
+from .oidc import IssuerVerifier, TokenRejected, VisaVerifier, unverified_issuer
 
 CACHE_ENTRIES = 10000
 #: What a client is told, whatever was wrong (the reason goes to the audit trail only).
@@ -119,7 +119,8 @@ class Authenticator:
         except TokenRejected as e:
             raise Unauthenticated(f"token refused: {e}") from None
         roles, admin = verifier.grants(claims)
-        if verifier.config.passports and PASSPORT_CLAIM in claims:
-            roles = merge_roles(roles, self.visas.grants(claims[PASSPORT_CLAIM]))
+        visas = verifier.passport(token, claims)
+        if visas:
+            roles = merge_roles(roles, self.visas.grants(visas))
         subject = f"{verifier.config.issuer}#{str(claims['sub'])[:128]}"
         return Principal(subject, "oidc", roles, admin), float(claims["exp"])

@@ -109,6 +109,7 @@ class IssuerVerifier:
     def __init__(self, config: OidcIssuer):
         self.config = config
         self._keys: KeySet | None = None
+        self.userinfo_endpoint = ""
         self._lock = threading.Lock()
 
     def keyset(self) -> KeySet:
@@ -122,6 +123,7 @@ class IssuerVerifier:
                 if str(document.get("issuer", "")).rstrip("/") != self.config.issuer or not document.get("jwks_uri"):
                     raise TokenRejected("the discovery document names another issuer or no jwks_uri")
                 self._keys = KeySet(document["jwks_uri"])
+                self.userinfo_endpoint = str(document.get("userinfo_endpoint") or "")
             return self._keys
 
     def verify(self, token: str) -> dict[str, Any]:
@@ -137,6 +139,25 @@ class IssuerVerifier:
         if str(claims.get("iss", "")).rstrip("/") != self.config.issuer:
             raise TokenRejected("InvalidIssuerError")
         return claims
+
+    def passport(self, token: str, claims: dict[str, Any]) -> Any:
+        """The token's visas: its ``ga4gh_passport_v1`` claim, else (when the token's scope asks for
+        passports, as LS Login's do) the same claim from the issuer's userinfo endpoint."""
+        if not self.config.passports:
+            return None
+        if PASSPORT_CLAIM in claims:
+            return claims[PASSPORT_CLAIM]
+        if PASSPORT_CLAIM not in str(claims.get("scope", "")).split() or not self.userinfo_endpoint:
+            return None
+        request = urllib.request.Request(self.userinfo_endpoint, headers={"Authorization": f"Bearer {token}",
+                                                                          "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as response:
+                info = json.loads(response.read(1 << 20))
+        except (OSError, ValueError) as e:
+            log.info("userinfo for passport visas not available: %s", type(e).__name__)
+            return None
+        return info.get(PASSPORT_CLAIM) if isinstance(info, dict) else None
 
     def grants(self, claims: dict[str, Any]) -> tuple[dict[str, frozenset[str]], bool]:
         """(roles per collection, admin) from the collections claim."""

@@ -1,5 +1,5 @@
 -- wrk script: each request asks for a random frame of one instance.
---   wrk ... -s frames.lua URL -- PATHS_FILE ACCEPT MAX_REQUESTS_PER_THREAD
+--   wrk ... -s frames.lua URL -- PATHS_FILE ACCEPT MAX_REQUESTS_PER_THREAD [TOKEN]
 -- PATHS_FILE has two lines: the URL path of a frame without its number, and the
 -- number of frames; a request asks for PREFIX .. random(1, COUNT). The URL is built
 -- per request rather than picked from a table of every path: with a table of
@@ -7,12 +7,14 @@
 -- becomes a Lua string) wrk used about twice the CPU per request it used with 192,
 -- and wrk shares the cores with the server under test. ACCEPT is sent as the
 -- Accept header ("-" for none). A thread stops after MAX responses, so a slow
--- server's run is bounded by count as well as by wrk's -d duration.
+-- server's run is bounded by count as well as by wrk's -d duration. TOKEN, when given,
+-- is sent as "Authorization: Bearer TOKEN" (bench/auth_bench.py).
 -- done() prints one line "RESULT {json}" for frames.py to parse.
 
 local prefix = nil
 local count = 0
 local accept = nil
+local token = nil
 local max_responses = 0
 local responses = 0
 local bad_status = 0
@@ -31,12 +33,14 @@ function init(args)
    count = tonumber(lines())
    if args[2] and args[2] ~= "-" then accept = args[2] end
    max_responses = tonumber(args[3] or "0")
+   if args[4] and args[4] ~= "-" then token = args[4] end
    math.randomseed(os.time() * 1000 + id)
 end
 
 function request()
    local headers = {}
    if accept then headers["Accept"] = accept end
+   if token then headers["Authorization"] = "Bearer " .. token end
    return wrk.format("GET", prefix .. math.random(count), headers)
 end
 

@@ -81,6 +81,7 @@ class LoopbackIssuer:
 
     def __init__(self):
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
+        self.userinfo: dict = {}  # what /userinfo answers to any bearer token
         self.add_key("k1")
         issuer = self
         self.port = free_port()
@@ -88,9 +89,11 @@ class LoopbackIssuer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path == "/.well-known/openid-configuration":
-                    body = {"issuer": issuer.url, "jwks_uri": issuer.jwks_url}
+                    body = {"issuer": issuer.url, "jwks_uri": issuer.jwks_url, "userinfo_endpoint": f"{issuer.url}/userinfo"}
                 elif self.path == "/jwks":
                     body = issuer.jwks()
+                elif self.path == "/userinfo" and self.headers.get("Authorization", "").startswith("Bearer "):
+                    body = issuer.userinfo
                 else:
                     self.send_error(404)
                     return

@@ -100,12 +100,17 @@ def loopback():
     issuer.stop()
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory, oidc, visas, loopback):
-    server = Server(tmp_path_factory.mktemp("auth"), auth_config(oidc, visas, loopback))
+def with_admin_key(root, config: str) -> Server:
+    """A server (not started) whose data directory already holds an administrator key (``server.admin``)."""
+    server = Server(root, config)
     server.data_dir.mkdir(parents=True)
     server.admin = cli(server, "keys", "create", "--name", "test admin", "--admin")
-    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, oidc, visas, loopback):
+    server = with_admin_key(tmp_path_factory.mktemp("auth"), auth_config(oidc, visas, loopback)).start()
     yield server
     server.stop()
 
@@ -463,6 +468,20 @@ def test_passport_visas_grant_only_valid_allowed_controlled_access(archive, stud
     who = requests.get(f"{archive.url}/api/whoami", headers=bearer(token)).json()
     assert who["roles"] == {"b": ["read"]}, who
     assert study_uids(qido_studies(archive, token)) == [studies["b"][0]["study"]]
+
+
+def test_passport_visas_from_the_userinfo_endpoint(archive, studies, loopback, visas):
+    """LS Login's way: the token's scope asks for passports, the visas come from userinfo."""
+    trusted, _ = visas
+    loopback.userinfo = {"sub": "ls-user", "ga4gh_passport_v1": [trusted.visa(DATASET_B, subject="ls-user")]}
+    now = int(time.time())
+    token = loopback.sign({"iss": loopback.url, "sub": "ls-user", "aud": "slidearchive", "exp": now + 600,
+                           "scope": "openid ga4gh_passport_v1"})
+    who = requests.get(f"{archive.url}/api/whoami", headers=bearer(token)).json()
+    assert who["roles"] == {"b": ["read"]}, who
+    without = loopback.sign({"iss": loopback.url, "sub": "ls-user", "aud": "slidearchive", "exp": now + 600,
+                             "scope": "openid"})
+    assert requests.get(f"{archive.url}/api/whoami", headers=bearer(without)).json()["roles"] == {}
 
 
 def test_admin_claim_sees_everything(archive, studies, oidc):

@@ -13,7 +13,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Stu
 from conftest import IDENTIFIED, Server
 from oidc_providers import LoopbackIssuer
 from slides import SlideSpec, make_slide
-from test_auth import cli, qido_studies, stow, study_uids
+from test_auth import cli, qido_studies, study_uids, with_admin_key
 from test_dimse_tools import PROPOSE, dcmtk, needs_dcmtk, store
 
 pytestmark = needs_dcmtk
@@ -44,10 +44,7 @@ collections = ["a", "a:write"]
 ae_title = "USERS"
 allow = ["store", "query", "retrieve"]
 """
-    server = Server(tmp_path_factory.mktemp("auth-dimse"), config)
-    server.data_dir.mkdir(parents=True)
-    server.admin = cli(server, "keys", "create", "--name", "admin", "--admin")
-    server.start()
+    server = with_admin_key(tmp_path_factory.mktemp("auth-dimse"), config).start()
     yield server
     server.stop()
 

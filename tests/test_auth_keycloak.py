@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import IDENTIFIED, Server, free_port
+from conftest import IDENTIFIED, free_port
 from oidc_providers import OIDC_DIR
 from slides import SlideSpec, make_slide
-from test_auth import bearer, cli, qido_studies, stow, study_uids
+from test_auth import bearer, qido_studies, stow, study_uids, with_admin_key
 
 pytestmark = pytest.mark.slow
 REALM_FILE = Path(__file__).resolve().parent / "oidc" / "realm-pathology.json"
@@ -84,10 +84,7 @@ enabled = true
 issuer = "{keycloak}"
 audience = ["slidearchive"]
 """
-    server = Server(tmp_path_factory.mktemp("kc-archive"), config)
-    server.data_dir.mkdir(parents=True)
-    server.admin = cli(server, "keys", "create", "--name", "admin", "--admin")
-    server.start()
+    server = with_admin_key(tmp_path_factory.mktemp("kc-archive"), config).start()
     yield server
     server.stop()
 
