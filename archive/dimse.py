@@ -139,7 +139,7 @@ def run(settings: Settings) -> None:
     if tls.dimse != "off":
         from .tls import dimse_context
 
-        context = dimse_context(tls, archive.audit)
+        context = dimse_context(tls, archive.audit, settings.dimse.acse_timeout)
     try:
         if tls.dimse == "separate":
             ae.start_server((settings.host, settings.dimse.port), block=False, evt_handlers=bound)

@@ -29,6 +29,8 @@ class _DeferredHandshakeSocket(ssl.SSLSocket):
         if getattr(self, "_handshake_done", False):
             return
         self._handshake_done = True
+        previous = self.gettimeout()
+        self.settimeout(getattr(self.context, "handshake_timeout", None))  # a stalled ClientHello holds no thread
         try:
             self.do_handshake()
         except (ssl.SSLEOFError, ConnectionError):
@@ -43,6 +45,8 @@ class _DeferredHandshakeSocket(ssl.SSLSocket):
                              detail={"type": "Node Authentication",
                                      "description": f"TLS handshake refused: {getattr(e, 'reason', None) or type(e).__name__}"})
             raise
+        finally:
+            self.settimeout(previous)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         self._handshake_once()
@@ -56,12 +60,13 @@ class _DeferredHandshakeSocket(ssl.SSLSocket):
 class DeferredHandshakeContext(ssl.SSLContext):
     sslsocket_class = _DeferredHandshakeSocket
     audit: Any = None
+    handshake_timeout: float | None = None
 
     def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, *args, **kwargs):  # noqa: D102
         return super().wrap_socket(sock, server_side, False, *args, **kwargs)
 
 
-def dimse_context(tls: TlsSettings, audit: Any = None) -> ssl.SSLContext:
+def dimse_context(tls: TlsSettings, audit: Any = None, handshake_timeout: float | None = None) -> ssl.SSLContext:
     """The server context for DIMSE associations; client certificates checked against ``ca_file``."""
     context = DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
@@ -72,6 +77,7 @@ def dimse_context(tls: TlsSettings, audit: Any = None) -> ssl.SSLContext:
         context.load_verify_locations(cafile=str(Path(tls.ca_file).expanduser()))
         context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
     context.audit = audit
+    context.handshake_timeout = handshake_timeout
     return context
 
 

@@ -230,3 +230,24 @@ def test_https_with_required_client_certificates(pki, tmp_path, monkeypatch):
                 requests.get(f"{server.url}/health", verify=str(pki["ca"]), cert=client_cert, timeout=10)
     finally:
         server.stop()
+
+
+def test_a_stalled_handshake_is_dropped_after_acse_timeout(pki, tmp_path):
+    server = TlsServer(tmp_path / "server", lambda port: tls_config(pki, dimse='"only"')
+                       + "[dimse]\nacse_timeout = 2\n").start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.dimse_port), timeout=30) as raw:
+            raw.sendall(b"\x16\x03\x01\x00\xff")  # a TLS record header announcing a ClientHello that never comes
+            started = time.time()
+            try:
+                assert raw.recv(1) == b""  # the archive closed it
+            except ConnectionResetError:
+                pass
+            assert time.time() - started < 20
+        deadline = time.time() + 10
+        while not alerts(server) and time.time() < deadline:
+            time.sleep(0.2)
+        (alert,) = alerts(server)
+        assert alert["AuditMessage"]["EventIdentification"]["EventTypeCode"][0]["originalText"] == "Node Authentication"
+    finally:
+        server.stop()
