@@ -14,6 +14,8 @@ from conftest import IDENTIFIED
 from rsyslog_receiver import RSYSLOGD, Rsyslog
 from tls_pki import Authority
 
+pytestmark = pytest.mark.slow
+
 
 def query_limit(message) -> str | None:
     """The ``limit`` a Query message records (its ParticipantObjectQuery is base64 JSON)."""

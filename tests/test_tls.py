@@ -173,6 +173,7 @@ def tls_storescp(directory, key_cert, ca, port: int) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trusted", [True, False], ids=["destination-trusted", "destination-unknown-ca"])
 def test_c_move_to_a_tls_destination(pki, tmp_path, trusted):
     """The archive opens the sub-association over TLS; a destination whose certificate it cannot check gets nothing."""
@@ -232,6 +233,7 @@ def test_https_with_required_client_certificates(pki, tmp_path, monkeypatch):
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_stalled_handshake_is_dropped_after_acse_timeout(pki, tmp_path):
     server = TlsServer(tmp_path / "server", lambda port: tls_config(pki, dimse='"only"')
                        + "[dimse]\nacse_timeout = 2\n").start()
