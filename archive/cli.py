@@ -47,9 +47,14 @@ class UsageError(Exception):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from .server import serve
 
-    return serve(_settings(args))
+    settings = _settings(args)
+    if args.verbose:  # -v wins over [logging] level
+        settings = dataclasses.replace(settings, logging=dataclasses.replace(settings.logging, level="info"))
+    return serve(settings)
 
 
 def _files(paths: list[str]) -> Iterator[tuple[Path, bool]]:

@@ -230,3 +230,21 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, args, message):
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_start_sh_does_not_reinstall_when_everything_is_installed(tmp_path):
+    """scripts/start.sh installs only what scripts/installed.py finds missing (here: nothing)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "python3-calls"
+    shim = bin_dir / "python3"  # records how start.sh runs Python, then runs it
+    shim.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec "{sys.executable}" "$@"\n')
+    shim.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    assert subprocess.run([sys.executable, str(REPO / "scripts" / "installed.py")]).returncode == 0
+    result = subprocess.run(["bash", str(REPO / "scripts" / "start.sh"), "--help"], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0 and "usage: slidearchive serve" in result.stdout, result.stderr
+    ran = calls.read_text()
+    assert "installed.py" in ran and "-m archive.cli serve --help" in ran
+    assert "pip" not in ran
