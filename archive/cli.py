@@ -166,7 +166,7 @@ def _vendor_batch(archive, args: argparse.Namespace, files: list[tuple[Path, boo
         from importer.batch import Batch
     except ImportError:
         return None
-    return Batch.open(archive, args.manifest, args.import_workers, [p for p, _ in files])
+    return Batch.open(archive, args.manifest, args.import_workers, [p for p, _ in files], args.jobs)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "collection, case_id per file (docs/import.md)")
     p.add_argument("--workers", dest="import_workers", type=int, default=2,
                    help="threads converting one vendor slide")
+    p.add_argument("--jobs", type=int, default=1, help="vendor slides converted at once, each in its own process")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("verify", parents=[common], help="check that storage and catalog agree",

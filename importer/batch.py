@@ -1,7 +1,9 @@
 """The vendor part of ``slidearchive import``: manifest first, then one file at a time with its own bar."""
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import sys
 from pathlib import Path
 
@@ -12,6 +14,29 @@ from .formats import is_candidate
 from .run import ImportOutcome, VendorImporter
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _import_one(settings, path: Path, origin, entry, workers: int) -> "ImportOutcome | ArchiveError":
+    """One slide in a pool process: its own Archive (catalog and ledger connections), no bar."""
+    from archive.server import quiet_libraries
+    from archive.service import Archive
+
+    quiet_libraries()
+    try:
+        return VendorImporter(Archive(settings), workers).import_file(path, origin, entry)
+    except ArchiveError as e:
+        return e
+    except Exception as e:  # never the text: it may quote the file's metadata
+        return ArchiveError(f"unexpected {type(e).__name__} while converting")
 
 
 def is_vendor_file(path: Path) -> bool:
@@ -62,11 +87,18 @@ class Batch:
     failed: int = 0
     failures: list[str] = dataclasses.field(default_factory=list)
 
+    #: Slides converted at once in their own processes (``--jobs``); 1: one after another, in this process.
+    jobs: int = 1
+    files: list[Path] = dataclasses.field(default_factory=list)
+    _pool: concurrent.futures.ProcessPoolExecutor | None = None
+    _futures: dict[Path, concurrent.futures.Future] = dataclasses.field(default_factory=dict)
+
     @classmethod
-    def open(cls, archive, manifest_path: Path | None, workers: int, batch_files: list[Path]) -> "Batch":
+    def open(cls, archive, manifest_path: Path | None, workers: int, batch_files: list[Path],
+             jobs: int = 1) -> "Batch":
         """Read and check the manifest before anything is converted; rows for files not in this batch are reported."""
         manifest = manifest_mod.load(manifest_path) if manifest_path else manifest_mod.Manifest()
-        batch = cls(VendorImporter(archive, workers), manifest)
+        batch = cls(VendorImporter(archive, workers), manifest, jobs=max(1, jobs), files=list(batch_files))
         wanted = {str(p.resolve()) for p in batch_files}
         for key, message in manifest.errors.items():
             if key not in wanted:  # a row naming a missing file (or no file): its own failure
@@ -82,20 +114,44 @@ class Batch:
             self.failed += 1
             self.failures.append(f"{path}: Invalid manifest: {problem}")
             return None
-        bar = None if quiet else FileBar(path.name)
-        try:
-            outcome = self.importer.import_file(path, origin, self.manifest.for_file(path), bar)
-        except ArchiveError as e:
+        if self.jobs > 1:
+            outcome = self._parallel(path, origin, quiet)
+        else:
+            bar = None if quiet else FileBar(path.name)
+            try:
+                outcome = self.importer.import_file(path, origin, self.manifest.for_file(path), bar)
+            except ArchiveError as e:
+                outcome = e
+            finally:
+                if bar:
+                    bar.close()
+        if isinstance(outcome, ArchiveError):
             self.failed += 1
-            self.failures.append(f"{path}: {e.title}: {e.message}")
+            self.failures.append(f"{path}: {outcome.title}: {outcome.message}")
             return None
-        finally:
-            if bar:
-                bar.close()
         if outcome.status == "duplicate":
             self.already += 1
         else:
             self.converted += 1
+        return outcome
+
+    def _parallel(self, path: Path, origin, quiet: bool) -> "ImportOutcome | ArchiveError":
+        """The first call hands every vendor file of the batch to a pool; each call waits for its own file."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+            archive = self.importer.archive
+            for f in self.files:
+                if not _is_dicom(f) and is_vendor_file(f) and not self.manifest.error_for(f):
+                    self._futures[f] = self._pool.submit(_import_one, archive.settings, f, origin,
+                                                         self.manifest.for_file(f), self.importer.workers)
+        try:
+            outcome = self._futures.pop(path).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            outcome = ArchiveError("the conversion process ended unexpectedly")
+        if not quiet:
+            sys.stderr.write(f"{path.name}: {'failed' if isinstance(outcome, ArchiveError) else outcome.status}\n")
+        if not self._futures:
+            self._pool.shutdown()
         return outcome
 
     def summary(self) -> str:

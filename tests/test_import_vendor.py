@@ -265,6 +265,7 @@ def test_openslide_formats_are_re_encoded_and_say_so(make_server, tmp_path):
 
 
 def test_bad_files_fail_one_by_one_and_the_batch_goes_on(tmp_path):
+    """With --jobs 2: the files are converted two at a time, in their own processes."""
     data = tmp_path / "data"
     data.mkdir()
     folder = tmp_path / "in"
@@ -281,7 +282,7 @@ def test_bad_files_fail_one_by_one_and_the_batch_goes_on(tmp_path):
         {"file": "in/bad-code.svs", "stain": "SCT:12710004:hematoxylin stain"},  # check digit wrong
         {"file": "in/missing.svs", "specimen": "S9"},
     ]}))
-    result = run("import", str(folder), "--manifest", str(manifest), "--data-dir", str(data), "-q")
+    result = run("import", str(folder), "--manifest", str(manifest), "--data-dir", str(data), "-q", "--jobs", "2")
     assert result.returncode == 1
     err = result.stderr
     assert "truncated.svs: Not a slide:" in err or "truncated.svs: Not a slide" in err, err
