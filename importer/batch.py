@@ -16,15 +16,6 @@ from .run import ImportOutcome, VendorImporter
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 def _import_one(settings, path: Path, origin, entry, workers: int) -> "ImportOutcome | ArchiveError":
     """One slide in a pool process: its own Archive (catalog and ledger connections), no bar."""
     from archive.server import quiet_libraries
@@ -138,10 +129,12 @@ class Batch:
     def _parallel(self, path: Path, origin, quiet: bool) -> "ImportOutcome | ArchiveError":
         """The first call hands every vendor file of the batch to a pool; each call waits for its own file."""
         if self._pool is None:
+            from archive.cli import looks_like_dicom
+
             self._pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
             archive = self.importer.archive
             for f in self.files:
-                if not _is_dicom(f) and is_vendor_file(f) and not self.manifest.error_for(f):
+                if not looks_like_dicom(f) and is_vendor_file(f) and not self.manifest.error_for(f):
                     self._futures[f] = self._pool.submit(_import_one, archive.settings, f, origin,
                                                          self.manifest.for_file(f), self.importer.workers)
         try:
