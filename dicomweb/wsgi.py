@@ -20,7 +20,7 @@ def app_from_environment() -> Flask:
     from . import create_app
 
     settings = pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV]))
-    configure(settings.logging, settings.data_dir)
+    configure(settings.logging, settings.data_dir, access=True)
     quiet_libraries()
     app = create_app(settings)
     app.extensions["archive"].ingest.warm_up()
