@@ -23,7 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.sequence import Sequence
-from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from archive.dicomfile import read_header
 from deid import Option, Policy, deidentify
@@ -239,3 +239,59 @@ def test_encapsulated_pixel_data_without_delimiter_is_refused(basic_server, tmp_
     status, response = stow(server, [cut])
     assert status in (400, 409), response
     assert "encapsulated pixel data truncated" in str(response)
+
+
+BLANKING = """
+[deid]
+default = "blank"
+[deid.policies.blank]
+overview = "blank"
+overview_label_area = [0, 0, 200, 200]
+"""
+
+
+def test_blanked_overview_elements_after_pixel_data(make_server, tmp_path: Path) -> None:
+    """The overview whose label is blanked is re-encoded whole: its trailing elements still go through the profile."""
+    server = make_server(BLANKING, dimse=False)
+    spec = SlideSpec(width=512, height=512, levels=1, label=False, overview=True)
+    overview = pydicom.dcmread(make_slide(tmp_path / "slide", spec)[-1])
+    assert overview.ImageType[2] == "OVERVIEW" and overview.SpecimenLabelInImage == "YES"
+    plant_after_pixel_data(overview, 64)
+    source = tmp_path / "overview.dcm"
+    overview.save_as(source, enforce_file_format=True)
+    status, response = stow(server, [source])
+    assert status in (200, 202), response
+    data = retrieve_instance(server, *stored_sop(response))
+    assert MARKER.search(data) is None
+    stored = pydicom.dcmread(io.BytesIO(data))
+    assert stored.BurnedInAnnotation == "NO" and stored.PixelData != overview.PixelData  # blanked
+    assert 0xFFFAFFFA not in stored and 0xFFFCFFFC not in stored and 0x7FE11001 not in stored
+    assert stored[COEFFICIENTS_SDVN].value == KEPT_VALUE
+    for where, kept in everything_kept(server):
+        m = MARKER.search(kept)
+        assert m is None, f"{m.group()!r} in {where}"
+
+
+def test_deflated_elements_after_pixel_data(basic_server, tmp_path: Path) -> None:
+    """A deflated instance is parsed whole: its trailing elements go through the profile, its pixels stay."""
+    server = basic_server
+    spec = SlideSpec(width=256, height=256, codec="native", levels=1, label=False, overview=False)
+    ds = pydicom.dcmread(make_slide(tmp_path / "slide", spec)[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    plant_after_pixel_data(ds, 64)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    source = tmp_path / "deflated.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    status, response = stow(server, [source])
+    assert status in (200, 202), response
+    data = retrieve_instance(server, *stored_sop(response))
+    stored = pydicom.dcmread(io.BytesIO(data))
+    assert stored.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+    stored.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated, to search the bytes
+    inflated = io.BytesIO()
+    stored.save_as(inflated, enforce_file_format=True)
+    m = MARKER.search(inflated.getvalue())
+    assert m is None, f"{m.group()!r} stored"
+    assert stored.PixelData == ds.PixelData
+    assert 0xFFFAFFFA not in stored and 0xFFFCFFFC not in stored and 0x80011001 not in stored
+    assert stored[COEFFICIENTS_SDVN].value == KEPT_VALUE
