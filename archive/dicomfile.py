@@ -20,7 +20,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
 
 from .errors import DatasetDoesNotMatchSOPClass, InvalidDataset
-from .frames import _element_header, item_spans
+from .frames import ItemSpans, _element_header, item_spans
 
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float, DoubleFloat
@@ -51,7 +51,7 @@ class Header:
     pixel_end: int | None = None
     trailer: Dataset = dataclasses.field(default_factory=Dataset)
     #: Encapsulated pixel data: frames.item_spans of its items (offsets relative to its value).
-    item_spans: list[tuple[int, int]] | None = None
+    item_spans: ItemSpans | None = None
 
     def complete(self) -> Dataset:
         """``dataset`` with the trailer's elements added: every element but the pixel data.
@@ -113,7 +113,7 @@ def read_header(path: Path) -> Header:
     return Header(ds, ts, pixel_offset, size, pixel_end, trailer, spans)
 
 
-def _pixel_data_end(f: BinaryIO, ts: UID, size: int) -> tuple[int, list[tuple[int, int]] | None]:
+def _pixel_data_end(f: BinaryIO, ts: UID, size: int) -> tuple[int, ItemSpans | None]:
     """(Offset just past the pixel data element whose tag is at the current position, its item spans)."""
     value_start, length = _element_header(f, ts)
     if length != _UNDEFINED:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from array import array
 import struct
 from typing import BinaryIO
 
@@ -29,6 +30,14 @@ ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 SEQ_DELIM = 0xE0DDFFFE
 _ITEM_HEADER = struct.Struct("<II")  # (tag as one uint32, length)
 _JPEG_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemSpans:
+    """The items of an encapsulated pixel data value: offsets relative to the value, lengths."""
+
+    offsets: array
+    lengths: array
 
 
 @dataclasses.dataclass
@@ -68,18 +77,18 @@ def _element_header(f: BinaryIO, ts: UID) -> tuple[int, int]:
     return f.tell(), struct.unpack("<H", raw[6:8])[0]
 
 
-def item_spans(fd: int, start: int, file_size: int) -> tuple[list[tuple[int, int]], int]:
+def item_spans(fd: int, start: int, file_size: int) -> tuple[ItemSpans, int]:
     """The items of encapsulated pixel data whose value starts at ``start``.
 
-    Returns ([(item value offset relative to ``start``, length)], file offset just past
-    the sequence delimiter). Relative offsets stay true in a copy of the element placed
-    elsewhere (the stored file, behind a rewritten header), so one walk serves both.
-    Only the 8-byte item headers are read, one ``pread`` each (a buffered read would
+    Returns (each item's value offset relative to ``start`` and length, file offset just
+    past the sequence delimiter). Relative offsets stay true in a copy of the element
+    placed elsewhere (the stored file, behind a rewritten header), so one walk serves
+    both. Only the 8-byte item headers are read, one ``pread`` each (a buffered read would
     pull in 8 KB of fragment per item); no fragment value is touched.
     """
-    spans: list[tuple[int, int]] = []
+    offsets, lengths = array("q"), array("q")  # 16 bytes an item: a 49,152-frame level holds 0.8 MB
     position = start
-    pread, unpack, append = os.pread, _ITEM_HEADER.unpack, spans.append
+    pread, unpack, add_offset, add_length = os.pread, _ITEM_HEADER.unpack, offsets.append, lengths.append
     while True:
         head = pread(fd, 8, position)
         if len(head) < 8:
@@ -87,13 +96,12 @@ def item_spans(fd: int, start: int, file_size: int) -> tuple[list[tuple[int, int
         tag, length = unpack(head)
         position += 8
         if tag == SEQ_DELIM:
-            return spans, position
+            return ItemSpans(offsets, lengths), position
         if tag != ITEM or length == 0xFFFFFFFF or position + length > file_size:
             raise InvalidDataset("encapsulated pixel data malformed or truncated")
-        append((position - start, length))
+        add_offset(position - start)
+        add_length(length)
         position += length
-
-
 
 
 def _frames_from_starts(fragments: list[tuple[int, int]], starts: list[int]) -> FrameIndex:
@@ -122,7 +130,7 @@ def _starts_from_table(table: np.ndarray, fragments: list[tuple[int, int]], firs
 
 
 def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, file_size: int,
-                 spans: list[tuple[int, int]] | None = None) -> FrameIndex:
+                 spans: ItemSpans | None = None) -> FrameIndex:
     """Build the frame index of the pixel data element whose tag is at ``pixel_offset``.
 
     ``spans``: the element's ``item_spans`` when already walked (in the received file
@@ -135,10 +143,10 @@ def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, fi
         return _native(header_ds, value_start, length, number_of_frames, file_size)
     if spans is None:
         spans = item_spans(f.fileno(), value_start, file_size)[0]
-    if len(spans) < 2:
+    if len(spans.offsets) < 2:
         raise InvalidDataset("encapsulated pixel data has no fragments")
-    (bot_offset, bot_length), fragments = spans[0], spans[1:]
-    bot = os.pread(f.fileno(), bot_length, value_start + bot_offset)
+    bot = os.pread(f.fileno(), spans.lengths[0], value_start + spans.offsets[0])
+    fragments = list(zip(spans.offsets[1:], spans.lengths[1:]))
     index = _encapsulated(f, header_ds, number_of_frames, bot, fragments, value_start)
     index.offsets += np.uint64(value_start)  # the fragments' offsets are relative to the value
     return index

@@ -28,7 +28,7 @@ from .catalog import NewInstance
 from .dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
 from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
                      DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
-from .frames import index_frames
+from .frames import ItemSpans, index_frames
 from .storage import CHUNK, copy_range, raise_for_os_error, spool
 from .uids import is_valid_uid
 
@@ -233,7 +233,7 @@ class Ingest:
             raise_for_os_error(e)
         return new, pixel_offset, True, True
 
-    def _commit(self, ds: Dataset, ts: UID, pixel_offset: int | None, spans: list[tuple[int, int]] | None,
+    def _commit(self, ds: Dataset, ts: UID, pixel_offset: int | None, spans: ItemSpans | None,
                 temp: Path, origin: Origin) -> StoreResult:
         """Hash, index and catalog ``temp``; ``spans``: its pixel data's item spans when already known."""
         sha = sha256_of(temp)

@@ -171,7 +171,7 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
             continue
         if group & 1:
             if tag in private_keep:
-                kept.append(_loaded(ds, tag, elem))
+                kept.append(elem if path else _loaded(ds, tag, elem))
             else:
                 changed = True
             continue
@@ -196,7 +196,7 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
         if new is None:
             changed = True
             continue
-        if new is elem:
+        if new is elem and not path:  # only the top level holds values left unread
             new = _loaded(ds, tag, elem)
         if new is not elem and new is not ds._dict.get(tag):
             changed = True
