@@ -175,12 +175,32 @@ def _levels(wsi) -> list[Level]:
     return out
 
 
+def _import_wsidicomizer():
+    """wsidicomizer's classes, without the change its import makes to pydicom's global config.
+
+    Importing wsidicomizer turns on pydicom's future behaviour and strict validation for
+    the whole process; the archive's ingest in the same process (import, tests) would then
+    refuse to write de-identified headers that carry imperfect values. Restore what was set.
+    """
+    from pydicom import config
+
+    saved = (config._use_future, config.INVALID_KEYWORD_BEHAVIOR, config.enforce_valid_values,
+             config.settings._writing_validation_mode)
+    try:
+        from wsidicomizer import WsiDicomizer
+        from wsidicomizer.wsidicomizer import SourceIdentifier
+    finally:
+        (config._use_future, config.INVALID_KEYWORD_BEHAVIOR, config.enforce_valid_values,
+         config.settings._writing_validation_mode) = saved
+    return WsiDicomizer, SourceIdentifier
+
+
 def convert(path: Path, fmt: VendorFormat, out_dir: Path, entry: Entry | None, fingerprint: str,
             workers: int = 1, progress: Progress | None = None, eot_from: int = EOT_FROM_BYTES) -> list[Path]:
     """Write every instance of the slide at ``path`` into ``out_dir``; returns the files written."""
     from wsidicom.codec import JpegSettings
-    from wsidicomizer import WsiDicomizer
-    from wsidicomizer.wsidicomizer import SourceIdentifier
+
+    WsiDicomizer, SourceIdentifier = _import_wsidicomizer()
 
     uids = ContentUids(fingerprint)
     finisher = _Finisher(fmt, entry, vendortext.collect(path, fmt.source), _magnification(path, fmt), uids())

@@ -432,3 +432,12 @@ def test_vendor_text_is_scrubbed_but_standard_values_are_not():
     ds.SoftwareVersions = "Aperio Image Library v12"  # mapped on purpose
     assert sorted(scrub(ds, tokens)) == ["OperatorsName", "SeriesDescription"]
     assert ds.PositionReferenceIndicator == "SLIDE_CORNER" and "SoftwareVersions" in ds
+
+
+def test_loading_the_converter_leaves_pydicom_config_as_it_was():
+    """wsidicomizer turns on pydicom's future behaviour on import; ingest in the same process must not see it."""
+    probe = ("import pydicom.config as c; from importer.convert import _import_wsidicomizer; "
+             "before = (c._use_future, c.settings.writing_validation_mode); _import_wsidicomizer(); "
+             "print(before == (c._use_future, c.settings.writing_validation_mode))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "True"
