@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, jsonify, request
 from archive.access import requires
 from archive.errors import Busy, InvalidRequest, NotFound, UnsupportedFormat
 from archive.storage import CHUNK, raise_for_os_error
-from dicomweb import archive, audit, base_url, resource_url, settings
+from dicomweb import audit, base_url, principal, resource_url, settings
 from dicomweb.stow import target_origin
 
 from . import job as job_mod
@@ -85,7 +85,7 @@ def upload():
     fd = os.open(job_dir / "request.pickle", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds the settings
     with os.fdopen(fd, "wb") as f:
         pickle.dump((settings(), origin, entry, JOB_WORKERS), f)
-    job_mod.write_state(job_dir, job=job, status="queued", progress=0.0)
+    job_mod.write_state(job_dir, job=job, status="queued", progress=0.0, owner=principal().subject)
     process = subprocess.Popen([sys.executable, "-m", "importer.job", str(job_dir)], cwd=_repo(),
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -100,7 +100,11 @@ def upload():
 @bp.get("/imports/<job>")
 @requires("write")
 def status(job: str):
-    return jsonify(_public(job_mod.read_state(_job_dir(job)) or {}))
+    state = job_mod.read_state(_job_dir(job)) or {}
+    who = principal()
+    if state.get("owner") != who.subject and not who.admin:
+        raise NotFound("no such import job")  # another principal's upload: not even its existence
+    return jsonify(_public(state))
 
 
 def _running() -> int:
@@ -128,7 +132,7 @@ def _receive(target: Path) -> None:
 
 def _public(state: dict) -> dict:
     """The job as clients see it: no process id; links to the resulting study and series."""
-    out = {k: v for k, v in state.items() if k not in ("pid", "updated")}
+    out = {k: v for k, v in state.items() if k not in ("pid", "updated", "owner")}
     result = out.get("result") or {}
     if result.get("study"):
         result["study_url"] = resource_url(result["study"])

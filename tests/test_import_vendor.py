@@ -441,3 +441,34 @@ def test_loading_the_converter_leaves_pydicom_config_as_it_was():
              "print(before == (c._use_future, c.settings.writing_validation_mode))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_an_upload_job_is_seen_only_by_its_uploader(tmp_path, cmu):
+    from conftest import Server
+
+    server = Server(tmp_path / "server", "[auth]\nenabled = true\n")
+    server.data_dir.mkdir(parents=True)
+
+    def key(name: str) -> dict[str, str]:
+        made = run("keys", "create", "--name", name, "--grant", "default:write", "--data-dir", str(server.data_dir),
+                   "--config", str(server.config_path))
+        assert made.returncode == 0, made.stderr
+        return {"Authorization": f"Bearer {made.stdout.strip()}"}
+
+    uploader, other = key("uploader"), key("other")
+    server.start()
+    try:
+        assert requests.post(f"{server.url}/api/imports", data=b"x", params={"filename": "a.svs"}).status_code == 401
+        r = requests.post(f"{server.url}/api/imports", data=cmu.read_bytes(), params={"filename": "cmu.svs"},
+                          headers=uploader)
+        assert r.status_code == 202, r.text
+        assert requests.get(r.headers["Location"], headers=other).status_code == 404
+        for _ in range(600):
+            state = requests.get(r.headers["Location"], headers=uploader).json()
+            if state["status"] in ("done", "failed"):
+                break
+            time.sleep(0.1)
+        assert state["status"] == "done", state
+        assert "owner" not in state and "pid" not in state
+    finally:
+        server.stop()
