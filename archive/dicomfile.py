@@ -68,6 +68,7 @@ class Header:
 def read_header(path: Path) -> Header:
     """Parse everything but the pixel data; raises InvalidDataset for non-DICOM or truncated bytes."""
     size = Path(path).stat().st_size
+    ds = pixel_offset = None
     try:
         with open(path, "rb") as f:
             ds = dcmread(f, stop_before_pixels=True)
@@ -102,7 +103,9 @@ def read_header(path: Path) -> Header:
                     f.seek(start)
                     _check_complete(f, size, ts != ImplicitVRLittleEndian)
             _convert_all(ds)
-    except (InvalidDataset, DatasetDoesNotMatchSOPClass):
+    except (InvalidDataset, DatasetDoesNotMatchSOPClass) as e:
+        if pixel_offset is not None:  # the header before the pixel data is whole: it names the instance
+            e.dataset = ds  # type: ignore[attr-defined]
         raise
     except InvalidDicomError:
         raise InvalidDataset("not a DICOM Part 10 file (no DICM prefix or file meta information)") from None

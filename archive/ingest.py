@@ -140,13 +140,18 @@ class Ingest:
 
         ``expected_study``: the Study Instance UID a STOW-RS URL names; the instance must belong to it.
         """
-        header = read_header(path)
-        ds = header.dataset
         policy = self.policies.for_origin(origin.ae_title, origin.collection) if self.policies else None
         if origin.kind == "derived":
             # Built by the archive's results API from stored, already de-identified headers:
             # de-identifying again would re-map their UIDs and break the slide references.
             policy = None
+        try:
+            header = read_header(path)
+        except ArchiveError as e:  # e.g. pixel data cut short after a whole header that names the instance
+            if getattr(e, "dataset", None) is not None:
+                e.sop_class_uid, e.sop_instance_uid = _reported_uids(e.dataset, policy)
+            raise
+        ds = header.dataset
         try:
             return self._store(path, header, policy, origin, owned, expected_study)
         except ArchiveError as e:
