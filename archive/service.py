@@ -12,6 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from . import dicomjson
@@ -19,7 +20,7 @@ from .audit import AuditTrail
 from .access import Principal
 from .catalog import Catalog, InstanceRecord
 from .config import Settings
-from .dicomfile import read_header
+from .dicomfile import PIXEL_DATA_TAGS, read_header
 from .errors import InvalidRequest, NotFound
 from .frames import FrameIndex, strip_items, unpack_bits
 from .ingest import Ingest, Origin, StoreResult
@@ -148,13 +149,15 @@ class Archive:
         return os.pread(fd, length, offset)
 
     def header(self, record: InstanceRecord) -> Dataset:
-        """The stored data set but its pixel data, parsed (for bulkdata other than pixel data)."""
-        return read_header(self.path(record)).complete()
+        """The stored header up to the pixel data, parsed."""
+        return dcmread(self.path(record), stop_before_pixels=True)
 
     def bulk_value(self, record: InstanceRecord, path: str) -> bytes:
         try:
             parsed = dicomjson.bulk_path(path)
-            elem = dicomjson.resolve(self.header(record), parsed)
+            after_pixels = int(parsed[0]) > min(PIXEL_DATA_TAGS)  # then the pixel data is stepped over
+            ds = read_header(self.path(record)).complete() if after_pixels else self.header(record)
+            elem = dicomjson.resolve(ds, parsed)
         except (ValueError, KeyError, IndexError, TypeError):
             raise NotFound("no such bulk data element") from None
         value = elem.value

@@ -179,6 +179,11 @@ def test_elements_after_pixel_data_are_deidentified(basic_server, tmp_path: Path
     if not original.file_meta.TransferSyntaxUID.is_encapsulated:
         assert bulk.content == original.PixelData
 
+    meta = requests.get(f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/metadata").json()[0]
+    assert "FFFAFFFA" not in meta and "FFFCFFFC" not in meta and "7FE11001" not in meta
+    kept = requests.get(meta["7FE00020"]["BulkDataURI"], headers={"Accept": "application/octet-stream"})
+    assert kept.status_code == 200 and kept.content == KEPT_VALUE  # a kept element after the pixels, as bulk data
+
     stored_path = tmp_path / "stored.dcm"
     stored_path.write_bytes(data)
     assert not dciodvfy_errors(stored_path) - dciodvfy_errors(source)
