@@ -71,7 +71,8 @@ class FileBar:
 class Batch:
     """Counts for the summary line; ``failures`` are printed one per file."""
 
-    importer: VendorImporter
+    archive: object
+    workers: int
     manifest: manifest_mod.Manifest = dataclasses.field(default_factory=manifest_mod.Manifest)
     converted: int = 0
     already: int = 0
@@ -89,7 +90,7 @@ class Batch:
              jobs: int = 1) -> "Batch":
         """Read and check the manifest before anything is converted; rows for files not in this batch are reported."""
         manifest = manifest_mod.load(manifest_path) if manifest_path else manifest_mod.Manifest()
-        batch = cls(VendorImporter(archive, workers), manifest, jobs=max(1, jobs), files=list(batch_files))
+        batch = cls(archive, workers, manifest, jobs=max(1, jobs), files=list(batch_files))
         wanted = {str(p.resolve()) for p in batch_files}
         for key, message in manifest.errors.items():
             if key not in wanted:  # a row naming a missing file (or no file): its own failure
@@ -98,6 +99,13 @@ class Batch:
         return batch
 
     is_vendor_file = staticmethod(is_vendor_file)
+    _importer: VendorImporter | None = None
+
+    def importer(self) -> VendorImporter:
+        """Made on first use, so an import of DICOM files only leaves no ledger behind."""
+        if self._importer is None:
+            self._importer = VendorImporter(self.archive, self.workers)
+        return self._importer
 
     def run(self, path: Path, origin, quiet: bool) -> ImportOutcome | None:
         problem = self.manifest.error_for(path)
@@ -110,7 +118,7 @@ class Batch:
         else:
             bar = None if quiet else FileBar(path.name)
             try:
-                outcome = self.importer.import_file(path, origin, self.manifest.for_file(path), bar)
+                outcome = self.importer().import_file(path, origin, self.manifest.for_file(path), bar)
             except ArchiveError as e:
                 outcome = e
             finally:
@@ -132,11 +140,10 @@ class Batch:
             from archive.cli import looks_like_dicom
 
             self._pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
-            archive = self.importer.archive
             for f in self.files:
                 if not looks_like_dicom(f) and is_vendor_file(f) and not self.manifest.error_for(f):
-                    self._futures[f] = self._pool.submit(_import_one, archive.settings, f, origin,
-                                                         self.manifest.for_file(f), self.importer.workers)
+                    self._futures[f] = self._pool.submit(_import_one, self.archive.settings, f, origin,
+                                                         self.manifest.for_file(f), self.workers)
         try:
             outcome = self._futures.pop(path).result()
         except concurrent.futures.process.BrokenProcessPool:
