@@ -65,3 +65,20 @@ def test_a_route_without_a_declaration_is_refused(app, tmp_path):
         return "data"
 
     assert fresh.test_client().get("/api/undeclared").status_code == 403
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[server]\nhost = "0.0.0.0"\n[auth]\nenabled = false\n', "only when the server binds loopback"),
+    ('[[auth.issuer]]\nissuer = "https://idp.example"\naudience = ["x"]\nalgorithms = ["HS256"]\n', "not allowed"),
+    ('[[auth.issuer]]\nissuer = "https://idp.example"\n', r"needs issuer \(a URL\) and audience"),
+    ('[[auth.visa_issuer]]\nissuer = "https://v.example"\njku = ["https://v.example/jwks"]\n', "collections"),
+    ('[auth]\ntoken_cache_seconds = 99999\n', "token_cache_seconds"),
+    ('[auth]\nanonymus = true\n', "unknown keys: anonymus"),
+])
+def test_auth_configuration_mistakes_are_named(tmp_path, text, message):
+    from archive.config import ConfigError
+
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, data_dir=str(tmp_path / "data"))
