@@ -15,7 +15,7 @@ import logging
 from flask import Flask, current_app, jsonify, request
 
 from archive.access import Principal
-from archive.authn import Authenticator, Unauthenticated
+from archive.authn import REQUIRED, Authenticator, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,10 @@ def install(app: Flask, authenticator: Authenticator) -> None:
             return response
         request.environ[PRINCIPAL_ENVIRON] = principal
         if need in ("write", "delete", "admin") and not principal.can_any(need):
+            if principal.kind == "anonymous":  # anonymous read is allowed; anything more needs credentials
+                response = _error(401, "Unauthorized", REQUIRED)
+                response.headers["WWW-Authenticate"] = 'Bearer realm="slidearchive"'
+                return response
             return _error(403, "Forbidden", f"this needs the {need} role on some collection")
         return None
 

@@ -517,7 +517,7 @@ def test_anonymous_reads_public_collections_only(make_server, tmp_path):
     public = study_uids(qido_studies(server, None))
     assert len(everything) == 2 and len(public) == 1 and public[0] in everything
     r = requests.post(f"{server.dicomweb}/studies", data=b"", headers={"Content-Type": "multipart/related; boundary=x"})
-    assert r.status_code == 403
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_a_study_in_two_collections_is_seen_by_readers_of_either(archive, studies, oidc):
