@@ -537,3 +537,23 @@ def test_a_study_in_two_collections_is_seen_by_readers_of_either(archive, studie
     assert hits and set(hits[0]["collections"]) == {"a", "b"}
     assert cli(archive, "collection", "remove", b["study"], "a") == "b"
     assert b["study"] not in study_uids(qido_studies(archive, token))
+
+
+def test_qido_answered_from_the_search_index_is_filtered_too(make_server, tmp_path):
+    """[index] qido = true: the index picks candidate UIDs, the catalog query still applies the principal."""
+    server = make_server(IDENTIFIED + "[index]\nqido = true\n[auth]\nenabled = true\n", dimse=False)
+    admin = cli(server, "keys", "create", "--name", "admin", "--admin")
+    reader = cli(server, "keys", "create", "--name", "reader", "--grant", "a")
+    uids = {}
+    for n, collection in enumerate(["a", "b", "a"]):
+        paths = make_slide(tmp_path / f"s{n}", SlideSpec(width=256, height=256, seed=380 + n, patient_id=f"IDX-{n}",
+                                                         label=False, overview=False))
+        r = stow(server, paths, collection, admin)
+        assert r.status_code == 200
+        uids.setdefault(collection, set()).add(r.json()["00081190"]["Value"][0].rsplit("/", 1)[1])
+    deadline = time.time() + 30
+    while time.time() < deadline and requests.get(f"{server.url}/api/search", headers=bearer(admin)).json()["total"] < 3:
+        time.sleep(0.3)
+    assert set(study_uids(qido_studies(server, reader, PatientID="IDX-*"))) == uids["a"]
+    assert study_uids(qido_studies(server, reader, PatientID="IDX-1")) == []
+    assert len(study_uids(qido_studies(server, reader, PatientID="IDX-*", limit=1, offset=1))) == 1
