@@ -36,10 +36,14 @@ class Principal:
         return False
 
     def collections(self, role: str = "read") -> frozenset[str] | None:
-        """Collections where ``role`` is granted; None means every collection (an admin, or "*")."""
-        if self.admin or self.can(role, ALL):
-            return None
-        return frozenset(c for c, granted in self.roles.items() if role in granted or "admin" in granted)
+        """Collections where ``role`` is granted; None means every collection (an admin, or "*").
+
+        Memoised per principal (a cached principal answers every frame request of a viewer)."""
+        memo = self.__dict__.setdefault("_collections", {})
+        if role not in memo:
+            memo[role] = None if self.admin or self.can(role, ALL) else frozenset(
+                c for c, granted in self.roles.items() if role in granted or "admin" in granted)
+        return memo[role]
 
     def can_any(self, role: str) -> bool:
         wanted = self.collections(role)

@@ -9,10 +9,8 @@ lookup, and a revoked key stops working within that time.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections import OrderedDict
 
 from .access import UNAUTHENTICATED, Principal, anonymous, merge_roles
 from .apikeys import KeyStore, looks_like_key
@@ -46,7 +44,7 @@ class Authenticator:
         self.issuers = {i.issuer: IssuerVerifier(i) for i in settings.auth.issuers}
         self.visas = VisaVerifier(settings.auth.visa_issuers)
         self.anonymous = anonymous(settings.auth.public_collections) if settings.auth.anonymous else None
-        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
 
     # --- entry points --------------------------------------------------------------------
@@ -80,21 +78,18 @@ class Authenticator:
     # --- verification ----------------------------------------------------------------------
 
     def _cached(self, credential: str, verify, remote: str | None) -> Principal:
-        digest = hashlib.sha256(credential.encode()).digest()
         now = time.time()
-        with self._lock:
-            hit = self._cache.get(digest)
-            if hit is not None and hit[1] > now:
-                self._cache.move_to_end(digest)
-                return hit[0]
+        hit = self._cache.get(credential)  # a dict read needs no lock; only inserts take it
+        if hit is not None and hit[1] > now:
+            return hit[0]
         principal, expires = verify(credential)
         if self.audit is not None:  # once per credential and cache period, not once per request
             self.audit.record("UserAuthentication", principal=principal, remote=remote, detail={"type": "Login"})
         until = min(expires, now + self.settings.token_cache_seconds)
         with self._lock:
-            self._cache[digest] = (principal, until)
-            while len(self._cache) > CACHE_ENTRIES:
-                self._cache.popitem(last=False)
+            self._cache[credential] = (principal, until)
+            while len(self._cache) > CACHE_ENTRIES:  # oldest first
+                self._cache.pop(next(iter(self._cache)))
         return principal
 
     def _verify_key(self, text: str) -> tuple[Principal, float]:

@@ -180,12 +180,20 @@ def scope(principal: Principal, role: str = "read", study: str = "st", listing: 
     A lookup probes the study's collection rows (a few index reads, whatever the
     collection's size); a ``listing`` reads the collections' study list once instead.
     """
-    collections = principal.collections(role)
+    memo = principal.__dict__.setdefault("_scope_sql", {})  # the frame path asks once per request
+    key = (role, study, listing)
+    if key not in memo:
+        memo[key] = _scope_sql(principal.collections(role), study, listing)
+    sql, names = memo[key]
+    return sql, list(names)
+
+
+def _scope_sql(collections: frozenset[str] | None, study: str, listing: bool) -> tuple[str, tuple[str, ...]]:
     if collections is None:
-        return "1", []
+        return "1", ()
     if not collections:
-        return "0", []
-    names = sorted(collections)
+        return "0", ()
+    names = tuple(sorted(collections))
     marks = ",".join("?" * len(names))
     if listing:
         return f"{study}.pk IN (SELECT sc.study_fk FROM study_collection sc WHERE sc.collection IN ({marks}))", names
