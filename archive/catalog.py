@@ -553,6 +553,17 @@ class Catalog:
                                   "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
         return [OutboxEvent(*r) for r in rows]
 
+    def outbox_pending(self, after_seq: int) -> tuple[int, float | None]:
+        """(events after ``after_seq``, created_at of the oldest of them): the index's lag, in O(1)."""
+        db = self._db()
+        last = db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
+        row = db.execute("SELECT created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (after_seq,)).fetchone()
+        return max(0, last - after_seq), (row[0] if row else None)
+
+    def ping(self) -> None:
+        """One read; raises sqlite3.Error when the catalog cannot be read."""
+        self._db().execute("SELECT 1 FROM instance LIMIT 1").fetchall()
+
     def storage_ids(self) -> dict[str, str]:
         """storage id -> SOP Instance UID, for ``verify``."""
         return {r[0]: r[1] for r in self._db().execute("SELECT storage_id, sop_instance_uid FROM instance")}

@@ -166,6 +166,10 @@ class Settings:
     workers: int = 2
     threads: int = 4
     default_collection: str = "default"
+    #: Seconds a SIGTERM/SIGINT gives in-flight STOW-RS and C-STORE transfers to finish.
+    stop_timeout: float = 30.0
+    #: Below this much free space in the storage area, /health/ready answers 503.
+    min_free_space_mb: int = 256
     dimse: DimseSettings = DimseSettings()
     index: dict[str, Any] = dataclasses.field(default_factory=dict)
     deid: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -381,13 +385,18 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
     kinds = {"data_dir": str, "host": str, "http_port": int, "public_base_url": str,
-             "workers": int, "threads": int, "default_collection": str, "trusted_proxies": list}
+             "workers": int, "threads": int, "default_collection": str, "trusted_proxies": list,
+             "stop_timeout": float, "min_free_space_mb": int}
     unknown = set(server) - set(kinds)
     if unknown:
         raise ConfigError(f"[server] unknown keys: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {k: _typed(server, k, kinds[k], "server") for k in kinds if k in server}
     if "trusted_proxies" in values:
         values["trusted_proxies"] = _proxies(values["trusted_proxies"])
+    if not 0 < values.get("stop_timeout", 1) <= 3600:
+        raise ConfigError("[server] stop_timeout must be above 0 and at most 3600 seconds")
+    if values.get("min_free_space_mb", 0) < 0:
+        raise ConfigError("[server] min_free_space_mb must not be negative")
     dimse = _dimse(raw.get("dimse", {}))
     o = {k: v for k, v in overrides.items() if v is not None}
     if "dimse_port" in o:

@@ -9,11 +9,13 @@ to the AE and applies the association policy.
 from __future__ import annotations
 
 import logging
-import signal
-import sys
+import socket
+import threading
+import time
 from functools import partial
 
 from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   PatientRootQueryRetrieveInformationModelGet,
                                   PatientRootQueryRetrieveInformationModelMove, StorageCommitmentPushModel,
@@ -116,35 +118,99 @@ def _outgoing_tls(settings: Settings):
     return client_context(settings.tls)
 
 
+def _close_transport(assoc) -> None:
+    """End an association now. Not A-ABORT: pynetdicom sends that only once the peer pauses,
+    which a peer streaming a large data set never does. The partial data set is discarded
+    (EVT_CONN_CLOSE); a handler already storing a complete one finishes."""
+    raw = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if raw is not None:
+        try:
+            raw.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 def _log_rejected(event) -> None:
     log.warning("association from %s rejected", event.assoc.requestor.ae_title)
 
 
-def run(settings: Settings) -> None:
-    """Listen on settings.host:settings.dimse.port until the process is terminated."""
-    from .service import Archive
+class DimseListener:
+    """The AE's acceptors (plain and/or TLS), each serving in its own thread.
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    configure_pynetdicom()
-    archive = Archive(settings)
-    archive.ingest.warm_up()
-    prepare_spool(settings.data_dir)
-    ae = build_ae(settings)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    log.info("DIMSE %s listening on %s:%d", settings.dimse.ae_title, settings.host, settings.dimse.port)
-    tls = settings.tls
-    bound = handlers(settings, archive)
-    context = None
-    if tls.dimse != "off":
-        from .tls import dimse_context
+    ``drain`` is the graceful stop: listeners close first (new associations are
+    refused), associations in progress get until the deadline, the rest are aborted
+    (their partial spool files are discarded) and their handlers finish.
+    """
 
-        context = dimse_context(tls, archive.audit, settings.dimse.acse_timeout)
-    try:
-        if tls.dimse == "separate":
-            ae.start_server((settings.host, settings.dimse.port), block=False, evt_handlers=bound)
-            log.info("DIMSE over TLS on %s:%d", settings.host, tls.dimse_port)
-        port = tls.dimse_port if tls.dimse == "separate" else settings.dimse.port
-        ae.start_server((settings.host, port), block=True, evt_handlers=bound, ssl_context=context)
-    finally:
-        ae.shutdown()
+    def __init__(self, settings: Settings):
+        from .service import Archive
+
+        configure_pynetdicom()
+        self.archive = Archive(settings)
+        self.archive.ingest.warm_up()
+        prepare_spool(settings.data_dir)
+        self.ae = build_ae(settings)
+        self.servers: list = []
+        self.threads: list[threading.Thread] = []
+        self.ports: list[int] = []
+        tls = settings.tls
+        bound = handlers(settings, self.archive)
+        addresses = []
+        if tls.dimse != "only":
+            addresses.append((settings.dimse.port, None))
+        if tls.dimse != "off":
+            from .tls import dimse_context
+
+            addresses.append((tls.dimse_port if tls.dimse == "separate" else settings.dimse.port,
+                              dimse_context(tls, self.archive.audit, settings.dimse.acse_timeout)))
+        try:
+            for port, context in addresses:
+                self._listen(settings.host, port, bound, context)
+        except OSError:
+            self.close_listeners()
+            raise
+
+    def _listen(self, host: str, port: int, bound: list, context) -> None:
+        try:
+            server = self.ae.make_server((host, port), evt_handlers=bound, ssl_context=context,
+                                         server_class=ThreadedAssociationServer)
+        except OSError as e:
+            e.port = port  # type: ignore[attr-defined]  # which of the ports, for the caller's message
+            raise
+        self.ae._servers.append(server)  # as AE.start_server does; its shutdown() removes it again
+        thread = threading.Thread(target=server.serve_forever, name=f"dimse-acceptor-{port}", daemon=True)
+        thread.start()
+        self.servers.append(server)
+        self.threads.append(thread)
+        self.ports.append(port)
+        log.info("DIMSE %s listening on %s:%d%s", self.ae.ae_title, host, port, " (TLS)" if context else "")
+
+    def healthy(self) -> bool:
+        return bool(self.threads) and all(t.is_alive() for t in self.threads)
+
+    def associations(self) -> int:
+        return len(self.ae.active_associations)
+
+    def close_listeners(self) -> None:
+        for server, thread in zip(self.servers, self.threads):
+            if thread.is_alive():
+                server.shutdown()  # returns once serve_forever has stopped
+            server.server_close()
+        self.servers, self.threads = [], []
+
+    def drain(self, deadline: float, grace: float) -> None:
+        """Stop accepting, let associations finish until ``deadline`` (monotonic), abort the rest."""
+        self.close_listeners()
+        # A connection that has not negotiated an association yet (or a port probe) is not waited for.
+        while any(a.is_established for a in self.ae.active_associations) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        remaining = self.ae.active_associations
+        established = [a for a in remaining if a.is_established]
+        if established:
+            log.warning("stop deadline reached: closing %d association(s) still in progress", len(established))
+        for assoc in remaining:
+            _close_transport(assoc)
+        end = time.monotonic() + grace
+        for assoc in established:  # their handlers finish what they already received, or discard it
+            assoc.join(max(0.0, end - time.monotonic()))
+        self.archive.audit.close()

@@ -105,6 +105,15 @@ class NotAuthorized(ArchiveError):
     title = "Not authorized"
 
 
+class ShuttingDown(ArchiveError):
+    """The server is stopping: the request came in during the drain, or outlasted ``stop_timeout``."""
+
+    http_status = 503
+    dimse_status = 0xA700
+    failure_reason = 0x0110
+    title = "Service unavailable"
+
+
 class NotFound(ArchiveError):
     http_status = 404
     dimse_status = 0xC000

@@ -37,7 +37,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     def whoami():
         return jsonify_principal(principal())
 
-    from . import qido, stow, wado
+    from . import drain, health, qido, stow, wado
 
     for module in (stow, qido, wado):
         app.register_blueprint(module.bp, url_prefix=SERVICE_ROOT)
@@ -58,10 +58,15 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
         log.error("unexpected %s in %s %s", type(e).__name__, request.method, request.path)
         return _error(500, "Internal server error", "unexpected server error; see the server log")
 
-    @app.get("/health")
-    @requires("public")
-    def health():
-        return jsonify(status="ok")
+    @app.before_request
+    def refuse_while_stopping():
+        if drain.draining():  # a request on a kept-alive connection after SIGTERM
+            response = _error(503, "Service unavailable", "the server is shutting down")
+            response.headers["Connection"] = "close"
+            return response
+        return None
+
+    health.register(app)
 
     return app
 

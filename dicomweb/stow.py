@@ -9,7 +9,7 @@ from archive.errors import ArchiveError, InvalidRequest, NotAcceptable, Unsuppor
 from archive.ingest import Origin
 from archive.uids import check_uid
 
-from . import archive, audit, media, multipart, principal, resource_url, settings
+from . import archive, audit, drain, media, multipart, principal, resource_url, settings
 
 bp = Blueprint("stow", __name__)
 
@@ -57,7 +57,7 @@ def store(study: str | None = None):
     referenced, failed, warned = [], [], False
     received: dict[str, list[tuple[str | None, str]]] = {}
     messages = []
-    parts = multipart.read_parts(request.stream, boundary, store.storage.new_temp)
+    parts = multipart.read_parts(drain.guard(request.stream), boundary, store.storage.new_temp)
     for n, (headers, path) in enumerate(parts, start=1):
         try:
             ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()

@@ -2,7 +2,8 @@
 
 ``slidearchive serve`` passes its Settings through the environment
 (``archive.server.SETTINGS_ENV``), so every worker builds the same app without
-re-reading configuration files.
+re-reading configuration files, and its own pid (``archive.lifecycle.SUPERVISOR_ENV``),
+so every worker dies with it and reports to it.
 """
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from flask import Flask
 
 
 def app_from_environment() -> Flask:
+    from archive.lifecycle import SUPERVISOR_ENV
     from archive.logs import AccessLog, configure
     from archive.server import SETTINGS_ENV, quiet_libraries
 
-    from . import create_app
+    from . import create_app, drain
 
     settings = pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV]))
+    if os.environ.get(SUPERVISOR_ENV):
+        drain.install(settings.stop_timeout, int(os.environ[SUPERVISOR_ENV]))
     configure(settings.logging, settings.data_dir, access=True)
     quiet_libraries()
     app = create_app(settings)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any, Iterable
 
 from archive.access import SYSTEM
@@ -120,6 +121,11 @@ class IndexWorker:
         self._ensured = False
         self._retry_all = True  # after a restart, retry every failed document once
         self.last_error: str | None = None
+        #: time.time() of the last step that reached the index (for /health/ready).
+        self.last_success: float | None = None
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def step(self) -> int:
         """Apply the next batch of outbox events; returns how many. Raises IndexUnavailable."""
@@ -154,6 +160,7 @@ class IndexWorker:
                 n = self.step()
                 failures = 0
                 self.last_error = None
+                self.last_success = time.time()
                 if n < self.batch_size:
                     self._stop.wait(self.poll_interval)
             except IndexUnavailable as e:

@@ -1,0 +1,121 @@
+"""The background process of ``slidearchive serve``: the DIMSE listener and the index worker.
+
+It tells the supervisor over a pipe whether it started (``("ready", ports)`` or
+``("failed", message)``), then writes a heartbeat (``<data_dir>/run/background.json``)
+every second for ``/health/ready``. If a component dies inside it, the process exits
+non-zero so the supervisor restarts it: it never goes on without one. On SIGTERM or
+SIGINT, or when the supervisor is gone, it drains (archive.dimse.DimseListener.drain).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from .config import Settings
+from .lifecycle import KILL_GRACE, RunFiles, die_with_parent, exit_after, listen_error, watch_parent
+
+log = logging.getLogger(__name__)
+HEARTBEAT_INTERVAL = 1.0
+#: Exit statuses the supervisor reports.
+EXIT_START_FAILED = 2
+EXIT_COMPONENT_DIED = 3
+
+
+def main(settings: Settings, parent_pid: int, report: Any) -> None:
+    """Process entry point (multiprocessing target); ``report`` is the write end of a Pipe."""
+    die_with_parent(parent_pid)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    watch_parent(parent_pid, stop.set)
+    from .server import quiet_libraries
+
+    quiet_libraries()
+    from .audit_syslog import start as start_forwarder
+    from .logs import configure
+
+    configure(settings.logging, settings.data_dir)
+    start_forwarder(settings.audit, settings.data_dir)
+    worker = _start_index_worker(settings)
+    listener = None
+    if settings.dimse.enabled:
+        from .dimse import DimseListener
+
+        try:
+            listener = DimseListener(settings)
+        except OSError as e:
+            report.send(("failed", listen_error(settings.host, getattr(e, "port", settings.dimse.port), e)))
+            sys.exit(EXIT_START_FAILED)
+    heartbeat = Heartbeat(settings, parent_pid, listener, worker)
+    heartbeat.beat()
+    report.send(("ready", listener.ports if listener else []))
+    report.close()
+    code = 0
+    while not stop.wait(HEARTBEAT_INTERVAL):
+        problem = heartbeat.beat()
+        if problem:
+            log.error("%s; the background process exits so that the supervisor restarts it", problem)
+            code = EXIT_COMPONENT_DIED
+            break
+    heartbeat.beat("draining")
+    exit_after(settings.stop_timeout + KILL_GRACE, code or 1)
+    if listener is not None:
+        listener.drain(time.monotonic() + settings.stop_timeout, KILL_GRACE / 2)
+    if worker is not None:
+        worker.stop(KILL_GRACE / 2)
+    heartbeat.beat("stopped")
+    sys.exit(code)
+
+
+def _start_index_worker(settings: Settings):
+    try:
+        from indexer.worker import start_worker
+    except ImportError:
+        return None
+    from .catalog import Catalog
+    from .storage import StorageArea
+
+    return start_worker(settings, Catalog(settings.catalog_path, StorageArea(settings.storage_dir).path))
+
+
+class Heartbeat:
+    """What this process reports about its components, written for the HTTP workers to read."""
+
+    def __init__(self, settings: Settings, parent_pid: int, listener, worker):
+        self.run = RunFiles(settings.data_dir)
+        self.parent_pid, self.listener, self.worker = parent_pid, listener, worker
+
+    def beat(self, state: str = "running") -> str | None:
+        """Write the heartbeat; returns what died, if a component did."""
+        dimse: dict[str, Any] = {"enabled": self.listener is not None}
+        problem = None
+        if self.listener is not None:
+            dimse.update(ok=self.listener.healthy(), ports=self.listener.ports,
+                         associations=self.listener.associations())
+            if state == "running" and not dimse["ok"]:
+                problem = "the DIMSE listener stopped"
+        index = self._index()
+        if state == "running" and index.get("enabled") and not index["ok"]:
+            problem = problem or "the index worker stopped"
+        self.run.write(self.run.background, {"pid": os.getpid(), "supervisor": self.parent_pid, "time": time.time(),
+                                             "state": state, "dimse": dimse, "index": index})
+        return problem
+
+    def _index(self) -> dict[str, Any]:
+        w = self.worker
+        if w is None:
+            return {"enabled": False}
+        out: dict[str, Any] = {"enabled": True, "ok": w.alive(), "backend": w.index.name.split(":")[0],
+                               "last_error": w.last_error, "last_success": w.last_success}
+        try:
+            cursor = w.state.cursor(w.index.name)
+            lag, oldest = w.catalog.outbox_pending(cursor)
+            out.update(cursor=cursor, lag_events=lag, oldest_pending=oldest)
+        except Exception as e:  # noqa: BLE001 - a busy catalog must not stop the heartbeat
+            out["lag_error"] = type(e).__name__
+        return out
