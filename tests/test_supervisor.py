@@ -54,9 +54,14 @@ def _alive(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
-    from archive.lifecycle import busy_port
-
-    return busy_port("127.0.0.1", port) is None
+    """Nobody listens on the port (bound without SO_REUSEPORT, so a granian worker counts)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _wait(condition, timeout: float, interval: float = 0.2) -> bool:
