@@ -108,6 +108,7 @@ def _serve(data_dir: Path, http_port: int, *args: str) -> subprocess.CompletedPr
 
 def test_kill_9_of_the_supervisor_takes_every_child_and_frees_the_ports(tmp_path):
     server = Server(tmp_path / "s", IDENTIFIED).start()
+    children: set[int] = set()
     try:
         children = _children(server.process.pid)
         assert len(children) >= 3, "two HTTP workers and the background process"
@@ -122,8 +123,9 @@ def test_kill_9_of_the_supervisor_takes_every_child_and_frees_the_ports(tmp_path
         assert _echo(server)
     finally:
         server.stop()
-        for pid in _children(server.process.pid) if server.process else ():
-            os.kill(pid, signal.SIGKILL)
+        for pid in children:  # orphans, should the test fail
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_second_server_on_a_busy_http_port_or_data_directory_stops_with_a_message(tmp_path):
