@@ -212,15 +212,15 @@ class Background:
                 return
             self.state = "restarting"
             self.publish()
-            say(f"the background process (DIMSE listener, index worker) {self.last_exit}; "
-                f"restarting it in {delay:.0f} s (restart {self.total_restarts})")
+            log.error("the background process (DIMSE listener, index worker) %s; restarting it in %.0f s "
+                      "(restart %d)", self.last_exit, delay, self.total_restarts)
             if self.stopping.wait(delay):
                 return
             problem = self.start()
             if problem is None:
-                say("the background process is up again")
+                log.warning("the background process is up again")
             elif problem != "stopping":
-                say(f"restart failed: {problem}")
+                log.error("restart failed: %s", problem)
 
     def _hung(self) -> bool:
         if self.state != "up" or time.monotonic() - self.started_at < HANG_TIMEOUT:
@@ -371,7 +371,7 @@ def _serve(settings: Settings) -> int:
 
     def give_up(message: str) -> None:
         failure.append(message)
-        say(message)
+        log.error("%s", message)
         http.signal_handler_interrupt()
 
     monitor = threading.Thread(target=background.supervise, args=(give_up,), name="supervise-background",
@@ -383,7 +383,7 @@ def _serve(settings: Settings) -> int:
     except SystemExit as e:  # granian exits 1 when HTTP workers keep dying (or one stopped first on Ctrl-C)
         code = 0 if stopping.is_set() else (e.code if isinstance(e.code, int) else 1)
         if code:
-            say("the HTTP workers keep dying; stopping the server")
+            log.error("the HTTP workers keep dying; stopping the server")
     except RuntimeError as e:  # granian's own bind, should the port be taken after the check
         say(f"cannot serve HTTP on {settings.host}:{settings.http_port} ({e})")
         code = 1
