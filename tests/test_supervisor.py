@@ -197,6 +197,28 @@ def test_a_killed_background_process_is_restarted_and_readiness_shows_it(tmp_pat
         server.stop()
 
 
+@pytest.mark.slow
+def test_a_background_process_that_cannot_come_back_stops_the_server(tmp_path):
+    """Its DIMSE port is taken while it is down: every restart fails, and after the back-off
+    (1 + 2 + 4 + 8 + 16 s) the whole server exits 1 instead of going on without DIMSE."""
+    server = Server(tmp_path / "s", IDENTIFIED).start()
+    thief = socket.socket()
+    try:
+        os.kill(_supervisor_view(server)["background"]["pid"], signal.SIGKILL)
+        assert _wait(lambda: _port_free(server.dimse_port), 30)
+        thief.bind(("127.0.0.1", server.dimse_port))
+        thief.listen()
+        code = server.process.wait(240)
+        assert code == 1
+        log = server.log_path.read_text()
+        assert f"cannot listen on 127.0.0.1:{server.dimse_port} (address already in use)" in log
+        assert "died 6 times within 600 s" in log
+        assert _port_free(server.http_port)
+    finally:
+        thief.close()
+        server.stop()
+
+
 def test_a_killed_http_worker_is_replaced(tmp_path):
     server = Server(tmp_path / "s", IDENTIFIED, dimse=False).start()
     try:
