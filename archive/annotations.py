@@ -14,6 +14,7 @@ holes, MultiLineString, MultiPolygon and GeometryCollection are refused.
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import dataclasses
 import math
@@ -38,16 +39,19 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Accessi
 class Group:
     """One future annotation group: features of one class and graphic type, in input order.
 
-    ``raw`` collects each shape's positions as sent; :func:`_finish` converts a whole
-    group to one float64 array at once (per-feature numpy calls cost seconds at 100k).
+    Positions are appended to one flat float64 array as features arrive (``coords``, with
+    each shape's point count in ``lengths``), so a 100,000-cell upload never exists as
+    Python lists of numbers; :func:`_finish` checks and splits them all at once.
     """
 
     label: str
     graphic_type: str
     shapes: list[np.ndarray] = dataclasses.field(default_factory=list)
-    measurements: list[dict[str, float]] = dataclasses.field(default_factory=list)
-    raw: list[list] = dataclasses.field(default_factory=list)
-    feature_of: list[int] = dataclasses.field(default_factory=list)
+    #: measurement name -> one value per shape (NaN where a feature has none), in shape order
+    measurements: dict[str, array.array] = dataclasses.field(default_factory=dict)
+    coords: array.array = dataclasses.field(default_factory=lambda: array.array("d"))
+    lengths: array.array = dataclasses.field(default_factory=lambda: array.array("q"))
+    feature_of: array.array = dataclasses.field(default_factory=lambda: array.array("q"))
 
 
 # --- GeoJSON in ---------------------------------------------------------------------------
@@ -93,25 +97,24 @@ def _measurements(props: dict[str, Any], where: str) -> dict[str, float]:
     return out
 
 
-def _numbers(coords: Any) -> np.ndarray | None:
-    """``coords`` as an (n, 2) float64 array, or None unless it is a list of [x, y] numbers."""
+_NOT_PAIRS = "coordinates must be [x, y] pairs of numbers (2D, level-0 pixels)"
+
+
+def _append(group: Group, positions: Any, feature: int, where: str) -> None:
+    """Add one shape's positions to the group's flat float64 array (exact: a JSON number is one double)."""
+    if not isinstance(positions, list):
+        raise InvalidRequest(f"{where}: {_NOT_PAIRS}")
+    flat = []
+    for p in positions:
+        if type(p) is not list or len(p) != 2 or type(p[0]) not in (int, float) or type(p[1]) not in (int, float):
+            raise InvalidRequest(f"{where}: {_NOT_PAIRS}")
+        flat += p
     try:
-        arr = np.array(coords)
-    except (TypeError, ValueError):
-        return None
-    if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0:
-        return None
-    return arr.astype(np.float64)
-
-
-def _points(coords: Any, where: str) -> np.ndarray:
-    """One shape's positions, checked; used to name the culprit when a whole group fails to convert."""
-    arr = _numbers(coords)
-    if arr is None:
-        raise InvalidRequest(f"{where}: coordinates must be [x, y] pairs of numbers (2D, level-0 pixels)")
-    if not np.all(np.isfinite(arr)):
-        raise InvalidRequest(f"{where}: coordinates must be finite numbers")
-    return arr
+        group.coords.extend(flat)
+    except OverflowError:
+        raise InvalidRequest(f"{where}: coordinates must be finite numbers") from None
+    group.lengths.append(len(positions))
+    group.feature_of.append(feature)
 
 
 def _raw_shapes(geometry: Any, where: str) -> tuple[str, list[Any]]:
@@ -141,13 +144,9 @@ def _raw_shapes(geometry: Any, where: str) -> tuple[str, list[Any]]:
 
 
 def _finish(group: Group, width: int, height: int) -> None:
-    """Convert the group's positions at once, check them, and split them into shapes."""
-    lengths = np.array([len(r) for r in group.raw], dtype=np.int64)
-    arr = _numbers([p for r in group.raw for p in r])
-    if arr is None or len(arr) != int(lengths.sum()):
-        for k, r in enumerate(group.raw):
-            _points(r, f"feature {group.feature_of[k]}")
-        raise InvalidRequest(f"class {group.label}: coordinates must be [x, y] pairs of numbers")
+    """Check the group's positions at once, and split them into shapes."""
+    lengths = np.frombuffer(group.lengths, dtype=np.int64)
+    arr = np.frombuffer(group.coords, dtype=np.float64).reshape(-1, 2)
     ends = np.cumsum(lengths)
     starts = ends - lengths
 
@@ -169,37 +168,73 @@ def _finish(group: Group, width: int, height: int) -> None:
     if low[0] < 0 or low[1] < 0 or high[0] > width or high[1] > height:
         raise InvalidRequest(f"coordinates of class {group.label} lie outside the slide "
                              f"(level 0 is {width} x {height} pixels)")
+    # shapes are views of arr (for polygons a copy without the closing points): the flat array
+    # is dropped here, so only one copy of the coordinates is alive while highdicom builds
+    group.coords, group.lengths, group.feature_of = array.array("d"), array.array("q"), array.array("q")
     group.shapes = np.split(arr, ends[:-1])
-    group.raw, group.feature_of = [], []
 
 
-def parse_geojson(obj: Any, width: int, height: int) -> list[Group]:
-    """Validate the features and group them; every coordinate must lie within [0, width] x [0, height]."""
-    features = _features(obj)
-    if not features:
-        raise InvalidRequest("geojson has no features")
-    if len(features) > MAX_FEATURES:
-        raise InvalidRequest(f"at most {MAX_FEATURES} features per request")
-    groups: dict[tuple[str, str], Group] = {}
-    for i, feature in enumerate(features):
+class FeatureReader:
+    """Features checked and grouped one at a time, as a streaming parser hands them over."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], Group] = {}
+        self.count = 0
+
+    def add(self, feature: Any) -> None:
+        i = self.count
+        self.count += 1
+        if self.count > MAX_FEATURES:
+            raise InvalidRequest(f"at most {MAX_FEATURES} features per request")
         where = f"feature {i}"
         if not isinstance(feature, dict) or feature.get("type") != "Feature":
             raise InvalidRequest(f"{where}: not a GeoJSON Feature")
         props = feature.get("properties") or {}
         if not isinstance(props, dict):
             raise InvalidRequest(f"{where}: properties must be an object")
-        graphic, raw = _raw_shapes(feature.get("geometry"), where)
+        graphic, shapes = _raw_shapes(feature.get("geometry"), where)
         label = _classification(props)
         measured = _measurements(props, where)
-        group = groups.get((label, graphic))
+        group = self.groups.get((label, graphic))
         if group is None:
-            group = groups[(label, graphic)] = Group(label, graphic)
-        group.raw.extend(raw)
-        group.feature_of.extend([i] * len(raw))
-        group.measurements.extend([measured] * len(raw))
-    for group in groups.values():
-        _finish(group, width, height)
-    return list(groups.values())
+            group = self.groups[(label, graphic)] = Group(label, graphic)
+        before = len(group.lengths)
+        for positions in shapes:
+            _append(group, positions, i, where)
+        for name, value in measured.items():
+            column = group.measurements.get(name)
+            if column is None:
+                column = group.measurements[name] = array.array("d", [math.nan]) * before
+            column.extend([value] * len(shapes))
+        for column in group.measurements.values():
+            if len(column) < len(group.lengths):
+                column.extend([math.nan] * (len(group.lengths) - len(column)))
+
+    def finish(self, width: int, height: int) -> list[Group]:
+        """The groups; every coordinate must lie within [0, width] x [0, height]."""
+        if not self.count:
+            raise InvalidRequest("geojson has no features")
+        groups, self.groups = list(self.groups.values()), {}
+        for group in groups:
+            _finish(group, width, height)
+        return groups
+
+
+def check_geojson(obj: Any, reader: FeatureReader) -> None:
+    """``obj`` with its feature arrays already streamed into ``reader``: a single Feature is added now."""
+    if isinstance(obj, dict) and obj.get("type") == "Feature":
+        reader.add(obj)
+    elif not isinstance(obj, list) and not (isinstance(obj, dict) and obj.get("type") == "FeatureCollection"
+                                            and isinstance(obj.get("features"), list)):
+        raise InvalidRequest("geojson must be a FeatureCollection, a Feature or a list of Features")
+
+
+def parse_geojson(obj: Any, width: int, height: int) -> list[Group]:
+    """Validate the features of a parsed GeoJSON object and group them (see FeatureReader)."""
+    reader = FeatureReader()
+    for feature in _features(obj):
+        reader.add(feature)
+    return reader.finish(width, height)
 
 
 # --- DICOM out ----------------------------------------------------------------------------
@@ -218,11 +253,11 @@ def _measurement_objects(group: Group):
     from highdicom.ann import Measurements
     from highdicom.sr import CodedConcept
 
-    names = sorted({name for m in group.measurements for name in m})
+    names = sorted(group.measurements)
     unit = CodedConcept("1", "UCUM", "no units")
     out = []
     for name in names:
-        values = np.array([m.get(name, math.nan) for m in group.measurements], dtype=np.float32)
+        values = np.asarray(group.measurements[name], dtype=np.float32)
         out.append(Measurements(name=result_codes.coded(name, "measurement name"), values=values, unit=unit))
     return out
 

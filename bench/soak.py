@@ -149,6 +149,7 @@ class _SCU:
         _config.STORE_SEND_CHUNKED_DATASET = True
         self.ae = AE(ae_title=IDENTIFIED_AE)
         self.ae.add_requested_context("1.2.840.10008.5.1.4.1.1.77.1.6", [JPEGBaseline8Bit, ExplicitVRLittleEndian])
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = TIMEOUT
         self.port = port
         self.assoc = None
 
@@ -161,6 +162,7 @@ class _SCU:
 
 
 def _cstore(scu: _SCU, slides: Slides, ledger: Ledger, spool: Path) -> None:
+    """One slide, level by level; held only once complete (a study delete must not overtake the last level)."""
     study, series, parts = slides.new()
     for sop, data, frames in parts:
         path = spool / f"{sop}.dcm"
@@ -172,7 +174,8 @@ def _cstore(scu: _SCU, slides: Slides, ledger: Ledger, spool: Path) -> None:
         status = answer.get("Status") if answer is not None else None
         if status != 0x0000:
             return ledger.fault(f"C-STORE answered {status if status is None else hex(status)}")
-        with ledger.lock:
+    with ledger.lock:
+        for sop, _, frames in parts:
             ledger.held[sop] = (study, series, frames)
     ledger.count("cstore")
 

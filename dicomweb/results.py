@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, request, stream_with_context
 from pydicom.filewriter import dcmwrite
 
-from archive import annotations, result_links, segmentations, slide_levels
+from archive import annotations, geojson_stream, result_links, segmentations, slide_levels
 from archive.access import requires
 from archive.errors import ArchiveError, InvalidRequest, NotFound, UnsupportedMediaType
 from archive.results import ANN_CLASS
@@ -139,8 +139,10 @@ def _readable_slide(series: str) -> None:
     slide_levels.levels(archive(), series)  # 404 for a series that is no slide
 
 
-def _store(series: str, ds) -> Response:
-    """Write ``ds`` to a temp file and store it through ingest, as a derived object of the slide.
+def _store(series: str, made: list) -> Response:
+    """Write the data set in ``made`` (a one-item list, emptied: the object is freed before ingest
+    reads the file back, which halves the peak at 100,000 cells) and store it through ingest,
+    as a derived object of the slide.
 
     It goes to ``?collection=`` or the slide's collection, which the caller must be able to write."""
     store = archive()
@@ -148,7 +150,7 @@ def _store(series: str, ds) -> Response:
     origin = target_origin("derived", asked)
     temp = store.storage.new_temp()
     try:
-        dcmwrite(temp, ds, enforce_file_format=True)
+        dcmwrite(temp, made.pop(), enforce_file_format=True)
         result = store.store_file(temp, origin, owned=True)
     finally:
         temp.unlink(missing_ok=True)
@@ -163,33 +165,43 @@ def _store(series: str, ds) -> Response:
     return _json(body, 201)
 
 
-def _annotation_request() -> tuple[Any, annotations.Creator, dict, Any]:
-    """(geojson, creator, classes, category) from a JSON envelope or a bare GeoJSON body + query params."""
+def _annotation_request() -> tuple[annotations.FeatureReader, annotations.Creator, dict, Any]:
+    """(features, creator, classes, category) from a JSON envelope or a bare GeoJSON body + query params.
+
+    The body is read incrementally (archive.geojson_stream): features are checked and
+    packed as they arrive, so memory does not grow with the Python objects of the whole body.
+    """
     ctype = (request.mimetype or "").lower()
     if ctype not in ("application/json", "application/geo+json"):
         raise UnsupportedMediaType("send application/json ({\"geojson\": ..., \"algorithm\": ...}) "
                                    "or application/geo+json with query parameters")
+    enveloped, bare = annotations.FeatureReader(), annotations.FeatureReader()
+
+    def take(path: tuple[str, ...], feature: Any) -> None:
+        (enveloped if path[:1] == ("geojson",) else bare).add(feature)
+
     try:
-        body = json.loads(request.get_data())
-    except (ValueError, UnicodeDecodeError):
+        body = geojson_stream.read(request.stream, take)
+    except geojson_stream.NotJSON:
         raise InvalidRequest("body is not valid JSON") from None
     args = request.args
     if isinstance(body, dict) and "geojson" in body:
-        env = body
+        env, reader = body, enveloped
     else:
-        env = {"geojson": body}
+        env, reader = {"geojson": body}, bare
         if args.get("algorithm"):
             env["algorithm"] = {"name": args["algorithm"], "version": args.get("version", ""),
                                 "family": args.get("family", "Artificial Intelligence")}
         env["annotator"] = args.get("annotator")
         env["description"] = args.get("description")
+    annotations.check_geojson(env["geojson"], reader)
     if env.get("algorithm") is None and not env.get("annotator"):
         raise InvalidRequest("name an algorithm ({name, version[, family]}) or an annotator")
     classes = env.get("classes") or {}
     if not isinstance(classes, dict):
         raise InvalidRequest("classes must map a classification name to a code")
     creator = annotations.Creator(env.get("algorithm"), env.get("annotator"), env.get("description"))
-    return env["geojson"], creator, classes, env.get("category")
+    return reader, creator, classes, env.get("category")
 
 
 @bp.post("/slides/<series>/annotations")
@@ -198,11 +210,12 @@ def post_annotations(series: str):
     _readable_slide(series)
     _, header, cols, rows = slide_levels.level(archive(), series, 0)
     with _gc_paused_while_parsing():
-        geojson, creator, classes, category = _annotation_request()
-        groups = annotations.parse_geojson(geojson, cols, rows)
-        del geojson
-    ds = annotations.build(header, groups, creator, classes, category)
-    return _store(series, ds)
+        reader, creator, classes, category = _annotation_request()
+        groups = reader.finish(cols, rows)
+        del reader
+    made = [annotations.build(header, groups, creator, classes, category)]
+    del groups
+    return _store(series, made)
 
 
 @bp.get("/slides/<series>/annotations")
@@ -263,9 +276,10 @@ def post_segmentation(series: str):
         raise InvalidRequest("level and tile must be integers") from None
     _, header, _, _ = slide_levels.level(archive(), series, number)
     mask = segmentations.read_mask(upload.read())
-    ds = segmentations.build(header, mask, meta.get("segments"), meta.get("type", "BINARY"),
-                             meta.get("algorithm"), str(meta.get("tiling", "sparse")), tile)
-    return _store(series, ds)
+    made = [segmentations.build(header, mask, meta.get("segments"), meta.get("type", "BINARY"),
+                                meta.get("algorithm"), str(meta.get("tiling", "sparse")), tile)]
+    del mask
+    return _store(series, made)
 
 
 @bp.errorhandler(ArchiveError)
