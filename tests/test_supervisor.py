@@ -328,6 +328,9 @@ def test_sigterm_during_a_stow_lets_it_finish(tmp_path, big_slide):
     assert check.returncode == 0 and "temp files: 0" in check.stdout, check.stdout
 
 
+STARTED_AFTER = 256 * 1024  # bytes relayed before a transfer counts as in flight
+
+
 class SlowLink:
     """A TCP relay to the archive's DIMSE port that forwards what the peer sends at ``rate`` bytes/s:
     a slow network between a real storescu and the archive."""
@@ -346,10 +349,14 @@ class SlowLink:
         threading.Thread(target=self._pipe, args=(upstream, client, None), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, rate: float | None) -> None:
+        sent = 0
         try:
             while data := src.recv(16384):
                 if rate:
-                    self.started.set()
+                    # past the A-ASSOCIATE-RQ (under 1 KB): the association is up and the data set is flowing
+                    sent += len(data)
+                    if sent > STARTED_AFTER:
+                        self.started.set()
                     time.sleep(len(data) / rate)
                 dst.sendall(data)
         except OSError:
