@@ -37,12 +37,10 @@ def read_state(job_dir: Path) -> dict | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    from archive.lifecycle import process_alive
+
+    if not process_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:  # a zombie child of this process counts as ended
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
