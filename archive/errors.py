@@ -120,6 +120,13 @@ class NotFound(ArchiveError):
     title = "Not found"
 
 
+class Conflict(InvalidRequest):
+    """The request contradicts what is stored (a dataset id taken, a release of an empty dataset)."""
+
+    http_status = 409
+    title = "Conflict"
+
+
 class NotAcceptable(ArchiveError):
     """The requested media type or transfer syntax cannot be produced."""
 

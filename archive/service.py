@@ -175,9 +175,21 @@ class Archive:
     def delete(self, study: str, series: str | None, sop: str | None, principal: Principal) -> list[InstanceRecord]:
         """Remove the instances (catalog first, then bytes); returns what was deleted."""
         records = self.catalog.delete(study, series, sop, principal=principal)
+        _withdraw_from_releases(self.catalog, records)
         for record in records:
             self.storage.remove(record.storage_id)
         return records
+
+
+def _withdraw_from_releases(catalog: Catalog, records: list[InstanceRecord]) -> None:
+    """Dataset releases keep deleted instances listed, marked withdrawn (datasets/release.py).
+
+    A crash before the mark still shows: a release marks what is no longer stored when read."""
+    try:
+        from datasets.release import withdraw_deleted
+    except ImportError:  # an installation without the datasets package
+        return
+    withdraw_deleted(catalog, [r.sop_instance_uid for r in records])
 
 
 def _load_deid(settings: Settings):
