@@ -39,7 +39,7 @@ def _existing_archive(args: argparse.Namespace, need_catalog: bool = False) -> S
 
 
 #: Commands other packages register that work on an archive ``serve`` made: whether they need its catalog.
-EXISTING_ARCHIVE = {"reindex": True, "collection": True, "keys": False, "audit": False}
+EXISTING_ARCHIVE = {"reindex": True, "collection": True, "keys": False, "audit": False, "dataset": True}
 
 
 class UsageError(Exception):
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit_cli.register(sub, common)
     keys_cli.register(sub, common)
-    for name in ("deid.cli", "indexer.cli"):
+    for name in ("deid.cli", "indexer.cli", "datasets.cli"):
         try:
             module = __import__(name, fromlist=["register"])
         except ImportError:

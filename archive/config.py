@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,17 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetSettings:
+    """Dataset releases (``[datasets]``; docs/datasets.md)."""
+
+    #: A DataCite DOI prefix (``10.1234``): releases are named ``10.1234/slidearchive.<id>.v<n>``.
+    #: Empty: ``urn:slidearchive:dataset:<id>:v<n>``, resolvable only through this archive.
+    doi_prefix: str = ""
+    #: The publisher named in citations, JSON-LD and DataCite metadata.
+    publisher: str = "slidearchive"
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./slidearchive-data")
     host: str = "127.0.0.1"
@@ -181,6 +193,7 @@ class Settings:
     #: Reverse proxies (addresses or networks) whose X-Forwarded-* headers are believed.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     auth: AuthSettings = AuthSettings()
+    datasets: DatasetSettings = DatasetSettings()
 
     @property
     def secrets_dir(self) -> Path:
@@ -380,7 +393,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     raw = _read_toml(DEFAULT_FILE)
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
-    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth", "logging"}
+    unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth", "logging",
+                         "datasets"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -425,7 +439,19 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                           f"(host is {values.get('host')}); configure API keys or an OIDC issuer instead")
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
                     dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {}), any(r.tls for r in dimse.remotes)),
-                    auth=auth, logging=_logging(raw.get("logging", {})))
+                    auth=auth, logging=_logging(raw.get("logging", {})), datasets=_datasets(raw.get("datasets", {})))
+
+
+def _datasets(table: dict) -> DatasetSettings:
+    unknown = set(table) - {"doi_prefix", "publisher"}
+    if unknown:
+        raise ConfigError(f"[datasets] unknown keys: {', '.join(sorted(unknown))}")
+    values = {k: _typed(table, k, str, "datasets").strip() for k in ("doi_prefix", "publisher") if k in table}
+    if values.get("doi_prefix") and not re.fullmatch(r"10\.[0-9]{4,9}", values["doi_prefix"]):
+        raise ConfigError(f"[datasets] doi_prefix {values['doi_prefix'][:40]!r} is not a DOI prefix such as 10.12345")
+    if "publisher" in values and not 0 < len(values["publisher"]) <= 200:
+        raise ConfigError("[datasets] publisher must be 1-200 characters")
+    return DatasetSettings(**values)
 
 
 def _is_loopback(host: str) -> bool:

@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any, Iterable, Mapping
 
+from archive.access import SYSTEM, Principal
+from archive.catalog import scope
 from archive.errors import Conflict, InvalidRequest, NotFound
 
 from .schema import ensure, now, reader
@@ -224,9 +226,9 @@ _COLUMNS = ("id", "title", "description", "license", "terms_of_use", "contributo
 def _row_values(values: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(values)
     if "contributors" in out:
-        out["contributors"] = json.dumps([c.to_json() for c in out["contributors"]])
+        out["contributors"] = json.dumps([c.to_json() for c in out["contributors"]], ensure_ascii=False)
     if "keywords" in out:
-        out["keywords"] = json.dumps(list(out["keywords"]))
+        out["keywords"] = json.dumps(list(out["keywords"]), ensure_ascii=False)
     return out
 
 
@@ -242,7 +244,7 @@ def _collection_exists(db, name: str) -> None:
         raise NotFound(f"no collection named {name[:64]!r}")
 
 
-def create(catalog, body: Mapping[str, Any], created_by: str) -> Dataset:
+def create(catalog, body: Mapping[str, Any], created_by: str, principal: Principal = SYSTEM) -> Dataset:
     """A new dataset from a JSON-like body (FIELDS, plus ``series``: UIDs to add); 400/404/409 on bad input."""
     dataset_id = check_id(body.get("id"))
     values = _checked(body, partial=False)
@@ -255,7 +257,7 @@ def create(catalog, body: Mapping[str, Any], created_by: str) -> Dataset:
             raise Conflict(f"a dataset with id {dataset_id!r} exists already")
         if values["collection"]:
             _collection_exists(db, values["collection"])
-        _require_series(db, series)
+        _require_series(db, series, principal)
         row = _row_values(values)
         db.execute(f"INSERT INTO dataset({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
                    [row[c] for c in _COLUMNS])
@@ -263,7 +265,7 @@ def create(catalog, body: Mapping[str, Any], created_by: str) -> Dataset:
     return get(catalog, dataset_id)
 
 
-def update(catalog, dataset_id: str, body: Mapping[str, Any]) -> Dataset:
+def update(catalog, dataset_id: str, body: Mapping[str, Any], principal: Principal = SYSTEM) -> Dataset:
     """Change some fields (those present in ``body``); releases made before keep what they froze."""
     if "id" in body and body["id"] != dataset_id:
         raise InvalidRequest("id cannot be changed")
@@ -273,7 +275,7 @@ def update(catalog, dataset_id: str, body: Mapping[str, Any]) -> Dataset:
         _exists(db, dataset_id)
         if values.get("collection"):
             _collection_exists(db, values["collection"])
-        _require_series(db, series)
+        _require_series(db, series, principal)
         if values:
             row = _row_values(values)
             row["updated_at"] = now()
@@ -292,13 +294,7 @@ def get(catalog, dataset_id: str) -> Dataset:
 
 def list_datasets(catalog, text: str | None = None, limit: int = 100, offset: int = 0) -> tuple[int, list[Dataset]]:
     """Datasets whose title, description, keywords or contributors contain every word of ``text``."""
-    conds, params = [], []
-    for word in (text or "").lower().split()[:10]:
-        like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        conds.append("(lower(title) LIKE ? ESCAPE '\\' OR lower(description) LIKE ? ESCAPE '\\' "
-                     "OR lower(keywords) LIKE ? ESCAPE '\\' OR lower(contributors) LIKE ? ESCAPE '\\' "
-                     "OR id LIKE ? ESCAPE '\\')")
-        params += [like] * 5
+    conds, params = words_like(text, ("title", "description", "keywords", "contributors", "id"))
     where = f"WHERE {' AND '.join(conds)}" if conds else ""
     db = reader(catalog)
     total = db.execute(f"SELECT count(*) FROM dataset {where}", params).fetchone()[0]
@@ -307,12 +303,22 @@ def list_datasets(catalog, text: str | None = None, limit: int = 100, offset: in
     return total, [_from_row(r) for r in rows]
 
 
-def add_series(catalog, dataset_id: str, uids: Iterable[str]) -> int:
-    """Name series by hand (each must be stored); returns how many were new to the list."""
+def words_like(text: str | None, columns: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """SQL conditions: every word of ``text`` occurs (case-insensitively) in one of ``columns``."""
+    conds, params = [], []
+    for word in (text or "").lower().split()[:10]:
+        like = "%" + word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        conds.append("(" + " OR ".join(f"lower({c}) LIKE ? ESCAPE '\\'" for c in columns) + ")")
+        params += [like] * len(columns)
+    return conds, params
+
+
+def add_series(catalog, dataset_id: str, uids: Iterable[str], principal: Principal = SYSTEM) -> int:
+    """Name series by hand (each stored, and curatable by ``principal``); returns how many were new."""
     uids = check_uids(list(uids), required=True)
     with catalog.transaction() as db:
         _exists(db, dataset_id)
-        _require_series(db, uids)
+        _require_series(db, uids, principal)
         return _set_series(db, dataset_id, uids, included=1)
 
 
@@ -378,9 +384,12 @@ def _exists(db, dataset_id: str) -> None:
         raise NotFound(f"no dataset {dataset_id[:64]!r}")
 
 
-def _require_series(db, uids: list[str]) -> None:
-    missing = [u for u in uids
-               if db.execute("SELECT 1 FROM series WHERE series_instance_uid=?", (u,)).fetchone() is None]
+def _require_series(db, uids: list[str], principal: Principal) -> None:
+    """Each series is stored and within what ``principal`` may curate (else it is "not found" to them)."""
+    cond, params = scope(principal, "curator")
+    missing = [u for u in uids if db.execute(
+        f"SELECT 1 FROM series se JOIN study st ON se.study_fk=st.pk WHERE se.series_instance_uid=? AND {cond}",
+        (u, *params)).fetchone() is None]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise NotFound(f"no series {missing[0]} in the archive{more}")

@@ -285,7 +285,7 @@ def freeze(catalog, dataset_id: str, *, principal: Principal, released_by: str, 
         db.execute("INSERT INTO dataset_release(id, dataset_id, version, identifier, collection, released_at, "
                    "released_by, metadata, counts, manifest_sha256) VALUES (?,?,?,?,?,?,?,?,?,?)",
                    (rid, dataset_id, version, release.identifier, release.collection, stamp, release.released_by,
-                    json.dumps(metadata), json.dumps(counts), digest))
+                    json.dumps(metadata, ensure_ascii=False), json.dumps(counts, ensure_ascii=False), digest))
         db.executemany("INSERT INTO release_case(release_id, case_id, diagnosis, age_band, sex, anatomic_site, "
                        "species) VALUES (?,?,?,?,?,?,?)",
                        [(rid, c["case_id"], c["diagnosis"], c["age_band"], c["sex"], c["anatomic_site"],
@@ -337,6 +337,19 @@ def releases(catalog, dataset_id: str) -> list[Release]:
     rows = reader(catalog).execute(f"SELECT {','.join(_RELEASE_COLUMNS)} FROM dataset_release WHERE dataset_id=? "
                                    "ORDER BY version", (dataset_id,)).fetchall()
     return [_release(r) for r in rows]
+
+
+def latest_releases(catalog, text: str | None = None, limit: int = 100, offset: int = 0
+                    ) -> tuple[int, list[Release]]:
+    """The newest release of each dataset whose frozen metadata holds every word of ``text``."""
+    conds, params = model.words_like(text, ("r.metadata", "r.identifier"))
+    where = " AND ".join(["r.version = (SELECT max(x.version) FROM dataset_release x WHERE x.dataset_id=r.dataset_id)",
+                          *conds])
+    db = reader(catalog)
+    total = db.execute(f"SELECT count(*) FROM dataset_release r WHERE {where}", params).fetchone()[0]
+    rows = db.execute(f"SELECT {','.join('r.' + c for c in _RELEASE_COLUMNS)} FROM dataset_release r WHERE {where} "
+                      "ORDER BY r.dataset_id LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
+    return total, [_release(r) for r in rows]
 
 
 def iter_items(catalog, rid: str) -> Iterator[Item]:

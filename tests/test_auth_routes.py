@@ -12,7 +12,8 @@ from archive.access import REQUIREMENTS
 from archive.config import load_settings
 
 UID = "1.2.3.4"
-VALUES = {"study": UID, "series": UID, "sop": UID, "frames": "1", "path": "7FE00010", "job": "0" * 32}
+VALUES = {"study": UID, "series": UID, "sop": UID, "frames": "1", "path": "7FE00010", "job": "0" * 32, "dataset_id": "ds",
+          "version": 1}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,11 @@ def test_every_route_declares_its_requirement(app):
     assert undeclared == []
 
 
-PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/api/search/openapi.json")
+PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/api/search/openapi.json",
+                 # released datasets' metadata, for catalogues to harvest (the data and manifests are not)
+                 "/api/datasets", "/api/datasets/<dataset_id>", "/api/datasets/<dataset_id>/releases/<int:version>",
+                 *(f"/api/datasets/<dataset_id>/releases/<int:version>/{kind}" for kind in ("jsonld", "datacite",
+                                                                                           "citation")))
 
 
 def test_no_route_answers_without_a_principal(app):
