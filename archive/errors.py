@@ -96,6 +96,15 @@ class Busy(ArchiveError):
     failure_reason = 0xA700
     title = "Busy"
 
+class CatalogUnavailable(ArchiveError):
+    """The catalog database cannot be reached (restarting, failing over): nothing was changed; retry."""
+
+    http_status = 503
+    dimse_status = 0xA700
+    failure_reason = 0xA700
+    title = "Catalog unavailable"
+
+
 class NotAuthorized(ArchiveError):
     """The calling peer may not use this service (association policy)."""
 

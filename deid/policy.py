@@ -5,7 +5,8 @@ broker may re-link, and how slide labels and overviews are handled. Sources (cal
 AE title, STOW collection) pick a policy. With nothing configured every source gets the
 Basic Profile with keyed pseudonyms and labels dropped. The key is never a built-in
 default: without a key_file a random 32-byte key is created at
-<data_dir>/secrets/deid.key (0600) the first time, and reused after.
+<data_dir>/secrets/deid.key (0600) the first time, and reused after; nodes sharing a
+PostgreSQL catalog take it from the catalog instead (one key for all, never one per node).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from deid.errors import PolicyError
 from deid.options import Option
@@ -127,7 +128,8 @@ def load_safe_private() -> frozenset[tuple[str, int, int]]:
     return frozenset((str(c), int(str(g), 16), int(str(e), 16)) for c, g, e in entries)
 
 
-def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list[bytes]) -> Policy:
+def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list[bytes],
+            key_source: Callable[[], bytes] | None = None) -> Policy:
     known = {"options", "key_file", "relink", "broker_public_key", "label", "overview",
              "overview_label_area", "identified"}
     unknown = set(spec) - known
@@ -144,7 +146,7 @@ def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list
             key = read_key(Path(spec["key_file"]))
         else:
             if not shared_key:
-                shared_key.append(default_key(data_dir))
+                shared_key.append(key_source() if key_source else default_key(data_dir))
             key = shared_key[0]
     area = spec.get("overview_label_area")
     pub = spec.get("broker_public_key")
@@ -167,14 +169,20 @@ def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list
     )
 
 
-def load_policies(section: Mapping[str, Any] | None, data_dir: Path) -> Policies:
-    """Build the policies from the parsed [deid] table (may be empty or None)."""
+def load_policies(section: Mapping[str, Any] | None, data_dir: Path,
+                  key_source: Callable[[], bytes] | None = None) -> Policies:
+    """Build the policies from the parsed [deid] table (may be empty or None).
+
+    ``key_source`` gives the pseudonym key of policies without a key_file (default: the
+    data directory's key file); nodes sharing a catalog pass the catalog's shared key, so
+    every node maps an identifier to the same pseudonym."""
     section = dict(section or {})
     shared_key: list[bytes] = []
     specs = dict(section.get("policies") or {})
     if not specs:
         specs = {"basic": {}}
-    policies = {name: _policy(name, spec or {}, Path(data_dir), shared_key) for name, spec in specs.items()}
+    policies = {name: _policy(name, spec or {}, Path(data_dir), shared_key, key_source)
+                for name, spec in specs.items()}
     default = str(section.get("default", "basic" if "basic" in policies else next(iter(policies))))
     sources = dict(section.get("sources") or {})
     by_ae = {str(k).strip(): str(v) for k, v in dict(sources.get("ae") or {}).items()}

@@ -4,7 +4,9 @@ The archive can write links but never read them: each record is encrypted to the
 broker's X25519 public key (ECIES: ephemeral X25519, HKDF-SHA256, AES-256-GCM, with
 kind and pseudonym as associated data). Only the broker's private key opens it, and
 every reveal is appended to an audit log (who, when, which pseudonym; never the
-revealed values). Storage is one SQLite file under the archive's data directory.
+revealed values). Storage is one SQLite file under the archive's data directory, or,
+when nodes share a PostgreSQL catalog, that catalog's ``deid_link`` table
+(``CatalogLinkVault``): every node then writes to the one vault the broker opens.
 """
 from __future__ import annotations
 
@@ -127,8 +129,10 @@ class LinkVault:
         for kind, pseudonym, originals in entries:
             data = json.dumps(dict(originals), sort_keys=True, ensure_ascii=False).encode("utf-8")
             rows.append((kind, pseudonym, seal(data, key, _aad(kind, pseudonym))))
-        if not rows:
-            return
+        if rows:
+            self._insert(rows)
+
+    def _insert(self, rows: list[tuple[str, str, bytes]]) -> None:
         conn = self._connect()
         try:
             with conn:
@@ -146,6 +150,16 @@ class LinkVault:
         finally:
             conn.close()
 
+    def _sealed(self, pseudonym: str) -> list[tuple[str, bytes]]:
+        if not self.path.exists():
+            return []
+        conn = self._connect()
+        try:
+            return conn.execute("SELECT kind, sealed FROM links WHERE pseudonym = ? ORDER BY kind",
+                                (pseudonym,)).fetchall()
+        finally:
+            conn.close()
+
     def reveal(self, pseudonym: str, private_key: PrivateKeyLike, who: str | None = None) -> dict:
         """Open the link(s) of a pseudonym with the broker's key; audit the attempt.
 
@@ -153,14 +167,7 @@ class LinkVault:
         under several). Raises KeyError when nothing is recorded for it.
         """
         key = load_private_key(private_key)
-        rows: list[tuple[str, bytes]] = []
-        if self.path.exists():
-            conn = self._connect()
-            try:
-                rows = conn.execute("SELECT kind, sealed FROM links WHERE pseudonym = ? ORDER BY kind",
-                                    (pseudonym,)).fetchall()
-            finally:
-                conn.close()
+        rows = self._sealed(pseudonym)
         self._audit(pseudonym, [kind for kind, _ in rows], who, found=bool(rows))
         if not rows:
             raise KeyError("no link recorded for this pseudonym")
@@ -182,6 +189,28 @@ class LinkVault:
         fd = os.open(self.audit_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+class CatalogLinkVault(LinkVault):
+    """The vault in a shared catalog's ``deid_link`` table (``db``: an archive.catalog Database);
+    the reveal audit log stays a local file of the broker's."""
+
+    def __init__(self, db, audit_log: Path | str) -> None:
+        self.db = db
+        self.path = Path(db.location)
+        self.audit_log = Path(audit_log)
+
+    def _insert(self, rows: list[tuple[str, str, bytes]]) -> None:
+        with self.db.transaction() as session:
+            session.executemany("INSERT INTO deid_link (kind, pseudonym, sealed) VALUES (?, ?, ?) "
+                                "ON CONFLICT DO NOTHING", rows)
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM deid_link").fetchone()[0])
+
+    def _sealed(self, pseudonym: str) -> list[tuple[str, bytes]]:
+        return [(r[0], bytes(r[1])) for r in self.db.execute(
+            "SELECT kind, sealed FROM deid_link WHERE pseudonym = ? ORDER BY kind", (pseudonym,))]
 
 
 def _aad(kind: str, pseudonym: str) -> bytes:

@@ -46,7 +46,10 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     @app.errorhandler(ArchiveError)
     def archive_error(e: ArchiveError):
         alert_if_hidden(e)
-        return _error(e.http_status, e.title, e.message)
+        response = _error(e.http_status, e.title, e.message)
+        if e.http_status == 503:  # an engine restarting, the server busy: worth retrying soon
+            response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):

@@ -55,6 +55,7 @@ def store(study: str | None = None):
     store = archive()
     origin = target_origin("stow", request.args.get("collection"))
     referenced, failed, warned = [], [], False
+    unavailable = 0  # parts refused because an engine (catalog, storage) is down: retryable
     received: dict[str, list[tuple[str | None, str]]] = {}
     messages = []
     parts = multipart.read_parts(drain.guard(request.stream), boundary, store.storage.new_temp)
@@ -68,6 +69,7 @@ def store(study: str | None = None):
             try:
                 result = store.store_file(path, origin, owned=True, expected_study=study)
             except ArchiveError as e:
+                unavailable += e.http_status == 503
                 failed.append(_failed(e.failure_reason, e.message, e.sop_class_uid, e.sop_instance_uid))
                 messages.append(f"part {n}: {e.title}: {e.message}")
                 continue
@@ -98,12 +100,16 @@ def store(study: str | None = None):
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     status = 409 if not referenced else 202 if failed or warned else 200
+    if not referenced and unavailable == len(failed):
+        status = 503  # nothing stored, and sending the same again later will do
     for study_uid, instances in received.items():
         audit("DICOMInstancesTransferred", study=study_uid, instances=instances, outcome=4 if failed else 0,
               detail={"action": "C", "description": f"STOW-RS: {len(failed)} parts failed" if failed else ""})
     response = Response(dumps(body), status=status, content_type="application/dicom+json")
     for message in messages[:100]:
         response.headers.add("Warning", f'299 slidearchive "{_quoted(message)}"')
+    if status == 503:
+        response.headers["Retry-After"] = "5"
     return response
 
 

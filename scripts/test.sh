@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Install what the tests need (DCMTK, dicom3tools, Python packages, an Elasticsearch 8 node's jars
-# from Maven Central) and run the whole suite. Extra arguments go to pytest.
+# Install what the tests need (DCMTK, dicom3tools, PostgreSQL, Python packages, an Elasticsearch 8
+# node's jars from Maven Central) and run the whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 if ! command -v /usr/bin/storescu >/dev/null || ! command -v dciodvfy >/dev/null \
     || [ ! -x /usr/sbin/rsyslogd ] || [ ! -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] \
-    || [ ! -x /usr/sbin/nginx ] || ! ldconfig -p | grep -q libturbojpeg.so.0; then
+    || [ ! -x /usr/sbin/nginx ] || ! ldconfig -p | grep -q libturbojpeg.so.0 \
+    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   # rsyslog + rsyslog-gnutls: the audit repository the syslog-over-TLS tests send to; nginx: the reverse proxy
   # libturbojpeg0: opentile's lossless JPEG tile operations (vendor import, docs/import.md)
+  # postgresql: the server binaries for the PostgreSQL catalog tests (tests/pg_cluster.py starts its own
+  # cluster in a temporary directory; the Debian service it also installs is not used)
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk dicom3tools \
-    rsyslog rsyslog-gnutls nginx libturbojpeg0 >/dev/null
+    rsyslog rsyslog-gnutls nginx libturbojpeg0 postgresql >/dev/null
 fi
 python3 scripts/installed.py test || python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 mvn -q -f indexer/es-runner/pom.xml dependency:copy-dependencies

@@ -19,6 +19,8 @@ SHARED_DATA = SHARED / "data"
 MAKE_WSI = SHARED / "tools" / "make_wsi.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pg_cluster  # noqa: E402  (tests/ is on sys.path from here on)
+
 
 def make_wsi(out: Path, *args: str) -> dict[str, Path]:
     """A slide from the shared generator (PHI in headers, burned into LABEL and OVERVIEW): {stem: path}."""
@@ -53,6 +55,7 @@ class Server:
         self.dimse_port = free_port()
         self.log_path = root / "server.log"
         self.config_path = root / "config.toml"
+        self.catalog_location: Path | str = self.data_dir / "catalog.sqlite"
         self.config_path.write_text(config if "[auth]" in config else AUTH_OFF + config)
         self.dimse = dimse
         self.args = args
@@ -147,6 +150,18 @@ default = "identified"
 [deid.policies.identified]
 identified = true
 """
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> pg_cluster.PgCluster:
+    """The test PostgreSQL cluster (Debian's server on loopback, a temporary directory), one per session."""
+    return pg_cluster.shared_cluster()
+
+
+@pytest.fixture
+def postgresql_url(postgresql) -> str:
+    """A ``postgresql://`` URL of a fresh, empty database."""
+    return postgresql.create_database()
 
 
 @pytest.fixture(scope="session")

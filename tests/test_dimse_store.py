@@ -51,7 +51,7 @@ def test_store_received_as_sent(server, tmp_path):
     from archive.access import SYSTEM
     from archive.catalog import Catalog
 
-    catalog = Catalog(server.data_dir / "catalog.sqlite")
+    catalog = Catalog(server.catalog_location)
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         record = catalog.instance(ds.SOPInstanceUID, principal=SYSTEM)
@@ -145,7 +145,7 @@ def test_store_transfer_syntaxes(server, tmp_path, name):
     result = store(server, sent, options=[option])
     assert result.returncode == 0, result.stdout + result.stderr
     original = pydicom.dcmread(sent)
-    record = Catalog(server.data_dir / "catalog.sqlite").instance(original.SOPInstanceUID, principal=SYSTEM)
+    record = Catalog(server.catalog_location).instance(original.SOPInstanceUID, principal=SYSTEM)
     assert record is not None and record.transfer_syntax_uid == expected
     stored_path = server.data_dir / "storage" / record.storage_id[:2] / record.storage_id[2:4] / record.storage_id
     if encoder:
