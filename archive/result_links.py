@@ -25,7 +25,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from . import measurement_reports
 from .access import SYSTEM, Principal
+from .errors import DatasetDoesNotMatchSOPClass
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS result_instance (
@@ -60,7 +62,7 @@ JOIN (SELECT DISTINCT result_uid, slide_series_uid FROM result_ref) x ON x.resul
 JOIN instance i ON i.sop_instance_uid = r.result_uid;
 """
 RESULT_KINDS = {"1.2.840.10008.5.1.4.1.1.91.1": "ANN", "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
-                "1.2.840.10008.5.1.4.1.1.66.7": "SEG"}
+                "1.2.840.10008.5.1.4.1.1.66.7": "SEG", measurement_reports.SR_CLASS: "SR"}
 
 _local = threading.local()
 
@@ -107,6 +109,8 @@ def _algorithm(item: Dataset) -> tuple[str, str | None, str | None]:
 def extract(ds: Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The instance row and group rows of a result header."""
     kind = RESULT_KINDS[str(ds.SOPClassUID)]
+    if kind == "SR":
+        return _extract_report(ds)
     groups = []
     items = ds.get("AnnotationGroupSequence", []) if kind == "ANN" else ds.get("SegmentSequence", [])
     for item in items:
@@ -142,12 +146,35 @@ def extract(ds: Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return instance, groups
 
 
+def _extract_report(ds: Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A TID 1500 report: manual regions (always current), grouped by finding and graphic type."""
+    try:
+        groups = measurement_reports.groups(measurement_reports.regions(ds))
+    except DatasetDoesNotMatchSOPClass:  # checked at ingest; a header read back without its graphic data
+        groups = []
+    for g in groups:
+        g["measurements"] = json.dumps(g["measurements"])
+    instance = {
+        "result_uid": str(ds.SOPInstanceUID), "study_uid": str(ds.StudyInstanceUID),
+        "series_uid": str(ds.SeriesInstanceUID), "kind": "SR", "sop_class_uid": str(ds.SOPClassUID),
+        "algorithm_name": "", "algorithm_version": None, "algorithm_family": None,
+        "creator": measurement_reports.observer_name(ds),
+        "content_label": ds.get("ContentLabel") or ds.get("SeriesDescription"),
+        "content_datetime": f"{ds.get('ContentDate') or ''}{ds.get('ContentTime') or ''}",
+        "stored_at": time.time(),
+    }
+    return instance, groups
+
+
 # --- writes ------------------------------------------------------------------------------
 
 
 def record(catalog, ds: Dataset) -> None:
     """Link a stored result to its slides; no-op for other SOP classes, idempotent for results."""
-    if str(ds.get("SOPClassUID", "")) not in RESULT_KINDS:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in RESULT_KINDS:
+        return
+    if sop_class == measurement_reports.SR_CLASS and not measurement_reports.is_measurement_report(ds):
         return
     from .results import referenced_instances
 
@@ -187,7 +214,7 @@ def sync(catalog, batch: int = 5000, max_batches: int = 20) -> int:
     recorded = 0
     for _ in range(max_batches):
         rows = db.execute(
-            "SELECT pk, sop_instance_uid, CASE WHEN sop_class_uid IN (?,?,?) AND sop_instance_uid NOT IN "
+            f"SELECT pk, sop_instance_uid, CASE WHEN sop_class_uid IN ({','.join('?' * len(RESULT_KINDS))}) AND sop_instance_uid NOT IN "
             "(SELECT result_uid FROM result_instance) THEN header END AS header FROM instance "
             "WHERE pk > ? ORDER BY pk LIMIT ?", (*RESULT_KINDS, last, batch)).fetchall()
         if not rows:

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from .access import SYSTEM
 from .errors import DatasetDoesNotMatchSOPClass, ReferenceNotFound
-from . import result_links
+from . import measurement_reports, result_links
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,11 @@ def check_result(ds: Dataset, catalog, path: Path, policy: str = "refuse") -> st
     the pixel data stay on disk, deferred).
     """
     sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class == measurement_reports.SR_CLASS:
+        if not measurement_reports.is_measurement_report(ds):
+            return None  # another kind of SR document: stored as any instance, not a result
+        frames = {roi["frame_of_reference"] for roi in measurement_reports.check(ds)}
+        return _references_checked(ds, catalog, policy, frames)
     if sop_class not in RESULT_CLASSES:
         return None
     if sop_class == ANN_CLASS:
@@ -53,7 +58,12 @@ def check_result(ds: Dataset, catalog, path: Path, policy: str = "refuse") -> st
         except Exception as e:  # noqa: BLE001 - any failure is the same answer
             raise DatasetDoesNotMatchSOPClass(f"segmentation cannot be read: {type(e).__name__}") from None
         _highdicom_parse(full, sop_class)
-    problems = reference_problems(ds, catalog)
+    own = ds.get("FrameOfReferenceUID")
+    return _references_checked(ds, catalog, policy, {str(own)} if own else set())
+
+
+def _references_checked(ds: Dataset, catalog, policy: str, frames: set[str]) -> str | None:
+    problems = reference_problems(ds, catalog, frames)
     if not problems:
         return None
     message = "; ".join(problems)
@@ -174,6 +184,7 @@ def referenced_instances(ds: Dataset) -> list[tuple[str | None, str]]:
         for series in study.get("ReferencedSeriesSequence", []):
             for inst in series.get("ReferencedInstanceSequence", []):
                 out.append((series.get("SeriesInstanceUID"), inst.get("ReferencedSOPInstanceUID")))
+    out.extend(measurement_reports.evidence(ds))
     by_sop: dict[str, str | None] = {}
     for series, sop in out:
         if sop:
@@ -181,8 +192,9 @@ def referenced_instances(ds: Dataset) -> list[tuple[str | None, str]]:
     return [(series, sop) for sop, series in by_sop.items()]
 
 
-def reference_problems(ds: Dataset, catalog) -> list[str]:
-    """What is wrong with the result's references: none, missing slides, another frame of reference.
+def reference_problems(ds: Dataset, catalog, frames: set[str]) -> list[str]:
+    """What is wrong with the result's references: none, missing slides, another frame of reference
+    than one of ``frames`` (the result's own frames of reference; empty for 2D annotations).
 
     Messages carry no UIDs of patients' data beyond counts and attribute names.
     """
@@ -192,7 +204,6 @@ def reference_problems(ds: Dataset, catalog) -> list[str]:
     if len(refs) > MAX_REFERENCES:
         raise DatasetDoesNotMatchSOPClass(f"more than {MAX_REFERENCES} referenced images")
     missing, wrong_series, wrong_for = 0, 0, 0
-    own_for = ds.get("FrameOfReferenceUID")
     for series, sop in refs:
         record = catalog.instance(sop, principal=SYSTEM)
         if record is None:
@@ -200,9 +211,9 @@ def reference_problems(ds: Dataset, catalog) -> list[str]:
             continue
         if series and record.series_uid != series:
             wrong_series += 1
-        if own_for:
+        if frames:
             slide_for = _frame_of_reference(catalog, sop)
-            if slide_for and slide_for != own_for:
+            if slide_for and frames != {slide_for}:
                 wrong_for += 1
     problems = []
     if missing:

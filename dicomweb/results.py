@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, request, stream_with_context
 from pydicom.filewriter import dcmwrite
 
-from archive import annotations, geojson_stream, result_links, segmentations, slide_levels
+from archive import annotations, geojson_stream, measurement_reports, result_links, segmentations, slide_levels
 from archive.access import requires
 from archive.errors import ArchiveError, InvalidRequest, NotFound, UnsupportedMediaType
 from archive.results import ANN_CLASS
@@ -115,8 +115,8 @@ def slide_results(series: str):
 @requires("read")
 def find_results():
     kind = request.args.get("kind")
-    if kind and kind.upper() not in ("ANN", "SEG"):
-        raise InvalidRequest("kind must be ANN or SEG")
+    if kind and kind.upper() not in ("ANN", "SEG", "SR"):
+        raise InvalidRequest("kind must be ANN, SEG or SR")
     slides = result_links.find_slides(
         archive().catalog, algorithm=request.args.get("algorithm") or None,
         version=request.args.get("version") or None, property_type=request.args.get("property_type") or None,
@@ -225,7 +225,8 @@ def get_annotations(series: str):
     wanted = request.args.get("instance")
     found = [r for r in result_links.results_for_slide(archive().catalog, series, current_only=not _flag("all"),
                                                        principal=principal())
-             if r["kind"] == "ANN" and r["sop_class"] == ANN_CLASS and (not wanted or r["sop_instance"] == wanted)]
+             if r["sop_class"] in (ANN_CLASS, measurement_reports.SR_CLASS)
+             and (not wanted or r["sop_instance"] == wanted)]
     if wanted and not found:
         raise NotFound("no such annotation instance on this slide")
     store = archive()
@@ -233,6 +234,9 @@ def get_annotations(series: str):
     for study in {r.study_uid for r in records}:
         audit("DICOMInstancesAccessed", study=study,
               instances=[(r.sop_class_uid, r.sop_instance_uid) for r in records if r.study_uid == study])
+    slide_header = None
+    if any(r.sop_class_uid == measurement_reports.SR_CLASS for r in records):  # regions are in slide coordinates
+        slide_header = store.header(slide_levels.level(store, series, 0)[0])
     instances = [{"sop_instance": r["sop_instance"], "algorithm": r["algorithm"], "current": r["current"],
                   "url": resource_url(r["study"], r["series"], r["sop_instance"])} for r in found]
 
@@ -243,7 +247,12 @@ def get_annotations(series: str):
         first = True
         for record in records:
             batch: list[dict[str, Any]] = []
-            for feature in annotations.iter_features(store.header(record), arrays=orjson is not None):
+            header = store.header(record)
+            if record.sop_class_uid == measurement_reports.SR_CLASS:
+                features = measurement_reports.iter_features(header, slide_header)
+            else:
+                features = annotations.iter_features(header, arrays=orjson is not None)
+            for feature in features:
                 batch.append(feature)
                 if len(batch) == STREAM_BATCH:
                     yield ("" if first else ",") + _dump_features(batch)
