@@ -136,14 +136,20 @@ def manifest_digest(items: Iterable[tuple[str, int, str]]) -> str:
 
 # --- freezing -----------------------------------------------------------------------------
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _SeriesFacts:
+    """What a release needs of one series, read from its rows (their DICOM JSON is not kept)."""
+
     study_uid: str
     patient_id: str
     issuer: str
-    study_attrs: dict[str, Any]
-    series_attrs: dict[str, Any]
-    first_instance_attrs: dict[str, Any]
+    sex: str | None
+    age_band: str | None
+    species: str
+    diagnosis: str | None
+    anatomic_sites: tuple[str, ...]
+    stains: tuple[str, ...]
+    scanner: str | None
 
 
 def _kind(sop_class: str) -> str:
@@ -177,6 +183,7 @@ def _read(catalog, series: list[str]) -> tuple[dict[str, _SeriesFacts], list[tup
     """Series facts and instance rows (study, series, sop, class, size, sha256) of ``series``."""
     db = reader(catalog)
     facts: dict[str, _SeriesFacts] = {}
+    studies: dict[str, tuple] = {}  # a study's attributes are parsed once, not once per series
     rows: list[tuple] = []
     for part in _chunks(series):
         marks = ",".join("?" * len(part))
@@ -185,13 +192,27 @@ def _read(catalog, series: list[str]) -> tuple[dict[str, _SeriesFacts], list[tup
                 "st.attrs, se.attrs, (SELECT i.attrs FROM instance i WHERE i.series_fk=se.pk ORDER BY i.pk LIMIT 1) "
                 "FROM series se JOIN study st ON se.study_fk=st.pk JOIN patient p ON st.patient_fk=p.pk "
                 f"WHERE se.series_instance_uid IN ({marks})", part):
-            facts[uid] = _SeriesFacts(study, pid or "", issuer or "", json.loads(st_attrs), json.loads(se_attrs),
-                                      json.loads(first) if first else {})
+            if study not in studies:
+                attrs = json.loads(st_attrs)
+                studies[study] = (clinical.sex(attrs), clinical.age_band(clinical._first(attrs, clinical.PATIENT_AGE)),
+                                  clinical.species(attrs))
+            attrs = json.loads(se_attrs)
+            facts[uid] = _SeriesFacts(study, pid or "", issuer or "", *studies[study], _diagnosis(first),
+                                      tuple(clinical.anatomic_sites(attrs)), tuple(clinical.stains(attrs)),
+                                      clinical.scanner(attrs))
         rows += db.execute(
             "SELECT st.study_instance_uid, se.series_instance_uid, i.sop_instance_uid, i.sop_class_uid, i.size, "
             "i.sha256 FROM instance i JOIN series se ON i.series_fk=se.pk JOIN study st ON se.study_fk=st.pk "
             f"WHERE se.series_instance_uid IN ({marks})", part).fetchall()
     return facts, rows
+
+
+def _diagnosis(instance_attrs: str | None) -> str | None:
+    """Admitting Diagnoses of an instance's DICOM JSON; most have none, and are not parsed at all."""
+    if not instance_attrs or not any(f'"{tag}"' in instance_attrs for tag in (
+            clinical.ADMITTING_DIAGNOSES_DESCRIPTION, clinical.ADMITTING_DIAGNOSES_CODE_SEQUENCE)):
+        return None
+    return clinical.diagnosis(json.loads(instance_attrs))
 
 
 def _annotation_count(catalog, result_uids: list[str]) -> int:
@@ -213,11 +234,11 @@ def _cases(dataset_id: str, facts: dict[str, _SeriesFacts], supplied: dict[str, 
         cid = ids.setdefault(patient, clinical.case_id(key, dataset_id, *patient))
         values = found.setdefault(cid, collections.defaultdict(list))
         values["patient_id"] = [f.patient_id]
-        values["sex"].append(clinical.sex(f.study_attrs))
-        values["age_band"].append(clinical.age_band(clinical._first(f.study_attrs, clinical.PATIENT_AGE)))
-        values["species"].append(clinical.species(f.study_attrs))
-        values["diagnosis"].append(clinical.diagnosis(f.first_instance_attrs))
-        values["anatomic_site"] += clinical.anatomic_sites(f.series_attrs)
+        values["sex"].append(f.sex)
+        values["age_band"].append(f.age_band)
+        values["species"].append(f.species)
+        values["diagnosis"].append(f.diagnosis)
+        values["anatomic_site"] += f.anatomic_sites
     out = []
     for cid, values in sorted(found.items()):
         given = supplied.get(values["patient_id"][0], {})
@@ -242,8 +263,8 @@ def _counts(items: list[Item], facts: dict[str, _SeriesFacts], cases: list[dict]
         "studies": len({i.study_uid for i in items}), "cases": len(cases),
         "annotation_series": by_kind["annotation"], "segmentation_series": by_kind["segmentation"],
         "annotations": annotations, "size": sum(i.size for i in items),
-        "stains": _tally(s for uid in slides for s in clinical.stains(facts[uid].series_attrs)),
-        "scanners": _tally(clinical.scanner(facts[uid].series_attrs) for uid in slides),
+        "stains": _tally(s for uid in slides for s in facts[uid].stains),
+        "scanners": _tally(facts[uid].scanner for uid in slides),
         "diagnoses": _tally(c["diagnosis"] for c in cases),
         "species": _tally(c["species"] for c in cases),
         "anatomic_sites": _tally(c["anatomic_site"] for c in cases),
