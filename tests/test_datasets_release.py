@@ -116,3 +116,29 @@ def test_a_deleted_slide_is_marked_withdrawn_not_dropped(archive):
     assert {i.sop_instance_uid for i in manifest.items} == {d.sop_instance_uid for d in deleted}
     assert all(i.withdrawn and i.withdrawn_reason == release.DELETED for i in manifest.items)
     assert manifest.available == [] and release.get_release(archive.catalog, r.id).manifest_sha256 == r.manifest_sha256
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[datasets]\ndoi_prefix = "doi:10.1234"\n', "is not a DOI prefix"),
+    ('[datasets]\npublisher = ""\n', "publisher must be 1-200 characters"),
+    ('[datasets]\nprefix = "10.1234"\n', "unknown keys: prefix"),
+    ('[datasets]\ndoi_prefix = 10\n', "doi_prefix must be str"),
+])
+def test_dataset_configuration_mistakes_are_named(tmp_path, text, message):
+    from archive.config import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)
+
+
+def test_a_doi_prefix_names_releases_as_dois(archive):
+    from datasets import metadata
+
+    model.create(archive.catalog, dict(BODY, id="with-doi", collection="lung"), "curator")
+    r = release.freeze(archive.catalog, "with-doi", principal=SYSTEM, released_by="c", key=KEY, doi_prefix="10.12345")
+    assert r.identifier == "10.12345/slidearchive.with-doi.v1"
+    doc = metadata.datacite(r, "https://archive.example", "Example")
+    assert (doc["doi"], doc["prefix"], doc["suffix"]) == (r.identifier, "10.12345", "slidearchive.with-doi.v1")
+    assert metadata.citation(r, "Example").endswith("https://doi.org/10.12345/slidearchive.with-doi.v1")
