@@ -324,11 +324,12 @@ def _grant_collection(db, rid: str, collection: str) -> None:
     import time
 
     db.execute("INSERT INTO collection(name) VALUES (?) ON CONFLICT DO NOTHING", (collection,))
-    db.execute("INSERT INTO study_collection(study_fk, collection) SELECT DISTINCT st.pk, ? FROM study st "
+    db.execute("INSERT INTO study_collection(study_fk, collection) SELECT DISTINCT st.pk, CAST(? AS TEXT) FROM study st "
                "WHERE st.study_instance_uid IN (SELECT study_uid FROM release_item WHERE release_id=?) "
                "ON CONFLICT DO NOTHING", (collection, rid))
     db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
-               "SELECT DISTINCT 'stored', study_uid, series_uid, NULL, ? FROM release_item WHERE release_id=?",
+               "SELECT DISTINCT 'stored', study_uid, series_uid, CAST(NULL AS TEXT), CAST(? AS REAL) FROM release_item "
+               "WHERE release_id=?",
                (time.time(), rid))
 
 
