@@ -17,6 +17,7 @@ import requests
 from archive.audit_log import read_records
 from conftest import REPO, Server
 from slides import SlideSpec, make_slide
+from test_results_support import feature
 
 #: The default de-identification (Basic Profile, keyed pseudonyms): what a release may say is what survives it.
 CONFIG = """
@@ -106,6 +107,11 @@ def released(server, slides) -> dict:
     r = api(server, "PUT", "/derm-2024/cases", {"cases": [{"patient_id": patient, "diagnosis": "Invasive carcinoma",
                                                           "sex": "F", "age_band": "50-59"}]})
     assert r.status_code == 200, r.text
+    cells = [feature("Point", [10 + i, 20], "Tumor") for i in range(3)]  # an AI result on the first slide
+    r = requests.post(f"{server.url}/api/slides/{slides['derm'][0]['series']}/annotations",
+                      json={"geojson": {"type": "FeatureCollection", "features": cells},
+                            "algorithm": {"name": "cellfinder", "version": "1.0"}})
+    assert r.status_code == 201, r.text
     r = api(server, "POST", "/derm-2024/releases")
     assert r.status_code == 201, r.text
     assert r.headers["Location"].endswith("/api/datasets/derm-2024/releases/1")
@@ -115,16 +121,21 @@ def released(server, slides) -> dict:
 def test_release_manifest_matches_the_bytes_the_archive_serves(server, slides, released):
     manifest = api(server, "GET", "/derm-2024/releases/1/manifest").json()
     items = manifest["items"]
+    series = {(i["study_uid"], i["series_uid"]) for i in items}
+    slide_series = {(s["study"], s["series"]) for s in slides["derm"]}
+    assert slide_series < series and len(series) == 3  # the slides and the annotation that references one
     served = {}
-    for s in slides["derm"]:
-        served.update(retrieved(server, s["study"], s["series"]))
-    assert {i["sop_instance_uid"] for i in items} == set(served)
+    for study, uid in series:
+        served.update(retrieved(server, study, uid))
+    assert {i["sop_instance_uid"] for i in items} == set(served)  # every instance of those series, once
     for item in items:
         data = served[item["sop_instance_uid"]]
         assert item["size"] == len(data) and item["sha256"] == hashlib.sha256(data).hexdigest()
-        assert item["kind"] == "slide" and "withdrawn" not in item
+        assert item["kind"] == ("slide" if (item["study_uid"], item["series_uid"]) in slide_series else "annotation")
+        assert "withdrawn" not in item
     counts = released["counts"]
     assert counts["slides"] == 2 and counts["cases"] == 2 and counts["instances"] == len(items)
+    assert counts["annotation_series"] == 1 and counts["annotations"] == 3
     assert counts["size"] == sum(len(d) for d in served.values())
     assert counts["stains"] == {"hematoxylin stain": 2, "water soluble eosin stain": 2}
     assert counts["anatomic_sites"] == {"Breast": 2} and counts["scanners"] == {"Example Scanners SlideScan 9000": 2}
