@@ -43,7 +43,8 @@ PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/api/search/openap
                  # released datasets' metadata, for catalogues to harvest (the data and manifests are not)
                  "/api/datasets", "/api/datasets/<dataset_id>", "/api/datasets/<dataset_id>/releases/<int:version>",
                  *(f"/api/datasets/<dataset_id>/releases/<int:version>/{kind}" for kind in ("jsonld", "datacite",
-                                                                                           "citation")))
+                                                                                           "citation")),
+                 "/datasets", "/datasets/<dataset_id>", "/datasets/<dataset_id>/v<int:version>")
 
 
 def test_no_route_answers_without_a_principal(app):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import hashlib
+import html.parser
 import json
 import subprocess
 import sys
@@ -343,3 +344,65 @@ def test_the_cli_refuses_bad_input_in_one_line_and_changes_nothing(server, relea
     out = cli(server, *args)
     assert out.returncode != 0 and word in out.stderr and "Traceback" not in out.stderr
     assert _state(server) == before
+
+
+class _JsonLd(html.parser.HTMLParser):
+    """The JSON-LD blocks of a page, as a crawler reads them."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag, attrs):
+        self._inside = tag == "script" and ("type", "application/ld+json") in attrs
+        if self._inside:
+            self.blocks.append("")
+
+    def handle_endtag(self, tag):
+        self._inside = False
+
+    def handle_data(self, data):
+        if self._inside:
+            self.blocks[-1] += data
+
+
+def jsonld_of(page: str) -> list[dict]:
+    parser = _JsonLd()
+    parser.feed(page)
+    return [json.loads(b) for b in parser.blocks]
+
+
+def test_the_landing_page_shows_the_release_and_embeds_its_json_ld(server, released):
+    r = requests.get(f"{server.url}/datasets/derm-2024/v1")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    page = r.text
+    for text in (DERM["title"], "Version 1", released["citation"].replace("&", "&amp;"), "Doe, Jane",
+                 "https://spdx.org/licenses/CC-BY-4.0.html", "Slides</th><td>2", "Breast (2)",
+                 released["manifest_sha256"]):
+        assert text in page, text
+    assert jsonld_of(page) == [api(server, "GET", "/derm-2024/releases/1/jsonld").json()]
+    newest = requests.get(f"{server.url}/datasets/derm-2024", allow_redirects=False)
+    assert newest.status_code == 302 and newest.headers["Location"].endswith("/datasets/derm-2024/v1")
+    listing = requests.get(f"{server.url}/datasets", params={"q": "biopsies"}).text
+    assert 'href="/datasets/derm-2024/v1"' in listing
+    assert requests.get(f"{server.url}/datasets/derm-2024/v9").status_code == 404
+
+
+def test_curator_text_cannot_break_out_of_the_page(server, slides):
+    evil = "Slides </script><script>alert(1)</script> & <b>bold</b> claims, long enough to be a description."
+    body = dict(DERM, id="evil-text", title="<img src=x onerror=alert(1)>", description=evil)
+    assert api(server, "POST", "", body).status_code == 201
+    assert api(server, "POST", "/evil-text/releases").status_code == 201
+    page = requests.get(f"{server.url}/datasets/evil-text/v1").text
+    assert "<script>alert(1)" not in page and "<img src=x" not in page and "<b>bold" not in page
+    (doc,) = jsonld_of(page)
+    assert doc["description"] == evil and doc["name"] == body["title"]
+
+
+def test_a_withdrawn_release_page_says_so(server, slides):
+    assert api(server, "POST", "", dict(DERM, id="gone-page")).status_code == 201
+    assert api(server, "POST", "/gone-page/releases").status_code == 201
+    assert api(server, "POST", "/gone-page/releases/1/withdraw", {"reason": "labels mixed up"}).status_code == 200
+    page = requests.get(f"{server.url}/datasets/gone-page/v1").text
+    assert "This version was withdrawn on" in page and "labels mixed up" in page
