@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 
 from archive.access import Principal
 from archive.catalog import scope
-from archive.errors import InvalidRequest
+from archive.errors import Busy, InvalidRequest
 
 from .model import Dataset, listed_series
 from .schema import reader
@@ -31,6 +31,7 @@ class Selection:
 
 def search_series(index, query: str, collections: frozenset[str] | None) -> Iterator[str]:
     """Every series UID the saved search finds, paged by series UID (no window limit)."""
+    from indexer.base import IndexUnavailable
     from indexer.search import BadQuery, Range, parse_search
 
     try:
@@ -46,7 +47,11 @@ def search_series(index, query: str, collections: frozenset[str] | None) -> Iter
             base, sort=(("series_uid", False),), page=1, size=PAGE, facets=(),
             ranges=tuple(ranges.items()) + ((("series_uid", Range(gte, floor.lte)),) if gte or floor.lte else ()),
             collections=None if collections is None else tuple(sorted(collections)))
-        hits = [h["series_uid"] for h in index.search(request).hits if h.get("series_uid") != last]
+        try:
+            found = index.search(request)
+        except IndexUnavailable as e:
+            raise Busy(f"the search index is unavailable, retry the release later ({e})") from None
+        hits = [h["series_uid"] for h in found.hits if h.get("series_uid") != last]
         if not hits:
             return
         yield from hits

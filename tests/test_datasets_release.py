@@ -169,3 +169,17 @@ def test_the_dataset_tables_are_created_by_postgresql_too(postgresql_url):
             db.execute("INSERT INTO dataset_release(id, dataset_id, version, identifier, collection, released_at, "
                        "released_by, metadata, counts, manifest_sha256) VALUES ('d1:v1b', 'd1', 1, 'urn:y', "
                        "'c', 'now', 'me', '{}', '{}', 'abc')")
+
+
+def test_a_saved_search_release_with_the_index_down_is_503_and_changes_nothing(archive, tmp_path):
+    from archive.errors import Busy
+    from conftest import free_port
+    from indexer.factory import from_settings
+
+    down = {"backend": "elasticsearch", "urls": [f"http://127.0.0.1:{free_port()}"]}
+    model.create(archive.catalog, dict(BODY, id="by-search-down", search="collection=lung"), "curator")
+    before = rows(archive, "dataset_release"), rows(archive, "release_item")
+    with pytest.raises(Busy, match="retry the release later"):
+        release.freeze(archive.catalog, "by-search-down", principal=SYSTEM, released_by="c", key=KEY,
+                       open_index=lambda: from_settings(down, tmp_path)[1])
+    assert (rows(archive, "dataset_release"), rows(archive, "release_item")) == before
