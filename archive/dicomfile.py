@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
-from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
@@ -21,13 +20,14 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from .errors import DatasetDoesNotMatchSOPClass, InvalidDataset
 from .frames import ItemSpans, _element_header, item_spans
+from .rawitems import LONG_VRS
+from .valuecheck import check_values
 
-_NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float, DoubleFloat
 TRUNCATED = "truncated: the file ends inside a data element (a transfer or copy cut short?)"
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_DELIM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+_LONG_VRS = LONG_VRS
 #: Values after the pixel data longer than this stay unread until used (a large Data Set
 #: Trailing Padding that the profile removes is never read at all).
 TRAILER_DEFER = 64 * 1024
@@ -102,7 +102,7 @@ def read_header(path: Path) -> Header:
                 if start is not None and start <= size:
                     f.seek(start)
                     _check_complete(f, size, ts != ImplicitVRLittleEndian)
-            _convert_all(ds)
+            check_values(ds)
     except (InvalidDataset, DatasetDoesNotMatchSOPClass) as e:
         if pixel_offset is not None:  # the header before the pixel data is whole: it names the instance
             e.dataset = ds  # type: ignore[attr-defined]
@@ -226,30 +226,6 @@ def _walk(f: BinaryIO, size: int, explicit: bool, until: int | None) -> None:
         if f.tell() + length > size:
             raise _Truncated
         f.seek(length, 1)
-
-
-def _convert_all(ds: Dataset) -> None:
-    """Convert every value now (pydicom converts on first access): a malformed one fails here, not deep in ingest.
-
-    Standard elements must carry the data dictionary's VR (UN and the dictionary's "US or SS"
-    kind excepted) and numbers their single value where the dictionary says VM 1: the catalog,
-    QIDO, the frame index and the search index all read them as the dictionary defines them.
-    """
-    for _ in ds.file_meta.iterall() if hasattr(ds, "file_meta") else ():
-        pass
-    for elem in ds.iterall():
-        entry = DicomDictionary.get(elem.tag)
-        if entry is None or elem.VR == "UN" or " or " in entry[0]:
-            continue
-        vr, vm = entry[0], entry[1]
-        if elem.VR != vr:
-            raise DatasetDoesNotMatchSOPClass(f"{_name(elem)} has VR {elem.VR[:2]}, the data dictionary says {vr}")
-        if vm == "1" and vr in _NUMERIC_VRS and elem.VM > 1:
-            raise DatasetDoesNotMatchSOPClass(f"{_name(elem)} has {elem.VM} values, the data dictionary says 1")
-
-
-def _name(elem) -> str:
-    return elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
 
 
 def read_full(path: Path) -> Dataset:

@@ -13,6 +13,8 @@ from typing import Any
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
+from .rawitems import Unusual as _Unusual, items as _items
+
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 #: Binary values up to this size are inlined (a short LUT); larger ones become bulkdata.
 INLINE_LIMIT = 64
@@ -59,16 +61,6 @@ _SPLIT_STRIP = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # ASCII; padding
 _TEXT = frozenset({"SH", "LO", "UC"})  # split, then padding off each value
 _SINGLE_TEXT = frozenset({"ST", "LT", "UT"})  # never split
 _EMPTY_OK = frozenset(_STRUCTS) | _SPLIT_STRIP | _TEXT | _SINGLE_TEXT | {"IS", "DS", "SQ", "AT"}
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
-_HEADER = struct.Struct("<HH2sH")
-_U32 = struct.Struct("<I")
-_UNDEFINED = 0xFFFFFFFF
-
-
-class _Unusual(Exception):
-    """Bytes this converter leaves to pydicom."""
-
-
 def _from_bytes(tag: int, vr: str, value: bytes, path: str) -> dict[str, Any] | None:
     """DICOM JSON of one explicit VR little endian element from its value bytes, or None."""
     try:
@@ -118,74 +110,6 @@ def _convert(tag: int, vr: str, value: bytes, path: str) -> dict[str, Any]:
     else:
         raise _Unusual
     return {"vr": vr} if strings == [""] else {"vr": vr, "Value": strings}
-
-
-def _items(value: bytes) -> list[list[tuple[int, str, bytes]]]:
-    """The items of an encoded explicit VR little endian sequence value, as (tag, VR, value) lists."""
-    items, pos, end = [], 0, len(value)
-    while pos < end:
-        group, elem, _, _ = _HEADER.unpack_from(value, pos)
-        length = _U32.unpack_from(value, pos + 4)[0]
-        pos += 8
-        if (group, elem) == (0xFFFE, 0xE0DD):
-            break
-        if (group, elem) != (0xFFFE, 0xE000):
-            raise _Unusual
-        if length == _UNDEFINED:
-            elements, pos = _elements(value, pos, end, until_delimiter=True)
-        else:
-            elements, _ = _elements(value, pos, pos + length, until_delimiter=False)
-            pos += length
-        items.append(elements)
-    return items
-
-
-def _elements(value: bytes, pos: int, end: int, until_delimiter: bool) -> tuple[list[tuple[int, str, bytes]], int]:
-    out = []
-    while pos < end:
-        group, elem, raw_vr, short = _HEADER.unpack_from(value, pos)
-        if group == 0xFFFE:
-            if elem == 0xE00D and until_delimiter:
-                return out, pos + 8
-            raise _Unusual
-        if raw_vr in _LONG_VRS:
-            length = _U32.unpack_from(value, pos + 8)[0]
-            pos += 12
-        else:
-            length = short
-            pos += 8
-        vr = raw_vr.decode("ascii")
-        if length == _UNDEFINED:
-            if vr != "SQ":
-                raise _Unusual
-            start = pos
-            pos = _skip_undefined_sequence(value, pos, end)
-            out.append(((group << 16) | elem, vr, value[start:pos]))
-            continue
-        if pos + length > end:
-            raise _Unusual
-        out.append(((group << 16) | elem, vr, value[pos:pos + length]))
-        pos += length
-    if until_delimiter:
-        raise _Unusual  # no item delimiter
-    return out, pos
-
-
-def _skip_undefined_sequence(value: bytes, pos: int, end: int) -> int:
-    """Position after the sequence delimiter of an undefined-length sequence starting at ``pos``."""
-    while pos < end:
-        group, elem, _, _ = _HEADER.unpack_from(value, pos)
-        length = _U32.unpack_from(value, pos + 4)[0]
-        pos += 8
-        if (group, elem) == (0xFFFE, 0xE0DD):
-            return pos
-        if (group, elem) != (0xFFFE, 0xE000):
-            raise _Unusual
-        if length == _UNDEFINED:
-            _, pos = _elements(value, pos, end, until_delimiter=True)
-        else:
-            pos += length
-    raise _Unusual
 
 
 def _item_json(elements: list[tuple[int, str, bytes]], path: str) -> dict[str, Any]:
