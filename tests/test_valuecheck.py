@@ -70,7 +70,10 @@ def element_headers(data: bytes) -> tuple[list[int], set[int]]:
     those at the top level (explicit VR little endian; empty for other encodings)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - mutated beyond reading: no further mutation
+            return [], set()
     if ds.file_meta.TransferSyntaxUID.is_implicit_VR:
         return [], set()
     pos = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
