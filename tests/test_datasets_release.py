@@ -183,3 +183,14 @@ def test_a_saved_search_release_with_the_index_down_is_503_and_changes_nothing(a
         release.freeze(archive.catalog, "by-search-down", principal=SYSTEM, released_by="c", key=KEY,
                        open_index=lambda: from_settings(down, tmp_path)[1])
     assert (rows(archive, "dataset_release"), rows(archive, "release_item")) == before
+
+
+def test_an_instance_removed_behind_the_archives_back_shows_withdrawn(archive):
+    """``verify --repair`` drops catalog rows through the catalog alone: the release still tells."""
+    model.create(archive.catalog, dict(BODY, id="repaired", collection="lung"), "curator")
+    r = release.freeze(archive.catalog, "repaired", principal=SYSTEM, released_by="c", key=KEY)
+    victim = release.load_manifest(archive.catalog, r.id).items[0]
+    archive.catalog.remove_instance_row(victim.sop_instance_uid)
+    items = {i.sop_instance_uid: i for i in release.load_manifest(archive.catalog, r.id).items}
+    assert items[victim.sop_instance_uid].withdrawn_reason == release.NOT_STORED
+    assert sum(i.withdrawn for i in items.values()) == 1
