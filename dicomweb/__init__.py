@@ -22,7 +22,7 @@ SERVICE_ROOT = "/dicomweb"
 
 
 def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the web app (web/) serves /static itself
     app.config["SETTINGS"] = settings
     app.extensions["archive"] = archive or Archive(settings)
     from .auth import alert_if_hidden, install, jsonify_principal
@@ -77,7 +77,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
 def _register_optional(app: Flask) -> None:
     """Blueprints of the search, AI-results, vendor-import and datasets APIs, when those packages provide them."""
     for name in ("indexer.api", "dicomweb.results", "importer.api", "datasets.api",
-                 "datasets.pages"):
+                 "datasets.pages", "web"):
         try:
             module = __import__(name, fromlist=["bp"])
         except ImportError:

