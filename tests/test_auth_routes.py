@@ -13,7 +13,7 @@ from archive.config import load_settings
 
 UID = "1.2.3.4"
 VALUES = {"study": UID, "series": UID, "sop": UID, "frames": "1", "path": "7FE00010", "job": "0" * 32, "dataset_id": "ds",
-          "version": 1}
+          "version": 1, "name": "dicomweb-client"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,9 @@ PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/api/search/openap
                  "/api/datasets", "/api/datasets/<dataset_id>", "/api/datasets/<dataset_id>/releases/<int:version>",
                  *(f"/api/datasets/<dataset_id>/releases/<int:version>/{kind}" for kind in ("jsonld", "datacite",
                                                                                            "citation")),
-                 "/datasets", "/datasets/<dataset_id>", "/datasets/<dataset_id>/v<int:version>")
+                 "/datasets", "/datasets/<dataset_id>", "/datasets/<dataset_id>/v<int:version>",
+                 # the web app's static files and page shells: a page's data is fetched with the user's token
+                 "/static/<path:path>", "/static/vendor/<name>/<path:path>", "/slides/<series>", "/compare")
 
 
 def test_no_route_answers_without_a_principal(app):
