@@ -76,8 +76,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
 
 def _register_optional(app: Flask) -> None:
     """Blueprints of the search, AI-results, vendor-import and datasets APIs, when those packages provide them."""
-    for name in ("indexer.api", "dicomweb.results", "importer.api", "datasets.api",
-                 "datasets.pages", "web"):
+    for name in ("indexer.api", "dicomweb.results", "importer.api", "datasets.api", "web"):
         try:
             module = __import__(name, fromlist=["bp"])
         except ImportError:

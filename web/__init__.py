@@ -38,7 +38,8 @@ def own(path: str):
 
 
 def register(app: Flask) -> None:
-    from . import slides
+    from . import datasets, slides
 
     app.register_blueprint(static)
     slides.register(app)
+    datasets.register(app)

@@ -1,4 +1,4 @@
-"""Landing pages of released datasets: ``/datasets`` and ``/datasets/<id>/v<version>``.
+"""The web app's dataset pages (landing pages of released datasets): ``/datasets`` and ``/datasets/<id>/v<version>``.
 
 What a person following a citation or a DOI lands on: the title, version,
 identifier, citation, description, licence, creators, counts and every version,
@@ -16,8 +16,8 @@ from markupsafe import Markup
 from archive.access import requires
 from archive.errors import InvalidRequest
 
-from . import metadata, model, release
-from .api import _archive, _base, _publisher, dataset_json
+from datasets import metadata, model, release
+from datasets.api import _archive, _base, _publisher, dataset_json
 
 bp = Blueprint("dataset_pages", __name__, template_folder="templates")
 
