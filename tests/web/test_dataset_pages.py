@@ -10,7 +10,8 @@ import requests
 from conftest import REPO, Server
 from slides import SlideSpec, make_slide
 from test_datasets_api import DERM, stow
-from viewer_support import PageErrors, axe_violations, browser
+from test_slide_page import chromium, page  # noqa: F401  (the browser fixtures of the web tests)
+from viewer_support import axe_violations
 
 pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / "axe-core").is_dir(),
                                 reason="npm ci has not been run (scripts/test.sh runs it)")
@@ -27,21 +28,6 @@ def released(tmp_path_factory) -> Server:
         assert requests.post(f"{server.url}/api/datasets/derm-2024/releases").status_code == 201
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with browser() as b:
-        yield b
-
-
-@pytest.fixture
-def page(chromium):
-    context = chromium.new_context(viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.errors = PageErrors(page)
-    yield page
-    context.close()
 
 
 def test_the_landing_page_reads_well_and_carries_its_metadata(released, page):
