@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import logging
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +18,7 @@ from typing import BinaryIO
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomFileLike
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
@@ -168,14 +169,15 @@ class Ingest:
         out = self.storage.new_temp()
         try:
             try:
-                stored, pixel_offset, copied, coerced = self._deidentify(path, header, policy, out, owned)
+                stored, written, coerced = self._deidentify(path, header, policy, out, owned)
             except _Dropped as d:
                 return StoreResult("dropped", str(ds.SOPClassUID), warning=WARNING_ELEMENTS_DISCARDED,
                                    message=d.reason)
-            spans = header.item_spans if copied else None  # the received pixel data's items, walked once
+            if written.copied:
+                written.spans = header.item_spans  # the received pixel data's items, walked once
             try:
                 reference_warning = results.check_result(stored, self.catalog, out, self.dangling_references)
-                result = self._commit(stored, header.transfer_syntax, pixel_offset, spans, out, origin)
+                result = self._commit(stored, header.transfer_syntax, written, out, origin)
             except ArchiveError as e:
                 e.sop_class_uid, e.sop_instance_uid = str(stored.SOPClassUID), str(stored.SOPInstanceUID)
                 raise
@@ -191,17 +193,17 @@ class Ingest:
             out.unlink(missing_ok=True)
 
     def _deidentify(self, path: Path, header: Header, policy, out: Path,
-                    owned: bool) -> tuple[Dataset, int | None, bool, bool]:
-        """Write the file to store at ``out``; returns (stored header, pixel data offset, copied, coerced).
+                    owned: bool) -> tuple[Dataset, _Written, bool]:
+        """Write the file to store at ``out``; returns (stored header, what was written, coerced).
 
         Every element goes through the profile, those sorting after the pixel data too;
         the pixel data element alone is copied as received (raw, in bounded chunks), or,
         for a blanked overview or a deflated file (both small), re-encoded with the rest.
-        ``copied``: the stored pixel data element is the received one, byte for byte.
+        The bytes are hashed as they are written (one pass: no second read for the SHA-256).
         """
         if policy is None or getattr(policy, "identified", False):
             _place(path, out, owned)
-            return header.dataset, header.pixel_offset, True, False
+            return header.dataset, _Written(header.pixel_offset, copied=True), False
         import deid
 
         try:
@@ -219,29 +221,32 @@ class Ingest:
                 if tag in full:
                     new[tag] = full[tag]
             _write(out, new)
-            return new, read_header(out).pixel_offset, False, True
+            return new, _Written(read_header(out).pixel_offset, False), True
         if header.pixel_offset is None or header.pixel_end is None:
-            _write(out, new)
-            return new, None, False, True
+            _write(out, new)  # straight to the file: without pixel data, the header may be large (annotations)
+            return new, _Written(None, False), True
         try:
             before, after = _split_at_pixel_data(new)
         except (ValueError, TypeError, AttributeError, KeyError) as e:  # a kept trailing value that cannot be decoded
             raise InvalidDataset(f"cannot decode an element after the pixel data: {type(e).__name__}") from None
-        pixel_offset = _write(out, before)
+        buffer = io.BytesIO()  # the header before the pixel data: small
+        _write(buffer, before)
+        head = buffer.getvalue()
+        trailer = _encode_elements(after, header.transfer_syntax, new.get("SpecificCharacterSet")) if len(after) else b""
         try:
-            with open(path, "rb") as src, open(out, "ab") as dst:
+            with open(path, "rb") as src, _HashedFile(out) as dst:
+                dst.write(head)
                 src.seek(header.pixel_offset)
                 copy_range(src, dst, header.pixel_end - header.pixel_offset)
-                if len(after):
-                    _append_elements(dst, after, header.transfer_syntax, new.get("SpecificCharacterSet"))
+                dst.write(trailer)
         except OSError as e:
             raise_for_os_error(e)
-        return new, pixel_offset, True, True
+        return new, _Written(len(head), True, dst.hexdigest()), True
 
-    def _commit(self, ds: Dataset, ts: UID, pixel_offset: int | None, spans: ItemSpans | None,
-                temp: Path, origin: Origin) -> StoreResult:
-        """Hash, index and catalog ``temp``; ``spans``: its pixel data's item spans when already known."""
-        sha = sha256_of(temp)
+    def _commit(self, ds: Dataset, ts: UID, written: _Written, temp: Path, origin: Origin) -> StoreResult:
+        """Hash (unless hashed while written), index and catalog ``temp``."""
+        pixel_offset, spans = written.pixel_offset, written.spans
+        sha = written.sha256 or sha256_of(temp)
         result = StoreResult("stored", str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                              str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
         size = temp.stat().st_size
@@ -351,30 +356,70 @@ def _split_at_pixel_data(ds: Dataset) -> tuple[Dataset, Dataset]:
     return before, after
 
 
-def _append_elements(f: BinaryIO, ds: Dataset, ts: UID, charset) -> None:
-    """Encode the elements of ``ds`` at the end of ``f``: transfer syntax ``ts``, the data set's ``charset``."""
-    fp = DicomFileLike(f)
+def _encode_elements(ds: Dataset, ts: UID, charset) -> bytes:
+    """The elements of ``ds`` encoded in transfer syntax ``ts``, in the data set's ``charset``."""
+    fp = DicomBytesIO()
     fp.is_implicit_VR, fp.is_little_endian = ts.is_implicit_VR, ts.is_little_endian
     try:
         write_dataset(fp, ds, convert_encodings(charset) if charset else default_encoding)
     except (ValueError, TypeError, AttributeError) as e:
         raise InvalidDataset(f"cannot encode the de-identified elements after the pixel data: {type(e).__name__}") from None
+    return fp.getvalue()
 
 
-def _write(path: Path, ds: Dataset) -> int:
-    """Write preamble, file meta and ``ds`` in its transfer syntax; returns the end offset."""
+def _write(target: Path | io.BytesIO, ds: Dataset) -> None:
+    """Write preamble, file meta and ``ds`` in its transfer syntax to a file or a buffer."""
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     _mark_encoding_unchanged(ds)
     try:
-        with open(path, "wb") as f:
-            dcmwrite(f, ds, enforce_file_format=True)
-            return f.tell()
+        dcmwrite(target, ds, enforce_file_format=True)
     except OSError as e:
         raise_for_os_error(e)
     except (ValueError, TypeError, AttributeError) as e:
         raise InvalidDataset(f"cannot encode the de-identified header: {type(e).__name__}") from None
-    raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass
+class _Written:
+    """What ``_deidentify`` wrote: where the pixel data starts, and what was learnt on the way."""
+
+    pixel_offset: int | None
+    copied: bool  # the stored pixel data element is the received one, byte for byte
+    sha256: str | None = None  # of the whole file, when taken while writing it
+    spans: ItemSpans | None = None  # the pixel data's item spans, when already walked
+
+
+class _HashedFile:
+    """A file opened for writing that hashes what is written to it (SHA-256)."""
+
+    def __init__(self, path: Path):
+        self._hash = hashlib.sha256()
+        try:
+            self._file = open(path, "wb")
+        except OSError as e:
+            raise_for_os_error(e)
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            raise_for_os_error(e)
+            raise
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def __enter__(self) -> "_HashedFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._file.close()
+        except OSError as e:
+            if exc[0] is None:
+                raise_for_os_error(e)
 
 
 def _charsets(value) -> list[str]:

@@ -32,12 +32,21 @@ class StorageArea:
         return self.tmp / f"{uuid.uuid4().hex}.part"
 
     def commit(self, temp: Path) -> str:
-        """fsync ``temp`` and move it under a new id; returns the id."""
+        """Make ``temp`` durable and move it under a new id; returns the id.
+
+        Two flushes, in this order, and no more: the file's data (``fdatasync``: its
+        bytes and the size and block map needed to read them back, not its timestamps,
+        which nothing reads; about half the cost of ``fsync`` here), then, after the
+        rename, the directory that now names it. Only then may the catalog record the
+        instance (its own commit is the third flush, in SQLite): after a power cut an
+        instance in the catalog always has its whole file, and a file the catalog does
+        not name is a leftover that ``verify`` reports and ``sweep_temp`` removes.
+        """
         storage_id = uuid.uuid4().hex
         final = self.path(storage_id)
         try:
             with open(temp, "rb") as f:
-                os.fsync(f.fileno())
+                os.fdatasync(f.fileno())
             final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(temp, final)
             dir_fd = os.open(final.parent, os.O_RDONLY)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import struct
+
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -20,6 +22,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
+from archive.rawitems import Unusual as RawUnusual, items as raw_items
 from deid.actions import TEXT_VRS, dummy_value, is_definitional_uid_keyword, resolve
 from deid.dates import DUMMY as DUMMY_DATES, shift_value
 from deid.iod import IodTypes
@@ -32,6 +35,8 @@ from deid.uids import Pseudonymizer, is_well_known_uid
 VALUE_TYPE = 0x0040A040
 TEXT_VALUE = 0x0040A160
 CONCEPT_NAME_CODE_SEQUENCE = 0x0040A043
+CODE_VALUE = 0x00080100
+CODING_SCHEME_DESIGNATOR = 0x00080102
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
 # Coded concepts whose TEXT value is a specimen / container / parent specimen identifier
@@ -139,12 +144,31 @@ def holds_content_items(seq: Any, depth: int = 2) -> bool:
 def _identifier_concept(item: Dataset) -> bool:
     if CONCEPT_NAME_CODE_SEQUENCE not in item:
         return False
+    codes = _raw_codes(item.get_item(CONCEPT_NAME_CODE_SEQUENCE))
+    if codes is not None:
+        return any(code in IDENTIFIER_CONCEPTS for code in codes)
     for code in _value(item, CONCEPT_NAME_CODE_SEQUENCE):
         scheme = str(code.get("CodingSchemeDesignator", "")).strip()
         value = str(code.get("CodeValue", "")).strip()
         if (scheme, value) in IDENTIFIER_CONCEPTS:
             return True
     return False
+
+
+def _raw_codes(elem: Any) -> list[tuple[str, str]] | None:
+    """(Coding Scheme Designator, Code Value) of each item of a still-raw code sequence, read
+    from its bytes; None when it is parsed already or not plain ASCII explicit VR little endian."""
+    if not isinstance(elem, RawDataElement) or elem.VR != "SQ" or not elem.is_little_endian or elem.value is None:
+        return None
+    try:
+        found = []
+        for item in raw_items(elem.value):
+            values = {tag: value for tag, _, value in item if tag in (CODE_VALUE, CODING_SCHEME_DESIGNATOR)}
+            found.append(tuple(values.get(t, b"").decode("ascii").strip(" \x00")
+                               for t in (CODING_SCHEME_DESIGNATOR, CODE_VALUE)))
+        return found
+    except (RawUnusual, struct.error, UnicodeDecodeError):
+        return None
 
 
 def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str | None = None,
