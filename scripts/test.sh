@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need (DCMTK, dicom3tools, PostgreSQL, Python packages, an Elasticsearch 8
-# node's jars from Maven Central) and run the whole suite. Extra arguments go to pytest.
+# node's and s3proxy's jars from Maven Central) and run the whole suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -31,4 +31,6 @@ python3 tests/vendor_files.py >/dev/null  # the real Aperio SVS (CC0) from histo
 # OIDC providers for the authentication tests: mock-oauth2-server and Keycloak (unpacked once)
 mvn -q -f tests/oidc/pom.xml dependency:copy-dependencies
 [ -d tests/oidc/target/keycloak ] || mvn -q -f tests/oidc/pom.xml dependency:unpack
+# A real S3 server for the object-storage tests: s3proxy with its filesystem backend (tests/s3_server.py)
+mvn -q -f tests/s3/pom.xml dependency:copy-dependencies
 exec python3 -m pytest "$@"
