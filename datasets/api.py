@@ -10,9 +10,9 @@ answer ``{"status", "error", "message"}`` like the rest of the archive.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
 from werkzeug.exceptions import Unauthorized
 
 from archive.access import UNAUTHENTICATED, Principal, requires
@@ -206,9 +206,22 @@ def release_manifest(dataset_id: str, version: int):
         audit("SecurityAlert", outcome=4, detail={"type": "Use of Restricted Function",
                                                   "description": f"manifest of {r.id}: no grant"})
         raise NotAuthorized(f"the manifest of {r.id} needs a grant of this release (apply for access)")
-    manifest = release.load_manifest(_archive().catalog, r.id)
     audit("DICOMInstancesAccessed", detail={"description": f"manifest of {r.id} read", "action": "R"})
-    return _json(manifest.to_json())
+    return Response(stream_with_context(_manifest_json(r)), content_type="application/json")
+
+
+def _manifest_json(r: release.Release) -> Iterator[str]:
+    """The manifest as one JSON document, written item by item (a release may hold millions)."""
+    catalog = _archive().catalog
+    head = {"release": r.to_json(), "cases": release.load_cases(catalog, r.id)}
+    yield json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1] + ',"items":['
+    batch: list[str] = []
+    for n, item in enumerate(release.iter_items(catalog, r.id)):
+        batch.append(("," if n else "") + json.dumps(item.to_json(), separators=(",", ":")))
+        if len(batch) == 1000:
+            yield "".join(batch)
+            batch = []
+    yield "".join(batch) + "]}"
 
 
 # --- curation ---------------------------------------------------------------------------------

@@ -395,10 +395,14 @@ def iter_items(catalog, rid: str) -> Iterator[Item]:
 def load_manifest(catalog, rid: str) -> Manifest:
     """The whole manifest of release ``rid`` (``<dataset id>:v<version>``): record, cases, items."""
     release = get_release(catalog, rid)
+    return Manifest(release, load_cases(catalog, rid), list(iter_items(catalog, rid)))
+
+
+def load_cases(catalog, rid: str) -> list[dict[str, Any]]:
+    """The release's cases with their clinical fields, by case id."""
     rows = reader(catalog).execute("SELECT case_id, diagnosis, age_band, sex, anatomic_site, species FROM "
                                    "release_case WHERE release_id=? ORDER BY case_id", (rid,)).fetchall()
-    cases = [dict(zip(("case_id", *model.CLINICAL_FIELDS, "species"), r)) for r in rows]
-    return Manifest(release, cases, list(iter_items(catalog, rid)))
+    return [dict(zip(("case_id", *model.CLINICAL_FIELDS, "species"), r)) for r in rows]
 
 
 # --- withdrawal ---------------------------------------------------------------------------
