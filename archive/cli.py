@@ -119,6 +119,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"import: not found: {missing[0]}")
     settings = _existing_archive(args)
+    from .metrics import join_running
+
+    join_running(settings.data_dir)  # a node serving this data directory counts these instances too
     archive = Archive(settings)
     files = list(_files(args.paths))
     origin = Origin("import", ae_title=args.source, collection=args.collection or settings.default_collection)

@@ -170,6 +170,19 @@ class DatasetSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    """``GET /metrics`` (Prometheus text format; archive.metrics): who may scrape it."""
+
+    enabled: bool = True
+    #: A file holding a scrape token (Prometheus' credentials_file); empty: administrators only.
+    #: Relative paths are under the data directory.
+    token_file: str = ""
+
+    def token_path(self, data_dir: Path) -> Path | None:
+        return data_dir / Path(self.token_file).expanduser() if self.token_file else None
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./slidearchive-data")
     host: str = "127.0.0.1"
@@ -194,6 +207,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     auth: AuthSettings = AuthSettings()
     datasets: DatasetSettings = DatasetSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def secrets_dir(self) -> Path:
@@ -384,6 +398,18 @@ def _logging(table: dict) -> LoggingSettings:
     return dataclasses.replace(settings, level=settings.level.lower())
 
 
+def _metrics(table: dict, data_dir: Path) -> MetricsSettings:
+    kinds = {"enabled": bool, "token_file": str}
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise ConfigError(f"[metrics] unknown keys: {', '.join(sorted(unknown))}")
+    settings = MetricsSettings(**{k: _typed(table, k, kinds[k], "metrics") for k in kinds if k in table})
+    token = settings.token_path(data_dir)
+    if token is not None and not token.is_file():
+        raise ConfigError(f"[metrics] token_file: file not found: {settings.token_file}")
+    return settings
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then ``config_file``, then non-None ``overrides`` (from command-line flags).
 
@@ -394,7 +420,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
     unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth", "logging",
-                         "datasets"}
+                         "datasets", "metrics"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -439,7 +465,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                           f"(host is {values.get('host')}); configure API keys or an OIDC issuer instead")
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
                     dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {}), any(r.tls for r in dimse.remotes)),
-                    auth=auth, logging=_logging(raw.get("logging", {})), datasets=_datasets(raw.get("datasets", {})))
+                    auth=auth, logging=_logging(raw.get("logging", {})), datasets=_datasets(raw.get("datasets", {})),
+                    metrics=_metrics(raw.get("metrics", {}), values["data_dir"]))
 
 
 def _datasets(table: dict) -> DatasetSettings:

@@ -17,9 +17,14 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import metrics
 from .config import LoggingSettings
 
 ACCESS_LOGGER = "slidearchive.access"
+#: Where the route template of a request is kept (set by the HTTP app and the frame fast path).
+ROUTE_ENVIRON = "slidearchive.route"
+#: The route label of a request no route matched (an unknown URL).
+UNMATCHED = "unmatched"
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -111,14 +116,13 @@ _access: AccessSink | None = None
 
 
 class AccessLog:
-    """WSGI middleware: one access-log line per request, when its body is done."""
+    """WSGI middleware: one access-log line and the request metrics (archive.metrics) per request,
+    when its body is done."""
 
     def __init__(self, app: Callable):
         self.app = app
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        if _access is None:
-            return self.app(environ, start_response)
         started = time.perf_counter()
         status = ["-"]
 
@@ -134,13 +138,16 @@ class AccessLog:
 
     @staticmethod
     def _record(environ: dict, status: str, size: int, started: float) -> None:
+        seconds = time.perf_counter() - started
+        metrics.http_request(environ.get(ROUTE_ENVIRON) or UNMATCHED, environ.get("REQUEST_METHOD", "-"), status,
+                             seconds)
         sink = _access
         if sink is None:
             return
         query = query_keys(environ.get("QUERY_STRING", ""))
         sink.write({"remote": environ.get("REMOTE_ADDR", "-"), "method": environ.get("REQUEST_METHOD", "-"),
                     "path": environ.get("PATH_INFO", "") + (f"?{query}" if query else ""), "status": status,
-                    "bytes": size, "ms": round((time.perf_counter() - started) * 1000, 2)})
+                    "bytes": size, "ms": round(seconds * 1000, 2)})
 
 
 def query_keys(query: str) -> str:

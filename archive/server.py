@@ -320,6 +320,9 @@ def _serve(settings: Settings) -> int:
     from .logs import configure
 
     configure(settings.logging, settings.data_dir)
+    from .metrics import prepare as prepare_metrics
+
+    prepare_metrics(settings.data_dir)  # before any child: they all count into <data_dir>/run/metrics
     context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         problem = pool.submit(_prepare, settings).result()

@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from . import dicomjson
+from . import dicomjson, metrics
 from .audit import AuditTrail
 from .access import Principal
 from .catalog import Catalog, InstanceRecord
@@ -71,12 +71,22 @@ class Archive:
 
     # --- ingest -----------------------------------------------------------------
 
-    def store_instance(self, stream: BinaryIO, origin: Origin) -> StoreResult:
-        return self.ingest.store_instance(stream, origin)
-
     def store_file(self, path: Path, origin: Origin, owned: bool = False,
                    expected_study: str | None = None) -> StoreResult:
-        return self.ingest.store_file(path, origin, owned, expected_study)
+        """The one ingest path (archive.ingest), counted by source and outcome (archive.metrics)."""
+        started = time.perf_counter()
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        try:
+            result = self.ingest.store_file(path, origin, owned, expected_study)
+        except Exception as e:
+            metrics.ingested(origin.kind, "failed", size, time.perf_counter() - started)
+            metrics.error(e, origin.kind)
+            raise
+        metrics.ingested(origin.kind, result.status, size, time.perf_counter() - started)
+        return result
 
     # --- reads ------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from archive.access import Principal, requires
 from archive.authn import Authenticator
 from archive.config import Settings
 from archive.errors import ArchiveError
+from archive.metrics import error as count_error
 from archive.service import Archive
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     def whoami():
         return jsonify_principal(principal())
 
-    from . import drain, health, qido, stow, wado
+    from . import drain, health, metrics, qido, stow, wado
 
     for module in (stow, qido, wado):
         app.register_blueprint(module.bp, url_prefix=SERVICE_ROOT)
@@ -45,6 +46,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
 
     @app.errorhandler(ArchiveError)
     def archive_error(e: ArchiveError):
+        count_error(e, "http")
         alert_if_hidden(e)
         response = _error(e.http_status, e.title, e.message)
         if e.http_status == 503:  # an engine restarting, the server busy: worth retrying soon
@@ -58,6 +60,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     @app.errorhandler(Exception)
     def unexpected(e: Exception):
         # Never the exception text: it may quote data-set values.
+        count_error(e, "http")
         log.error("unexpected %s in %s %s", type(e).__name__, request.method, request.path)
         return _error(500, "Internal server error", "unexpected server error; see the server log")
 
@@ -70,6 +73,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
         return None
 
     health.register(app)
+    metrics.register(app)
 
     return app
 

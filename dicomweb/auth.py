@@ -56,6 +56,9 @@ def install(app: Flask, authenticator: Authenticator) -> None:
             return _error(403, "Forbidden", "this resource declares no access requirement")
         if need == "public":
             return None
+        view = current_app.view_functions[request.endpoint]
+        if getattr(view, "other_credential", None) is not None and view.other_credential(request.environ):
+            return None  # e.g. the scrape token of /metrics (dicomweb.metrics); it opens that route only
         remote = client_address(request.environ, app.config["SETTINGS"])
         try:
             principal = principal_from(request.environ, authenticator, remote)

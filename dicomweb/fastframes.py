@@ -16,11 +16,14 @@ from typing import Callable, Iterable
 from archive.access import Principal
 from archive.authn import Authenticator, Unauthenticated
 from archive.errors import ArchiveError
+from archive.logs import ROUTE_ENVIRON
 from archive.service import Archive
 
 from . import PRINCIPAL_ENVIRON, client_address, media, multipart
 from .auth import cors_headers, principal_from
 
+#: The Flask rule of the same resource (dicomweb.wado), so both paths count under one route label.
+FRAME_ROUTE = "/dicomweb/studies/<study>/series/<series>/instances/<sop>/frames/<frames>"
 _FRAME = re.compile(r"/dicomweb/studies/([0-9.]{1,64})/series/([0-9.]{1,64})/instances/([0-9.]{1,64})/frames/([0-9]{1,9})")
 
 
@@ -44,6 +47,7 @@ class FastFrames:
                 if answer is not None:
                     study, series, sop, _ = m.groups()
                     environ[PRINCIPAL_ENVIRON] = principal
+                    environ[ROUTE_ENVIRON] = FRAME_ROUTE
                     self.archive.audit.frame(principal, study, series, sop, remote)
                     content_type, body = answer
                     start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))),

@@ -18,6 +18,7 @@ from pydicom.filewriter import dcmwrite
 from archive import annotations, geojson_stream, measurement_reports, result_links, segmentations, slide_levels
 from archive.access import requires
 from archive.errors import ArchiveError, InvalidRequest, NotFound, UnsupportedMediaType
+from archive.metrics import error as count_error
 from archive.results import ANN_CLASS
 from archive.uids import check_uid
 
@@ -293,5 +294,6 @@ def post_segmentation(series: str):
 
 @bp.errorhandler(ArchiveError)
 def _archive_error(e: ArchiveError):
+    count_error(e, "http")
     alert_if_hidden(e)
     return _json({"status": e.http_status, "error": e.title, "message": e.message}, e.http_status)
