@@ -146,10 +146,11 @@ def write_paths(server: Server, inst: Instance, out: Path) -> Path:
 
 
 def run_wrk(server: Server, inst: Instance, seconds: int, max_requests: int,
-            paths_file: Path) -> dict:
+            paths_file: Path, connections: int = CONNECTIONS) -> dict:
     """wrk with random frame URLs; the RESULT line of frames.lua as a dict."""
-    per_thread = max(1, max_requests // WRK_THREADS) if max_requests else 0
-    cmd = ["wrk", "-t", str(WRK_THREADS), "-c", str(CONNECTIONS), "-d", f"{seconds}s",
+    threads = min(WRK_THREADS, connections)
+    per_thread = max(1, max_requests // threads) if max_requests else 0
+    cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
            "--timeout", f"{REQUEST_TIMEOUT_S}s", "-s", str(LUA), server.base, "--",
            str(paths_file), accept_for(server) or "-", str(per_thread)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
