@@ -183,6 +183,24 @@ class MetricsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """The web app's login (``[web]``): the browser logs in with authorization code + PKCE."""
+
+    #: The [[auth.issuer]] the login page uses ("" = the first one; no issuer = no login button).
+    login_issuer: str = ""
+    #: The public client registered at that issuer for the web app ("" = the issuer's first audience).
+    client_id: str = ""
+    scope: str = "openid"
+
+    def login(self, auth: AuthSettings) -> dict[str, str] | None:
+        """What the pages need to log in (issuer, client_id, scope), or None when there is no login."""
+        if not auth.enabled or not auth.issuers:
+            return None
+        issuer = next(i for i in auth.issuers if i.issuer == (self.login_issuer or auth.issuers[0].issuer))
+        return {"issuer": issuer.issuer, "client_id": self.client_id or issuer.audience[0], "scope": self.scope}
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./slidearchive-data")
     host: str = "127.0.0.1"
@@ -208,6 +226,7 @@ class Settings:
     auth: AuthSettings = AuthSettings()
     datasets: DatasetSettings = DatasetSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
 
     @property
     def secrets_dir(self) -> Path:
@@ -420,7 +439,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
     unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth", "logging",
-                         "datasets", "metrics"}
+                         "datasets", "metrics", "web"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -466,7 +485,25 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
                     dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {}), any(r.tls for r in dimse.remotes)),
                     auth=auth, logging=_logging(raw.get("logging", {})), datasets=_datasets(raw.get("datasets", {})),
-                    metrics=_metrics(raw.get("metrics", {}), values["data_dir"]))
+                    metrics=_metrics(raw.get("metrics", {}), values["data_dir"]),
+                    web=_web(raw.get("web", {}), auth))
+
+
+def _web(table: dict, auth: AuthSettings) -> WebSettings:
+    unknown = set(table) - {"login_issuer", "client_id", "scope"}
+    if unknown:
+        raise ConfigError(f"[web] unknown keys: {', '.join(sorted(unknown))}")
+    values = {k: _typed(table, k, str, "web").strip() for k in ("login_issuer", "client_id", "scope") if k in table}
+    if values.get("login_issuer"):
+        values["login_issuer"] = _url(values["login_issuer"], "web")
+        if values["login_issuer"] not in {i.issuer for i in auth.issuers}:
+            raise ConfigError(f"[web] login_issuer {values['login_issuer'][:80]!r} is not one of the [[auth.issuer]] "
+                              "entries (the archive must trust the tokens the login gives)")
+    if "scope" in values and not re.fullmatch(r"[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*", values["scope"]):
+        raise ConfigError("[web] scope must be space-separated OAuth scope names (RFC 6749 3.3), e.g. \"openid\"")
+    if values.get("client_id") and not re.fullmatch(r"[\x20-\x7e]{1,200}", values["client_id"]):
+        raise ConfigError("[web] client_id must be 1-200 printable ASCII characters")
+    return WebSettings(**values)
 
 
 def _datasets(table: dict) -> DatasetSettings:

@@ -12,7 +12,8 @@ if ! ldconfig -p | grep -q libturbojpeg.so.0; then  # opentile's lossless tile c
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libturbojpeg0 >/dev/null
 fi
 # The web app's browser libraries (dicom-microscopy-viewer, dicomweb-client), pinned in package-lock.json
-if [ ! -d "$REPO/node_modules/dicom-microscopy-viewer" ] && command -v npm >/dev/null; then
+if command -v npm >/dev/null && { [ ! -d "$REPO/node_modules/dicom-microscopy-viewer" ] \
+    || [ "$REPO/package-lock.json" -nt "$REPO/node_modules/.package-lock.json" ]; }; then
   (cd "$REPO" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 if ! python3 "$REPO/scripts/installed.py"; then

@@ -46,7 +46,8 @@ PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/api/search/openap
                                                                                            "citation")),
                  "/datasets", "/datasets/<dataset_id>", "/datasets/<dataset_id>/v<int:version>",
                  # the web app's static files and page shells: a page's data is fetched with the user's token
-                 "/static/<path:path>", "/static/vendor/<name>/<path:path>", "/slides/<series>", "/compare")
+                 "/static/<path:path>", "/static/vendor/<name>/<path:path>", "/slides/<series>", "/compare",
+                 "/", "/login/callback")
 
 
 def test_no_route_answers_without_a_principal(app):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Flask, abort, send_from_directory
+from flask import Blueprint, Flask, abort, render_template, send_from_directory
 
 from archive.access import requires
 
@@ -37,9 +37,24 @@ def own(path: str):
     return send_from_directory(HERE / "static", path, max_age=60)
 
 
+@static.get("/login/callback")
+@requires("public")
+def login_callback():
+    """Where the issuer sends the browser back with a code; web/static/auth.js trades it for a token."""
+    return render_template("login_callback.html")
+
+
 def register(app: Flask) -> None:
-    from . import datasets, slides
+    from . import datasets, search, slides
 
     app.register_blueprint(static)
+    search.register(app)
     slides.register(app)
     datasets.register(app)
+    settings = app.config["SETTINGS"]
+    web_config = {"login": settings.web.login(settings.auth)}
+
+    @app.context_processor
+    def page_config() -> dict:
+        """Every page embeds how to log in (web/templates/base.html #web-config)."""
+        return {"web_config": web_config}
