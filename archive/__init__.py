@@ -1,1 +1,1 @@
-"""slidearchive core: storage, catalog, frame index, ingest, DIMSE, CLI."""
+"""slidearchive core: ingest, frame index, CLI; packages for catalog, storage, DIMSE, AI results, audit, auth."""

@@ -4,7 +4,7 @@ It tells the supervisor over a pipe whether it started (``("ready", ports)`` or
 ``("failed", message)``), then writes a heartbeat (``<data_dir>/run/background.json``)
 every second for ``/health/ready``. If a component dies inside it, the process exits
 non-zero so the supervisor restarts it: it never goes on without one. On SIGTERM or
-SIGINT, or when the supervisor is gone, it drains (archive.dimse.DimseListener.drain).
+SIGINT, or when the supervisor is gone, it drains (archive.dimse.listener.DimseListener.drain).
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Any
 
-from .config import Settings
-from .lifecycle import KILL_GRACE, RunFiles, die_with_parent, exit_after, listen_error, watch_parent
+from archive.config import Settings
+from archive.lifecycle import KILL_GRACE, RunFiles, die_with_parent, exit_after, listen_error, watch_parent
 
 log = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 1.0
@@ -33,18 +33,18 @@ def main(settings: Settings, parent_pid: int, report: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     watch_parent(parent_pid, stop.set)
-    from .server import quiet_libraries
+    from archive.server import quiet_libraries
 
     quiet_libraries()
-    from .audit_syslog import start as start_forwarder
-    from .logs import configure
+    from archive.audit.syslog import start as start_forwarder
+    from archive.logs import configure
 
     configure(settings.logging, settings.data_dir)
     start_forwarder(settings.audit, settings.data_dir)
     worker = _start_index_worker(settings)
     listener = None
     if settings.dimse.enabled:
-        from .dimse import DimseListener
+        from archive.dimse.listener import DimseListener
 
         try:
             listener = DimseListener(settings)
@@ -77,8 +77,8 @@ def _start_index_worker(settings: Settings):
         from indexer.worker import start_worker
     except ImportError:
         return None
-    from .catalog import Catalog
-    from .storage import StorageArea
+    from archive.catalog import Catalog
+    from archive.storage import StorageArea
 
     return start_worker(settings, Catalog(settings.catalog_path, StorageArea(settings.storage_dir).path))
 

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from .config import ConfigError, Settings, load_settings, parse_remote
-from .access import SYSTEM
-from .errors import ArchiveError
+from archive.auth.access import SYSTEM
+from archive.config import ConfigError, Settings, load_settings, parse_remote
+from archive.errors import ArchiveError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -49,7 +49,7 @@ class UsageError(Exception):
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .server import serve
+    from archive.server import serve
 
     settings = _settings(args)
     if args.verbose:  # -v wins over [logging] level
@@ -112,14 +112,14 @@ class Progress:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .ingest import Origin
-    from .service import Archive
+    from archive.ingest import Origin
+    from archive.service import Archive
 
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         raise UsageError(f"import: not found: {missing[0]}")
     settings = _existing_archive(args)
-    from .metrics import join_running
+    from archive.metrics import join_running
 
     join_running(settings.data_dir)  # a node serving this data directory counts these instances too
     archive = Archive(settings)
@@ -173,8 +173,8 @@ def _vendor_batch(archive, args: argparse.Namespace, files: list[tuple[Path, boo
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .ingest import sha256_of
-    from .service import Archive
+    from archive.ingest import sha256_of
+    from archive.service import Archive
 
     archive = Archive(_existing_archive(args, need_catalog=True))
     rows = archive.catalog.storage_ids()
@@ -222,7 +222,7 @@ def _defaults() -> dict:
     """The embedded defaults (config/default.toml), shown in --help."""
     import tomllib
 
-    from .config import DEFAULT_FILE
+    from archive.config import DEFAULT_FILE
 
     with open(DEFAULT_FILE, "rb") as f:
         raw = tomllib.load(f)
@@ -288,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checksums", action="store_true", help="also re-hash every stored file")
     p.set_defaults(func=cmd_verify)
 
-    from . import audit_cli, keys_cli
+    from archive.audit import cli as audit_cli
+    from archive.auth import cli as keys_cli
 
     audit_cli.register(sub, common)
     keys_cli.register(sub, common)
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command != "serve":  # the serve supervisor imports no DICOM library at all
-        from .server import quiet_libraries
+        from archive.server import quiet_libraries
 
         quiet_libraries()
     try:

@@ -18,10 +18,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian, UID
 
-from .errors import DatasetDoesNotMatchSOPClass, InvalidDataset
-from .frames import ItemSpans, _element_header, item_spans
-from .rawitems import LONG_VRS
-from .valuecheck import check_values
+from archive.errors import DatasetDoesNotMatchSOPClass, InvalidDataset
+from archive.frames import ItemSpans, _element_header, item_spans
+from archive.rawitems import LONG_VRS
+from archive.valuecheck import check_values
 
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float, DoubleFloat
 TRUNCATED = "truncated: the file ends inside a data element (a transfer or copy cut short?)"

@@ -13,7 +13,7 @@ from typing import Any
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
-from .rawitems import Unusual as _Unusual, items as _items
+from archive.rawitems import Unusual as _Unusual, items as _items
 
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 #: Binary values up to this size are inlined (a short LUT); larger ones become bulkdata.

@@ -24,7 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from .errors import InvalidDataset
+from archive.errors import InvalidDataset
 
 ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 SEQ_DELIM = 0xE0DDFFFE

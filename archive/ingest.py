@@ -22,16 +22,16 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
-from . import dicomjson
-from . import results  # AI results (issue 6)
-from .access import SYSTEM
-from .catalog import NewInstance
-from .dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
-from .errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
+from archive import dicomjson
+from archive.auth.access import SYSTEM
+from archive.catalog import NewInstance
+from archive.dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
+from archive.results import checks as results  # AI results: checked and linked at ingest
+from archive.errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
                      DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
-from .frames import ItemSpans, index_frames
-from .storage import CHUNK, copy_range, raise_for_os_error, spool
-from .uids import is_valid_uid
+from archive.frames import ItemSpans, index_frames
+from archive.storage import CHUNK, copy_range, raise_for_os_error, spool
+from archive.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Ingest:
         from deid.core import deidentify  # noqa: F401 - the import is the point
         from deid.iod import iod_types
 
-        from .slide_levels import WSI_CLASS
+        from archive.results.slide_levels import WSI_CLASS
 
         iod_types(WSI_CLASS)
 

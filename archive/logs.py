@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import metrics
-from .config import LoggingSettings
+from archive import metrics
+from archive.config import LoggingSettings
 
 ACCESS_LOGGER = "slidearchive.access"
 #: Where the route template of a request is kept (set by the HTTP app and the frame fast path).

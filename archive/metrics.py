@@ -127,7 +127,7 @@ def error(e: BaseException, interface: str) -> None:
     """Count a failure once, where it is first reported (ingest, then HTTP or DIMSE see it again).
 
     Labelled with the error table's class name; anything else is "unexpected" (bounded labels)."""
-    from .errors import ArchiveError
+    from archive.errors import ArchiveError
 
     if getattr(e, "_counted_in_metrics", False):
         return
@@ -207,7 +207,7 @@ class NodeCollector:
     def collect(self) -> Iterable:
         from prometheus_client.core import GaugeMetricFamily
 
-        from .lifecycle import RunFiles
+        from archive.lifecycle import RunFiles
 
         run = RunFiles(self.data_dir)
         beat = RunFiles.read(run.background) or {}

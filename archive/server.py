@@ -25,8 +25,8 @@ import threading
 import time
 from typing import Callable
 
-from .config import ConfigError, Settings
-from .lifecycle import KILL_GRACE, SUPERVISOR_ENV, RunFiles, busy_port, lock_data_dir, process_alive
+from archive.config import ConfigError, Settings
+from archive.lifecycle import KILL_GRACE, SUPERVISOR_ENV, RunFiles, busy_port, lock_data_dir, process_alive
 
 log = logging.getLogger(__name__)
 SETTINGS_ENV = "SLIDEARCHIVE_SETTINGS"
@@ -58,7 +58,7 @@ def _http_server(settings: Settings, on_stop: Callable[[], None], on_ready: Call
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
-    from .tls import granian_options
+    from archive.tls import granian_options
 
     class HttpServer(Granian):
         def signal_handler_interrupt(self, *args, **kwargs):
@@ -85,8 +85,8 @@ def _prepare(settings: Settings) -> str | None:
     Runs in a short-lived child so the supervisor process never imports the heavy
     libraries (pydicom, highdicom) it does not use.
     """
-    from .config import ConfigError
-    from .service import Archive
+    from archive.config import ConfigError
+    from archive.service import Archive
 
     from indexer.config import load_index_config
 
@@ -105,7 +105,7 @@ def _first_admin_key(settings: Settings) -> None:
     auth = settings.auth
     if not auth.enabled or not auth.first_admin_key or auth.issuers:
         return
-    from .apikeys import KeyStore
+    from archive.auth.apikeys import KeyStore
 
     keys = KeyStore(settings.secrets_dir)
     if not keys.is_empty():
@@ -149,7 +149,7 @@ class Background:
 
     def start(self) -> str | None:
         """Spawn the process and wait until it reports; None when it is up, else why not."""
-        from . import background
+        from archive import background
 
         receive, send = self.context.Pipe(duplex=False)
         with self.lock:
@@ -285,7 +285,7 @@ def _exit_text(code: int | None) -> str:
 
 def _sweep(settings: Settings) -> None:
     """Remove what interrupted transfers left behind, once no child can still be writing."""
-    from .storage import StorageArea
+    from archive.storage import StorageArea
 
     StorageArea(settings.storage_dir).sweep_temp()
     spool = settings.data_dir / "dimse-spool"
@@ -317,10 +317,10 @@ def serve(settings: Settings) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from .logs import configure
+    from archive.logs import configure
 
     configure(settings.logging, settings.data_dir)
-    from .metrics import prepare as prepare_metrics
+    from archive.metrics import prepare as prepare_metrics
 
     prepare_metrics(settings.data_dir)  # before any child: they all count into <data_dir>/run/metrics
     context = multiprocessing.get_context("fork")
@@ -356,7 +356,7 @@ def _serve(settings: Settings) -> int:
         ports = {"off": f"{settings.dimse.port}", "only": f"{settings.dimse.port} (TLS)",
                  "separate": f"{settings.dimse.port}, TLS on {tls.dimse_port}"}[tls.dimse]
         say(f"DIMSE {settings.dimse.ae_title} on {settings.host}:{ports}")
-    from .audit import AuditTrail
+    from archive.audit import AuditTrail
 
     audit = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
     audit.record("ApplicationActivity", principal=None, detail={"type": "Application Start"})
@@ -401,7 +401,7 @@ def _serve(settings: Settings) -> int:
         audit.record("ApplicationActivity", principal=None, detail={"type": "Application Stop"})
         audit.close()
         if settings.audit.syslog is not None and settings.audit.enabled:
-            from .audit_syslog import SyslogForwarder
+            from archive.audit.syslog import SyslogForwarder
 
             SyslogForwarder(settings.audit, settings.data_dir).drain(timeout=5)
     return 1 if failure else code

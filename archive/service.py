@@ -15,16 +15,17 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from . import dicomjson, metrics
-from .audit import AuditTrail
-from .access import Principal
-from .catalog import Catalog, InstanceRecord
-from .config import Settings
-from .dicomfile import PIXEL_DATA_TAGS, read_header
-from .errors import InvalidRequest, NotFound
-from .frames import FrameIndex, strip_items, unpack_bits
-from .ingest import Ingest, Origin, StoreResult
-from .storage import StorageArea
+from archive import dicomjson
+from archive import metrics
+from archive.audit import AuditTrail
+from archive.auth.access import Principal
+from archive.catalog import Catalog, InstanceRecord
+from archive.config import Settings
+from archive.dicomfile import PIXEL_DATA_TAGS, read_header
+from archive.errors import InvalidRequest, NotFound
+from archive.frames import FrameIndex, strip_items, unpack_bits
+from archive.ingest import Ingest, Origin, StoreResult
+from archive.storage import StorageArea
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Archive:
     def __init__(self, settings: Settings):
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        #: ``audit.record(event, principal=..., ...)`` at every door; see archive/audit.py.
+        #: ``audit.record(event, principal=..., ...)`` at every door; see archive/audit/trail.py.
         self.audit = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
         self.storage = StorageArea(settings.storage_dir)
         self.catalog = Catalog(settings.catalog_path)

@@ -14,7 +14,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from .config import TlsSettings
+from archive.config import TlsSettings
 
 log = logging.getLogger(__name__)
 

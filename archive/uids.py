@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidRequest
+from archive.errors import InvalidRequest
 
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 

@@ -23,8 +23,8 @@ from pydicom.datadict import DicomDictionary
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from .errors import DatasetDoesNotMatchSOPClass
-from .rawitems import Unusual, items
+from archive.errors import DatasetDoesNotMatchSOPClass
+from archive.rawitems import Unusual, items
 
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 _BINARY_SIZE = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}

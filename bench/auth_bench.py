@@ -190,9 +190,9 @@ QUERIES = {
 
 
 def bench_qido(studies: int, work: Path, layout: str, repeats: int = 200, budget_s: float = 30) -> dict:
-    from archive.access import SYSTEM, Principal
+    from archive.auth.access import SYSTEM, Principal
     from archive.catalog import Catalog
-    from archive.query import parse_qido
+    from archive.catalog.query import parse_qido
 
     path = work / f"qido-{layout}.sqlite"
     started = time.perf_counter()

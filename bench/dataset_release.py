@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = parser.parse_args()
 
-    from archive.access import SYSTEM
+    from archive.auth.access import SYSTEM
     from archive.config import load_settings
     from archive.service import Archive
     from datasets import model, release

@@ -87,7 +87,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def bench_backend(name: str, index: Any, count: int, batch: int, queries: int) -> dict[str, Any]:
-    from archive.query import parse_qido
+    from archive.catalog.query import parse_qido
 
     index.ensure()
     rebuild = index.begin_rebuild()

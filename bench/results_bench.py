@@ -99,7 +99,7 @@ def library_rows(geojson: dict, slide_header) -> list[tuple[str, float, float, f
     from pydicom import dcmread
     from pydicom.filewriter import dcmwrite
 
-    from archive import annotations
+    from archive.results import annotations
     from dicomweb import results as results_api
 
     creator = annotations.Creator({"name": "bench", "version": "1"})

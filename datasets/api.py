@@ -15,7 +15,7 @@ from typing import Any, Iterator
 from flask import Blueprint, Flask, Response, current_app, request, stream_with_context
 from werkzeug.exceptions import Unauthorized
 
-from archive.access import UNAUTHENTICATED, Principal, requires
+from archive.auth.access import UNAUTHENTICATED, Principal, requires
 from archive.errors import InvalidRequest, NotAuthorized, NotFound
 
 from . import metadata, model, release
@@ -64,7 +64,7 @@ def _caller() -> Principal | None:
         return UNAUTHENTICATED
     if not request.headers.get("Authorization"):
         return None
-    from archive.authn import Unauthenticated
+    from archive.auth.authn import Unauthenticated
 
     try:
         principal = principal_from(request.environ, authenticator, client_address(request.environ,

@@ -44,8 +44,8 @@ def _curating(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _open(args: argparse.Namespace):
-    from archive.access import SYSTEM
     from archive.audit import AuditTrail, LocalUser
+    from archive.auth.access import SYSTEM
     from archive.catalog import Catalog
     from archive.config import load_settings
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
 
-from archive.access import Principal
+from archive.auth.access import Principal
 from archive.errors import ArchiveError, NotAuthorized
 
 from . import clinical, model, release

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any, Iterable, Mapping
 
-from archive.access import SYSTEM, Principal
+from archive.auth.access import SYSTEM, Principal
 from archive.catalog import scope
 from archive.errors import Conflict, InvalidRequest, NotFound
 

@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any, Callable, Iterable, Iterator
 
-from archive.access import Principal
+from archive.auth.access import Principal
 from archive.errors import Conflict, InvalidRequest, NotFound
 
 from . import clinical, model, selection
@@ -165,7 +165,7 @@ def _chunks(values: list[str], size: int = CHUNK) -> Iterator[list[str]]:
 
 def _result_series(catalog, slide_series: list[str]) -> list[str]:
     """Series of the annotations and segmentations that reference the chosen slides."""
-    from archive import result_links
+    from archive.results import links as result_links
 
     result_links.sync(catalog)
     db = reader(catalog)

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Callable, Iterator
 from urllib.parse import parse_qsl
 
-from archive.access import Principal
+from archive.auth.access import Principal
 from archive.catalog import scope
 from archive.errors import Busy, InvalidRequest
 

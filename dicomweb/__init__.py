@@ -11,8 +11,8 @@ import logging
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from archive.access import Principal, requires
-from archive.authn import Authenticator
+from archive.auth.access import Principal, requires
+from archive.auth.authn import Authenticator
 from archive.config import Settings
 from archive.errors import ArchiveError
 from archive.metrics import error as count_error
@@ -140,7 +140,7 @@ def client_address(environ: dict, settings_: Settings) -> str | None:
     return hops[-1][:64] if hops else peer
 
 
-#: Where the authentication layer puts the request's principal (an ``archive.access.Principal``).
+#: Where the authentication layer puts the request's principal (an ``archive.auth.access.Principal``).
 PRINCIPAL_ENVIRON = "slidearchive.principal"
 
 
@@ -153,7 +153,7 @@ def principal() -> Principal:
 
 
 def audit(event: str, **fields) -> None:
-    """Record ``event`` for this request's principal and client address (see archive/audit.py).
+    """Record ``event`` for this request's principal and client address (see archive/audit/trail.py).
 
     An app without an archive (a blueprint tested on its own) has no audit trail to write to."""
     if "archive" not in current_app.extensions:

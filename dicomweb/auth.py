@@ -1,6 +1,6 @@
 """Authentication and route requirements for the HTTP app, and CORS.
 
-Before each request the route's declared requirement (``archive.access.requires``)
+Before each request the route's declared requirement (``archive.auth.access.requires``)
 is read from its view function; a route that declares nothing is refused (deny by
 default). Credentials come from ``Authorization: Bearer`` (JWT or API key) or
 ``Basic`` (any user name, an API key as password). The principal goes into
@@ -14,8 +14,8 @@ import logging
 
 from flask import Flask, current_app, jsonify, request
 
-from archive.access import Principal
-from archive.authn import REQUIRED, Authenticator, Unauthenticated
+from archive.auth.access import Principal
+from archive.auth.authn import REQUIRED, Authenticator, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def install(app: Flask, authenticator: Authenticator) -> None:
 def alert_if_hidden(error: Exception) -> None:
     """A "not found" for something that exists outside the principal's collections: a Security Alert
     (the client still gets the plain 404; checked only on this error path, never on success)."""
-    from archive.access import SYSTEM
+    from archive.auth.access import SYSTEM
     from archive.errors import NotFound
 
     from . import PRINCIPAL_ENVIRON, archive, audit

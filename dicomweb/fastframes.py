@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Iterable
 
-from archive.access import Principal
-from archive.authn import Authenticator, Unauthenticated
+from archive.auth.access import Principal
+from archive.auth.authn import Authenticator, Unauthenticated
 from archive.errors import ArchiveError
 from archive.logs import ROUTE_ENVIRON
 from archive.service import Archive

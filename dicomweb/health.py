@@ -127,7 +127,7 @@ def _index(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(app) -> None:
-    from archive.access import requires
+    from archive.auth.access import requires
 
     from . import archive, settings
 

@@ -13,7 +13,7 @@ import os
 from flask import Flask, Response, request
 
 from archive import metrics
-from archive.access import requires
+from archive.auth.access import requires
 from archive.lifecycle import SUPERVISOR_ENV
 from archive.logs import ROUTE_ENVIRON
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from archive.access import requires
-from archive.attributes import tag_hex
+from archive.auth.access import requires
+from archive.catalog.attributes import tag_hex
+from archive.catalog.query import parse_qido
 from archive.dicomjson import dumps
 from archive.errors import NotAcceptable
-from archive.query import parse_qido
 from archive.uids import check_uid
 
 from . import archive, audit, media, principal, resource_url, settings

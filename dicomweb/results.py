@@ -15,11 +15,16 @@ from typing import Any
 from flask import Blueprint, Flask, Response, request, stream_with_context
 from pydicom.filewriter import dcmwrite
 
-from archive import annotations, geojson_stream, measurement_reports, result_links, segmentations, slide_levels
-from archive.access import requires
+from archive.auth.access import requires
 from archive.errors import ArchiveError, InvalidRequest, NotFound, UnsupportedMediaType
 from archive.metrics import error as count_error
-from archive.results import ANN_CLASS
+from archive.results import annotations
+from archive.results import geojson_stream
+from archive.results import measurement_reports
+from archive.results import links as result_links
+from archive.results import segmentations
+from archive.results import slide_levels
+from archive.results.checks import ANN_CLASS
 from archive.uids import check_uid
 
 from . import archive, audit, principal, resource_url
@@ -169,7 +174,7 @@ def _store(series: str, made: list) -> Response:
 def _annotation_request() -> tuple[annotations.FeatureReader, annotations.Creator, dict, Any]:
     """(features, creator, classes, category) from a JSON envelope or a bare GeoJSON body + query params.
 
-    The body is read incrementally (archive.geojson_stream): features are checked and
+    The body is read incrementally (archive.results.geojson_stream): features are checked and
     packed as they arrive, so memory does not grow with the Python objects of the whole body.
     """
     ctype = (request.mimetype or "").lower()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from archive.access import requires, target_collection
+from archive.auth.access import requires, target_collection
 from archive.dicomjson import dumps
 from archive.errors import ArchiveError, InvalidRequest, NotAcceptable, UnsupportedMediaType
 from archive.ingest import Origin
@@ -114,7 +114,7 @@ def store(study: str | None = None):
 
 
 def target_origin(kind: str, asked: str | None) -> Origin:
-    """Where stored instances go (``?collection=``, see archive.access.target_collection)."""
+    """Where stored instances go (``?collection=``, see archive.auth.access.target_collection)."""
     who = principal()
     return Origin(kind, collection=target_collection(who, asked, settings().default_collection),
                   writable=who.collections("write"))

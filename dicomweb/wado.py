@@ -9,10 +9,10 @@ import re
 
 from flask import Blueprint, Response, request, stream_with_context
 
-from archive.access import requires
+from archive.auth.access import requires
 from archive.catalog import InstanceRecord
-from archive.dicomjson import absolute_bulk_uris
 from archive.dicomfile import read_header
+from archive.dicomjson import absolute_bulk_uris
 from archive.errors import InvalidRequest, NotAcceptable, NotFound, RangeNotSatisfiable
 from archive.frames import _element_header
 from archive.storage import CHUNK

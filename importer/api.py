@@ -19,7 +19,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, jsonify, request
 
-from archive.access import requires
+from archive.auth.access import requires
 from archive.errors import Busy, InvalidRequest, NotFound, UnsupportedFormat
 from archive.storage import CHUNK, raise_for_os_error
 from dicomweb import audit, base_url, principal, resource_url, settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from archive.sqlite import Connections
+from archive.catalog.connections import Connections
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS import_file (

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from archive.access import SYSTEM
+from archive.auth.access import SYSTEM
 from archive.errors import ArchiveError, NotASlide, OutOfResources
 from archive.ingest import Origin, sha256_of
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from flask import Blueprint, current_app, jsonify, request
 
-from archive.access import requires
+from archive.auth.access import requires
 
 from .base import Index, IndexUnavailable
 from .openapi import document

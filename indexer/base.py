@@ -53,7 +53,7 @@ class Index(Protocol):
     def search(self, request: SearchRequest) -> SearchResult: ...
 
     def qido_uids(self, level: str, matches: Iterable[Any], fuzzy: bool, cap: int) -> list[str]:
-        """Study or series UIDs matching archive.query Matches, sorted; Unanswerable beyond ``cap``."""
+        """Study or series UIDs matching archive.catalog.query Matches, sorted; Unanswerable beyond ``cap``."""
 
     def begin_rebuild(self) -> Rebuild: ...
 

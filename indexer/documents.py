@@ -93,7 +93,7 @@ FIELDS: tuple[Field, ...] = (
     Field("ai.property_type_codes", "keyword", facet=True),
     Field("ai.properties", "text"),
     Field("references", "keyword"),
-    # QIDO keys, raw as the catalog's columns hold them (see archive.attributes.KEYS)
+    # QIDO keys, raw as the catalog's columns hold them (see archive.catalog.attributes.KEYS)
     Field("qido.PatientName", "keyword"),
     Field("qido.PatientID", "keyword"),
     Field("qido.IssuerOfPatientID", "keyword"),

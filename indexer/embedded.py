@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from archive.sqlite import Connections
+from archive.catalog.connections import Connections
 
 from . import qido
 from .base import IndexUnavailable

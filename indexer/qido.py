@@ -1,6 +1,6 @@
 """Study/series QIDO answered from the index, with the catalog's matching rules.
 
-Translates archive.query Matches (PS3.4 C.2.2.2 as archive/query.py implements
+Translates archive.catalog.query Matches (PS3.4 C.2.2.2 as archive/catalog/query.py implements
 them in SQL) into an Elasticsearch bool query or into SQL over the embedded
 index's value table. The index returns the matching UIDs; the catalog then
 returns the rows for exactly those UIDs, in its own order and paging, so a
@@ -135,8 +135,8 @@ def answer(index: Index, catalog: Any, query: Any, principal: Any) -> list[dict[
     itself. Attributes to return are still decided by ``query.returned()``. The catalog
     query limits the index's UIDs to what ``principal`` may read (and pages after that).
     """
-    from archive.attributes import KEYS
-    from archive.query import Match, Query
+    from archive.catalog.attributes import KEYS
+    from archive.catalog.query import Match, Query
 
     uids = index.qido_uids(query.level, query.matches, query.fuzzy, MAX_UIDS)
     if not uids:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from archive.sqlite import Connections
+from archive.catalog.connections import Connections
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS index_cursor (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Iterable
 
-from archive.access import SYSTEM
+from archive.auth.access import SYSTEM
 
 from .base import Index, IndexUnavailable
 from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document, references
@@ -44,8 +44,8 @@ class DocumentSource:
 
     def study_row(self, study_uid: str) -> dict[str, Any] | None:
         """The catalog's study-level QIDO row (its patient/study columns as DICOM JSON)."""
-        from archive.attributes import KEYS
-        from archive.query import Match, Query
+        from archive.catalog.attributes import KEYS
+        from archive.catalog.query import Match, Query
 
         if not study_uid:
             return None

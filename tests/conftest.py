@@ -89,7 +89,7 @@ class Server:
                 time.sleep(0.1)
         else:
             raise RuntimeError(f"server did not answer:\n{self.log_path.read_text()[-3000:]}")
-        if self.dimse and importlib.util.find_spec("archive.dimse") and not _wait_port(self.dimse_port, deadline):
+        if self.dimse and importlib.util.find_spec("archive.dimse.listener") and not _wait_port(self.dimse_port, deadline):
             raise RuntimeError(f"DIMSE port did not open:\n{self.log_path.read_text()[-3000:]}")
         return self
 

@@ -1,4 +1,4 @@
-"""The audit API (archive/audit.py): messages, redaction, frame summaries, overflow, rotation."""
+"""The audit API (archive/audit/trail.py): messages, redaction, frame summaries, overflow, rotation."""
 from __future__ import annotations
 
 import base64
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from archive.audit import AuditTrail
-from archive.audit_log import log_files, read_records
-from archive.audit_messages import to_xml
+from archive.audit.log import log_files, read_records
+from archive.audit.messages import to_xml
 from archive.config import AuditSettings, ConfigError, load_settings
 
 

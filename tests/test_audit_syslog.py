@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from archive.audit_log import read_records
+from archive.audit.log import read_records
 from conftest import IDENTIFIED
 from rsyslog_receiver import RSYSLOGD, Rsyslog
 from tls_pki import Authority

@@ -234,7 +234,7 @@ def test_a_refused_token_is_a_security_alert(archive, studies):
 
 
 def test_unknown_kid_refetches_the_issuers_keys(archive, studies, loopback):
-    from archive.oidc import REFRESH_SECONDS
+    from archive.auth.oidc import REFRESH_SECONDS
 
     loopback.add_key("rotated")
     time.sleep(REFRESH_SECONDS + 0.5)  # refetches on an unknown kid are rate-limited
@@ -263,7 +263,7 @@ def test_basic_authentication_with_an_api_key(archive, studies):
 
 def test_a_token_that_expires_is_not_trusted_past_its_expiry(archive, studies, loopback):
     """Cached only until its exp (+ the clock leeway): the next request after that is refused."""
-    from archive.oidc import LEEWAY
+    from archive.auth.oidc import LEEWAY
 
     exp = int(time.time()) - LEEWAY + 2
     token = loopback.sign({"iss": loopback.url, "sub": "short", "aud": "slidearchive", "exp": exp,

@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from archive.access import REQUIREMENTS
+from archive.auth.access import REQUIREMENTS
 from archive.config import load_settings
 
 UID = "1.2.3.4"

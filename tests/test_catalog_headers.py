@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from archive.access import SYSTEM
+from archive.auth.access import SYSTEM
 from archive.catalog import Catalog
 from archive.config import load_settings
 from archive.ingest import Origin

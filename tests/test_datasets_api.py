@@ -15,7 +15,7 @@ import datacite.schema45
 import pytest
 import requests
 
-from archive.audit_log import read_records
+from archive.audit.log import read_records
 from conftest import REPO, Server
 from slides import SlideSpec, make_slide
 from test_results_support import feature

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from archive.access import SYSTEM, Principal
+from archive.auth.access import SYSTEM, Principal
 from archive.config import load_settings
 from archive.errors import Conflict, InvalidRequest, NotFound
 from archive.ingest import Origin

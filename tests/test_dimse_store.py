@@ -48,7 +48,7 @@ def test_store_received_as_sent(server, tmp_path):
     paths = make_slide(tmp_path / "s", SlideSpec(width=300, height=300, seed=41, patient_id="DIMSE-ASIS",
                                                  label=False, overview=False))
     assert store(server, tmp_path / "s", options=PROPOSE["jpeg"]).returncode == 0
-    from archive.access import SYSTEM
+    from archive.auth.access import SYSTEM
     from archive.catalog import Catalog
 
     catalog = Catalog(server.catalog_location)
@@ -130,7 +130,7 @@ def test_store_transfer_syntaxes(server, tmp_path, name):
     """Each syntax a DCMTK sender produces is stored in that syntax, unchanged."""
     import subprocess
 
-    from archive.access import SYSTEM
+    from archive.auth.access import SYSTEM
     from archive.catalog import Catalog
     from test_dimse_tools import DCMTK
 
@@ -184,7 +184,7 @@ def test_every_scanner_transfer_syntax_is_accepted(server):
     from pynetdicom.sop_class import (MicroscopyBulkSimpleAnnotationsStorage, SegmentationStorage,
                                       VLWholeSlideMicroscopyImageStorage)
 
-    from archive.dimse import STORAGE_TRANSFER_SYNTAXES
+    from archive.dimse.listener import STORAGE_TRANSFER_SYNTAXES
 
     expected = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.50",
                 "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",

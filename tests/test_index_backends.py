@@ -174,7 +174,7 @@ def test_rebuild_swaps_while_searches_keep_working(filled):
 
 
 def test_qido_refuses_what_it_does_not_translate(filled):
-    from archive.query import parse_qido
+    from archive.catalog.query import parse_qido
 
     index, _ = filled
     with pytest.raises(Unanswerable):

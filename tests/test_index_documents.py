@@ -56,8 +56,8 @@ def test_patient_name_only_in_qido_keys_and_not_in_free_text():
 
 
 def test_qido_keys_as_the_catalog_stores_them():
-    from archive.attributes import KEYS
     from archive.catalog import column_value
+    from archive.catalog.attributes import KEYS
 
     headers = slide_headers(7)
     doc = build_document(headers)

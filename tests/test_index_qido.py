@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from archive.access import SYSTEM
+from archive.auth.access import SYSTEM
 
 from es_node import es_node, make_index, store_series  # noqa: F401  (fixtures)
 from indexer import qido
@@ -101,7 +101,7 @@ def _mutate(rnd, value: str) -> str:
 
 
 def _value(rnd, data, keyword: str) -> str:
-    from archive.attributes import KEYS
+    from archive.catalog.attributes import KEYS
 
     key = KEYS[keyword]
     pool = _pool(data, keyword if keyword != "ModalitiesInStudy" else "Modality") or ["X"]
@@ -140,8 +140,8 @@ def _value(rnd, data, keyword: str) -> str:
 
 
 def _queries(data, level: str, count: int, seed: int):
+    from archive.catalog.query import parse_qido
     from archive.errors import InvalidRequest
-    from archive.query import parse_qido
 
     rnd = random.Random(seed)
     keys = STUDY_KEYS + (("ModalitiesInStudy",) if level == "study" else SERIES_KEYS)
@@ -184,7 +184,7 @@ def test_generated_queries_match_the_catalog(level, catalog_and_data, make_index
 
 
 def test_answer_refuses_instance_level(catalog_and_data, make_index, tmp_path):
-    from archive.query import parse_qido
+    from archive.catalog.query import parse_qido
 
     catalog, _ = catalog_and_data
     index = make_index()

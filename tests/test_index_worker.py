@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from archive.access import SYSTEM
+from archive.auth.access import SYSTEM
 
 from es_node import es_node, make_index, store_series  # noqa: F401  (fixtures)
 from indexer import worker as worker_module

@@ -315,7 +315,7 @@ def test_geojson_without_orjson_matches(server, slide):
     """The plain-json fallback (nested lists) gives the same Features as the server's streamed answer."""
     import json
 
-    from archive.annotations import to_features
+    from archive.results.annotations import to_features
 
     _, series = slide
     sent = [feature("Polygon", [[[1.5, 1], [9, 1], [9, 9.25], [1.5, 1]]], "Tumor", {"Area": 3.0}),

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import MicroscopyBulkSimpleAnnotationsStorage
 
-from archive.access import SYSTEM
+from archive.auth.access import SYSTEM
 from test_results_support import api, client, stow
 
 SLIDE_SERIES = "1.2.826.0.1.3680043.9.7433.3.57084118109582350083572639456817453"
@@ -214,9 +214,9 @@ def test_warn_policy_stores_dangling_result_with_warning(make_server, shared_dat
 
 def test_links_repaired_after_a_crash_between_commit_and_link(shared_data, tmp_path):
     """In-process: the link rows are lost (as if the process died after the catalog commit)."""
-    from archive import result_links
     from archive.config import load_settings
     from archive.ingest import Origin
+    from archive.results import links as result_links
     from archive.service import Archive
 
     config = tmp_path / "config.toml"

@@ -10,7 +10,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
-from archive.audit_log import read_records
+from archive.audit.log import read_records
 from conftest import IDENTIFIED, _wait_port, free_port
 from slides import SlideSpec, make_slide
 

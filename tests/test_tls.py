@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from archive.audit_log import read_records
+from archive.audit.log import read_records
 from conftest import IDENTIFIED, Server, _wait_port, free_port
 from slides import SlideSpec, make_slide
 from test_dimse_tools import AE, DCMTK, dcmtk, needs_dcmtk

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, abort, render_template, send_from_directory
 
-from archive.access import requires
+from archive.auth.access import requires
 
 HERE = Path(__file__).resolve().parent
 NODE_MODULES = HERE.parent / "node_modules"

@@ -13,7 +13,7 @@ import json
 from flask import Blueprint, Flask, redirect, render_template, request
 from markupsafe import Markup
 
-from archive.access import requires
+from archive.auth.access import requires
 from archive.errors import InvalidRequest
 
 from datasets import metadata, model, release

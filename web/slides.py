@@ -17,9 +17,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, render_template, request, stream_with_context
 from pydicom.dataset import Dataset
 
-from archive import slide_levels
-from archive.access import requires
+from archive.auth.access import requires
 from archive.errors import ArchiveError, InvalidRequest, NotFound
+from archive.results import slide_levels
 from archive.uids import check_uid
 from dicomweb import archive, audit, principal, resource_url
 from indexer.documents import build_document

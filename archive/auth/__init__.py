@@ -1,0 +1,1 @@
+"""Who is asking and what they may do: principals, API keys, OIDC tokens and visas."""

@@ -1,0 +1,1 @@
+"""The DIMSE services: the listener (one pynetdicom AE) and one module per service."""

@@ -1,0 +1,1 @@
+"""AI results: bulk annotations and segmentations, their checks, codes and links to slides."""
