@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, render_template, request
 
-from archive.access import requires
+from archive.auth.access import requires
 
 from .codes import MEANINGS
 
