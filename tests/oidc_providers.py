@@ -31,13 +31,14 @@ MOCK_MAIN = "no.nav.security.mock.oauth2.StandaloneMockOAuth2ServerKt"
 class MockOAuth2:
     """mock-oauth2-server as a child process; ``callbacks`` is its tokenCallbacks list."""
 
-    def __init__(self, root: Path, callbacks: list[dict]):
+    def __init__(self, root: Path, callbacks: list[dict], interactive: bool = False):
+        """``interactive``: its authorization endpoint shows a login form (user name, extra claims)."""
         jars = OIDC_DIR / "dependency"
         assert jars.is_dir(), "mock-oauth2-server not fetched: run mvn -f tests/oidc/pom.xml dependency:copy-dependencies"
         self.port = free_port()
         self.log = root / "mock-oauth2.log"
         env = dict(os.environ, SERVER_PORT=str(self.port), SERVER_HOSTNAME="127.0.0.1",
-                   JSON_CONFIG=json.dumps({"interactiveLogin": False, "tokenCallbacks": callbacks}))
+                   JSON_CONFIG=json.dumps({"interactiveLogin": interactive, "tokenCallbacks": callbacks}))
         self.process = subprocess.Popen(["java", "-Xmx256m", "-cp", f"{jars}/*", MOCK_MAIN], env=env,
                                         stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
                                         start_new_session=True)

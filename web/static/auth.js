@@ -99,6 +99,9 @@ export async function completeLogin () {
       client_id: config.client_id,
       code_verifier: pending.verifier
     })
+  }).catch(() => {
+    // an issuer's error answers often lack CORS headers, so the browser shows no reason
+    throw new Error('the login service refused the code or could not be reached; log in again')
   })
   const body = await response.json().catch(() => ({}))
   if (!response.ok || !body.access_token) {

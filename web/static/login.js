@@ -23,7 +23,8 @@ async function drawStatus () {
   const me = token ? await whoami() : null
   const text = document.createElement('span')
   if (me) {
-    text.textContent = `Logged in as ${me.subject}`
+    const prefix = `${webConfig().login.issuer}#`  // the archive names OIDC subjects issuer#sub
+    text.textContent = `Logged in as ${me.subject.startsWith(prefix) ? me.subject.slice(prefix.length) : me.subject}`
     box.replaceChildren(text, button('Log out', () => { logout(); location.reload() }))
   } else {
     if (token) logout()  // a token the archive no longer takes (expired, revoked)
