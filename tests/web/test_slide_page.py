@@ -298,3 +298,62 @@ def test_compare_needs_two_slides(web_server, page):
     response = page.goto(f"{web_server.url}/compare?series=1.2.3")
     assert response.status == 400
     assert "compare needs 2" in page.locator(".slide-error").inner_text()
+
+
+def _pixel_change(before: np.ndarray, after: np.ndarray) -> int:
+    return int((np.abs(after - before).max(axis=2) > 60).sum())
+
+
+def test_measurement_report_and_segmentation_overlays(web_server, slide, tmp_path, page):
+    """A Slim-style Comprehensive 3D SR and a segmentation on the slide: listed, and drawn when switched on."""
+    from test_results_sr import NEOPLASM, report
+    from test_results_support import post_mask
+
+    series, _ = slide
+    level0 = next(h for h in (pydicom.dcmread(p, stop_before_pixels=True)
+                              for p in make_slide(tmp_path / "again", SPEC))
+                  if h.ImageType[2] == "VOLUME" and h.TotalPixelMatrixColumns == SPEC.width)
+    sr = report(level0, [(NEOPLASM, "POLYGON", [[600, 500], [1500, 500], [1500, 1100], [600, 1100], [600, 500]])])
+    sr.save_as(tmp_path / "sr.dcm", enforce_file_format=True)
+    status, body = stow(web_server, [tmp_path / "sr.dcm"])
+    assert status == 200, body
+    mask = np.zeros((SPEC.height // 4, SPEC.width // 4), dtype=np.uint8)
+    mask[100:300, 150:450] = 1
+    status, seg = post_mask(web_server, series, mask, {"level": 2, "segments": [{"label": "Tumor bed"}],
+                                                       "algorithm": {"name": "segger", "version": "3"}})
+    assert status == 201, seg
+
+    open_slide(page, f"{web_server.url}/slides/{series}")
+    page.wait_for_function("window.slidePage.results !== undefined")
+    for sop in (sr.SOPInstanceUID, seg["sop_instance"]):
+        before = viewer_pixels(page)
+        _show_overlay(page, sop)
+        assert _pixel_change(before, viewer_pixels(page)) > 500, sop
+    assert page.errors.unexpected() == []
+
+
+def test_downloads(web_server, slide, page):
+    import io
+    import tarfile
+
+    series, made = slide
+    open_slide(page, f"{web_server.url}/slides/{series}")
+    page.wait_for_function("window.slidePage.results !== undefined")
+    with page.expect_download() as slide_file:
+        page.click("#download-slide")
+    with tarfile.open(slide_file.value.path()) as tar:
+        members = tar.getmembers()
+        stored = get_json(f"{web_server.dicomweb}/instances?SeriesInstanceUID={series}")
+        assert len(members) == len(stored)
+        first = pydicom.dcmread(io.BytesIO(tar.extractfile(members[0]).read()))
+        assert first.SeriesInstanceUID == series
+    row = page.locator(f'#slide-results li[data-instance="{made["sop_instance"]}"]')
+    with page.expect_download() as geo:
+        row.locator("button", has_text="GeoJSON").click()
+    collection = json.loads(open(geo.value.path()).read())
+    assert len(collection["features"]) == 45
+    with page.expect_download() as dicom:
+        row.locator("button", has_text="DICOM").click()
+    with tarfile.open(dicom.value.path()) as tar:
+        assert [m.name.endswith(f"{made['sop_instance']}.dcm") for m in tar.getmembers()] == [True]
+    assert page.errors.unexpected() == []

@@ -67,16 +67,19 @@ export class Overlays {
     }
     if (result.kind === 'SR') {
       const uids = []
+      const styles = new Map()
       for (const [i, region] of (await reportRegions(meta, this.client)).entries()) {
         const roi = new lib.roi.ROI({
           scoord3d: region.scoord3d,
           properties: { label: region.finding || `ROI ${i + 1}`, result: result.sop_instance },
         })
         const colour = propertyColour({ label: region.finding })
-        this.viewer.addROI(roi, { stroke: { color: [...colour, 1], width: 2 }, fill: { color: [...colour, 0.15] } })
+        const style = { stroke: { color: [...colour, 1], width: 2 }, fill: { color: [...colour, 0.15] } }
+        this.viewer.addROI(roi, style)
         uids.push(roi.uid)
+        styles.set(roi.uid, style)
       }
-      return { kind: 'SR', uids }
+      return { kind: 'SR', uids, styles }
     }
     throw new Error(`results of kind ${result.kind} cannot be shown`)
   }
@@ -103,7 +106,8 @@ export class Overlays {
       }
     } else if (entry.kind === 'SR') {
       for (const uid of entry.uids) {
-        this.viewer.setROIStyle(uid, visible ? {} : { stroke: { color: [0, 0, 0, 0] }, fill: { color: [0, 0, 0, 0] } })
+        const hidden = { stroke: { color: [0, 0, 0, 0], width: 1 }, fill: { color: [0, 0, 0, 0] } }
+        this.viewer.setROIStyle(uid, visible ? entry.styles.get(uid) : hidden)
       }
     }
   }
