@@ -264,6 +264,19 @@ def test_frames_fetched_with_the_token_when_auth_is_on(auth_server, tmp_path, pa
     api_calls = [(u, a) for u, a in seen if "/api/" in u or "/dicomweb/" in u]
     assert all(a == f"Bearer {auth_server.admin}" for _, a in api_calls)
 
+    page.wait_for_function("window.slidePage.results !== undefined")
+    page.click("button[data-tool=point]")
+    box = page.locator("#viewer").bounding_box()
+    page.mouse.click(box["x"] + 400, box["y"] + 300)
+    page.wait_for_timeout(300)
+    page.click("#annotate-save")
+    page.wait_for_function("window.slidePage.lastSaved || window.slidePage.errors.length", timeout=30000)
+    saved = page.evaluate("window.slidePage.lastSaved")
+    assert saved, page.evaluate("window.slidePage.errors")
+    me = get_json(f"{auth_server.url}/api/whoami", auth_server.admin)
+    results = get_json(f"{auth_server.url}/api/slides/{_series(paths)}/results", auth_server.admin)["results"]
+    assert [r["creator"] for r in results if r["sop_instance"] == saved["sop_instance"]] == [me["subject"]]
+
 
 def test_without_the_token_the_page_says_so(auth_server, page):
     open_slide(page, f"{auth_server.url}/slides/1.2.826.0.1.3680043.8.498.2")

@@ -143,14 +143,15 @@ function watchFrames(container, events, onFrameError, patience = 10000) {
  * readable error (slide gone, no pyramid, metadata unreadable).
  */
 export async function openSlide(series, container, { onFrameError, onDrawn, controls = ['overview'] } = {}) {
-  const summary = await getJSON(`/api/slides/${encodeURIComponent(series)}`, 'slide')
+  const early = window.slidePrefetch && window.slidePrefetch.series === series ? window.slidePrefetch : null
+  const summary = await (early ? early.summary : getJSON(`/api/slides/${encodeURIComponent(series)}`, 'slide'))
   const client = await dicomwebClient()
   let metadata
   try {
-    metadata = await client.retrieveSeriesMetadata({
+    metadata = await (early ? early.metadata : client.retrieveSeriesMetadata({
       studyInstanceUID: summary.study,
       seriesInstanceUID: series,
-    })
+    }))
   } catch (e) {
     throw new Error(`slide metadata could not be read: ${e.message || e}`)
   }
