@@ -40,13 +40,14 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def stow(server: Server, paths, collection: str) -> str:
-    """Store the files in ``collection``; returns the stored (de-identified) Study Instance UID."""
+def stow(server: Server, paths, collection: str, token: str | None = None) -> str:
+    """Store the files in ``collection`` (as ``token``'s holder, if given); returns the stored (de-identified)
+    Study Instance UID."""
     boundary = "dsboundary"
     body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
                     for p in paths) + f"--{boundary}--\r\n".encode()
     r = requests.post(f"{server.dicomweb}/studies?collection={collection}", data=body, headers={
-        "Accept": "application/dicom+json",
+        "Accept": "application/dicom+json", **({"Authorization": f"Bearer {token}"} if token else {}),
         "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
     assert r.status_code in (200, 202) and "00081198" not in r.json(), r.text  # 202: coerced (de-identified)
     return r.json()["00081190"]["Value"][0].rsplit("/studies/", 1)[1]

@@ -14,6 +14,8 @@ from PyPI, no browser download. A test module takes the fixtures with
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,12 @@ def axe_violations(page) -> list[dict]:
 def assert_accessible(page) -> None:
     violations = axe_violations(page)
     assert not violations, f"axe-core violations: {violations}"
+
+
+def admin_key(server) -> str:
+    """An administrator API key made with the CLI for a server not started yet (``server.data_dir`` is created)."""
+    server.data_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "archive.cli", "keys", "create", "--name", "web test", "--admin",
+         "--data-dir", str(server.data_dir), "--config", str(server.config_path)],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()

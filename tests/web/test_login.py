@@ -4,17 +4,15 @@ collections the token grants, and every request the page makes carries the token
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pydicom
 import pytest
-import requests
 
-from conftest import IDENTIFIED, REPO, Server
-from harness import chromium, page  # noqa: F401  (the browser fixtures)
+from conftest import IDENTIFIED, Server
+from harness import admin_key, chromium, page  # noqa: F401  (the browser fixtures)
 from oidc_providers import MockOAuth2
 from slides import SlideSpec, make_slide
+from test_datasets_api import stow
 from test_search_page import relabel, wait_results
 
 CLIENT = "slidearchive-web"
@@ -27,33 +25,21 @@ def issuer(tmp_path_factory):
     server.stop()
 
 
-def stow(server: Server, paths, collection: str) -> str:
-    boundary = "loginboundary"
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes() + b"\r\n"
-                    for p in paths) + f"--{boundary}--\r\n".encode()
-    r = requests.post(f"{server.dicomweb}/studies?collection={collection}", data=body, headers={
-        "Authorization": f"Bearer {server.admin}", "Accept": "application/dicom+json",
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}, timeout=120)
-    assert r.status_code == 200, r.text
-    return str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
-
-
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory, issuer):
     config = IDENTIFIED + f'\n[auth]\nenabled = true\n[[auth.issuer]]\nissuer = "{issuer.issuer("web")}"\n' \
                           f'audience = ["{CLIENT}"]\n'
     server = Server(tmp_path_factory.mktemp("login"), config, dimse=False)
-    server.data_dir.mkdir(parents=True)
-    server.admin = subprocess.run(
-        [sys.executable, "-m", "archive.cli", "keys", "create", "--name", "login test", "--admin",
-         "--data-dir", str(server.data_dir), "--config", str(server.config_path)],
-        cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    server.admin = admin_key(server)
     server.start()
     teaching = make_slide(tmp_path_factory.mktemp("t"), SlideSpec(width=512, height=512, seed=51, label=False))
     research = relabel(make_slide(tmp_path_factory.mktemp("r"), SlideSpec(width=512, height=512, seed=52, label=False,
                                                                           patient_id="PAT-0052", accession="ACC-52")),
                        ("41216001", "SCT", "Prostate"), "Prostate needle biopsy")
-    server.series = {"teaching": stow(server, teaching, "teaching"), "research": stow(server, research, "research")}
+    stow(server, teaching, "teaching", server.admin)
+    stow(server, research, "research", server.admin)
+    server.series = {name: str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+                     for name, paths in (("teaching", teaching), ("research", research))}
     yield server
     server.stop()
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
-import subprocess
-import sys
 
 import numpy as np
 import pydicom
@@ -16,6 +14,7 @@ from pydicom.encaps import encapsulate
 from conftest import IDENTIFIED, REPO, Server
 from slides import SlideSpec, make_slide
 from test_results_support import api, feature, stow
+from harness import admin_key
 from viewer_support import (axe_violations, browser, colour_count, draw_polygon, get_json, open_slide,
                             tissue_fraction, viewer_pixels, PageErrors)
 
@@ -231,11 +230,7 @@ def test_frames_that_fail_to_decode(web_server, tmp_path, page):
 def auth_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
     server = Server(root, IDENTIFIED + "\n[auth]\nenabled = true\n", dimse=False)
-    server.data_dir.mkdir(parents=True)
-    server.admin = subprocess.run(
-        [sys.executable, "-m", "archive.cli", "keys", "create", "--name", "web test", "--admin",
-         "--data-dir", str(server.data_dir), "--config", str(server.config_path)],
-        cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    server.admin = admin_key(server)
     server.start()
     yield server
     server.stop()
