@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import AUTH_OFF, REPO, Server
 from slides import SlideSpec, make_slide
 from test_auth import cli, stow as stow_with_token
+from test_dimse_tools import echo_ok, find, needs_dcmtk, store
 from test_supervisor import _children
 
 FRAME_ROUTE = "/dicomweb/studies/<study>/series/<series>/instances/<sop>/frames/<frames>"
@@ -147,6 +148,37 @@ def test_cli_import_beside_the_node_is_counted(node, tmp_path):
     after = scrape(node)
     assert value(after, "slidearchive_ingest_instances_total", source="import", outcome="stored") - \
         value(before, "slidearchive_ingest_instances_total", source="import", outcome="stored") == len(paths)
+
+
+@needs_dcmtk
+def test_dimse_associations_operations_and_cstore_ingest(node, tmp_path):
+    paths = make_slide(tmp_path / "dimse", SlideSpec(width=500, height=300, seed=73, patient_id="METRICS-3",
+                                                      label=False, overview=False))
+    before = scrape(node)
+    assert echo_ok(node)
+    result = store(node, tmp_path / "dimse", options=["-xy"])
+    assert result.returncode == 0, result.stderr
+    result, found = find(node, tmp_path / "find", "STUDY", {"PatientID": "METRICS-3", "StudyInstanceUID": ""})
+    assert result.returncode == 0 and len(found) == 1, result.stderr
+    deadline = time.time() + 10  # the association-end events may land just after the tools exit
+    while True:
+        after = scrape(node)
+        released = value(after, "slidearchive_dimse_associations_total", outcome="released") - \
+            value(before, "slidearchive_dimse_associations_total", outcome="released")
+        if released >= 3 or time.time() > deadline:
+            break
+        time.sleep(0.2)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("slidearchive_dimse_associations_total", outcome="accepted") == 3
+    assert released == 3
+    assert moved("slidearchive_dimse_operations_total", operation="C-ECHO", status="0x0000") == 1
+    assert moved("slidearchive_dimse_operations_total", operation="C-STORE", status="0x0000") == len(paths)
+    assert moved("slidearchive_dimse_operations_total", operation="C-FIND", status="0x0000") == 1
+    assert moved("slidearchive_ingest_instances_total", source="dimse", outcome="stored") == len(paths)
+    assert moved("slidearchive_ingest_bytes_total", source="dimse") > sum(p.stat().st_size for p in paths) * 0.9
 
 
 def test_a_killed_worker_keeps_its_counts(node):

@@ -27,6 +27,7 @@ from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEn
                          JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, JPEGLSLossless, JPEGLSNearLossless,
                          RLELossless)
 
+from archive import metrics
 from archive.auth.authn import Authenticator
 from archive.config import Settings
 from archive.dimse.commit import Commitments
@@ -93,20 +94,32 @@ def handlers(settings: Settings, archive) -> list[tuple]:
     remotes = {r.ae_title: r for r in d.remotes}
     commitments = Commitments(archive, policy, remotes, d.ae_title,
                               {"acse": d.acse_timeout, "dimse": d.dimse_timeout, "network": d.network_timeout})
-    return [
-        (evt.EVT_C_ECHO, lambda event: 0x0000),
+    metrics.metrics()  # made before the acceptor threads start
+    counted = metrics.counted
+    bound = [
+        (evt.EVT_C_ECHO, counted("C-ECHO", lambda event: 0x0000)),
         (evt.EVT_USER_ID, partial(handle_user_id, authenticator=authenticator)),
-        (evt.EVT_C_STORE, partial(handle_store, archive=archive, policy=policy,
-                                  collection=settings.default_collection, who=who)),
-        (evt.EVT_C_FIND, partial(handle_find, archive=archive, policy=policy, ae_title=d.ae_title, who=who)),
-        (evt.EVT_C_MOVE, partial(handle_move, archive=archive, policy=policy, remotes=remotes,
-                                 max_pdu=d.max_pdu, who=who, tls=_outgoing_tls(settings))),
-        (evt.EVT_C_GET, partial(handle_get, archive=archive, policy=policy, who=who)),
+        (evt.EVT_C_STORE, counted("C-STORE", partial(handle_store, archive=archive, policy=policy,
+                                                     collection=settings.default_collection, who=who))),
+        (evt.EVT_C_FIND, counted("C-FIND", partial(handle_find, archive=archive, policy=policy,
+                                                   ae_title=d.ae_title, who=who))),
+        (evt.EVT_C_MOVE, counted("C-MOVE", partial(handle_move, archive=archive, policy=policy, remotes=remotes,
+                                                   max_pdu=d.max_pdu, who=who, tls=_outgoing_tls(settings)))),
+        (evt.EVT_C_GET, counted("C-GET", partial(handle_get, archive=archive, policy=policy, who=who))),
         (evt.EVT_ABORTED, discard_partial),
         (evt.EVT_CONN_CLOSE, discard_partial),
         (evt.EVT_REJECTED, _log_rejected),
-        *commitments.bind(),
+        *[(event, counted("N-ACTION", handler) if event is evt.EVT_N_ACTION else handler)
+          for event, handler in commitments.bind()],
     ]
+    for event, outcome in ((evt.EVT_ACCEPTED, "accepted"), (evt.EVT_REJECTED, "rejected"),
+                           (evt.EVT_ABORTED, "aborted"), (evt.EVT_RELEASED, "released")):
+        bound.append((event, partial(_count_association, outcome=outcome)))
+    return bound
+
+
+def _count_association(event, outcome: str) -> None:
+    metrics.association(outcome)
 
 
 def _outgoing_tls(settings: Settings):

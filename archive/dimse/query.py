@@ -20,6 +20,7 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   PatientRootQueryRetrieveInformationModelGet,
                                   PatientRootQueryRetrieveInformationModelMove)
 
+from archive import metrics
 from archive.auth.access import Principal
 from archive.catalog.attributes import KEYS, LEVELS
 from archive.catalog.query import Query, parse_match
@@ -191,6 +192,7 @@ def handle_find(event, archive, policy: PeerPolicy, ae_title: str,
             count += 1
             yield STATUS_PENDING, ds
     except ArchiveError as e:
+        metrics.error(e, "dimse")
         log.warning("C-FIND from %s failed: 0x%04X %s", ae, e.dimse_status, e.title)
         yield _failure(e.dimse_status, e.message), None
         return

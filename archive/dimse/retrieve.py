@@ -23,6 +23,7 @@ from pynetdicom import build_context, evt
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import Verification
 
+from archive import metrics
 from archive.auth.access import Principal
 from archive.catalog import InstanceRecord
 from archive.catalog.query import Query
@@ -200,6 +201,7 @@ def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]
         kwargs["tls_args"] = (tls, remote.host)  # the destination's certificate must name its host
     yield remote.host, remote.port, kwargs
     if error is not None:
+        metrics.error(error, "dimse")
         log.warning("C-MOVE from %s failed: 0x%04X %s", ae, error.dimse_status, error.title)
         yield 1
         yield _failure(error.dimse_status, error.message), None
@@ -220,6 +222,7 @@ def handle_get(event, archive, policy: PeerPolicy, *, who: Callable[[Any], Princ
     try:
         records = select(event.identifier, str(event.request.AffectedSOPClassUID), archive.catalog, who(event))
     except ArchiveError as e:
+        metrics.error(e, "dimse")
         log.warning("C-GET from %s failed: 0x%04X %s", ae, e.dimse_status, e.title)
         yield 1
         yield _failure(e.dimse_status, e.message), None
