@@ -122,12 +122,12 @@ class Engines:
         if self.s3 is None:
             import s3_server
 
-            self.s3 = s3_server.S3Server(self.work / "s3").start()
+            self.s3 = s3_server.S3Proxy(self.work / "s3").start()
         return self.s3
 
     def stop(self) -> None:
         if self.s3 is not None:
-            self.s3.stop()
+            self.s3.cleanup()
         if self.pg is not None:
             self.pg.destroy()
 
@@ -139,8 +139,8 @@ def make_nodes(setup: str, count: int, engines: Engines, work: Path) -> list:
     if setup == "pg-s3":
         url, _ = engines.database()
         s3 = engines.s3proxy()
-        bucket = s3.create_bucket()
-        shared = f'[catalog]\nurl = "{url}"\n[storage]\nurl = "s3://{bucket}/archive"\n' + s3.config_lines()
+        bucket = s3.create_bucket(f"bench-{count}")
+        shared = f'[catalog]\nurl = "{url}"\n[storage]\nurl = "s3://{bucket}/archive"\n'
         return [ArchiveNode(root / f"node{i + 1}", shared, "slidearchive postgresql+s3proxy") for i in range(count)]
     if setup == "orthanc-pg":
         _, pg = engines.database()
@@ -150,7 +150,7 @@ def make_nodes(setup: str, count: int, engines: Engines, work: Path) -> list:
 
 
 def environment_for(setup: str, engines: Engines) -> dict[str, str]:
-    return engines.s3proxy().environment() if setup == "pg-s3" else {}
+    return engines.s3proxy().env() if setup == "pg-s3" else {}
 
 
 def frames_at_once(nodes: list, level, seconds: int, max_requests: int, tmp: Path) -> tuple[float, float, list[str]]:

@@ -18,10 +18,14 @@ from conftest import Server
 
 class Cluster:
     def __init__(self, root: Path, shared_config: str, count: int = 2, dimse: bool = True,
-                 node_config: str = ""):
+                 node_config: str = "", env: dict[str, str] | None = None):
+        """``env``: variables every node gets (the S3 endpoint and credentials)."""
         self.root = Path(root)
         self.shared_config = shared_config
+        self.env = dict(env or {})
         self.nodes = [Server(self.root / f"node{i + 1}", shared_config + node_config, dimse) for i in range(count)]
+        for node in self.nodes:
+            node.env.update(self.env)
 
     def start(self) -> "Cluster":
         for node in self.nodes:
