@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
 
         quiet_libraries()
     try:
-        if args.command in EXISTING_ARCHIVE:  # commands registered by other packages, checked alike
+        # commands registered by other packages, checked alike (not those that are clients of another archive)
+        if args.command in EXISTING_ARCHIVE and not getattr(args, "remote", False):
             _existing_archive(args, need_catalog=EXISTING_ARCHIVE[args.command])
         return args.func(args) or 0
     except UsageError as e:

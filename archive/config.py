@@ -167,6 +167,13 @@ class DatasetSettings:
     doi_prefix: str = ""
     #: The publisher named in citations, JSON-LD and DataCite metadata.
     publisher: str = "slidearchive"
+    #: PEM private key (EC P-256 or RSA, relative to the data directory) that signs GA4GH
+    #: ControlledAccessGrants visas of dataset grants; empty: one generated in the secrets folder.
+    visa_key: str = ""
+    #: The visas' ``iss``; empty: this archive's base URL as the client reaches it.
+    visa_issuer: str = ""
+    #: A visa is valid this long (and never beyond its grant's expiry).
+    visa_lifetime_seconds: int = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,10 +514,18 @@ def _web(table: dict, auth: AuthSettings) -> WebSettings:
 
 
 def _datasets(table: dict) -> DatasetSettings:
-    unknown = set(table) - {"doi_prefix", "publisher"}
+    unknown = set(table) - {"doi_prefix", "publisher", "visa_key", "visa_issuer", "visa_lifetime_seconds"}
     if unknown:
         raise ConfigError(f"[datasets] unknown keys: {', '.join(sorted(unknown))}")
-    values = {k: _typed(table, k, str, "datasets").strip() for k in ("doi_prefix", "publisher") if k in table}
+    values: dict[str, Any] = {k: _typed(table, k, str, "datasets").strip()
+                              for k in ("doi_prefix", "publisher", "visa_key", "visa_issuer") if k in table}
+    if "visa_lifetime_seconds" in table:
+        lifetime = _typed(table, "visa_lifetime_seconds", int, "datasets")
+        if not 60 <= lifetime <= 30 * 86400:
+            raise ConfigError("[datasets] visa_lifetime_seconds must be between 60 and 2592000 (30 days)")
+        values["visa_lifetime_seconds"] = lifetime
+    if values.get("visa_issuer") and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", values["visa_issuer"]):
+        raise ConfigError(f"[datasets] visa_issuer {values['visa_issuer'][:60]!r} is not an http(s) URL")
     if values.get("doi_prefix") and not re.fullmatch(r"10\.[0-9]{4,9}", values["doi_prefix"]):
         raise ConfigError(f"[datasets] doi_prefix {values['doi_prefix'][:40]!r} is not a DOI prefix such as 10.12345")
     if "publisher" in values and not 0 < len(values["publisher"]) <= 200:

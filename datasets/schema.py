@@ -84,6 +84,42 @@ STATEMENTS: tuple[str, ...] = (
         withdrawn_reason TEXT,
         PRIMARY KEY (release_id, sop_instance_uid)
     )""",
+    # An application for access to a release (datasets.access): pending, then approved or rejected; revocable.
+    """CREATE TABLE IF NOT EXISTS dataset_application (
+        id TEXT PRIMARY KEY,
+        release_id TEXT NOT NULL REFERENCES dataset_release(id),
+        applicant TEXT NOT NULL,
+        project TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        members TEXT NOT NULL,
+        status TEXT NOT NULL,
+        submitted_at TEXT NOT NULL,
+        decided_by TEXT,
+        decided_at TEXT,
+        reason TEXT,
+        expires_at TEXT,
+        revoked_by TEXT,
+        revoked_at TEXT,
+        revoke_reason TEXT
+    )""",
+    # What an approval grants: read on the release's collection, per member, until expires_at (or revoked_at).
+    """CREATE TABLE IF NOT EXISTS dataset_grant (
+        application_id TEXT NOT NULL REFERENCES dataset_application(id),
+        subject TEXT NOT NULL,
+        release_id TEXT NOT NULL REFERENCES dataset_release(id),
+        collection TEXT NOT NULL,
+        granted_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        revoked_at TEXT,
+        PRIMARY KEY (application_id, subject)
+    )""",
+    "CREATE INDEX IF NOT EXISTS dataset_grant_subject ON dataset_grant(subject, expires_at)",
+    "CREATE INDEX IF NOT EXISTS dataset_application_release ON dataset_application(release_id, status)",
+    # CRC-32 of downloadable content by its SHA-256 (a zip download needs them; datasets.download).
+    """CREATE TABLE IF NOT EXISTS bundle_crc (
+        sha256 TEXT PRIMARY KEY,
+        crc32 BIGINT NOT NULL
+    )""",
     "CREATE INDEX IF NOT EXISTS release_item_sop ON release_item(sop_instance_uid)",
     "CREATE INDEX IF NOT EXISTS release_item_series ON release_item(release_id, series_uid)",
     "CREATE INDEX IF NOT EXISTS dataset_release_dataset ON dataset_release(dataset_id, version)",

@@ -29,7 +29,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     from .auth import alert_if_hidden, install, jsonify_principal
     from .fastframes import FastFrames
 
-    authenticator = Authenticator(settings, app.extensions["archive"].audit)
+    authenticator = Authenticator(settings, app.extensions["archive"].audit, app.extensions["archive"].catalog)
     install(app, authenticator)
     app.wsgi_app = FastFrames(app.wsgi_app, app.extensions["archive"], authenticator)
 
@@ -80,7 +80,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
 
 def _register_optional(app: Flask) -> None:
     """Blueprints of the search, AI-results, vendor-import and datasets APIs, when those packages provide them."""
-    for name in ("indexer.api", "dicomweb.results", "importer.api", "datasets.api", "web"):
+    for name in ("indexer.api", "dicomweb.results", "importer.api", "datasets.api", "datasets.access_api",
+                 "datasets.download_api", "web"):
         try:
             module = __import__(name, fromlist=["bp"])
         except ImportError:

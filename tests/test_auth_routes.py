@@ -13,7 +13,7 @@ from archive.config import load_settings
 
 UID = "1.2.3.4"
 VALUES = {"study": UID, "series": UID, "sop": UID, "frames": "1", "path": "7FE00010", "job": "0" * 32, "dataset_id": "ds",
-          "version": 1, "name": "dicomweb-client"}
+          "version": 1, "name": "dicomweb-client", "app_id": "app-0000000000000000", "action": "approve", "fmt": "tar"}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,8 @@ PUBLIC_ROUTES = ("/health", "/health/live", "/health/ready", "/api/search/openap
                  *(f"/api/datasets/<dataset_id>/releases/<int:version>/{kind}" for kind in ("jsonld", "datacite",
                                                                                            "citation")),
                  "/datasets", "/datasets/<dataset_id>", "/datasets/<dataset_id>/v<int:version>",
+                 # the public key of the dataset grants' GA4GH visas, for services that verify them
+                 "/api/datasets/visas/jwks.json",
                  # the web app's static files and page shells: a page's data is fetched with the user's token
                  "/static/<path:path>", "/static/vendor/<name>/<path:path>", "/slides/<series>", "/compare",
                  "/", "/login/callback")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Mapping
 
-ROLES = ("read", "write", "delete", "admin")
+#: ``curator`` curates datasets of a collection's series, ``dac`` decides applications for a release's
+#: collection (``dataset:<id>:v<n>``, or ``*``); neither implies read.
+ROLES = ("read", "write", "delete", "admin", "curator", "dac")
 #: What a route may declare it needs (``public`` routes answer without any principal).
 REQUIREMENTS = ROLES + ("public", "authenticated")
 ALL = "*"
@@ -58,14 +60,26 @@ def merge_roles(*grants: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str
     return {c: frozenset(r) for c, r in out.items()}
 
 
+def split_grant(value: str) -> tuple[str, str] | None:
+    """``"breast"`` -> ("breast", "read"), ``"breast:write"`` -> ("breast", "write"); a collection name
+    with colons takes its role after the last one (``"dataset:skin:v1:dac"``); None when no role fits."""
+    value = str(value)
+    name, _, role = value.partition(":")
+    if not role:
+        return (name, "read") if name else None
+    if role in ROLES:
+        return name, role
+    name, _, role = value.rpartition(":")
+    return (name, role) if name and role in ROLES else None
+
+
 def parse_grants(values: Iterable[str]) -> dict[str, frozenset[str]]:
-    """``["lung", "breast:write", "*:admin"]`` -> roles per collection ("name" alone means read)."""
+    """``["lung", "breast:write", "*:admin", "dataset:skin:v1:read"]`` -> roles per collection."""
     out: dict[str, set[str]] = {}
     for value in values:
-        name, _, role = str(value).partition(":")
-        role = role or "read"
-        if name and role in ROLES:
-            out.setdefault(name, set()).add(role)
+        found = split_grant(value)
+        if found is not None:
+            out.setdefault(found[0], set()).add(found[1])
     return {c: frozenset(r) for c, r in out.items()}
 
 

@@ -9,6 +9,7 @@ lookup, and a revoked key stops working within that time.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -21,6 +22,15 @@ CACHE_ENTRIES = 10000
 #: What a client is told, whatever was wrong (the reason goes to the audit trail only).
 REFUSED = "the credentials were not accepted"
 REQUIRED = "authentication required: send Authorization: Bearer <token or API key>"
+
+
+def _dataset_grants(catalog):
+    """``subject -> (roles, earliest expiry)`` of dataset grants (datasets.access), when that package is here."""
+    try:
+        from datasets.access import grants_for
+    except ImportError:
+        return None
+    return lambda subject: grants_for(catalog, subject)
 
 
 class Unauthenticated(Exception):
@@ -36,8 +46,10 @@ class Unauthenticated(Exception):
 class Authenticator:
     """One per process: the key store, the trusted issuers and the cache of verified credentials."""
 
-    def __init__(self, settings: Settings, audit=None):
+    def __init__(self, settings: Settings, audit=None, catalog=None):
         self.audit = audit  # an archive.audit.AuditTrail, or None
+        self.grants = _dataset_grants(catalog) if catalog is not None and settings.auth.enabled else None
+        self._granted: dict[tuple[int, frozenset[str]], tuple[Principal, Principal]] = {}
         self.settings = settings.auth
         self.enabled = settings.auth.enabled
         self.keys = KeyStore(settings.secrets_dir) if self.enabled else None
@@ -81,7 +93,7 @@ class Authenticator:
         now = time.time()
         hit = self._cache.get(credential)  # a dict read needs no lock; only inserts take it
         if hit is not None and hit[1] > now:
-            return hit[0]
+            return self._with_grants(hit[0])
         principal, expires = verify(credential)
         if self.audit is not None:  # once per credential and cache period, not once per request
             self.audit.record("UserAuthentication", principal=principal, remote=remote, detail={"type": "Login"})
@@ -90,7 +102,28 @@ class Authenticator:
             self._cache[credential] = (principal, until)
             while len(self._cache) > CACHE_ENTRIES:  # oldest first
                 self._cache.pop(next(iter(self._cache)))
-        return principal
+        return self._with_grants(principal)
+
+    def _with_grants(self, principal: Principal) -> Principal:
+        """The principal with its dataset grants (read on ``dataset:<id>:v<n>``) merged in, like visa
+        collections. Looked up on every resolution (one indexed query), never cached with the
+        credential: an expired or revoked grant stops at once. Merged principals are reused, so
+        their memoised collections and scope SQL survive from request to request."""
+        if self.grants is None or principal.admin:
+            return principal
+        granted, _ = self.grants(principal.subject)
+        if not granted:
+            return principal
+        key = (id(principal), frozenset(granted))
+        hit = self._granted.get(key)
+        if hit is not None and hit[0] is principal:
+            return hit[1]
+        merged = dataclasses.replace(principal, roles=merge_roles(principal.roles, granted))
+        with self._lock:
+            self._granted[key] = (principal, merged)
+            while len(self._granted) > CACHE_ENTRIES:
+                self._granted.pop(next(iter(self._granted)))
+        return merged
 
     def _verify_key(self, text: str) -> tuple[Principal, float]:
         assert self.keys is not None

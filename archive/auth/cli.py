@@ -9,7 +9,7 @@ import argparse
 import datetime
 import sys
 
-from archive.auth.access import parse_grants
+from archive.auth.access import ROLES, parse_grants, split_grant
 
 
 def _settings(args: argparse.Namespace):
@@ -36,9 +36,8 @@ def _store(settings):
 def cmd_create(args: argparse.Namespace) -> int:
     settings = _settings(args)
     grants = parse_grants(args.grant or [])
-    if len(grants) != len({g.partition(":")[0] for g in args.grant or []}) or \
-            any(g.partition(":")[2] not in ("", "read", "write", "delete", "admin") for g in args.grant or []):
-        print("slidearchive keys: --grant takes COLLECTION or COLLECTION:ROLE (read, write, delete, admin)",
+    if any(split_grant(g) is None for g in args.grant or []):
+        print(f"slidearchive keys: --grant takes COLLECTION or COLLECTION:ROLE ({', '.join(ROLES)})",
               file=sys.stderr)
         return 2
     if not grants and not args.admin:

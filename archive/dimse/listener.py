@@ -89,7 +89,7 @@ def build_ae(settings: Settings) -> AE:
 def handlers(settings: Settings, archive) -> list[tuple]:
     d = settings.dimse
     policy = PeerPolicy.from_settings(d)
-    authenticator = Authenticator(settings, archive.audit)
+    authenticator = Authenticator(settings, archive.audit, archive.catalog)
     who = partial(association_principal, authenticator=authenticator, policy=policy)
     remotes = {r.ae_title: r for r in d.remotes}
     commitments = Commitments(archive, policy, remotes, d.ae_title,
