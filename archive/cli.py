@@ -243,6 +243,15 @@ def version() -> str:
             return tomllib.load(f)["project"]["version"]
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from archive.migrate import MigrationRefused, run
+
+    try:
+        return run(args)
+    except MigrationRefused as e:
+        raise UsageError(f"migrate: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = _defaults()
     parser = argparse.ArgumentParser(prog="slidearchive", description="DICOMweb archive for whole-slide DICOM")
@@ -287,6 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repair", action="store_true", help="remove orphans and rows without bytes")
     p.add_argument("--checksums", action="store_true", help="also re-hash every stored file")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("migrate", parents=[common], help="copy a single-machine archive into the configured "
+                       "catalog and storage (PostgreSQL + S3)",
+                       description="Copy the archive in SOURCE (catalog.sqlite + storage/) into the catalog and "
+                                   "storage that --config names, checksums verified; run it again to continue "
+                                   "an interrupted copy. Exit 0 when everything is in the destination.")
+    p.add_argument("source", help="data directory of the single-machine archive (only read)")
+    p.add_argument("--source-config", type=Path, help="the configuration the source archive ran with")
+    p.add_argument("--limit", type=int, help="copy at most this many instances in this run")
+    p.add_argument("--no-readback", action="store_true",
+                   help="do not read each copy back from the destination to check its checksum")
+    p.add_argument("--quiet", action="store_true", help="no line per instance")
+    p.set_defaults(func=cmd_migrate)
 
     from archive.audit import cli as audit_cli
     from archive.auth import cli as keys_cli
