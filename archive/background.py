@@ -80,7 +80,7 @@ def _start_index_worker(settings: Settings):
     from archive.catalog import Catalog
     from archive.storage import StorageArea
 
-    return start_worker(settings, Catalog(settings.catalog_path, StorageArea(settings.storage_dir).path))
+    return start_worker(settings, Catalog.open(settings, StorageArea(settings.storage_dir).path))
 
 
 class Heartbeat:

@@ -33,7 +33,7 @@ def _existing_archive(args: argparse.Namespace, need_catalog: bool = False) -> S
     if not settings.data_dir.is_dir():
         raise UsageError(f"no archive at {settings.data_dir} (from {where}): the directory does not exist; "
                          "pass --data-dir, or run `slidearchive serve` once to create it")
-    if need_catalog and not settings.catalog_path.is_file():
+    if need_catalog and not settings.catalog.url and not settings.catalog_path.is_file():
         raise UsageError(f"no archive at {settings.data_dir} (from {where}): it holds no catalog.sqlite")
     return settings
 

@@ -143,6 +143,15 @@ class AuthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CatalogSettings:
+    #: "": the SQLite file <data_dir>/catalog.sqlite; "postgresql://user@host:port/db": a catalog nodes share.
+    url: str = ""
+    #: Connections per process to a PostgreSQL catalog, and how long a request waits for one.
+    pool_size: int = 8
+    pool_timeout: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSettings:
     """Where the server's log and access log go (``[logging]``); see archive/logs.py."""
 
@@ -231,6 +240,7 @@ class Settings:
     #: Reverse proxies (addresses or networks) whose X-Forwarded-* headers are believed.
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     auth: AuthSettings = AuthSettings()
+    catalog: CatalogSettings = CatalogSettings()
     datasets: DatasetSettings = DatasetSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
@@ -245,6 +255,11 @@ class Settings:
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
+
+    @property
+    def catalog_location(self) -> Path | str:
+        """Where the catalog is: the ``[catalog] url``, else the SQLite file in the data directory."""
+        return self.catalog.url or self.catalog_path
 
     @property
     def storage_dir(self) -> Path:
@@ -411,6 +426,22 @@ def _tls(table: dict, outgoing: bool = False) -> TlsSettings:
     return tls
 
 
+def _catalog(table: dict) -> CatalogSettings:
+    kinds = {"url": str, "pool_size": int, "pool_timeout": float}
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise ConfigError(f"[catalog] unknown keys: {', '.join(sorted(unknown))}")
+    settings = CatalogSettings(**{k: _typed(table, k, kinds[k], "catalog") for k in kinds if k in table})
+    if settings.url:
+        scheme, _, rest = settings.url.partition("://")
+        if scheme not in ("postgresql", "postgres") or not rest:
+            raise ConfigError('[catalog] url must be "" (SQLite in the data directory) or a '
+                              f'"postgresql://user@host:port/database" URL, not {scheme[:20]!r}...')
+    if not 1 <= settings.pool_size <= 1000 or not 0 < settings.pool_timeout <= 300:
+        raise ConfigError("[catalog] pool_size must be 1-1000 and pool_timeout above 0 and at most 300 seconds")
+    return settings
+
+
 def _logging(table: dict) -> LoggingSettings:
     kinds = {"level": str, "file": str, "access_log": bool, "format": str}
     unknown = set(table) - set(kinds)
@@ -446,7 +477,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
     unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth", "logging",
-                         "datasets", "metrics", "web"}
+                         "datasets", "metrics", "web", "catalog"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -491,7 +522,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                           f"(host is {values.get('host')}); configure API keys or an OIDC issuer instead")
     return Settings(**values, dimse=dimse, index=raw.get("index", {}), deid=raw.get("deid", {}),
                     dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {}), any(r.tls for r in dimse.remotes)),
-                    auth=auth, logging=_logging(raw.get("logging", {})), datasets=_datasets(raw.get("datasets", {})),
+                    auth=auth, logging=_logging(raw.get("logging", {})), catalog=_catalog(raw.get("catalog", {})), datasets=_datasets(raw.get("datasets", {})),
                     metrics=_metrics(raw.get("metrics", {}), values["data_dir"]),
                     web=_web(raw.get("web", {}), auth))
 

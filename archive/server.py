@@ -107,7 +107,7 @@ def _first_admin_key(settings: Settings) -> None:
         return
     from archive.auth.apikeys import KeyStore
 
-    keys = KeyStore(settings.secrets_dir)
+    keys = KeyStore.open(settings)
     if not keys.is_empty():
         return
     key, text = keys.create("first administrator", {}, admin=True)

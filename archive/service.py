@@ -63,8 +63,8 @@ class Archive:
         #: ``audit.record(event, principal=..., ...)`` at every door; see archive/audit/trail.py.
         self.audit = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
         self.storage = StorageArea(settings.storage_dir)
-        self.catalog = Catalog(settings.catalog_path)
-        policies, vault = _load_deid(settings)
+        self.catalog = Catalog.open(settings)
+        policies, vault = _load_deid(settings, self.catalog)
         self.ingest = Ingest(self.storage, self.catalog, policies, vault, settings.dangling_references)
         self._fds = _FdCache()
         self._indexes: OrderedDict[str, FrameIndex] = OrderedDict()
@@ -203,10 +203,18 @@ def _withdraw_from_releases(catalog: Catalog, records: list[InstanceRecord]) -> 
     withdraw_deleted(catalog, [r.sop_instance_uid for r in records])
 
 
-def _load_deid(settings: Settings):
-    """The de-identification policies and the broker's link vault, from the [deid] section."""
-    import deid
+def _load_deid(settings: Settings, catalog: Catalog):
+    """The de-identification policies and the broker's link vault, from the [deid] section.
 
+    A catalog nodes share holds the pseudonym key and the vault, so every node pseudonymizes
+    alike and the broker finds every link in one place; a SQLite archive keeps its files."""
+    import deid
+    from deid.vault import CatalogLinkVault
+
+    if catalog.shared:
+        policies = deid.load_policies(settings.deid, settings.data_dir,
+                                      key_source=lambda: catalog.shared_secret("deid pseudonym key"))
+        return policies, CatalogLinkVault(catalog.db, settings.data_dir / "broker" / "audit.log")
     policies = deid.load_policies(settings.deid, settings.data_dir)
     vault = deid.LinkVault(settings.data_dir / "broker" / "links.sqlite")
     return policies, vault

@@ -52,7 +52,7 @@ def _open(args: argparse.Namespace):
     from .curation import Curation
 
     settings = load_settings(args.config, data_dir=args.data_dir)
-    local = _LocalArchive(settings, Catalog(settings.catalog_path), AuditTrail(settings.audit, settings.data_dir))
+    local = _LocalArchive(settings, Catalog.open(settings), AuditTrail(settings.audit, settings.data_dir))
     return Curation(local, SYSTEM, None, LocalUser.current())
 
 

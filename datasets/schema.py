@@ -131,7 +131,7 @@ _lock = threading.Lock()
 
 def ensure(catalog) -> None:
     """Create the tables once per catalog and process (idempotent)."""
-    key = str(catalog.path)
+    key = str(catalog.path or catalog.db.location)
     if key in _ensured:
         return
     with _lock:

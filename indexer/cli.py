@@ -41,7 +41,7 @@ def handle_reindex(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None))
     config, index = from_settings(settings.index, settings.data_dir)
-    catalog = Catalog(settings.catalog_path)
+    catalog = Catalog.open(settings)
     state = IndexState(config.path)  # type: ignore[arg-type]
     try:
         n = reindex(catalog, index, state, args.batch_size or config.batch_size,

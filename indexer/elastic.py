@@ -88,6 +88,9 @@ class _Rebuild:
 
 
 class ElasticIndex:
+    #: One index all nodes write to (the outbox is then applied by one node at a time: worker.py).
+    shared = True
+
     def __init__(self, config: IndexConfig, client: Elasticsearch | None = None):
         self.config = config
         self.alias = f"{config.index_prefix}slides"

@@ -5,6 +5,11 @@ reads them in a background thread, rebuilds the touched series' documents from
 the catalog and sends them in bulk. When the index is down the cursor simply
 does not move: nothing is lost, nothing blocks ingest, and the worker catches
 up with back-off once the index answers again.
+
+Nodes sharing a catalog and an Elasticsearch index apply the outbox once between
+them: the node holding the catalog's lease ``index:<name>`` does, and keeps its cursor
+in the lease; when it dies the lease runs out and another node carries on from there.
+(Each node's embedded index is its own, so each node applies every event to it.)
 """
 from __future__ import annotations
 
@@ -17,6 +22,9 @@ from typing import Any, Iterable
 from archive.auth.access import SYSTEM
 
 from .base import Index, IndexUnavailable
+
+#: Seconds a node holds the outbox between renewals; a dead holder's work resumes elsewhere after this.
+LEASE_SECONDS = 15.0
 from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document, references
 from .state import IndexState
 
@@ -123,6 +131,11 @@ class IndexWorker:
         self.last_error: str | None = None
         #: time.time() of the last step that reached the index (for /health/ready).
         self.last_success: float | None = None
+        self._lease = None
+        if getattr(catalog, "shared", False) and getattr(index, "shared", False):
+            from archive.catalog.work import Leases
+
+            self._lease = Leases(catalog.db)
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -132,7 +145,9 @@ class IndexWorker:
         if not self._ensured:
             self.index.ensure()
             self._ensured = True
-        cursor = self.state.cursor(self.index.name)
+        cursor = self._cursor()
+        if cursor is None:
+            return 0  # another node applies the outbox now
         events = self.catalog.outbox_after(cursor, self.batch_size)
         retry = self.state.failures_due(everything=self._retry_all)
         self._retry_all = False
@@ -141,7 +156,23 @@ class IndexWorker:
             sync_series(self.index, self.source, self.state, uids)
         if events:
             self.state.set_cursor(self.index.name, events[-1].seq)
+            if self._lease is not None:
+                self._lease.save(self._lease_name, {"seq": events[-1].seq})
         return len(events)
+
+    @property
+    def _lease_name(self) -> str:
+        return f"index:{self.index.name}"
+
+    def _cursor(self) -> int | None:
+        """The last outbox seq applied; None when another node holds the shared outbox."""
+        local = self.state.cursor(self.index.name)
+        if self._lease is None:
+            return local
+        held, state = self._lease.acquire(self._lease_name, LEASE_SECONDS)
+        if not held:
+            return None
+        return int(state["seq"]) if state and "seq" in state else local
 
     def catch_up(self, max_batches: int = 1_000_000) -> int:
         """Run steps until the outbox is drained (tests, CLI); returns events applied."""
@@ -211,7 +242,7 @@ def run(settings: Any) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, index = from_settings(getattr(settings, "index", {}), settings.data_dir)
-    catalog = Catalog(settings.catalog_path)
+    catalog = Catalog.open(settings)
     state = IndexState(config.path)  # type: ignore[arg-type]
     worker = IndexWorker(catalog, index, state, config.batch_size, config.poll_interval)
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests need (DCMTK, dicom3tools, PostgreSQL, Python packages, an Elasticsearch 8
-# node's and s3proxy's jars from Maven Central) and run the whole suite. Extra arguments go to pytest.
+# node's and s3proxy's jars from Maven Central) and run the whole suite, then the catalog's part of it again with
+# the PostgreSQL catalog backend. Extra arguments go to both passes; when they choose tests (paths,
+# -k, -m) or SLIDEARCHIVE_TEST_CATALOG=sqlite|postgresql names the backend, there is one pass.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -33,4 +35,17 @@ mvn -q -f tests/oidc/pom.xml dependency:copy-dependencies
 [ -d tests/oidc/target/keycloak ] || mvn -q -f tests/oidc/pom.xml dependency:unpack
 # A real S3 server for the object-storage tests: s3proxy with its filesystem backend (tests/s3_server.py)
 mvn -q -f tests/s3/pom.xml dependency:copy-dependencies
-exec python3 -m pytest "$@"
+selected=${SLIDEARCHIVE_TEST_CATALOG:+1}
+for arg in "$@"; do case $arg in tests*|*.py|*::*|-k|-m) selected=1 ;; esac; done
+if [ -n "$selected" ]; then exec python3 -m pytest "$@"; fi
+status=0
+python3 -m pytest "$@" || status=$?
+# The catalog's part of the suite again on the PostgreSQL catalog (tests/conftest.py gives each server a
+# fresh database in a cluster tests/pg_cluster.py starts): ingest (STOW-RS, C-STORE), QIDO-RS and C-FIND
+# matching, delete, C-MOVE and storage commitment lookups, AI result links, collections and access
+# control, verify. A few minutes.
+SLIDEARCHIVE_TEST_CATALOG=postgresql python3 -m pytest "$@" \
+  tests/test_dicomweb.py tests/test_stow_response.py tests/test_dimse_store.py tests/test_dimse_query.py \
+  tests/test_dimse_retrieve.py tests/test_dimse_commit.py tests/test_results_api.py tests/test_auth.py \
+  tests/test_cli.py || status=$?
+exit $status

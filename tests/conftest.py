@@ -21,6 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pg_cluster  # noqa: E402  (tests/ is on sys.path from here on)
 
+#: The catalog backend the suite's servers use: "sqlite" (default) or "postgresql".
+TEST_CATALOG = os.environ.get("SLIDEARCHIVE_TEST_CATALOG", "sqlite")
+if TEST_CATALOG not in ("sqlite", "postgresql"):
+    raise RuntimeError(f"SLIDEARCHIVE_TEST_CATALOG must be sqlite or postgresql, not {TEST_CATALOG!r}")
+
 
 def make_wsi(out: Path, *args: str) -> dict[str, Path]:
     """A slide from the shared generator (PHI in headers, burned into LABEL and OVERVIEW): {stem: path}."""
@@ -55,7 +60,12 @@ class Server:
         self.dimse_port = free_port()
         self.log_path = root / "server.log"
         self.config_path = root / "config.toml"
+        #: The catalog: <data_dir>/catalog.sqlite, or a fresh PostgreSQL database when the suite
+        #: runs with SLIDEARCHIVE_TEST_CATALOG=postgresql (and the test names no [catalog] itself).
         self.catalog_location: Path | str = self.data_dir / "catalog.sqlite"
+        if TEST_CATALOG == "postgresql" and "[catalog]" not in config:
+            self.catalog_location = pg_cluster.shared_cluster().create_database()
+            config += f'\n[catalog]\nurl = "{self.catalog_location}"\n'
         self.config_path.write_text(config if "[auth]" in config else AUTH_OFF + config)
         self.dimse = dimse
         self.args = args

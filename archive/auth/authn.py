@@ -52,7 +52,7 @@ class Authenticator:
         self._granted: dict[tuple[int, frozenset[str]], tuple[Principal, Principal]] = {}
         self.settings = settings.auth
         self.enabled = settings.auth.enabled
-        self.keys = KeyStore(settings.secrets_dir) if self.enabled else None
+        self.keys = KeyStore.open(settings) if self.enabled else None
         self.issuers = {i.issuer: IssuerVerifier(i) for i in settings.auth.issuers}
         self.visas = VisaVerifier(settings.auth.visa_issuers)
         self.anonymous = anonymous(settings.auth.public_collections) if settings.auth.anonymous else None

@@ -30,7 +30,7 @@ def _audit(settings, description: str) -> None:
 def _store(settings):
     from archive.auth.apikeys import KeyStore
 
-    return KeyStore(settings.secrets_dir)
+    return KeyStore.open(settings)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -74,7 +74,7 @@ def cmd_collection(args: argparse.Namespace) -> int:
     from archive.catalog import Catalog
 
     settings = _settings(args)
-    catalog = Catalog(settings.catalog_path)
+    catalog = Catalog.open(settings)
     if args.action in ("add", "remove"):
         catalog.set_study_collection(args.study, args.collection, member=args.action == "add")
         _audit(settings, f"study {args.study[:64]} {'added to' if args.action == 'add' else 'removed from'} "

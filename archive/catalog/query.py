@@ -14,6 +14,7 @@ from typing import Iterable
 from archive.catalog.attributes import DEFAULT_RETURN, KEYS, LEVELS, Key, keyword_of
 from archive.errors import InvalidRequest
 from archive.uids import check_uid
+from archive.catalog.database import Dialect
 
 MAX_LIMIT = 10000
 _DA = re.compile(r"\d{8}")
@@ -193,23 +194,23 @@ def _wildcard_to_glob(text: str) -> str:
     return _glob_escape(text)  # * and ? already mean the same in GLOB
 
 
-def _column(key: Key) -> str:
+def _column(key: Key, dialect: Dialect) -> str:
     if key.keyword == "ModalitiesInStudy":
-        return "(SELECT group_concat(x.modality, '\\') FROM series x WHERE x.study_fk = st.pk)"
+        return f"(SELECT {dialect.group_concat('x.modality', chr(92))} FROM series x WHERE x.study_fk = st.pk)"
     return f"{TABLE_ALIAS[key.level]}.{key.column}"
 
 
-def match_sql(m: Match, fuzzy: bool) -> tuple[str, list]:
-    """SQL condition and parameters for one Match."""
-    col = _column(m.key)
+def match_sql(m: Match, fuzzy: bool, dialect: Dialect) -> tuple[str, list]:
+    """SQL condition and parameters for one Match (GLOB patterns in ``dialect``'s syntax)."""
+    col = _column(m.key, dialect)
     key = m.key
     if m.kind == "empty":
         return f"({col} IS NULL OR {col} = '')", []
     if key.multi:
         wrapped = f"('\\' || {col} || '\\')"
-        parts = [f"{wrapped} GLOB ?" for _ in m.values]
+        parts = [dialect.glob(wrapped) for _ in m.values]
         glob = [f"*\\{_glob_escape(v) if m.kind != 'wildcard' else _wildcard_to_glob(v)}\\*" for v in m.values]
-        return "(" + " OR ".join(parts) + ")", glob
+        return "(" + " OR ".join(parts) + ")", [dialect.glob_pattern(g) for g in glob]
     if key.vr in ("IS", "US", "UL"):
         placeholders = ",".join("?" * len(m.values))
         return f"{col} IN ({placeholders})", [int(v) for v in m.values]
@@ -225,18 +226,19 @@ def match_sql(m: Match, fuzzy: bool) -> tuple[str, list]:
             params.append(high + ("\uffff" if key.vr in ("TM", "DT") else ""))
         return "(" + " AND ".join(conds) + ")", params
     if key.vr == "PN":
-        return _person_name(col, m, fuzzy)
+        return _person_name(col, m, fuzzy, dialect)
     if m.kind == "wildcard":
-        return f"{col} GLOB ?", [_wildcard_to_glob(m.values[0])]
+        return dialect.glob(col), [dialect.glob_pattern(_wildcard_to_glob(m.values[0]))]
     placeholders = ",".join("?" * len(m.values))
     return f"{col} IN ({placeholders})", list(m.values)
 
 
-def _person_name(col: str, m: Match, fuzzy: bool) -> tuple[str, list]:
+def _person_name(col: str, m: Match, fuzzy: bool, dialect: Dialect) -> tuple[str, list]:
     """Case-insensitive; fuzzy also matches the start of any name component."""
     value = m.values[0].lower()
     pattern = _wildcard_to_glob(value) if m.kind == "wildcard" else _glob_escape(value)
+    glob = dialect.glob(f"lower({col})")
     if not fuzzy:
-        return f"lower({col}) GLOB ?", [pattern]
-    return (f"(lower({col}) GLOB ? OR lower({col}) GLOB ? OR lower({col}) GLOB ?)",
-            [pattern + "*", "*^" + pattern + "*", "* " + pattern + "*"])
+        return glob, [dialect.glob_pattern(pattern)]
+    return (f"({glob} OR {glob} OR {glob})",
+            [dialect.glob_pattern(p) for p in (pattern + "*", "*^" + pattern + "*", "* " + pattern + "*")])

@@ -5,6 +5,12 @@ N-EVENT-REPORT happen on a worker thread. The report goes over the same
 association while the requester keeps it open, otherwise over a new
 association to the requester's AE title as configured in ``[[dimse.remote]]``
 (the archive then proposes the SCP role, PS3.4 J.3.3.1).
+
+When nodes share a catalog, each request is also a work item in it, held by the node
+that answered the N-ACTION while it reports; if that node dies first, its lease runs
+out and another node's sweeper sends the report over a new association. A report that
+cannot be delivered is retried with back-off, a few times. (The item holds the request's
+SOP Instance UIDs until the report is delivered.)
 """
 from __future__ import annotations
 
@@ -17,6 +23,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from archive.catalog.work import WorkItem, WorkQueue
 
 from archive.auth.access import SYSTEM
 from archive.config import RemoteAE
@@ -41,6 +49,12 @@ RESPONSE_WAIT = 10.0
 #: goes on a new association instead of racing its A-RELEASE (the reactor is paused while
 #: pynetdicom waits for the N-EVENT-REPORT response, so a release would go unseen).
 RELEASE_GRACE = 1.0
+#: A shared catalog's commitment work items: how long the answering node holds one, how often every
+#: node looks for items whose node died, and how many deliveries are tried before giving up.
+WORK_KIND = "storage commitment report"
+LEASE_SECONDS = 30.0
+SWEEP_SECONDS = 5.0
+MAX_ATTEMPTS = 5
 
 
 def check(catalog, action: Dataset) -> Dataset:
@@ -84,6 +98,10 @@ class Commitments:
         self.timeouts = timeouts
         self._sent: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
+        self.queue: WorkQueue | None = None
+        if archive.catalog.shared:
+            self.queue = WorkQueue(archive.catalog.db)
+            threading.Thread(target=self._sweep, name="storage-commitment-sweeper", daemon=True).start()
 
     def _flag(self, assoc) -> threading.Event:
         with self._lock:
@@ -113,32 +131,58 @@ class Commitments:
                 return INVALID_ARGUMENT, None
         except Exception:  # noqa: BLE001 - an undecodable Action Information
             return INVALID_ARGUMENT, None
+        item = None
+        if self.queue is not None:  # durable before the request is acknowledged
+            item = self.queue.add(WORK_KIND, {"ae": ae, "action": action.to_json_dict()}, lease=LEASE_SECONDS)
         flag = self._flag(event.assoc)
         flag.clear()
-        worker = threading.Thread(target=self._report, args=(event.assoc, ae, action, flag),
+        worker = threading.Thread(target=self._report, args=(event.assoc, ae, action, flag, item),
                                   name="storage-commitment", daemon=True)
         worker.start()
         return 0x0000, None
 
-    def _report(self, assoc, ae: str, action: Dataset, flag: threading.Event) -> None:
+    def _report(self, assoc, ae: str, action: Dataset, flag: threading.Event, item: WorkItem | None) -> None:
         report = check(self.archive.catalog, action)
         event_type = EVENT_SOME_FAILED if "FailedSOPSequence" in report else EVENT_ALL_SUCCESS
-        ok_count = len(report.get("ReferencedSOPSequence", []))
-        failed_count = len(report.get("FailedSOPSequence", []))
         flag.wait(RESPONSE_WAIT)
         time.sleep(RELEASE_GRACE)
         if assoc.is_established and self._send(assoc, report, event_type):
-            log.info("storage commitment for %s: %d committed, %d failed (same association)", ae, ok_count,
-                     failed_count)
+            self._log(ae, report, "same association")
+            if item is not None:
+                self.queue.done(item)
             return
+        self._deliver(ae, report, event_type, item)
+
+    def _deliver(self, ae: str, report: Dataset, event_type: int, item: WorkItem | None) -> None:
+        """The report over a new association to the requester; a shared catalog's item retried on failure."""
         remote = self.remotes.get(ae)
         if remote is None:
             log.warning("storage commitment for %s: association closed and no [[dimse.remote]] for it; "
                         "report not delivered", ae)
+        elif self._send_new(remote, report, event_type):
+            self._log(ae, report, "new association")
+        elif item is not None and item.attempts < MAX_ATTEMPTS:
+            self.queue.retry(item, delay=10.0 * 2 ** item.attempts)
             return
-        if self._send_new(remote, report, event_type):
-            log.info("storage commitment for %s: %d committed, %d failed (new association)", ae, ok_count,
-                     failed_count)
+        if item is not None:
+            self.queue.done(item)
+
+    @staticmethod
+    def _log(ae: str, report: Dataset, how: str) -> None:
+        log.info("storage commitment for %s: %d committed, %d failed (%s)", ae,
+                 len(report.get("ReferencedSOPSequence", [])), len(report.get("FailedSOPSequence", [])), how)
+
+    def _sweep(self) -> None:
+        """Reports another node took on and did not deliver (it died, or the requester was away)."""
+        while True:
+            time.sleep(SWEEP_SECONDS)
+            try:
+                for item in self.queue.claim(WORK_KIND, limit=5, lease=LEASE_SECONDS):
+                    report = check(self.archive.catalog, Dataset.from_json(item.payload["action"]))
+                    event_type = EVENT_SOME_FAILED if "FailedSOPSequence" in report else EVENT_ALL_SUCCESS
+                    self._deliver(item.payload["ae"], report, event_type, item)
+            except Exception:  # noqa: BLE001 - the catalog down for a while: the items wait
+                log.warning("storage commitment sweep failed; retrying", exc_info=True)
 
     @staticmethod
     def _send(assoc, report: Dataset, event_type: int) -> bool:

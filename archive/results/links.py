@@ -1,6 +1,6 @@
 """Which results reference which slides, by which algorithm, with how many annotations per group.
 
-Three tables in the catalog's SQLite file, written right after the catalog
+Three tables in the catalog (archive/catalog/schema.py), written right after the catalog
 commit (idempotent, so a crash in between is repaired by :func:`sync`, which
 the read paths call):
 
@@ -17,8 +17,6 @@ instances drop out of the view because it joins the ``instance`` table.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import time
 import zlib
 from typing import Any
@@ -30,58 +28,12 @@ from archive.errors import DatasetDoesNotMatchSOPClass
 from archive.results import measurement_reports
 from archive.results.references import referenced_instances
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS result_instance (
-    result_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
-    kind TEXT NOT NULL, sop_class_uid TEXT NOT NULL,
-    algorithm_name TEXT NOT NULL DEFAULT '', algorithm_version TEXT, algorithm_family TEXT,
-    creator TEXT, content_label TEXT, content_datetime TEXT NOT NULL DEFAULT '', stored_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS result_ref (
-    result_uid TEXT NOT NULL, slide_series_uid TEXT NOT NULL, slide_sop_uid TEXT NOT NULL,
-    PRIMARY KEY (result_uid, slide_sop_uid)
-);
-CREATE INDEX IF NOT EXISTS result_ref_series ON result_ref(slide_series_uid);
-CREATE TABLE IF NOT EXISTS result_group (
-    result_uid TEXT NOT NULL, number INTEGER NOT NULL, label TEXT, graphic_type TEXT,
-    annotation_count INTEGER,
-    property_type_code TEXT, property_type_scheme TEXT, property_type_meaning TEXT,
-    property_category_meaning TEXT, algorithm_type TEXT,
-    algorithm_name TEXT, algorithm_version TEXT, algorithm_family TEXT, measurements TEXT,
-    PRIMARY KEY (result_uid, number)
-);
-CREATE TABLE IF NOT EXISTS result_sync (id INTEGER PRIMARY KEY CHECK (id = 1), last_pk INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS result_group_type ON result_group(property_type_code, property_type_meaning);
-CREATE VIEW IF NOT EXISTS result_link AS
-SELECT r.*, x.slide_series_uid,
-       CASE WHEN r.algorithm_name = '' THEN 1
-            WHEN ROW_NUMBER() OVER (PARTITION BY x.slide_series_uid, r.kind, r.algorithm_name
-                                    ORDER BY r.content_datetime DESC, r.stored_at DESC, r.rowid DESC) = 1
-            THEN 1 ELSE 0 END AS current
-FROM result_instance r
-JOIN (SELECT DISTINCT result_uid, slide_series_uid FROM result_ref) x ON x.result_uid = r.result_uid
-JOIN instance i ON i.sop_instance_uid = r.result_uid;
-"""
 RESULT_KINDS = {"1.2.840.10008.5.1.4.1.1.91.1": "ANN", "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
                 "1.2.840.10008.5.1.4.1.1.66.7": "SEG", measurement_reports.SR_CLASS: "SR"}
 
-_local = threading.local()
-
-
-def _db(catalog) -> sqlite3.Connection:
-    """A connection of our own to the catalog file (one per thread), schema ensured once."""
-    key = str(catalog.path)
-    conns = getattr(_local, "conns", None)
-    if conns is None:
-        conns = _local.conns = {}
-    db = conns.get(key)
-    if db is None:
-        db = sqlite3.connect(catalog.path, timeout=60, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
-        conns[key] = db
-    return db
+def _db(catalog):
+    """The catalog's own database (its schema holds the link tables: archive/catalog/schema.py)."""
+    return catalog.db
 
 
 # --- extraction ------------------------------------------------------------------------
@@ -184,23 +136,16 @@ def record(catalog, ds: Dataset) -> None:
         slide_series = found.series_uid if found is not None else series
         if slide_series:
             refs.append((instance["result_uid"], slide_series, sop))
-    db = _db(catalog)
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        if db.execute("SELECT 1 FROM result_instance WHERE result_uid=?", (instance["result_uid"],)).fetchone():
-            db.execute("ROLLBACK")
-            return
-        db.execute(f"INSERT INTO result_instance({','.join(instance)}) VALUES ({','.join('?' * len(instance))})",
-                   list(instance.values()))
-        db.executemany("INSERT OR IGNORE INTO result_ref VALUES (?,?,?)", refs)
+    with _db(catalog).transaction() as db:
+        if db.execute(f"INSERT INTO result_instance({','.join(instance)}) VALUES ({','.join('?' * len(instance))}) "
+                      "ON CONFLICT DO NOTHING RETURNING result_uid", list(instance.values())).fetchone() is None:
+            return  # recorded already (by this node's sync or another node's)
+        db.executemany("INSERT INTO result_ref(result_uid, slide_series_uid, slide_sop_uid) VALUES (?,?,?) "
+                       "ON CONFLICT DO NOTHING", refs)
         for g in groups:
             row = dict(g, result_uid=instance["result_uid"])
-            db.execute(f"INSERT OR IGNORE INTO result_group({','.join(row)}) VALUES ({','.join('?' * len(row))})",
-                       list(row.values()))
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+            db.execute(f"INSERT INTO result_group({','.join(row)}) VALUES ({','.join('?' * len(row))}) "
+                       "ON CONFLICT DO NOTHING", list(row.values()))
 
 
 def sync(catalog, batch: int = 5000, max_batches: int = 20) -> int:
@@ -224,8 +169,9 @@ def sync(catalog, batch: int = 5000, max_batches: int = 20) -> int:
                 record(catalog, ds)
                 recorded += 1
         last = rows[-1]["pk"]
-        db.execute("INSERT INTO result_sync(id, last_pk) VALUES (1, ?) "
-                   "ON CONFLICT(id) DO UPDATE SET last_pk=max(last_pk, excluded.last_pk)", (last,))
+        db.execute("INSERT INTO result_sync(id, last_pk) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET last_pk="
+                   "CASE WHEN excluded.last_pk > result_sync.last_pk THEN excluded.last_pk ELSE result_sync.last_pk END",
+                   (last,))
         if len(rows) < batch:
             break
     return recorded
@@ -234,7 +180,7 @@ def sync(catalog, batch: int = 5000, max_batches: int = 20) -> int:
 # --- reads ---------------------------------------------------------------------------------
 
 
-def _group_dict(row: sqlite3.Row) -> dict[str, Any]:
+def _group_dict(row) -> dict[str, Any]:
     return {
         "number": row["number"], "label": row["label"], "graphic_type": row["graphic_type"],
         "annotation_count": row["annotation_count"],
@@ -248,7 +194,7 @@ def _group_dict(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def _result_dict(row: sqlite3.Row, groups: list[dict[str, Any]]) -> dict[str, Any]:
+def _result_dict(row, groups: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "study": row["study_uid"], "series": row["series_uid"], "sop_instance": row["result_uid"],
         "kind": row["kind"], "sop_class": row["sop_class_uid"],
@@ -260,7 +206,7 @@ def _result_dict(row: sqlite3.Row, groups: list[dict[str, Any]]) -> dict[str, An
     }
 
 
-def _groups_of(db: sqlite3.Connection, uids: list[str]) -> dict[str, list[dict[str, Any]]]:
+def _groups_of(db, uids: list[str]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {u: [] for u in uids}
     for i in range(0, len(uids), 500):
         chunk = uids[i:i + 500]
@@ -272,11 +218,11 @@ def _groups_of(db: sqlite3.Connection, uids: list[str]) -> dict[str, list[dict[s
 
 def _readable(principal: Principal, study_uid_column: str) -> tuple[str, list[str]]:
     """Condition: the study named by ``study_uid_column`` is one ``principal`` may read."""
-    from archive.catalog import scope
+    from archive.catalog import UNRESTRICTED, scope
 
     cond, params = scope(principal)
-    if cond == "1":
-        return "1", []
+    if cond == UNRESTRICTED:
+        return cond, []
     return (f"EXISTS (SELECT 1 FROM study st WHERE st.study_instance_uid = {study_uid_column} AND {cond})",
             params)
 

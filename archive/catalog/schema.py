@@ -1,0 +1,152 @@
+"""The catalog's schema as numbered migrations, the same for both backends.
+
+Each migration is a list of statements written with SQLite's types; a backend's
+dialect maps the types (``Dialect.ddl``) and fills ``{rowid}`` / ``{rowid_column}``
+(SQLite's implicit row id, a column in PostgreSQL). ``schema_version`` records what a
+database has; ``migrate`` applies the rest in one transaction, under a lock, so nodes
+starting together migrate once. Never edit a released migration: add the next one.
+
+Migration 1 is the schema catalogs had before versioning (every statement ``IF NOT
+EXISTS``), so an unversioned SQLite catalog is adopted as it is.
+"""
+from __future__ import annotations
+
+import time
+
+from archive.catalog.database import Database
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    ("catalog, access-control collections, outbox, result links", [
+        "CREATE TABLE IF NOT EXISTS collection (name TEXT PRIMARY KEY)",
+        """CREATE TABLE IF NOT EXISTS patient (
+            pk INTEGER PRIMARY KEY,
+            patient_id TEXT, issuer_of_patient_id TEXT, patient_name TEXT,
+            patient_birth_date TEXT, patient_sex TEXT,
+            UNIQUE (patient_id, issuer_of_patient_id))""",
+        """CREATE TABLE IF NOT EXISTS study (
+            pk INTEGER PRIMARY KEY,
+            study_instance_uid TEXT NOT NULL UNIQUE,
+            patient_fk INTEGER NOT NULL REFERENCES patient(pk),
+            collection TEXT NOT NULL REFERENCES collection(name),
+            study_date TEXT, study_time TEXT, accession_number TEXT, study_id TEXT,
+            referring_physician_name TEXT, study_description TEXT,
+            attrs TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS series (
+            pk INTEGER PRIMARY KEY,
+            series_instance_uid TEXT NOT NULL UNIQUE,
+            study_fk INTEGER NOT NULL REFERENCES study(pk),
+            modality TEXT, series_number INTEGER, series_description TEXT, series_date TEXT, series_time TEXT,
+            pps_start_date TEXT, pps_start_time TEXT, body_part_examined TEXT,
+            attrs TEXT NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS instance (
+            pk INTEGER PRIMARY KEY,
+            sop_instance_uid TEXT NOT NULL UNIQUE,
+            series_fk INTEGER NOT NULL REFERENCES series(pk),
+            sop_class_uid TEXT NOT NULL, instance_number INTEGER, image_type TEXT, container_identifier TEXT,
+            number_of_frames INTEGER, rows INTEGER, columns INTEGER,
+            total_pixel_matrix_columns INTEGER, total_pixel_matrix_rows INTEGER,
+            concatenation_uid TEXT, in_concatenation_number INTEGER, concatenation_frame_offset INTEGER,
+            content_date TEXT, content_time TEXT,
+            transfer_syntax_uid TEXT NOT NULL, storage_id TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,
+            sha256 TEXT NOT NULL, frame_layout TEXT, frame_index BLOB,
+            attrs TEXT NOT NULL, header BLOB NOT NULL, created REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS series_study ON series(study_fk)",
+        "CREATE INDEX IF NOT EXISTS instance_series ON instance(series_fk)",
+        "CREATE INDEX IF NOT EXISTS study_patient ON study(patient_fk)",
+        "CREATE INDEX IF NOT EXISTS study_date_idx ON study(study_date)",
+        # Access control: a study belongs to one or more collections (study.collection is the first).
+        """CREATE TABLE IF NOT EXISTS study_collection (
+            study_fk INTEGER NOT NULL REFERENCES study(pk) ON DELETE CASCADE,
+            collection TEXT NOT NULL REFERENCES collection(name),
+            PRIMARY KEY (study_fk, collection)) WITHOUT ROWID""",
+        "CREATE INDEX IF NOT EXISTS study_collection_by_name ON study_collection(collection, study_fk)",
+        # catalogs written before study_collection existed: one row per study from study.collection
+        "INSERT INTO study_collection(study_fk, collection) SELECT pk, collection FROM study WHERE true "
+        "ON CONFLICT DO NOTHING",
+        """CREATE TABLE IF NOT EXISTS outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event TEXT NOT NULL, study_uid TEXT, series_uid TEXT, sop_instance_uid TEXT,
+            created_at REAL NOT NULL)""",
+        # AI results (archive/results/links.py)
+        """CREATE TABLE IF NOT EXISTS result_instance (
+            result_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
+            kind TEXT NOT NULL, sop_class_uid TEXT NOT NULL,
+            algorithm_name TEXT NOT NULL DEFAULT '', algorithm_version TEXT, algorithm_family TEXT,
+            creator TEXT, content_label TEXT, content_datetime TEXT NOT NULL DEFAULT '',
+            stored_at REAL NOT NULL{rowid_column})""",
+        """CREATE TABLE IF NOT EXISTS result_ref (
+            result_uid TEXT NOT NULL, slide_series_uid TEXT NOT NULL, slide_sop_uid TEXT NOT NULL,
+            PRIMARY KEY (result_uid, slide_sop_uid))""",
+        "CREATE INDEX IF NOT EXISTS result_ref_series ON result_ref(slide_series_uid)",
+        """CREATE TABLE IF NOT EXISTS result_group (
+            result_uid TEXT NOT NULL, number INTEGER NOT NULL, label TEXT, graphic_type TEXT,
+            annotation_count INTEGER,
+            property_type_code TEXT, property_type_scheme TEXT, property_type_meaning TEXT,
+            property_category_meaning TEXT, algorithm_type TEXT,
+            algorithm_name TEXT, algorithm_version TEXT, algorithm_family TEXT, measurements TEXT,
+            PRIMARY KEY (result_uid, number))""",
+        "CREATE TABLE IF NOT EXISTS result_sync (id INTEGER PRIMARY KEY CHECK (id = 1), last_pk INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS result_group_type ON result_group(property_type_code, property_type_meaning)",
+        """CREATE VIEW IF NOT EXISTS result_link AS
+        SELECT r.*, x.slide_series_uid,
+               CASE WHEN r.algorithm_name = '' THEN 1
+                    WHEN ROW_NUMBER() OVER (PARTITION BY x.slide_series_uid, r.kind, r.algorithm_name
+                                            ORDER BY r.content_datetime DESC, r.stored_at DESC, r.{rowid} DESC) = 1
+                    THEN 1 ELSE 0 END AS current
+        FROM result_instance r
+        JOIN (SELECT DISTINCT result_uid, slide_series_uid FROM result_ref) x ON x.result_uid = r.result_uid
+        JOIN instance i ON i.sop_instance_uid = r.result_uid""",
+    ]),
+    ("work shared by the nodes: leased work items and leases; the de-identification key and link vault; "
+     "indexes for accession number and patient name", [
+        # A work item is claimed by one node for ``lease_until``; a dead node's items come back when it runs out.
+        """CREATE TABLE IF NOT EXISTS work_item (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, payload TEXT NOT NULL,
+            due REAL NOT NULL, owner TEXT, lease_until REAL, attempts INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS work_item_due ON work_item(kind, due)",
+        # One holder at a time (e.g. the index worker that advances the outbox cursor), with its state.
+        """CREATE TABLE IF NOT EXISTS lease (
+            name TEXT PRIMARY KEY, owner TEXT, lease_until REAL NOT NULL, state TEXT)""",
+        # The pseudonym key every node uses (a shared catalog holds it; a SQLite archive keeps its key file).
+        "CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, value BLOB NOT NULL, created REAL NOT NULL)",
+        # The honest broker's sealed links (deid/vault.py), when the catalog is shared.
+        """CREATE TABLE IF NOT EXISTS deid_link (
+            kind TEXT NOT NULL, pseudonym TEXT NOT NULL, sealed BLOB NOT NULL,
+            PRIMARY KEY (kind, pseudonym))""",
+        "CREATE INDEX IF NOT EXISTS deid_link_pseudonym ON deid_link(pseudonym)",
+        # QIDO keys a large catalog is searched by that had no index (a 10-million-instance catalog)
+        "CREATE INDEX IF NOT EXISTS study_accession ON study(accession_number)",
+        "CREATE INDEX IF NOT EXISTS patient_name_lower ON patient(lower(patient_name))",
+    ]),
+]
+
+VERSION = len(MIGRATIONS)
+
+
+def version(db: Database) -> int:
+    """The schema version ``db`` has (0: empty, or a catalog from before versioning)."""
+    db.execute(db.dialect.ddl("CREATE TABLE IF NOT EXISTS schema_version "
+                              "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied REAL NOT NULL)"))
+    return db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+
+def migrate(db: Database, target: int = VERSION) -> int:
+    """Bring ``db`` to ``target``; returns the version it had. A database newer than this code is refused."""
+    have = version(db)
+    if have > VERSION:
+        raise RuntimeError(f"the catalog {db.location} has schema version {have}, newer than this "
+                           f"slidearchive ({VERSION}): upgrade slidearchive")
+    if have >= target:
+        return have
+    with db.transaction() as session:
+        db.lock(session, "slidearchive schema")
+        have = session.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+        d = db.dialect
+        for number in range(have + 1, target + 1):
+            name, statements = MIGRATIONS[number - 1]
+            for statement in statements:
+                session.execute(d.ddl(statement.format(rowid=d.rowid, rowid_column=d.rowid_column)))
+            session.execute("INSERT INTO schema_version(version, name, applied) VALUES (?,?,?)",
+                            (number, name, time.time()))
+    return have
