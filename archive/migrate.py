@@ -205,9 +205,11 @@ def move_deid_key(source_dir: Path, settings, destination) -> None:
     if not source_key.is_file():
         return  # the source never de-identified with its own key (key_file policies carry theirs)
     key = read_key(source_key)
-    adopt = getattr(destination, "adopt_shared_secret", None)
-    if adopt is not None:  # a shared catalog keeps the key for every node
-        adopt(DEID_KEY_NAME, key)
+    if getattr(destination, "shared", False):  # a shared catalog keeps the key for every node
+        try:
+            destination.adopt_shared_secret(DEID_KEY_NAME, key)
+        except ValueError as e:
+            raise MigrationRefused(f"{e}; migrate into an empty destination") from None
         return
     target = settings.data_dir / "secrets" / "deid.key"
     if target.is_file():
@@ -247,9 +249,8 @@ def move_link_vault(source_dir: Path, settings, destination) -> int:
         rows = db.execute("SELECT kind, pseudonym, sealed FROM links").fetchall()
     if not rows:
         return 0
-    vault_rows = getattr(destination, "add_sealed_links", None)
-    if vault_rows is not None:  # a shared catalog's vault
-        vault_rows(rows)
+    if getattr(destination, "shared", False):  # a shared catalog's vault
+        destination.add_sealed_links(rows)
         return len(rows)
     from deid.vault import _SCHEMA
 

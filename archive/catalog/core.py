@@ -563,6 +563,21 @@ class Catalog:
                         (name, secrets.token_bytes(size), time.time()))
         return bytes(self.db.execute("SELECT value FROM secret WHERE name=?", (name,)).fetchone()[0])
 
+    def adopt_shared_secret(self, name: str, value: bytes) -> None:
+        """Keep ``value`` as the shared secret ``name`` (``slidearchive migrate`` bringing an archive's
+        pseudonym key); ValueError when the catalog already holds a different one."""
+        self.db.execute("INSERT INTO secret(name, value, created) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                        (name, value, time.time()))
+        if bytes(self.db.execute("SELECT value FROM secret WHERE name=?", (name,)).fetchone()[0]) != value:
+            raise ValueError(f"the catalog already holds a different {name}")
+
+    def add_sealed_links(self, rows) -> None:
+        """The broker's sealed links (kind, pseudonym, sealed) into the shared vault; the first of a
+        pseudonym wins, as in deid.vault."""
+        with self.db.transaction() as db:
+            db.executemany("INSERT INTO deid_link(kind, pseudonym, sealed) VALUES (?,?,?) ON CONFLICT DO NOTHING",
+                           [tuple(r) for r in rows])
+
     def ping(self) -> None:
         """One read; raises when the catalog cannot be read (``CatalogUnavailable`` for a server)."""
         self._db().execute("SELECT 1 FROM instance LIMIT 1").fetchall()
