@@ -86,9 +86,15 @@ def _text(body: Mapping[str, Any], name: str, required: bool, limit: int = MAX_T
     return value
 
 
+#: Paths under /api/datasets that are not datasets (datasets/access_api.py).
+RESERVED_IDS = frozenset({"applications", "grants", "visas"})
+
+
 def check_id(value: Any) -> str:
     if not isinstance(value, str) or not ID.fullmatch(value):
         raise InvalidRequest("id must be 2-63 characters of a-z, 0-9 and '-', starting with a letter or digit")
+    if value in RESERVED_IDS:
+        raise InvalidRequest(f"id {value!r} is reserved (it names an API path under /api/datasets)")
     return value
 
 

@@ -260,6 +260,7 @@ def _state(server: Server) -> tuple:
     ("POST", "", dict(DERM, id="x5", colour="red"), 400, "unknown field"),
     ("POST", "", dict(DERM, id="x6", search="sort=series_uid"), 400, "filters only"),
     ("POST", "", dict(DERM, id="derm-2024"), 409, "exists already"),
+    ("POST", "", dict(DERM, id="grants"), 400, "reserved"),
     ("POST", "", "not an object", 400, "JSON object"),
     ("PUT", "/no-such-dataset", {"title": "t"}, 404, "no dataset"),
     ("POST", "/derm-2024/series", {"add": ["1.2.3.999"]}, 404, "no series"),
