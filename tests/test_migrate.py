@@ -20,6 +20,8 @@ from slides import SlideSpec, make_slide
 from test_auth import stow
 
 pytestmark = pytest.mark.slow
+#: The source is a single-machine archive whichever catalog the suite's other servers use.
+SINGLE_MACHINE = '[catalog]\nurl = ""\n'
 
 
 def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -31,7 +33,7 @@ def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess
 def source(tmp_path_factory):
     """A stopped single-machine archive (Basic Profile, keyed pseudonyms) holding three slides."""
     root = tmp_path_factory.mktemp("source")
-    server = Server(root / "server", "").start()
+    server = Server(root / "server", SINGLE_MACHINE).start()
     slides = []
     for n in range(3):
         paths = make_slide(root / f"slide{n}", SlideSpec(width=500, height=400, seed=610 + n,
@@ -53,7 +55,7 @@ def instances(server: Server) -> dict[str, dict]:
     return {i["00080018"]["Value"][0]: i for i in r.json()}
 
 
-def destination(root: Path, name: str, config: str = "") -> Server:
+def destination(root: Path, name: str, config: str = SINGLE_MACHINE) -> Server:
     server = Server(root / name, config)
     server.data_dir.mkdir(parents=True)
     return server
@@ -64,10 +66,13 @@ def migrate(source: Server, dest: Server, *extra: str) -> subprocess.CompletedPr
                "--source-config", str(source.config_path), "--quiet", *extra)
 
 
-def test_migrate_in_two_runs_then_serve_the_same_archive(source, tmp_path):
+@pytest.mark.parametrize("catalog", ["sqlite", "postgresql"])
+def test_migrate_in_two_runs_then_serve_the_same_archive(source, tmp_path, request, catalog):
     src, slides, teaching_study = source
     total = sum(len(s) for s in slides)
-    dest = destination(tmp_path, "dest")
+    config = SINGLE_MACHINE if catalog == "sqlite" else \
+        f'[catalog]\nurl = "{request.getfixturevalue("postgresql_url")}"\n'
+    dest = destination(tmp_path, "dest", config)
     first = migrate(src, dest, "--limit", "3")
     assert first.returncode == 1 and "3 instances copied and verified" in first.stdout, first.stdout + first.stderr
     assert f"{total - 3} left for the next run" in first.stdout
