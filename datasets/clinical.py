@@ -124,12 +124,17 @@ def scanner(series: dict[str, Any]) -> str | None:
     return " ".join(parts) or None
 
 
-def case_key(data_dir) -> bytes:
-    """The key of release-local case pseudonyms, derived from the archive's pseudonym key
-    (``<data_dir>/secrets/deid.key``, shared by every node), so no second secret is kept."""
-    from deid.policy import default_key
+def case_key(data_dir, catalog=None) -> bytes:
+    """The key of release-local case pseudonyms, derived from the archive's pseudonym key, so no
+    second secret is kept: the key a shared catalog holds for every node, else
+    ``<data_dir>/secrets/deid.key``. Every node then names a case alike."""
+    if catalog is not None and catalog.shared:
+        base = catalog.shared_secret("deid pseudonym key")
+    else:
+        from deid.policy import default_key
 
-    return hmac.new(default_key(data_dir), b"slidearchive dataset case pseudonyms", hashlib.sha256).digest()
+        base = default_key(data_dir)
+    return hmac.new(base, b"slidearchive dataset case pseudonyms", hashlib.sha256).digest()
 
 
 def case_id(key: bytes, dataset_id: str, patient_id: str, issuer: str) -> str:

@@ -109,7 +109,7 @@ class Curation:
         settings = self.archive.settings
         made = self._run("release", f"dataset {dataset_id}", lambda: release.freeze(
             self.catalog, dataset_id, principal=self.principal, released_by=self.subject,
-            key=clinical.case_key(settings.data_dir), open_index=self._open_index,
+            key=clinical.case_key(settings.data_dir, self.catalog), open_index=self._open_index,
             doi_prefix=settings.datasets.doi_prefix), code="C")
         self._record("DICOMInstancesAccessed", "C",
                      f"release {made.id} ({made.identifier}): {made.counts['instances']} instances, "

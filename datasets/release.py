@@ -219,8 +219,8 @@ def _annotation_count(catalog, result_uids: list[str]) -> int:
     db = reader(catalog)
     total = 0
     for part in _chunks(result_uids):
-        total += db.execute(f"SELECT coalesce(sum(annotation_count), 0) FROM result_group WHERE result_uid IN "
-                            f"({','.join('?' * len(part))})", part).fetchone()[0]
+        total += int(db.execute(f"SELECT coalesce(sum(annotation_count), 0) FROM result_group WHERE result_uid IN "
+                                f"({','.join('?' * len(part))})", part).fetchone()[0])  # PostgreSQL: a numeric
     return total
 
 

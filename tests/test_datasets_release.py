@@ -13,6 +13,8 @@ from archive.errors import Conflict, InvalidRequest, NotFound
 from archive.ingest import Origin
 from archive.service import Archive
 from datasets import model, release
+import pg_cluster
+from conftest import TEST_CATALOG
 from slides import SlideSpec, make_slide
 
 KEY = b"k" * 32
@@ -24,8 +26,10 @@ BODY = {"title": "Synthetic breast biopsies", "description": "Two generated slid
 def archive(tmp_path_factory) -> Archive:
     root = tmp_path_factory.mktemp("dsrelease")
     config = root / "config.toml"
-    config.write_text('[deid]\ndefault = "identified"\n[deid.policies.identified]\nidentified = true\n'
-                      '[auth]\nenabled = false\n')
+    text = '[deid]\ndefault = "identified"\n[deid.policies.identified]\nidentified = true\n[auth]\nenabled = false\n'
+    if TEST_CATALOG == "postgresql":  # the suite run against PostgreSQL
+        text += f'[catalog]\nurl = "{pg_cluster.shared_cluster().create_database()}"\n'
+    config.write_text(text)
     a = Archive(load_settings(config, data_dir=root / "data"))
     for seed in (1, 2, 3):
         for f in make_slide(root / f"slide{seed}", SlideSpec(seed=seed, patient_id=f"PAT-{seed}", label=False)):
