@@ -20,7 +20,7 @@ FACETS = (
     ("collection", "Collection"),
     ("specimen.anatomy_codes", "Organ / anatomic structure"),
     ("specimen.stain_codes", "Stain"),
-    ("specimen.container_type_codes", "Specimen type"),
+    ("specimen.container_type_codes", "Specimen container"),
     ("specimen.processing_types", "Processing"),
     ("scanner.manufacturer", "Scanner"),
     ("scanner.model", "Scanner model"),

@@ -93,7 +93,7 @@ def test_a_facet_narrows_and_greys_what_no_longer_matches(archive, page):
     open_search(page, f"{archive.url}/")
     research = facet_row(page, "collection", "research")
     assert research.locator(".count").inner_text() == "1"
-    page.get_by_label("research", exact=True).check()
+    page.get_by_label("research", exact=True).click()
     page.wait_for_url("**/?collection=research")
     wait_results(page)
     assert hit_links(page) == [f"/slides/{archive.series['prostate']}"]
@@ -142,3 +142,14 @@ def test_an_index_that_is_down_is_said(tmp_path, page):
         assert "unavailable" in page.locator("#page-errors").inner_text()
     finally:
         server.stop()
+
+
+def test_sorted_pages(archive, page):
+    open_search(page, f"{archive.url}/?sort=collection&size=1")  # research before teaching, one a page
+    assert hit_links(page) == [f"/slides/{archive.series['prostate']}"]
+    assert page.locator("#pager [aria-current=page]").inner_text() == "1"
+    page.get_by_role("link", name="Next").click()
+    page.wait_for_url("**/?sort=collection&size=1&page=2")
+    wait_results(page)
+    assert hit_links(page) == [f"/slides/{archive.series['breast']}"]
+    assert "showing 2–2" in page.locator("#search-status").inner_text()
