@@ -24,7 +24,16 @@ from slides import SlideSpec, make_slide
 from test_auth import bearer, cli, stow, with_admin_key
 from test_results_support import feature
 
-CONFIG = '[auth]\nenabled = true\ntoken_cache_seconds = 300\n[datasets]\npublisher = "Example Pathology Archive"\n'
+CONFIG = """
+[auth]
+enabled = true
+token_cache_seconds = 300
+[datasets]
+publisher = "Example Pathology Archive"
+[[dimse.peer]]
+ae_title = "USERS"
+allow = ["query", "retrieve"]
+"""
 DATASET = {"id": "skin-2024", "title": "Synthetic skin biopsies", "description": "Two generated slides.",
            "license": "CC-BY-4.0", "collection": "skin", "contributors": [{"name": "Doe, Jane"}]}
 APPLICATION = {"project": "Tumour detector", "purpose": "Train and validate a tumour detection model."}
@@ -336,3 +345,54 @@ def test_the_command_line_downloads_resumes_and_verifies(server, release, tmp_pa
     server.keys.setdefault("frank", researcher(server, "frank"))
     refused = run_download(server, "frank", tmp_path / "elsewhere")
     assert refused.returncode == 1 and "HTTP 403" in refused.stderr and "needs a grant" in refused.stderr
+
+
+def c_find_studies(server: Server, key: str) -> set[str]:
+    """Study Instance UIDs a C-FIND finds on an association whose user identity is the API key."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from test_auth_dimse import SCP_AE, _identity
+
+    ae = AE(ae_title="USERS")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=SCP_AE, ext_neg=[_identity(2, "researcher", key)])
+    assert assoc.is_established
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ""
+    found = {str(ds.StudyInstanceUID) for status, ds in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+             if status and status.Status in (0xFF00, 0xFF01) and ds is not None}
+    assoc.release()
+    return found
+
+
+def searched(server: Server, key: str) -> set[str]:
+    r = requests.get(f"{server.url}/api/search", params={"size": 100}, headers=bearer(key))
+    assert r.status_code == 200, r.text
+    return {h["study_uid"] for h in r.json()["hits"]}
+
+
+def test_every_door_follows_the_grant(server, release):
+    """QIDO-RS, frames, /api/search and C-FIND: nothing before the grant, the release with it, nothing once revoked."""
+    studies = {study for study, _ in release["series"]}
+    study, series = release["series"][0]
+    key = researcher(server, "gina")
+    subject = requests.get(f"{server.url}/api/whoami", headers=bearer(key)).json()["subject"]
+    server.keys["gina"], server.subjects["gina"] = key, subject
+    sop = next(i["sop_instance_uid"] for i in release["manifest"]["items"] if i["series_uid"] == series)
+    frame = f"{server.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/1"
+
+    def doors() -> tuple[bool, bool, set[str], set[str]]:
+        return (sees(server, "gina", study), requests.get(frame, headers=bearer(key)).status_code == 200,
+                searched(server, key) & studies, c_find_studies(server, key) & studies)
+
+    assert doors() == (False, False, set(), set())
+    app = granted(server, "gina", in_a_minute())
+    deadline = time.time() + 30  # the release's series reach the search index through the outbox
+    while searched(server, key) & studies != studies and time.time() < deadline:
+        time.sleep(0.3)
+    assert doors() == (True, True, studies, studies)
+    assert api(server, "POST", f"/applications/{app['id']}/revoke", "dac", {"reason": "ended"}).status_code == 200
+    assert doors() == (False, False, set(), set())
