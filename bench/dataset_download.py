@@ -10,9 +10,10 @@ and a dataset of that collection is released through ``datasets.release.freeze``
 - ``curl`` fetches ``/api/datasets/bench/releases/1/download.tar`` to /dev/null
   (the archive reads every file, writes tar headers, streams over loopback HTTP);
 - ``tar -cf - -T <the same files> | cat > /dev/null`` reads the same stored files
-  (GNU tar skips reading when it writes to /dev/null itself, hence the pipe).
+  (GNU tar skips reading when it writes to /dev/null itself, hence the pipe), with tar's
+  default 10 KiB records and with ``-b 2048`` (1 MiB records, the size the server reads).
 
-The ratio (HTTP MB/s over tar's) is what to compare across machines; both read
+The ratio (HTTP MB/s over the faster tar's) is what to compare across machines; both read
 what the page cache holds of the files (this machine has more RAM than the default
 size; the 10 GB run is partly from disk). A resumed half (Range) is checked to be the
 same bytes as the whole's second half.
@@ -144,26 +145,31 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}/api/datasets/bench/releases/1/download.tar"
         size = int(subprocess.run(["curl", "-sfI", url], capture_output=True, text=True, check=True).stdout
                    .lower().split("content-length:")[1].split()[0])
-        http, tar = [], []
+        http, tar, tar_1m = [], [], []
+        tar_cmd = f"-cf - -C '{archive.storage.root}' -T '{file_list}' | cat > /dev/null"
         for _ in range(args.rounds):
             http.append(_timed(f"curl -sf -o /dev/null '{url}'"))
-            tar.append(_timed(f"tar -cf - -C '{archive.storage.root}' -T '{file_list}' | cat > /dev/null"))
+            tar.append(_timed(f"tar {tar_cmd}"))
+            tar_1m.append(_timed(f"tar -b 2048 {tar_cmd}"))  # 1 MiB records: as few syscalls as the server's reads
         half = size // 2  # a resumed second half is the whole's second half
         whole_tail = subprocess.run(f"curl -sf '{url}' | tail -c +{half + 1} | sha256sum", shell=True,
                                     capture_output=True, text=True, check=True).stdout.split()[0]
         resumed = subprocess.run(f"curl -sf -H 'Range: bytes={half}-' '{url}' | sha256sum", shell=True,
                                  capture_output=True, text=True, check=True).stdout.split()[0]
         assert whole_tail == resumed, "a resumed download differs from the whole"
-        http_mbs, tar_mbs = size / statistics.median(http) / 1e6, stored / statistics.median(tar) / 1e6
+        http_mbs = size / statistics.median(http) / 1e6
+        tar_mbs, tar_1m_mbs = (stored / statistics.median(t) / 1e6 for t in (tar, tar_1m))
+        best = max(tar_mbs, tar_1m_mbs)
         result = {"release_bytes": stored, "files": len(items), "archive_bytes": size,
                   "generate_s": round(generated, 1), "http_s": [round(t, 2) for t in http],
-                  "tar_s": [round(t, 2) for t in tar], "http_mb_s": round(http_mbs, 1), "tar_mb_s": round(tar_mbs, 1),
-                  "ratio": round(http_mbs / tar_mbs, 2), "resume_identical": True,
+                  "tar_s": [round(t, 2) for t in tar], "tar_b2048_s": [round(t, 2) for t in tar_1m],
+                  "http_mb_s": round(http_mbs, 1), "tar_mb_s": round(tar_mbs, 1), "tar_b2048_mb_s": round(tar_1m_mbs, 1),
+                  "ratio_to_faster_tar": round(http_mbs / best, 2), "resume_identical": True,
                   "load_average": round(os.getloadavg()[0], 1)}
         print(json.dumps(result, indent=1))
-        print(f"\n{stored / 1e9:.1f} GB release ({len(items)} files): download.tar over HTTP {http_mbs:,.0f} MB/s, "
-              f"tar from disk {tar_mbs:,.0f} MB/s, ratio {http_mbs / tar_mbs:.2f} (medians of {args.rounds}; "
-              f"load average {result['load_average']})")
+        print(f"\n{stored / 1e9:.1f} GB release ({len(items)} files): download.tar over HTTP {http_mbs:,.0f} MB/s; "
+              f"tar from disk {tar_mbs:,.0f} MB/s (tar -b 2048: {tar_1m_mbs:,.0f} MB/s); ratio to the faster tar "
+              f"{http_mbs / best:.2f} (medians of {args.rounds}; load average {result['load_average']})")
         return 0
     finally:
         procs.stop_group(server)

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import re
 import secrets
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
@@ -318,11 +319,11 @@ def list_grants(catalog, *, subject: str | None = None, release_id: str | None =
 def grants_for(catalog, subject: str) -> tuple[dict[str, frozenset[str]], str | None]:
     """(read roles on the collections of ``subject``'s active grants, the earliest of their expiries).
 
-    Called on every credential resolution (authentication), so one indexed query."""
+    Called on every credential resolution (authentication), so one indexed query and a cheap clock."""
     rows = reader(catalog).execute(
         "SELECT g.collection, min(g.expires_at) FROM dataset_grant g JOIN dataset_release r ON r.id=g.release_id "
         "WHERE g.subject=? AND g.revoked_at IS NULL AND g.expires_at > ? AND r.withdrawn_at IS NULL "
-        "GROUP BY g.collection", (subject, now())).fetchall()
+        "GROUP BY g.collection", (subject, time.strftime(TIME, time.gmtime()))).fetchall()
     if not rows:
         return {}, None
     return {c: frozenset({"read"}) for c, _ in rows}, min(e for _, e in rows)

@@ -1,14 +1,18 @@
-"""``slidearchive dataset apply|approve|reject|revoke|applications|grants`` on the archive host.
+"""``slidearchive dataset apply|approve|reject|revoke|applications|grants``.
 
-Whoever runs these can read the data directory, so they act for the data access
-committee with the operator's login name (``local:<user>``) as the decider, and
-every step goes to the audit trail like the API's (``datasets.access.Desk``).
+On the archive host, whoever runs these can read the data directory, so they act
+for the data access committee with the operator's login name (``local:<user>``) as
+the decider. With ``--url`` (and a key or token in ``--token`` or
+``SLIDEARCHIVE_TOKEN``) they are a client of that archive's API instead, as the
+researcher or committee member the credentials name. Either way every step goes
+to the audit trail (``datasets.access.Desk``).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 from typing import Any, Iterator
 
 from archive.auth.access import Principal
@@ -33,6 +37,39 @@ def _desk(args: argparse.Namespace) -> Iterator[access.Desk]:
         curation.catalog.close()
 
 
+class _Remote(argparse.Action):
+    """``--url``: this command talks to that archive's API (no local data directory needed)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.remote = True
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict | None = None,
+          params: dict | None = None) -> dict[str, Any]:
+    import requests
+
+    from .download_cli import TOKEN_ENV, _check
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = requests.request(method, f"{args.url.rstrip('/')}/api/datasets{path}", json=body, params=params,
+                             headers=headers, timeout=60)
+    except requests.RequestException as e:
+        from .download_cli import RemoteRefused
+
+        raise RemoteRefused(f"{args.url} did not answer ({type(e).__name__})") from None
+    _check(r, f"{method} /api/datasets{path}")
+    return r.json()
+
+
+def _app(obj: dict[str, Any]) -> access.Application:
+    fields = {k: obj.get(k) for k in access._APP_COLUMNS}
+    fields["members"] = tuple(fields["members"] or ())
+    return access.Application(**fields)
+
+
 def _print(args: argparse.Namespace, obj: Any, text: str) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False) if args.json else text)
 
@@ -43,14 +80,29 @@ def _line(app: access.Application) -> str:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    with _desk(args) as desk:
-        app = desk.apply(release_id(args.id, args.version), {"project": args.project, "purpose": args.purpose,
-                                                              "members": args.member or []})
+    body = {"project": args.project, "purpose": args.purpose, "members": args.member or []}
+    if args.url:
+        app = _app(_call(args, "POST", f"/{args.id}/releases/{args.version}/applications", body))
+    else:
+        with _desk(args) as desk:
+            app = desk.apply(release_id(args.id, args.version), body)
     _print(args, app.to_json(), f"application {app.id} submitted for {app.release_id} (pending)")
     return 0
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
+    if args.url:
+        action = args.dataset_command
+        body = {"reason": args.reason} if args.reason else {}
+        if action == "approve":
+            body["expires"] = args.expires
+        if action == "revoke" and args.member:
+            body["members"] = args.member
+        answer = _call(args, "POST", f"/applications/{args.application}/{action}", body)
+        app = _app(answer)
+        text = f"revoked ({answer['revoked_grants']} grants)" if action == "revoke" else f"{action}d"
+        _print(args, app.to_json(), f"application {app.id} {text}: {_line(app)}")
+        return 0
     with _desk(args) as desk:
         if args.dataset_command == "approve":
             body = {"expires": args.expires, **({"reason": args.reason} if args.reason else {})}
@@ -66,9 +118,13 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_applications(args: argparse.Namespace) -> int:
-    with _desk(args) as desk:
-        rid = release_id(args.id, args.version) if args.id and args.version else None
-        found = access.list_applications(desk.catalog, release_id=rid, status=args.status)
+    rid = release_id(args.id, args.version) if args.id and args.version else None
+    if args.url:
+        params = {k: v for k, v in (("release", rid), ("status", args.status)) if v}
+        found = [_app(a) for a in _call(args, "GET", "/applications", params=params)["applications"]]
+    else:
+        with _desk(args) as desk:
+            found = access.list_applications(desk.catalog, release_id=rid, status=args.status)
     if args.json:
         _print(args, {"applications": [a.to_json() for a in found]}, "")
     else:
@@ -78,9 +134,15 @@ def cmd_applications(args: argparse.Namespace) -> int:
 
 
 def cmd_grants(args: argparse.Namespace) -> int:
-    with _desk(args) as desk:
-        rid = release_id(args.id, args.version) if args.id and args.version else None
-        found = access.list_grants(desk.catalog, subject=args.subject, release_id=rid, active_only=args.active)
+    rid = release_id(args.id, args.version) if args.id and args.version else None
+    if args.url:
+        params = {k: v for k, v in (("release", rid), ("subject", args.subject), ("active", args.active and "1"))
+                  if v}
+        found = [access.Grant(**{k: g.get(k) for k in access._GRANT_COLUMNS})
+                 for g in _call(args, "GET", "/grants", params=params)["grants"]]
+    else:
+        with _desk(args) as desk:
+            found = access.list_grants(desk.catalog, subject=args.subject, release_id=rid, active_only=args.active)
     if args.json:
         _print(args, {"grants": [g.to_json() for g in found]}, "")
     else:
@@ -91,6 +153,12 @@ def cmd_grants(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any, output: argparse.ArgumentParser) -> None:
+    remote = argparse.ArgumentParser(add_help=False, parents=[output])
+    remote.add_argument("--url", action=_Remote, default=None,
+                        help="act through this archive's API (e.g. https://archive.example.org), not on this host")
+    remote.add_argument("--token", help="with --url: an API key or access token (default: $SLIDEARCHIVE_TOKEN)")
+    remote.set_defaults(remote=False)
+    output = remote
     a = sub.add_parser("apply", parents=[output], help="apply for access to a release")
     a.add_argument("id", help="dataset id")
     a.add_argument("version", type=int)

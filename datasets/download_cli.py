@@ -35,6 +35,13 @@ class DownloadFailed(ArchiveError):
     title = "Download failed"
 
 
+class RemoteRefused(ArchiveError):
+    """The archive answered an HTTP error (its status and message are shown)."""
+
+    http_status = 502
+    title = "The archive refused"
+
+
 class Progress:
     """Bytes done of a total, on stderr: redrawn with ``\\r`` on a terminal, a line per 10 % otherwise."""
 
@@ -86,7 +93,7 @@ def _check(response, what: str) -> None:
             message = response.json().get("message", "")
         except ValueError:
             message = response.text[:200]
-        raise DownloadFailed(f"{what}: HTTP {response.status_code} {message}".rstrip())
+        raise RemoteRefused(f"{what}: HTTP {response.status_code} {message}".rstrip())
 
 
 def fetch(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:

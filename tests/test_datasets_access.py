@@ -396,3 +396,65 @@ def test_every_door_follows_the_grant(server, release):
     assert doors() == (True, True, studies, studies)
     assert api(server, "POST", f"/applications/{app['id']}/revoke", "dac", {"reason": "ended"}).status_code == 200
     assert doors() == (False, False, set(), set())
+
+
+def test_another_archive_honours_the_visa(server, release, tmp_path_factory):
+    """A second archive that trusts this one's visas ([[auth.visa_issuer]] with its jku) lets the grantee,
+    logging in there through a real OIDC provider whose token carries the visa, read the mapped collection."""
+    from oidc_providers import MockOAuth2
+
+    granted(server, "alice", in_a_minute())
+    visa = api(server, "GET", "/visas", "alice").json()["ga4gh_passport_v1"][0]
+    value = jwt.decode(visa, options={"verify_signature": False})["ga4gh_visa_v1"]["value"]
+    claims = {"sub": "alice-elsewhere", "aud": ["slidearchive"]}
+    oidc = MockOAuth2(tmp_path_factory.mktemp("visa-oidc"), [{"issuerId": "test", "requestMappings": [
+        {"requestParam": "scope", "match": "passport", "claims": dict(claims, ga4gh_passport_v1=[visa])},
+        {"requestParam": "scope", "match": "plain", "claims": claims}]}])
+    other = None
+    try:
+        config = (f'[auth]\nenabled = true\n[[auth.issuer]]\nissuer = "{oidc.issuer()}"\naudience = ["slidearchive"]\n'
+                  f'[[auth.visa_issuer]]\nissuer = "{server.url}"\njku = ["{server.url}/api/datasets/visas/jwks.json"]\n'
+                  f'collections = {{ "{value}" = "mirror" }}\n')
+        other = with_admin_key(tmp_path_factory.mktemp("other-archive"), config).start()
+        paths = make_slide(tmp_path_factory.mktemp("mirror"), SlideSpec(width=256, height=256, seed=990, label=False,
+                                                                      overview=False))
+        r = stow(other, paths, "mirror", other.admin)
+        assert r.status_code in (200, 202), r.text
+        study = r.json()["00081190"]["Value"][0].rsplit("/studies/", 1)[1]
+
+        def found(scope: str) -> int:
+            r = requests.get(f"{other.dicomweb}/studies", params={"StudyInstanceUID": study},
+                             headers=bearer(oidc.token(scope)))
+            assert r.status_code in (200, 204), r.text
+            return len(r.json()) if r.status_code == 200 else 0
+
+        assert found("passport") == 1 and found("plain") == 0
+    finally:
+        if other is not None:
+            other.stop()
+        oidc.stop()
+
+
+def dataset_cli(server: Server, who: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archive.cli", "dataset", *args, "--url", server.url, "--json"],
+                          cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "SLIDEARCHIVE_TOKEN": server.keys[who]})
+
+
+def test_the_command_line_applies_and_decides_through_the_api(server, release):
+    key = researcher(server, "hana")
+    subject = requests.get(f"{server.url}/api/whoami", headers=bearer(key)).json()["subject"]
+    server.keys["hana"] = key
+    applied = dataset_cli(server, "hana", "apply", "skin-2024", "1", "--project", "Reader study",
+                          "--purpose", "Compare pathologists with a model.", "--member", subject)
+    assert applied.returncode == 0, applied.stderr
+    app = json.loads(applied.stdout)["id"]
+    refused = dataset_cli(server, "hana", "approve", app, "--expires", in_a_minute())
+    assert refused.returncode == 1 and "HTTP 403" in refused.stderr and "dac role" in refused.stderr
+    approved = dataset_cli(server, "dac", "approve", app, "--expires", in_a_minute(), "--reason", "fine")
+    assert approved.returncode == 0 and json.loads(approved.stdout)["status"] == "approved", approved.stderr
+    grants = json.loads(dataset_cli(server, "hana", "grants", "--active").stdout)["grants"]
+    assert [(g["subject"], g["release_id"]) for g in grants] == [(subject, "skin-2024:v1")]
+    revoked = dataset_cli(server, "dac", "revoke", app, "--reason", "study over")
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["state"] == "revoked", revoked.stderr
+    assert json.loads(dataset_cli(server, "hana", "grants", "--active").stdout)["grants"] == []
