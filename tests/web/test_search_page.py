@@ -3,10 +3,12 @@ facets find stored slides, thumbnails load, the query lives in the address, no s
 axe-core clean; a search the index cannot answer and an index that is down are said in words."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -14,6 +16,7 @@ from conftest import IDENTIFIED, Server, free_port
 from harness import assert_accessible, chromium, page  # noqa: F401  (the browser fixtures)
 from slides import SlideSpec, make_slide
 from test_datasets_api import stow
+from test_results_support import api, feature
 
 
 def relabel(paths: list[Path], organ: tuple[str, str, str], description: str) -> list[Path]:
@@ -33,7 +36,7 @@ def relabel(paths: list[Path], organ: tuple[str, str, str], description: str) ->
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    """Two slides: a breast H&E in "teaching", a prostate biopsy in "research"."""
+    """Two slides: a breast H&E in "teaching" with one AI result, a prostate biopsy in "research"."""
     server = Server(tmp_path_factory.mktemp("search-page"), IDENTIFIED, dimse=False).start()
     breast = make_slide(tmp_path_factory.mktemp("breast"), SlideSpec(width=768, height=512, seed=41, label=False))
     prostate = relabel(make_slide(tmp_path_factory.mktemp("prostate"),
@@ -44,6 +47,15 @@ def archive(tmp_path_factory):
     stow(server, prostate, "research")
     server.series = {name: str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
                      for name, paths in (("breast", breast), ("prostate", prostate))}
+    status, made = api(server, "POST", f"/slides/{server.series['breast']}/annotations",  # an AI result on one
+                       {"geojson": {"type": "FeatureCollection", "features": [
+                           feature("Polygon", [[[100, 100], [160, 100], [160, 160], [100, 100]]], "Tumor")]},
+                        "algorithm": {"name": "cellfinder", "version": "2.1"}})
+    assert status == 201, made
+    deadline = time.time() + 30  # the index worker picks the result up from the catalog's outbox
+    while not requests.get(f"{server.url}/api/search", params={"ai.present": "true"}).json()["total"]:
+        assert time.time() < deadline, "the AI result never reached the index"
+        time.sleep(0.2)
     yield server
     server.stop()
 
@@ -153,3 +165,12 @@ def test_sorted_pages(archive, page):
     wait_results(page)
     assert hit_links(page) == [f"/slides/{archive.series['breast']}"]
     assert "showing 2–2" in page.locator("#search-status").inner_text()
+
+
+def test_has_ai_results(archive, page):
+    open_search(page, f"{archive.url}/")
+    page.get_by_label("Yes", exact=True).click()
+    page.wait_for_url("**/?ai.present=true")
+    wait_results(page)
+    assert hit_links(page) == [f"/slides/{archive.series['breast']}"]
+    assert "cellfinder (1 annotation)" in page.locator("#hits .hit").first.inner_text()

@@ -185,7 +185,9 @@ function drawHit (hit) {
   fact(dl, 'Size', p.width ? `${p.width.toLocaleString('en')} × ${p.height.toLocaleString('en')} px, ${p.level_count} levels` : '')
   fact(dl, 'Magnification', hit.magnification ? `${hit.magnification}×` : '')
   fact(dl, 'Study date', hit.study && hit.study.date ? hit.study.date.replace(/^(\d{4})(\d\d)(\d\d)$/, '$1-$2-$3') : '')
-  fact(dl, 'AI results', hit.ai && hit.ai.present ? `${(hit.ai.algorithms || []).join(', ') || 'yes'} (${hit.ai.annotation_count || 0} annotations)` : 'none')
+  const n = (hit.ai && hit.ai.annotation_count) || 0
+  fact(dl, 'AI results', hit.ai && hit.ai.present
+    ? `${(hit.ai.algorithms || []).join(', ') || 'yes'} (${n.toLocaleString('en')} annotation${n === 1 ? '' : 's'})` : 'none')
   li.append(thumbLink, h3, dl)
   loadThumbnail(img, hit)
   return li
