@@ -406,7 +406,7 @@ class _HashedFile:
             return self._file.write(data)
         except OSError as e:
             raise_for_os_error(e)
-            raise
+            raise  # not reached: raise_for_os_error always raises
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
