@@ -72,7 +72,7 @@ def download_tar(dataset_id: str, version: int):
 @requires("authenticated")
 def download(dataset_id: str, version: int, fmt: str):
     """The release as one tar or zip; ``Range`` (one range) for a part of it, to resume."""
-    from dicomweb import archive, audit
+    from dicomweb import archive, audit, client_address
     from dicomweb.wado import _byte_range
 
     if fmt not in FORMATS:
@@ -89,9 +89,10 @@ def download(dataset_id: str, version: int, fmt: str):
         except RangeNotSatisfiable as e:
             return _range_error(layout.size, f"{e.message}: the archive is {layout.size} bytes")
     first, last = rng if rng else (0, layout.size - 1)
-    audit("Export", detail={"description": f"{manifest.release.id} as {fmt}, bytes {first}-{last} of {layout.size}, "
-                                           f"{len(files.files)} files",
-                            "destination": request.remote_addr or ""})
+    if request.method != "HEAD":  # a HEAD (the size, the ETag) exports nothing
+        where = client_address(request.environ, archive().settings) or ""
+        audit("Export", detail={"description": f"{manifest.release.id} as {fmt}, bytes {first}-{last} of "
+                                               f"{layout.size}, {len(files.files)} files", "destination": where})
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Content-Length": str(last - first + 1),
                "Content-Disposition": f'attachment; filename="{files.folder}.{fmt}"',
                "Last-Modified": _http_date(files.mtime)}
