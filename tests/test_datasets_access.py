@@ -458,18 +458,3 @@ def test_the_command_line_applies_and_decides_through_the_api(server, release):
     revoked = dataset_cli(server, "dac", "revoke", app, "--reason", "study over")
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["state"] == "revoked", revoked.stderr
     assert json.loads(dataset_cli(server, "hana", "grants", "--active").stdout)["grants"] == []
-
-
-@pytest.mark.parametrize("text, message", [
-    ('[datasets]\nvisa_lifetime_seconds = 10\n', "visa_lifetime_seconds must be between 60 and 2592000"),
-    ('[datasets]\nvisa_lifetime_seconds = "1h"\n', "visa_lifetime_seconds must be int"),
-    ('[datasets]\nvisa_issuer = "archive.example.org"\n', "is not an http"),
-    ('[datasets]\nvisa_key = 1\n', "visa_key must be str"),
-])
-def test_visa_configuration_mistakes_are_named(tmp_path, text, message):
-    from archive.config import ConfigError, load_settings
-
-    path = tmp_path / "c.toml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
-        load_settings(path)

@@ -127,6 +127,10 @@ def test_a_deleted_slide_is_marked_withdrawn_not_dropped(archive):
     ('[datasets]\npublisher = ""\n', "publisher must be 1-200 characters"),
     ('[datasets]\nprefix = "10.1234"\n', "unknown keys: prefix"),
     ('[datasets]\ndoi_prefix = 10\n', "doi_prefix must be str"),
+    ('[datasets]\nvisa_lifetime_seconds = 10\n', "visa_lifetime_seconds must be between 60 and 2592000"),
+    ('[datasets]\nvisa_lifetime_seconds = "1h"\n', "visa_lifetime_seconds must be int"),
+    ('[datasets]\nvisa_issuer = "archive.example.org"\n', "is not an http"),
+    ('[datasets]\nvisa_key = 1\n', "visa_key must be str"),
 ])
 def test_dataset_configuration_mistakes_are_named(tmp_path, text, message):
     from archive.config import ConfigError
