@@ -157,6 +157,10 @@ def assert_answer(server, method: str, path: str, status: int, headers, body: by
     assert b"Traceback" not in body, where
     if status >= 400 and method != "HEAD":
         ctype = headers.get("Content-Type", "")
+        if ctype.startswith("text/html"):  # a web app page (web/): the error is said on the page itself
+            assert re.search(rb'role="alert"[^>]*>\s*<p>[^<\s]', body), where
+            assert server.process.poll() is None, f"server died after {where}"
+            return
         assert "json" in ctype, where
         message = json.loads(body)
         if ctype.startswith("application/dicom+json"):  # a STOW-RS answer: FailedSOPSequence, reasons in Warning
