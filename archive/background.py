@@ -78,9 +78,10 @@ def _start_index_worker(settings: Settings):
     except ImportError:
         return None
     from archive.catalog import Catalog
-    from archive.storage import StorageArea
+    from archive.storage import open_storage
 
-    return start_worker(settings, Catalog.open(settings, StorageArea(settings.storage_dir).path))
+    storage = open_storage(settings)  # headers read from the stored files when they are local files
+    return start_worker(settings, Catalog.open(settings, storage.local_path if storage.kind == "local" else None))
 
 
 class Heartbeat:

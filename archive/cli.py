@@ -173,37 +173,43 @@ def _vendor_batch(archive, args: argparse.Namespace, files: list[tuple[Path, boo
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from archive.ingest import sha256_of
+    """The catalog against storage (files or S3 objects): missing, orphaned, and with --checksums corrupt."""
     from archive.service import Archive
+    from archive.storage import stored_sha256
 
     archive = Archive(_existing_archive(args, need_catalog=True))
     rows = archive.catalog.storage_ids()
-    on_disk = archive.storage.files()
-    missing = [sid for sid in rows if sid not in on_disk]
-    orphans = sorted(set(on_disk) - set(rows))
-    corrupt = []
+    stored = archive.storage.objects()  # storage id -> size
+    kind = "objects" if archive.storage.kind == "s3" else "files"
+    missing = [sid for sid in rows if sid not in stored]
+    orphans = sorted(set(stored) - set(rows))
+    corrupt: dict[str, str] = {}
     if args.checksums:
-        expected = {r.storage_id: r.sha256 for r in
-                    (archive.catalog.instance(uid, principal=SYSTEM) for uid in rows.values()) if r is not None}
-        corrupt = [sid for sid in rows if sid in on_disk and sha256_of(archive.storage.path(sid)) != expected.get(sid)]
+        for sid, uid in rows.items():
+            record = archive.catalog.instance(uid, principal=SYSTEM)
+            if record is None or sid not in stored:
+                continue
+            if stored[sid] != record.size:
+                corrupt[sid] = f"{stored[sid]} bytes, the catalog says {record.size}"
+            elif stored_sha256(archive.storage, sid) != record.sha256:
+                corrupt[sid] = "SHA-256 differs from the catalog's"
     temps = len(list(archive.storage.tmp.iterdir()))
-    print(f"{len(rows)} instances in the catalog, {len(on_disk)} files in storage")
-    print(f"missing files: {len(missing)}; files without catalog rows: {len(orphans)}; "
+    print(f"{len(rows)} instances in the catalog, {len(stored)} {kind} in storage")
+    print(f"missing {kind}: {len(missing)}; {kind} without catalog rows: {len(orphans)}; "
           f"checksum mismatches: {len(corrupt)}; temp files: {temps}")
     for sid in missing:
         print(f"  missing: {_describe(archive, rows[sid])} (storage id {sid})")
     for sid in orphans:
         print(f"  orphan: storage id {sid}")
-    for sid in corrupt:
-        print(f"  corrupt: {_describe(archive, rows[sid])} (storage id {sid})")
+    for sid, why in corrupt.items():
+        print(f"  corrupt: {_describe(archive, rows[sid])} (storage id {sid}; {why})")
     problems = len(missing) + len(orphans) + len(corrupt) + temps
     if args.repair and problems:
         for sid in missing:
             archive.catalog.remove_instance_row(rows[sid])
-        for sid in orphans:
-            on_disk[sid].unlink(missing_ok=True)
+        archive.storage.remove_orphans(set(orphans))
         archive.storage.sweep_temp()
-        print(f"repaired: removed {len(missing)} rows without bytes, {len(orphans)} orphan files, {temps} temp files"
+        print(f"repaired: removed {len(missing)} rows without bytes, {len(orphans)} orphan {kind}, {temps} temp files"
               + (f"; {len(corrupt)} corrupt instance(s) left for you to re-send (import or send the original "
                  "again: an identical instance replaces its corrupt copy)" if corrupt else ""))
         return 1 if corrupt else 0

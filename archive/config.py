@@ -12,6 +12,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 
@@ -217,6 +218,39 @@ class WebSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class StorageSettings:
+    """Where stored instances live (``[storage]``): the data directory, or an S3 bucket."""
+
+    #: "" = ``<data_dir>/storage``; ``s3://bucket/prefix`` = objects in that bucket (endpoint, region
+    #: and credentials from the AWS_* environment variables).
+    url: str = ""
+    #: S3: seconds one request may take (retries included) before the client gets a 503.
+    timeout: float = 30.0
+    #: S3: multipart upload part size and parts in flight per upload (memory: their product).
+    part_size_mb: int = 16
+    upload_concurrency: int = 2
+    #: S3: in-node cache of hot frames, MB per process (0 = none).
+    frame_cache_mb: int = 64
+
+    @property
+    def is_s3(self) -> bool:
+        return self.url.startswith("s3://")
+
+
+def s3_location(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` -> (bucket, prefix without slashes); ValueError says what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError("must be empty (the data directory) or look like s3://bucket/prefix")
+    if parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError("must be s3://bucket/prefix, without credentials, query or fragment "
+                         "(credentials come from the AWS_* environment variables)")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", parts.netloc):
+        raise ValueError(f"bucket name {parts.netloc[:70]!r} is not a valid S3 bucket name")
+    return parts.netloc, parts.path.strip("/")
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("./slidearchive-data")
     host: str = "127.0.0.1"
@@ -244,6 +278,7 @@ class Settings:
     datasets: DatasetSettings = DatasetSettings()
     metrics: MetricsSettings = MetricsSettings()
     web: WebSettings = WebSettings()
+    storage: StorageSettings = StorageSettings()
 
     @property
     def secrets_dir(self) -> Path:
@@ -477,7 +512,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None:
         raw = _merge(raw, _read_toml(Path(config_file)))
     unknown = set(raw) - {"server", "dimse", "index", "deid", "results", "audit", "tls", "auth", "logging",
-                         "datasets", "metrics", "web", "catalog"}
+                         "datasets", "metrics", "web", "catalog", "storage"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
     server = raw.get("server", {})
@@ -524,7 +559,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                     dangling_references=dangling, audit=_audit(raw.get("audit", {})), tls=_tls(raw.get("tls", {}), any(r.tls for r in dimse.remotes)),
                     auth=auth, logging=_logging(raw.get("logging", {})), catalog=_catalog(raw.get("catalog", {})), datasets=_datasets(raw.get("datasets", {})),
                     metrics=_metrics(raw.get("metrics", {}), values["data_dir"]),
-                    web=_web(raw.get("web", {}), auth))
+                    web=_web(raw.get("web", {}), auth),
+                    storage=_storage(raw.get("storage", {})))
 
 
 def _web(table: dict, auth: AuthSettings) -> WebSettings:
@@ -542,6 +578,28 @@ def _web(table: dict, auth: AuthSettings) -> WebSettings:
     if values.get("client_id") and not re.fullmatch(r"[\x20-\x7e]{1,200}", values["client_id"]):
         raise ConfigError("[web] client_id must be 1-200 printable ASCII characters")
     return WebSettings(**values)
+
+
+def _storage(table: dict) -> StorageSettings:
+    kinds = {"url": str, "timeout": float, "part_size_mb": int, "upload_concurrency": int, "frame_cache_mb": int}
+    unknown = set(table) - set(kinds)
+    if unknown:
+        raise ConfigError(f"[storage] unknown keys: {', '.join(sorted(unknown))}")
+    settings = StorageSettings(**{k: _typed(table, k, kinds[k], "storage") for k in kinds if k in table})
+    if settings.url:
+        try:
+            s3_location(settings.url)
+        except ValueError as e:
+            raise ConfigError(f"[storage] url {settings.url[:80]!r}: {e}") from None
+    if not 0 < settings.timeout <= 600:
+        raise ConfigError("[storage] timeout must be above 0 and at most 600 seconds")
+    if not 5 <= settings.part_size_mb <= 5120:
+        raise ConfigError("[storage] part_size_mb must be 5-5120 (S3's limits for a multipart part)")
+    if not 1 <= settings.upload_concurrency <= 32:
+        raise ConfigError("[storage] upload_concurrency must be 1-32")
+    if not 0 <= settings.frame_cache_mb <= 65536:
+        raise ConfigError("[storage] frame_cache_mb must be 0-65536")
+    return settings
 
 
 def _datasets(table: dict) -> DatasetSettings:

@@ -105,6 +105,16 @@ class CatalogUnavailable(ArchiveError):
     title = "Catalog unavailable"
 
 
+class StorageUnavailable(ArchiveError):
+    """The object store (S3) did not answer, answered 5xx, or its bucket is gone: nothing was stored
+    or read; the same request succeeds once it is back."""
+
+    http_status = 503
+    dimse_status = 0xA700
+    failure_reason = 0xA700
+    title = "Storage unavailable"
+
+
 class NotAuthorized(ArchiveError):
     """The calling peer may not use this service (association policy)."""
 

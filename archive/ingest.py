@@ -30,7 +30,7 @@ from archive.results import checks as results  # AI results: checked and linked 
 from archive.errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
                      DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
 from archive.frames import ItemSpans, index_frames
-from archive.storage import CHUNK, copy_range, raise_for_os_error, spool
+from archive.storage import CHUNK, copy_range, raise_for_os_error, spool, stored_sha256
 from archive.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -294,9 +294,9 @@ class Ingest:
 
     def _intact(self, existing) -> bool:
         """Whether the stored bytes still hash to what the catalog recorded (re-sends only)."""
-        path = self.storage.path(existing.storage_id)
         try:
-            return path.stat().st_size == existing.size and sha256_of(path) == existing.sha256
+            return (self.storage.size(existing.storage_id) == existing.size
+                    and stored_sha256(self.storage, existing.storage_id) == existing.sha256)
         except OSError:
             return False
 

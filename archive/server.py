@@ -285,9 +285,9 @@ def _exit_text(code: int | None) -> str:
 
 def _sweep(settings: Settings) -> None:
     """Remove what interrupted transfers left behind, once no child can still be writing."""
-    from archive.storage import StorageArea
+    from archive.storage import open_storage
 
-    StorageArea(settings.storage_dir).sweep_temp()
+    open_storage(settings).sweep_temp()
     spool = settings.data_dir / "dimse-spool"
     if spool.is_dir():
         for leftover in spool.iterdir():

@@ -6,14 +6,15 @@ touch files or SQL themselves.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from archive import dicomjson
 from archive import metrics
@@ -22,38 +23,12 @@ from archive.auth.access import Principal
 from archive.catalog import Catalog, InstanceRecord
 from archive.config import Settings
 from archive.dicomfile import PIXEL_DATA_TAGS, read_header
-from archive.errors import InvalidRequest, NotFound
-from archive.frames import FrameIndex, strip_items, unpack_bits
+from archive.errors import InvalidRequest, NotFound, StorageUnavailable
+from archive.frames import FrameIndex, _element_header, strip_items, unpack_bits
 from archive.ingest import Ingest, Origin, StoreResult
-from archive.storage import StorageArea
+from archive.storage import open_storage
 
 log = logging.getLogger(__name__)
-
-
-class _FdCache:
-    """Open file descriptors by storage id: a frame is one pread, no open() per request."""
-
-    def __init__(self, size: int = 256):
-        self.size = size
-        self.items: OrderedDict[str, int] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, storage_id: str, path: Path) -> int:
-        with self.lock:
-            fd = self.items.get(storage_id)
-            if fd is not None:
-                self.items.move_to_end(storage_id)
-                return fd
-        fd = os.open(path, os.O_RDONLY)
-        with self.lock:
-            if storage_id in self.items:
-                os.close(fd)
-                return self.items[storage_id]
-            self.items[storage_id] = fd
-            while len(self.items) > self.size:
-                _, old = self.items.popitem(last=False)
-                os.close(old)
-        return fd
 
 
 class Archive:
@@ -62,11 +37,10 @@ class Archive:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         #: ``audit.record(event, principal=..., ...)`` at every door; see archive/audit/trail.py.
         self.audit = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
-        self.storage = StorageArea(settings.storage_dir)
+        self.storage = open_storage(settings)
         self.catalog = Catalog.open(settings)
         policies, vault = _load_deid(settings, self.catalog)
         self.ingest = Ingest(self.storage, self.catalog, policies, vault, settings.dangling_references)
-        self._fds = _FdCache()
         self._indexes: OrderedDict[str, FrameIndex] = OrderedDict()
         self._index_lock = threading.Lock()
 
@@ -99,8 +73,13 @@ class Archive:
             raise NotFound("no such instance")
         return record
 
-    def path(self, record: InstanceRecord) -> Path:
-        return self.storage.path(record.storage_id)
+    def open(self, record: InstanceRecord) -> BinaryIO:
+        """The stored instance as a read-only binary file (local file or ranged GETs)."""
+        return self.storage.open(record.storage_id)
+
+    def local_copy(self, record: InstanceRecord):
+        """Context manager: a local path holding the stored instance (the file itself, or an S3 download)."""
+        return self.storage.local_copy(record.storage_id)
 
     def _frame_index(self, record: InstanceRecord) -> FrameIndex:
         with self._index_lock:
@@ -124,14 +103,13 @@ class Archive:
         if not 1 <= number <= len(index):
             raise InvalidRequest(f"frame {number} out of range 1-{len(index)}")
         i = number - 1
-        fd = self._fds.get(record.storage_id, self.path(record))
         offset, length = int(index.offsets[i]), int(index.lengths[i])
         if index.layout == "bits":
             start_bit = i * length
             first = offset + start_bit // 8
             nbytes = (start_bit % 8 + length + 7) // 8
-            return unpack_bits(os.pread(fd, nbytes, first), start_bit % 8, length)
-        data = os.pread(fd, length, offset)
+            return unpack_bits(self.storage.read_range(record.storage_id, first, nbytes), start_bit % 8, length)
+        data = self.storage.read_range(record.storage_id, offset, length)
         return strip_items(data) if index.layout == "fragments" else data
 
     def level_frames(self, record: InstanceRecord, numbers: list[int]) -> list[tuple[InstanceRecord, int]]:
@@ -156,22 +134,40 @@ class Archive:
         return len(self._frame_index(record))
 
     def read_range(self, record: InstanceRecord, offset: int, length: int) -> bytes:
-        fd = self._fds.get(record.storage_id, self.path(record))
-        return os.pread(fd, length, offset)
+        return self.storage.read_range(record.storage_id, offset, length)
 
     def header(self, record: InstanceRecord) -> Dataset:
         """The stored header up to the pixel data, parsed."""
-        return dcmread(self.path(record), stop_before_pixels=True)
+        with self.open(record) as f:
+            return dcmread(f, stop_before_pixels=True)
+
+    def pixel_value_range(self, record: InstanceRecord) -> tuple[int, int]:
+        """(offset, length) of the stored pixel data element's value; encapsulated: its items and delimiter.
+
+        Read from the header and the frame index, never by walking the items (one or two
+        reads, also through S3): the frame index covers every fragment, the last one last.
+        """
+        if record.frame_layout is None:
+            raise NotFound("this instance has no pixel data")
+        with self.open(record) as f:
+            dcmread(f, stop_before_pixels=True)  # leaves ``f`` at the pixel data element's tag
+            start, length = _element_header(f, UID(record.transfer_syntax_uid))
+        if length != 0xFFFFFFFF:
+            return start, length
+        index = self._frame_index(record)
+        end = int(index.offsets[-1] + index.lengths[-1]) + 8  # past the sequence delimiter
+        return start, end - start
 
     def bulk_value(self, record: InstanceRecord, path: str) -> bytes:
         try:
             parsed = dicomjson.bulk_path(path)
-            after_pixels = int(parsed[0]) > min(PIXEL_DATA_TAGS)  # then the pixel data is stepped over
-            ds = read_header(self.path(record)).complete() if after_pixels else self.header(record)
-            elem = dicomjson.resolve(ds, parsed)
+            if int(parsed[0]) > min(PIXEL_DATA_TAGS):  # after the pixel data, which is stepped over
+                with self.local_copy(record) as stored:
+                    value = dicomjson.resolve(read_header(stored).complete(), parsed).value  # read while it exists
+            else:
+                value = dicomjson.resolve(self.header(record), parsed).value
         except (ValueError, KeyError, IndexError, TypeError):
             raise NotFound("no such bulk data element") from None
-        value = elem.value
         return value if isinstance(value, bytes) else b""
 
     def metadata(self, study: str, series: str | None, sop: str | None,
@@ -184,11 +180,20 @@ class Archive:
     # --- delete -----------------------------------------------------------------
 
     def delete(self, study: str, series: str | None, sop: str | None, principal: Principal) -> list[InstanceRecord]:
-        """Remove the instances (catalog first, then bytes); returns what was deleted."""
+        """Remove the instances (catalog first, then bytes); returns what was deleted.
+
+        Storage that cannot be reached refuses the delete before anything changes (503); if
+        it goes away half-way, the bytes left behind are orphans that ``verify --repair`` removes.
+        """
+        self.storage.check()
         records = self.catalog.delete(study, series, sop, principal=principal)
         _withdraw_from_releases(self.catalog, records)
         for record in records:
-            self.storage.remove(record.storage_id)
+            try:
+                self.storage.remove(record.storage_id)
+            except StorageUnavailable:
+                log.warning("storage unreachable while deleting: storage id %s left as an orphan for verify --repair",
+                            record.storage_id)
         return records
 
 

@@ -11,10 +11,8 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from archive.auth.access import requires
 from archive.catalog import InstanceRecord
-from archive.dicomfile import read_header
 from archive.dicomjson import absolute_bulk_uris
 from archive.errors import InvalidRequest, NotAcceptable, NotFound, RangeNotSatisfiable
-from archive.frames import _element_header
 from archive.storage import CHUNK
 from archive.uids import check_uid
 
@@ -53,6 +51,7 @@ def retrieve(study: str, series: str | None = None, sop: str | None = None):
                             "this archive sends them as stored (transfer-syntax=*)")
     boundary = multipart.new_boundary()
     store = archive()
+    store.storage.check()  # S3 unreachable: a 503 now, not a 200 that breaks off
     _audit_instances("DICOMInstancesTransferred", records)
 
     def body():
@@ -61,7 +60,7 @@ def retrieve(study: str, series: str | None = None, sop: str | None = None):
                                          resource_url(record.study_uid, record.series_uid, record.sop_instance_uid))
             yield (b"\r\n" if n else b"") + head
             try:
-                f = open(store.path(record), "rb")
+                f = store.open(record)
             except FileNotFoundError:
                 continue  # deleted meanwhile: skip, the catalog no longer lists it
             with f:
@@ -93,16 +92,6 @@ def metadata(study: str, series: str | None = None, sop: str | None = None):
 # --- bulkdata ----------------------------------------------------------------------
 
 
-def _pixel_value_range(record: InstanceRecord, path) -> tuple[int, int]:
-    header = read_header(path)
-    if header.pixel_offset is None or header.pixel_end is None:
-        raise NotFound("this instance has no pixel data")
-    with open(path, "rb") as f:
-        f.seek(header.pixel_offset)
-        start, _ = _element_header(f, header.transfer_syntax)
-    return start, header.pixel_end - start  # encapsulated: the items up to the sequence delimiter
-
-
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
@@ -130,7 +119,7 @@ def bulkdata(study: str, series: str, sop: str, path: str):
     store = archive()
     record = store.locate(study, series, sop, principal())
     if path.upper() == "7FE00010":
-        start, length = _pixel_value_range(record, store.path(record))
+        start, length = store.pixel_value_range(record)
         read = lambda a, n: store.read_range(record, start + a, n)  # noqa: E731
     else:
         value = store.bulk_value(record, path)

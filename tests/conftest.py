@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -18,6 +19,12 @@ SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data"
 MAKE_WSI = SHARED / "tools" / "make_wsi.py"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import s3_server  # noqa: E402
+
+#: ``SLIDEARCHIVE_TEST_STORAGE=s3``: every Server stores its instances in a bucket of the session's
+#: s3proxy instead of its data directory (scripts/test.sh runs the storage tests a second time so).
+TEST_STORAGE = os.environ.get("SLIDEARCHIVE_TEST_STORAGE", "local")
 
 import pg_cluster  # noqa: E402  (tests/ is on sys.path from here on)
 
@@ -66,6 +73,9 @@ class Server:
         if TEST_CATALOG == "postgresql" and "[catalog]" not in config:
             self.catalog_location = pg_cluster.shared_cluster().create_database()
             config += f'\n[catalog]\nurl = "{self.catalog_location}"\n'
+        self.env = dict(os.environ)
+        if TEST_STORAGE == "s3" and "[storage]" not in config:
+            config += s3_storage_config(self.env)
         self.config_path.write_text(config if "[auth]" in config else AUTH_OFF + config)
         self.dimse = dimse
         self.args = args
@@ -86,7 +96,8 @@ class Server:
         if not self.dimse:
             cmd.append("--no-dimse")
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        env=self.env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
@@ -114,6 +125,37 @@ class Server:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+def s3_storage_config(env: dict[str, str]) -> str:
+    """A [storage] section on a fresh bucket of the session's s3proxy; its AWS_* variables go into ``env``
+    and into this process's environment (tests run ``slidearchive verify`` and ``import`` against the server's
+    data directory as subprocesses; one server, so the same credentials for all)."""
+    s3 = s3_server.shared()
+    env.update(s3.env())
+    os.environ.update(s3.env())
+    return f'\n[storage]\nurl = "s3://{s3_server.new_bucket(s3)}/archive"\n'
+
+
+def require_s3() -> None:
+    reason = s3_server.missing()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"s3proxy unavailable under CI: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def s3proxy() -> Iterator[s3_server.S3Proxy]:
+    """The session's real S3 server (s3proxy on loopback): ``endpoint``, ``env()``, ``client()``."""
+    require_s3()
+    yield s3_server.shared()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_s3proxy():
+    yield
+    s3_server.stop_shared()
 
 
 @pytest.fixture

@@ -117,10 +117,50 @@ class S3Proxy:
                             aws_secret_access_key=self.secret_key, region_name="us-east-1",
                             config=Config(s3={"addressing_style": "path"}))
 
-    def create_bucket(self, name: str) -> str:
+    def create_bucket(self, name: str | None = None) -> str:
+        """Create bucket ``name`` (default: a fresh random name); returns the name."""
+        name = name or f"sa-{secrets.token_hex(6)}"
         self.client().create_bucket(Bucket=name)
         return name
+
+    def environment(self) -> dict[str, str]:
+        return self.env()
+
+    def config_lines(self) -> str:
+        """Extra ``[storage]`` lines an archive on this server needs: none (all comes from ``env()``)."""
+        return ""
 
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- one server for a whole test session ---------------------------------------------
+
+_shared: S3Proxy | None = None
+
+
+def shared() -> S3Proxy:
+    """The session's s3proxy, started on first use (conftest stops it at the end of the session)."""
+    global _shared
+    if _shared is None:
+        reason = missing()
+        if reason:
+            raise RuntimeError(f"s3proxy unavailable: {reason}")
+        _shared = S3Proxy().start()
+    return _shared
+
+
+def stop_shared() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.cleanup()
+        _shared = None
+
+
+def new_bucket(s3: S3Proxy) -> str:
+    """A fresh bucket: one per archive, so archives in one session never see each other's objects."""
+    return s3.create_bucket()
+
+
+S3Server = S3Proxy  # the name bench/scaleout.py uses

@@ -9,7 +9,6 @@ dicom-microscopy-viewer draws) and the results API (the overlays).
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import time
 from typing import Any
@@ -145,12 +144,12 @@ def download_series(study: str, series: str):
     def body():
         for n, record in enumerate(records, 1):
             try:
-                f = open(store.path(record), "rb")
+                f = store.open(record)
             except FileNotFoundError:
                 continue  # deleted meanwhile
             with f:
                 info = tarfile.TarInfo(f"{series}/{n:05d}-{record.sop_instance_uid}.dcm")
-                info.size = os.fstat(f.fileno()).st_size
+                info.size = record.size
                 info.mtime = int(time.time())
                 yield info.tobuf(format=tarfile.USTAR_FORMAT)
                 left = info.size

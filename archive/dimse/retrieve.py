@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -44,11 +44,12 @@ UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 class StoredRef(Dataset):
     """Stands in for a stored instance in pynetdicom's retrieve loop; never holds its data."""
 
-    def __init__(self, record: InstanceRecord, path: Path):
+    def __init__(self, record: InstanceRecord, local_copy: Callable[[], ContextManager[Path]]):
         super().__init__()
         self.SOPClassUID = record.sop_class_uid
         self.SOPInstanceUID = record.sop_instance_uid
-        self.stored_path = path
+        #: A local path holding the stored file while the send lasts (an S3 object is downloaded).
+        self.local_copy = local_copy
         self.stored_syntax = UID(record.transfer_syntax_uid)
 
 
@@ -74,16 +75,16 @@ def _accepted_syntaxes(assoc, sop_class: str) -> set[str]:
             if cx.abstract_syntax == sop_class and cx.as_scu}
 
 
-def _payload(assoc, ref: StoredRef) -> Path | Dataset:
+def _payload(assoc, ref: StoredRef, stored_path: Path) -> Path | Dataset:
     """The stored file itself when the peer accepted its transfer syntax, else a decoded copy."""
     accepted = _accepted_syntaxes(assoc, str(ref.SOPClassUID))
     if not accepted:
         raise ValueError("the peer accepted no presentation context for this SOP class")
     if str(ref.stored_syntax) in accepted:
-        return ref.stored_path
+        return stored_path
     if not accepted & {str(u) for u in UNCOMPRESSED}:
         raise ValueError("the peer accepted neither the stored nor an uncompressed transfer syntax")
-    ds = dcmread(ref.stored_path)
+    ds = dcmread(stored_path)
     if ref.stored_syntax.is_compressed:
         ds.decompress(generate_instance_uid=False)  # same UID; sets Explicit VR Little Endian
     return ds
@@ -98,7 +99,9 @@ def route_sends(assoc) -> None:
     def send_c_store(dataset, msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
                      originator_id: int | None = None) -> Dataset:
         if isinstance(dataset, StoredRef):
-            dataset = _payload(assoc, dataset)
+            with dataset.local_copy() as path:
+                return original(_payload(assoc, dataset, path), msg_id=msg_id, priority=priority,
+                                originator_aet=originator_aet, originator_id=originator_id)
         return original(dataset, msg_id=msg_id, priority=priority, originator_aet=originator_aet,
                         originator_id=originator_id)
 
@@ -158,7 +161,7 @@ def _sub_operations(event, records: list[InstanceRecord], archive,
             log.info("retrieve cancelled after %d of %d sub-operations", n, len(records))
             sent = n
             break
-        yield STATUS_PENDING, StoredRef(record, archive.path(record))
+        yield STATUS_PENDING, StoredRef(record, lambda record=record: archive.local_copy(record))
     for study, instances in studies.items():
         dimse_audit.record(event, archive, "Export" if destination else "DICOMInstancesTransferred", study=study,
                            instances=instances, outcome=0 if sent == len(records) else 4,

@@ -6,23 +6,57 @@ a crash mid-write leaves at most a temp file, which ``sweep_temp`` removes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from archive.errors import OutOfResources
 
 CHUNK = 1 << 20
 
 
+class _FdCache:
+    """Open file descriptors by storage id: a frame is one pread, no open() per request."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self.items: OrderedDict[str, int] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, storage_id: str, path: Path) -> int:
+        with self.lock:
+            fd = self.items.get(storage_id)
+            if fd is not None:
+                self.items.move_to_end(storage_id)
+                return fd
+        fd = os.open(path, os.O_RDONLY)
+        with self.lock:
+            if storage_id in self.items:
+                os.close(fd)
+                return self.items[storage_id]
+            self.items[storage_id] = fd
+            while len(self.items) > self.size:
+                _, old = self.items.popitem(last=False)
+                os.close(old)
+        return fd
+
+
 class StorageArea:
+    """Files under ``root`` (``<data_dir>/storage``), the default backend."""
+
+    kind = "local"
+
     def __init__(self, root: Path):
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self._fds = _FdCache()
 
     def path(self, storage_id: str) -> Path:
         return self.root / storage_id[:2] / storage_id[2:4] / storage_id
@@ -64,9 +98,40 @@ class StorageArea:
         except FileNotFoundError:
             pass
 
-    def files(self) -> dict[str, Path]:
-        """Every committed file on disk by its name (for ``verify``), wherever it lies."""
-        return {f.name: f for f in self.root.glob("*/*/*") if f.is_file() and f.parent.parent.name != "tmp"}
+    def read_range(self, storage_id: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of a stored file: one pread on a cached descriptor."""
+        return os.pread(self._fds.get(storage_id, self.path(storage_id)), length, offset)
+
+    def open(self, storage_id: str) -> BinaryIO:
+        return open(self.path(storage_id), "rb")
+
+    def size(self, storage_id: str) -> int | None:
+        try:
+            return self.path(storage_id).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def local_copy(self, storage_id: str) -> Iterator[Path]:
+        """The stored file itself (senders that need a path); the S3 backend downloads a copy."""
+        yield self.path(storage_id)
+
+    def local_path(self, storage_id: str) -> Path:
+        return self.path(storage_id)
+
+    def objects(self) -> dict[str, int]:
+        """Every committed file on disk: storage id -> size (for ``verify``), wherever it lies."""
+        return {f.name: f.stat().st_size for f in self.root.glob("*/*/*")
+                if f.is_file() and f.parent.parent.name != "tmp"}
+
+    def remove_orphans(self, storage_ids: set[str]) -> None:
+        """Remove files ``verify`` found without catalog rows, wherever they lie (not only at ``path``)."""
+        for f in self.root.glob("*/*/*"):
+            if f.name in storage_ids and f.parent.parent.name != "tmp":
+                f.unlink(missing_ok=True)
+
+    def check(self) -> None:
+        """Nothing to reach: the directory is checked by /health/ready's free-space test."""
 
     def sweep_temp(self) -> int:
         """Remove temp files left by a crash; returns how many."""
@@ -111,3 +176,4 @@ def raise_for_os_error(e: OSError) -> None:
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
         raise OutOfResources(f"storage: {os.strerror(e.errno)}") from e
     raise e
+

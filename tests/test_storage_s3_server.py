@@ -1,0 +1,174 @@
+"""A real server on S3 storage (s3proxy) while S3 fails: 503 / 0xA700, nothing partial, nothing lost; verify."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+
+from conftest import IDENTIFIED, Server
+from s3_faults import FaultProxy
+from s3_server import S3Proxy, new_bucket
+from slides import SlideSpec, make_slide
+
+FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+def s3_server(root: Path, s3: S3Proxy, bucket: str, endpoint: str | None = None, dimse: bool = False) -> Server:
+    config = IDENTIFIED + f'\n[storage]\nurl = "s3://{bucket}/archive"\ntimeout = 3\n'
+    server = Server(root, config, dimse=dimse)
+    server.env.update(s3.env())
+    if endpoint:
+        server.env["AWS_ENDPOINT_URL"] = endpoint
+    return server.start()
+
+
+def stow(server: Server, path: Path) -> requests.Response:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode())
+    return requests.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json"})
+
+
+def frame_url(server: Server, path: Path, number: int = 1) -> str:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}/frames/{number}")
+
+
+def instances(server: Server) -> set[str]:
+    return {i["00080018"]["Value"][0] for i in requests.get(f"{server.dicomweb}/instances", timeout=30).json()}
+
+
+def verify(server: Server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "archive.cli", "verify", "--data-dir", str(server.data_dir),
+                           "--config", str(server.config_path), *args], capture_output=True, text=True,
+                          env=server.env, timeout=120)
+
+
+@pytest.fixture
+def slide(tmp_path):
+    return make_slide(tmp_path / "slide", SlideSpec(width=512, height=512, seed=141, label=False, overview=False))
+
+
+@pytest.mark.parametrize("mode", ["503", "500", "hang"])
+def test_s3_failing_means_503_and_nothing_partial(s3proxy, tmp_path, slide, mode):
+    faults = FaultProxy(s3proxy.port)
+    server = s3_server(tmp_path / "server", s3proxy, new_bucket(s3proxy), faults.endpoint, dimse=True)
+    try:
+        first, second = slide[0], slide[1]
+        assert stow(server, first).status_code == 200
+        before = requests.get(frame_url(server, first), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+        assert before.status_code == 200
+        faults.set(mode)
+        refused = stow(server, second)
+        assert refused.status_code == 503, refused.text
+        assert "Storage unavailable" in refused.headers.get("Warning", "")
+        cold = requests.get(frame_url(server, first, 2), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+        assert cold.status_code == 503 and cold.json()["error"] == "Storage unavailable"
+        assert "retry later" in cold.json()["message"]
+        assert _c_store(server, second) == 0xA700
+        assert instances(server) == {pydicom.dcmread(first, stop_before_pixels=True).SOPInstanceUID}
+        deleted = requests.delete(_study_url(server, first), timeout=30)
+        assert deleted.status_code == 503  # refused before anything changed
+        faults.set("pass")  # S3 is back: the same requests succeed, nothing was lost
+        assert stow(server, second).status_code == 200
+        again = requests.get(frame_url(server, first), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+        assert again.status_code == 200 and again.content.split(b"\r\n\r\n", 1)[1][:100] in before.content
+        assert len(instances(server)) == 2
+        result = verify(server, "--checksums")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        server.stop()
+        faults.close()
+
+
+def _study_url(server: Server, path: Path) -> str:
+    return f"{server.dicomweb}/studies/{pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID}"
+
+
+def _c_store(server: Server, path: Path) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import VLWholeSlideMicroscopyImageStorage
+
+    ds = pydicom.dcmread(path)
+    ae = AE(ae_title="S3FAULTS")
+    ae.add_requested_context(VLWholeSlideMicroscopyImageStorage, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="SLIDEARCHIVE")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(ds).Status
+    finally:
+        assoc.release()
+
+
+def test_s3_stopped_and_a_bucket_that_disappears(tmp_path, slide):
+    """The real s3proxy stopped, then its bucket gone: 503 while so; back as it was afterwards."""
+    s3 = S3Proxy(tmp_path / "s3").start()
+    bucket = s3.create_bucket()
+    server = s3_server(tmp_path / "server", s3, bucket)
+    try:
+        assert stow(server, slide[0]).status_code == 200
+        url = frame_url(server, slide[0])
+        expected = requests.get(url, headers={"Accept": FRAME_ACCEPT}, timeout=30).content
+        s3.stop()
+        assert stow(server, slide[1]).status_code == 503
+        assert requests.get(frame_url(server, slide[0], 2), headers={"Accept": FRAME_ACCEPT},
+                            timeout=30).status_code == 503
+        down = verify(server)
+        assert down.returncode != 0 and "object storage unavailable" in (down.stdout + down.stderr)
+        s3.start()
+        (s3.data / bucket).rename(tmp_path / "hidden")  # the bucket disappears (objects kept aside)
+        gone = requests.get(frame_url(server, slide[0], 3), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+        assert gone.status_code == 503 and f"bucket {bucket} not found" in gone.json()["message"]
+        assert stow(server, slide[1]).status_code == 503
+        (tmp_path / "hidden").rename(s3.data / bucket)  # and comes back
+        assert stow(server, slide[1]).status_code == 200
+        frames = [requests.get(frame_url(server, slide[0], n), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+                  for n in (1, 2, 3)]
+        assert [f.status_code for f in frames] == [200, 200, 200]
+        assert frames[0].content.split(b"\r\n\r\n", 1)[1][:100] in expected
+        assert verify(server, "--checksums").returncode == 0
+    finally:
+        server.stop()
+        s3.cleanup()
+
+
+def test_verify_checks_the_catalog_against_the_bucket(s3proxy, tmp_path):
+    slide = make_slide(tmp_path / "slide", SlideSpec(width=1024, height=1024, seed=142, label=False, overview=False))
+    assert len(slide) >= 3
+    bucket = new_bucket(s3proxy)
+    server = s3_server(tmp_path / "server", s3proxy, bucket)
+    try:
+        for path in slide:
+            assert stow(server, path).status_code == 200
+        ok = verify(server, "--checksums")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"{len(slide)} instances in the catalog, {len(slide)} objects in storage" in ok.stdout
+        client = s3proxy.client()
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"])
+        client.delete_object(Bucket=bucket, Key=keys[0])  # bytes lost
+        client.put_object(Bucket=bucket, Key="archive/" + "f" * 32, Body=b"orphan")  # bytes nobody catalogued
+        body = client.get_object(Bucket=bucket, Key=keys[1])["Body"].read()
+        client.put_object(Bucket=bucket, Key=keys[1], Body=body[:-10] + b"XXXXXXXXXX")  # silent corruption
+        client.put_object(Bucket=bucket, Key=keys[2], Body=body[:100])  # another one cut short
+        quick = verify(server)
+        assert quick.returncode == 1
+        assert "missing objects: 1; objects without catalog rows: 1; checksum mismatches: 0" in quick.stdout
+        bad = verify(server, "--checksums")
+        assert "missing objects: 1; objects without catalog rows: 1; checksum mismatches: 2" in bad.stdout
+        assert "SHA-256 differs" in bad.stdout and "100 bytes, the catalog says" in bad.stdout
+        fixed = verify(server, "--repair")
+        assert "removed 1 rows without bytes, 1 orphan objects" in fixed.stdout
+        assert len(instances(server)) == len(slide) - 1
+        keys_after = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+        assert "archive/" + "f" * 32 not in keys_after
+    finally:
+        server.stop()
