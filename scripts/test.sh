@@ -35,7 +35,7 @@ mvn -q -f tests/oidc/pom.xml dependency:copy-dependencies
 [ -d tests/oidc/target/keycloak ] || mvn -q -f tests/oidc/pom.xml dependency:unpack
 # A real S3 server for the object-storage tests: s3proxy with its filesystem backend (tests/s3_server.py)
 mvn -q -f tests/s3/pom.xml dependency:copy-dependencies
-selected=${SLIDEARCHIVE_TEST_CATALOG:+1}
+selected=${SLIDEARCHIVE_TEST_CATALOG:+1}${SLIDEARCHIVE_TEST_STORAGE:+1}
 for arg in "$@"; do case $arg in tests*|*.py|*::*|-k|-m) selected=1 ;; esac; done
 if [ -n "$selected" ]; then exec python3 -m pytest "$@"; fi
 status=0
@@ -48,4 +48,10 @@ SLIDEARCHIVE_TEST_CATALOG=postgresql python3 -m pytest "$@" \
   tests/test_dicomweb.py tests/test_stow_response.py tests/test_dimse_store.py tests/test_dimse_query.py \
   tests/test_dimse_retrieve.py tests/test_dimse_commit.py tests/test_results_api.py tests/test_auth.py \
   tests/test_cli.py || status=$?
+# The storage part of the suite again with every server's instances in an S3 bucket (s3proxy, one
+# bucket per server; tests/conftest.py): STOW-RS and C-STORE ingest, WADO-RS instances, frames,
+# rendered, bulkdata and metadata, delete, C-GET/C-MOVE, verify, the wsidicom web client. A few minutes.
+SLIDEARCHIVE_TEST_STORAGE=s3 python3 -m pytest "$@" \
+  tests/test_dicomweb.py tests/test_stow_response.py tests/test_dimse_retrieve.py tests/test_wsidicom_web.py \
+  || status=$?
 exit $status
