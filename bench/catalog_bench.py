@@ -73,14 +73,17 @@ def rows(instances: int):
         for n in range(studies):
             s = _study(n)
             yield (n + 1, s["uid"], n // STUDIES_PER_PATIENT + 1, "default", s["date"], s["time"], s["accession"],
-                   s["study_id"], "REF^DOCTOR", s["description"], s["attrs"])
+                   s["study_id"], "REF^DOCTOR", s["description"], s["attrs"], SERIES_PER_STUDY,
+                   SERIES_PER_STUDY * PER_SERIES, "SM")
     yield ("study", ("pk", "study_instance_uid", "patient_fk", "collection", "study_date", "study_time",
-                     "accession_number", "study_id", "referring_physician_name", "study_description", "attrs"),
+                     "accession_number", "study_id", "referring_physician_name", "study_description", "attrs",
+                     "series_count", "instance_count", "modalities"),
            study_rows())
     yield "study_collection", ("study_fk", "collection"), ((n + 1, "default") for n in range(studies))
-    yield ("series", ("pk", "series_instance_uid", "study_fk", "modality", "series_number", "attrs"),
+    yield ("series", ("pk", "series_instance_uid", "study_fk", "modality", "series_number", "attrs", "instance_count"),
            ((k + 1, f"{ROOT}.{k // SERIES_PER_STUDY}.{k % SERIES_PER_STUDY + 1}", k // SERIES_PER_STUDY + 1, "SM",
-             k % SERIES_PER_STUDY + 1, '{"00080060":{"vr":"CS","Value":["SM"]}}') for k in range(series_n)))
+             k % SERIES_PER_STUDY + 1, '{"00080060":{"vr":"CS","Value":["SM"]}}', PER_SERIES)
+            for k in range(series_n)))
     now = time.time()
     yield ("instance", ("pk", "sop_instance_uid", "series_fk", "sop_class_uid", "instance_number", "image_type",
                         "number_of_frames", "rows", "columns", "transfer_syntax_uid", "storage_id", "size", "sha256",

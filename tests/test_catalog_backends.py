@@ -69,6 +69,8 @@ def test_a_catalog_of_the_previous_version_upgrades_with_its_rows(location):
     assert schema.version(catalog.db) == schema.VERSION
     record = catalog.instance(headers[0].SOPInstanceUID, principal=SYSTEM)
     assert record is not None and record.storage_id == "old"
+    [study] = catalog.search(parse_qido("study", []), principal=SYSTEM)  # counts filled in by the upgrade
+    assert study["00201208"]["Value"] == [1] and study["00201206"]["Value"] == [1]
     # what migration N brought works on the upgraded catalog, beside the old rows
     catalog.add_instance(_new(headers[1]), "c")
     assert len(catalog.instances(headers[0].StudyInstanceUID, principal=SYSTEM)) == 2
@@ -121,6 +123,8 @@ def test_two_nodes_storing_the_same_instance_at_once_keep_one_row(location):
         assert sorted(r.sop_instance_uid for r in found) == sorted(sops)
     studies = nodes[1].search(parse_qido("study", []), principal=SYSTEM)
     assert len(studies) == len(by_study)
+    for s in studies:  # the counts kept on the study rows saw every node's instances
+        assert s["00201208"]["Value"] == [len(by_study[s["0020000D"]["Value"][0]])]
     for n in nodes:
         n.close()
 

@@ -50,14 +50,23 @@ def _request(stored: list[Dataset]) -> tuple[Dataset, str, str]:
 
 
 class _Reports:
+    """Collects N-EVENT-REPORTs. ``arrived`` is set once our response to one has left, so a test that
+    releases then does not race the reactor still sending that response."""
+
     def __init__(self):
         self.items: list[tuple[int, Dataset]] = []
         self.arrived = threading.Event()
 
     def handler(self, event):
         self.items.append((event.request.EventTypeID, event.event_information))
-        self.arrived.set()
         return 0x0000, None
+
+    def sent(self, event):
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            self.arrived.set()
+
+    def handlers(self) -> list:
+        return [(evt.EVT_N_EVENT_REPORT, self.handler), (evt.EVT_DIMSE_SENT, self.sent)]
 
 
 def _check(report: tuple[int, Dataset], request: Dataset, stored: list[Dataset], missing: str, conflict: str):
@@ -74,7 +83,7 @@ def test_commitment_on_same_association(server, stored):
     ae = AE(ae_title="COMMITSCU")
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE,
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+                         evt_handlers=reports.handlers())
     assert assoc.is_established
     request, missing, conflict = _request(stored)
     try:
@@ -91,7 +100,7 @@ def test_commitment_all_present_is_event_type_1(server, stored):
     ae = AE(ae_title="COMMITSCU")
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE,
-                         evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+                         evt_handlers=reports.handlers())
     request, _, _ = _request(stored)
     request.ReferencedSOPSequence = Sequence(list(request.ReferencedSOPSequence)[: len(stored)])
     try:
@@ -111,7 +120,7 @@ def test_commitment_on_new_association(make_server, tmp_path):
     listener = AE(ae_title="COMMITSCU")
     listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
     scp = listener.start_server(("127.0.0.1", port), block=False,
-                                evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports.handler)])
+                                evt_handlers=reports.handlers())
     try:
         config = IDENTIFIED + f'\n[[dimse.remote]]\nae_title = "COMMITSCU"\nhost = "127.0.0.1"\nport = {port}\n'
         server = make_server(config=config)

@@ -241,6 +241,7 @@ class Catalog:
                 db.execute(f"INSERT INTO instance({names}) VALUES ({','.join('?' * len(row))})", list(row.values()))
             except self.db.dialect.unique_violation:  # another node stored it meanwhile
                 raise DuplicateInstance("an instance with this SOP Instance UID is already stored") from None
+            self._recount(db, study_fk, series_fk)
             db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
                        "VALUES ('stored',?,?,?,?)",
                        (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, time.time()))
@@ -280,18 +281,35 @@ class Catalog:
             self._remove_empty(db, series)
         return records
 
-    @staticmethod
-    def _remove_empty(db, series_pks: set[int]) -> None:
+    def _recount(self, db, study_fk: int, series_fk: int | None = None) -> None:
+        """The counts and modalities QIDO returns, kept on the study and series rows: a search then
+        reads them instead of counting the instances of every study it lists."""
+        # Nodes adding to one study at once take turns here; each count then sees the others' rows.
+        db.execute(f"SELECT pk FROM study WHERE pk=?{self.db.dialect.lock_rows}", (study_fk,))
+        if series_fk is not None:
+            db.execute("UPDATE series SET instance_count=(SELECT count(*) FROM instance i WHERE i.series_fk=?) "
+                       "WHERE pk=?", (series_fk, series_fk))
+        modalities = self.db.dialect.group_concat("s.modality", distinct=True)
+        db.execute("UPDATE study SET series_count=(SELECT count(*) FROM series s WHERE s.study_fk=?), "
+                   "instance_count=(SELECT coalesce(sum(s.instance_count), 0) FROM series s WHERE s.study_fk=?), "
+                   f"modalities=(SELECT {modalities} FROM series s WHERE s.study_fk=?) WHERE pk=?",
+                   (study_fk, study_fk, study_fk, study_fk))
+
+    def _remove_empty(self, db, series_pks: set[int]) -> None:
         """Drop the series among ``series_pks`` no instance references any more, then their empty
         studies and patients (only these: no scan of the whole catalog per delete)."""
         for pk in sorted(series_pks):
             row = db.execute("DELETE FROM series WHERE pk=? AND NOT EXISTS "
                              "(SELECT 1 FROM instance i WHERE i.series_fk=series.pk) RETURNING study_fk",
                              (pk,)).fetchone()
-            if row is None:
+            if row is None:  # the series keeps instances: its counts (and its study's) drop
+                study = db.execute("SELECT study_fk FROM series WHERE pk=?", (pk,)).fetchone()
+                if study is not None:
+                    self._recount(db, study[0], pk)
                 continue
             study_fk = row[0]
             if db.execute("SELECT 1 FROM series WHERE study_fk=? LIMIT 1", (study_fk,)).fetchone():
+                self._recount(db, study_fk)
                 continue
             db.execute("DELETE FROM study_collection WHERE study_fk=?", (study_fk,))
             row = db.execute("DELETE FROM study WHERE pk=? RETURNING patient_fk", (study_fk,)).fetchone()
@@ -391,15 +409,13 @@ class Catalog:
         keys, outer = ["st.pk AS st_pk"], "JOIN study st ON st.pk=page.st_pk "
         order, outer_order = study_order, "page.st_pk"
         select = ["st.attrs AS study_attrs", "st.study_instance_uid",
-                  "(SELECT count(*) FROM series x WHERE x.study_fk=st.pk) AS n_series",
-                  "(SELECT count(*) FROM series x JOIN instance y ON y.series_fk=x.pk WHERE x.study_fk=st.pk) AS n_study_instances",
-                  f"(SELECT {dialect.group_concat('x.modality', distinct=True)} FROM series x WHERE x.study_fk=st.pk) AS modalities"]
+                  "st.series_count AS n_series", "st.instance_count AS n_study_instances", "st.modalities"]
         if level in ("series", "instance"):
             joins += "JOIN series se ON se.study_fk=st.pk "
             keys.append("se.pk AS se_pk")
             outer += "JOIN series se ON se.pk=page.se_pk "
             select += ["se.attrs AS series_attrs", "se.series_instance_uid",
-                       "(SELECT count(*) FROM instance y WHERE y.series_fk=se.pk) AS n_series_instances"]
+                       "se.instance_count AS n_series_instances"]
             order, outer_order = "se.pk", "page.se_pk"
         elif series_uid or any(m.key.level in ("series", "instance") for m in query.matches):
             raise AssertionError("series keys in a study query are rejected by parse_qido")

@@ -19,6 +19,8 @@ class Dialect(Protocol):
     name: str
     #: Appended to a SELECT that claims rows others may claim at the same time.
     skip_locked: str
+    #: Appended to a SELECT whose rows this transaction updates next (others wait for it).
+    lock_rows: str
     #: The exception a UNIQUE constraint raises.
     unique_violation: type[BaseException]
     #: SQLite's implicit row id of a table, by that engine's name, and the column DDL adds for it.

@@ -41,6 +41,7 @@ _TYPES = [
 class PostgresDialect:
     name = "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    lock_rows = " FOR UPDATE"
     unique_violation = psycopg.errors.UniqueViolation
     #: The implicit row id SQLite gives a table: PostgreSQL tables that need it have a column ``seq``.
     rowid = "seq"

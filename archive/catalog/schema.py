@@ -2,7 +2,7 @@
 
 Each migration is a list of statements written with SQLite's types; a backend's
 dialect maps the types (``Dialect.ddl``) and fills ``{rowid}`` / ``{rowid_column}``
-(SQLite's implicit row id, a column in PostgreSQL). ``schema_version`` records what a
+(SQLite's implicit row id, a column in PostgreSQL) and ``{modalities}`` (string aggregation). ``schema_version`` records what a
 database has; ``migrate`` applies the rest in one transaction, under a lock, so nodes
 starting together migrate once. Never edit a released migration: add the next one.
 
@@ -119,6 +119,16 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "CREATE INDEX IF NOT EXISTS study_accession ON study(accession_number)",
         "CREATE INDEX IF NOT EXISTS patient_name_lower ON patient(lower(patient_name))",
     ]),
+    ("counts and modalities QIDO returns, kept on the study and series rows", [
+        "ALTER TABLE study ADD COLUMN series_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE study ADD COLUMN instance_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE study ADD COLUMN modalities TEXT",
+        "ALTER TABLE series ADD COLUMN instance_count INTEGER NOT NULL DEFAULT 0",
+        "UPDATE series SET instance_count=(SELECT count(*) FROM instance i WHERE i.series_fk=series.pk)",
+        "UPDATE study SET series_count=(SELECT count(*) FROM series s WHERE s.study_fk=study.pk), "
+        "instance_count=(SELECT coalesce(sum(s.instance_count), 0) FROM series s WHERE s.study_fk=study.pk), "
+        "modalities=(SELECT {modalities} FROM series s WHERE s.study_fk=study.pk)",
+    ]),
 ]
 
 VERSION = len(MIGRATIONS)
@@ -146,7 +156,8 @@ def migrate(db: Database, target: int = VERSION) -> int:
         for number in range(have + 1, target + 1):
             name, statements = MIGRATIONS[number - 1]
             for statement in statements:
-                session.execute(d.ddl(statement.format(rowid=d.rowid, rowid_column=d.rowid_column)))
+                session.execute(d.ddl(statement.format(rowid=d.rowid, rowid_column=d.rowid_column,
+                                                       modalities=d.group_concat("s.modality", distinct=True))))
             session.execute("INSERT INTO schema_version(version, name, applied) VALUES (?,?,?)",
                             (number, name, time.time()))
     return have

@@ -16,6 +16,7 @@ from archive.catalog.connections import Connections
 class SqliteDialect:
     name = "sqlite"
     skip_locked = ""  # BEGIN IMMEDIATE already serializes writers
+    lock_rows = ""
     unique_violation = sqlite3.IntegrityError
     rowid = "rowid"
     rowid_column = ""
