@@ -135,7 +135,9 @@ def test_work_items_are_claimed_once_and_a_dead_nodes_items_come_back(location):
     for n in range(60):
         WorkQueue(catalog.db, "setup").add("report", {"n": n})
     dead = WorkQueue(catalog.db, "dead-node")
-    held = dead.claim("report", limit=1, lease=0.5)
+    lease = 5.0
+    held = dead.claim("report", limit=1, lease=lease)
+    claimed_at = time.time()
     assert [w.payload["n"] for w in held] == [-1]
     claimed: dict[str, list[int]] = {}
 
@@ -153,24 +155,31 @@ def test_work_items_are_claimed_once_and_a_dead_nodes_items_come_back(location):
     for t in threads:
         t.join(60)
     done = sorted(n for mine in claimed.values() for n in mine)
-    assert done == list(range(60))  # each exactly once; the dead node's item still leased
-    time.sleep(0.6)
-    survivor = WorkQueue(catalog.db, "survivor")
-    back = survivor.claim("report")
-    assert [w.payload["n"] for w in back] == [-1] and back[0].attempts == 2
+    if time.time() - claimed_at < lease:  # (a slow machine may outlast the lease: then -1 is fair game)
+        assert done == list(range(60))  # each exactly once; the dead node's item still leased
+        time.sleep(lease - (time.time() - claimed_at) + 0.2)
+        survivor = WorkQueue(catalog.db, "survivor")
+        back = survivor.claim("report")
+        assert [w.payload["n"] for w in back] == [-1] and back[0].attempts == 2
+        assert survivor.done(back[0])
+    else:
+        assert done in (list(range(60)), list(range(-1, 60)))
     assert not dead.done(held[0])  # the dead node's late "done" does not count
-    assert survivor.done(back[0]) and survivor.pending("report") == 0
+    time.sleep(max(0.0, lease - (time.time() - claimed_at)) + 0.2)
+    for item in WorkQueue(catalog.db, "sweeper").claim("report"):  # whatever is left, once
+        WorkQueue(catalog.db, "sweeper").done(item)
+    assert WorkQueue(catalog.db).pending("report") == 0
     catalog.close()
 
 
 def test_a_lease_has_one_holder_and_passes_on_when_it_runs_out(location):
     catalog = Catalog(location)
     a, b = Leases(catalog.db, "a"), Leases(catalog.db, "b")
-    assert a.acquire("index:slides", ttl=0.4) == (True, None)
+    assert a.acquire("index:slides", ttl=3.0) == (True, None)
     assert a.save("index:slides", {"seq": 41})
     assert b.acquire("index:slides") == (False, None)
     assert not b.save("index:slides", {"seq": 0})
-    time.sleep(0.5)
+    time.sleep(3.2)
     assert b.acquire("index:slides") == (True, {"seq": 41})  # the state moves with it
     assert a.acquire("index:slides") == (False, None)
     assert b.holder("index:slides") == "b"
@@ -258,7 +267,7 @@ def test_nodes_sharing_catalog_and_elasticsearch_apply_the_outbox_once(postgresq
     from indexer.state import IndexState
     from indexer.worker import IndexWorker
 
-    monkeypatch.setattr(worker_module, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(worker_module, "LEASE_SECONDS", 3.0)
     index = elastic_index(es_node.url)
     index.ensure()
     catalogs = [Catalog(postgresql_url), Catalog(postgresql_url)]
@@ -273,7 +282,7 @@ def test_nodes_sharing_catalog_and_elasticsearch_apply_the_outbox_once(postgresq
     for ds in slides[2] + slides[3]:
         catalogs[1].add_instance(_new(ds), "c")
     # node 0 dies (stops renewing); once its lease runs out node 1 continues after node 0's last event
-    time.sleep(1.2)
+    time.sleep(3.2)
     assert workers[1].catch_up() == len(slides[2]) + len(slides[3])
     assert workers[0].step() == 0
     index.refresh()
