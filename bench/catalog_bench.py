@@ -154,7 +154,7 @@ def queries(instances: int, rng: random.Random) -> dict[str, object]:
 
 
 def measure(catalogs: dict, instances: int, repeats: int, budget: float) -> dict:
-    from archive.access import SYSTEM
+    from archive.auth.access import SYSTEM
     from archive.catalog.query import parse_qido
 
     rng = random.Random(7)
