@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import jsonify
 
+from archive.errors import ArchiveError
 from archive.lifecycle import SUPERVISOR_ENV, RunFiles
 
 #: A heartbeat older than this (seconds) means the background process is not working now.
@@ -54,7 +55,7 @@ def liveness(settings) -> tuple[bool, str]:
 def readiness(settings, archive) -> tuple[bool, dict[str, Any]]:
     components: dict[str, Any] = {"http": {"status": "ok", "pid": os.getpid(), "workers": settings.workers}}
     components["catalog"] = _catalog(archive)
-    components["storage"] = _storage(settings)
+    components["storage"] = _storage(settings, archive)
     components.update(_background(settings))
     ready = all(c["status"] in ("ok", "degraded", "disabled", "not supervised") for c in components.values())
     return ready, components
@@ -68,7 +69,9 @@ def _catalog(archive) -> dict[str, Any]:
     return {"status": "ok"}
 
 
-def _storage(settings) -> dict[str, Any]:
+def _storage(settings, archive) -> dict[str, Any]:
+    """The local area (free space, writable: spool and temp files live there with S3 too) and,
+    for S3, whether the bucket answers."""
     try:
         free = shutil.disk_usage(settings.storage_dir).free
     except OSError as e:
@@ -79,6 +82,12 @@ def _storage(settings) -> dict[str, Any]:
         return {"status": "down", "detail": "less free space than [server] min_free_space_mb", **out}
     if not os.access(settings.storage_dir / "tmp", os.W_OK):
         return {"status": "down", "detail": "the storage area is not writable", **out}
+    if archive.storage.kind == "s3":
+        out["bucket"] = archive.storage.bucket
+        try:
+            archive.storage.check()
+        except ArchiveError as e:
+            return {"status": "down", "detail": e.message, **out}
     return {"status": "ok", **out}
 
 

@@ -118,7 +118,10 @@ def test_s3_stopped_and_a_bucket_that_disappears(tmp_path, slide):
         assert stow(server, slide[0]).status_code == 200
         url = frame_url(server, slide[0])
         expected = requests.get(url, headers={"Accept": FRAME_ACCEPT}, timeout=30).content
+        assert requests.get(f"{server.url}/health/ready", timeout=30).status_code == 200
         s3.stop()
+        not_ready = requests.get(f"{server.url}/health/ready", timeout=30)
+        assert not_ready.status_code == 503 and not_ready.json()["components"]["storage"]["status"] == "down"
         assert stow(server, slide[1]).status_code == 503
         assert requests.get(frame_url(server, slide[0], 2), headers={"Accept": FRAME_ACCEPT},
                             timeout=30).status_code == 503
@@ -136,6 +139,7 @@ def test_s3_stopped_and_a_bucket_that_disappears(tmp_path, slide):
         assert [f.status_code for f in frames] == [200, 200, 200]
         assert frames[0].content.split(b"\r\n\r\n", 1)[1][:100] in expected
         assert verify(server, "--checksums").returncode == 0
+        assert requests.get(f"{server.url}/health/ready", timeout=30).status_code == 200
     finally:
         server.stop()
         s3.cleanup()
