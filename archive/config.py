@@ -590,7 +590,7 @@ def _storage(table: dict) -> StorageSettings:
         try:
             s3_location(settings.url)
         except ValueError as e:
-            raise ConfigError(f"[storage] url {settings.url[:80]!r}: {e}") from None
+            raise ConfigError(f"[storage] url: {e}") from None  # the URL itself not echoed: it may hold a secret
     if not 0 < settings.timeout <= 600:
         raise ConfigError("[storage] timeout must be above 0 and at most 600 seconds")
     if not 5 <= settings.part_size_mb <= 5120:

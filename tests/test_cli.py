@@ -130,6 +130,12 @@ def test_verify_reports_and_repairs(tmp_path, config):
     ("[[dimse.remote]]\nae_title = 'X'", "needs ae_title, host and port"),
     ("[deid]\ndefault = 'missing'", "undefined policy"),
     ("[results]\ndangling_references = 'ignore'", "must be \"refuse\" or \"warn\""),
+    ("[storage]\nurl = '/srv/slides'", "[storage] url: must be empty (the data directory) or look like "
+                                        "s3://bucket/prefix"),
+    ("[storage]\nurl = 's3://key:secret@bucket/p'", "without credentials"),
+    ("[storage]\nurl = 's3://No_Such_Name/p'", "not a valid S3 bucket name"),
+    ("[storage]\npart_size_mb = 1", "part_size_mb must be 5-5120"),
+    ("[storage]\nframe_cache_mb = -1", "frame_cache_mb must be 0-65536"),
 ])
 def test_configuration_errors(tmp_path, text, message):
     path = tmp_path / "bad.toml"
@@ -140,6 +146,7 @@ def test_configuration_errors(tmp_path, text, message):
     assert result.returncode == 2
     assert "configuration error" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "secret" not in result.stderr  # a credential written into a URL is not echoed
 
 
 def test_serve_refuses_a_bad_index_configuration(tmp_path):
