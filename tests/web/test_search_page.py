@@ -52,7 +52,7 @@ def archive(tmp_path_factory):
                            feature("Polygon", [[[100, 100], [160, 100], [160, 160], [100, 100]]], "Tumor")]},
                         "algorithm": {"name": "cellfinder", "version": "2.1"}})
     assert status == 201, made
-    deadline = time.time() + 30  # the index worker picks the result up from the catalog's outbox
+    deadline = time.time() + 120  # the index worker picks the result up from the catalog's outbox
     while not requests.get(f"{server.url}/api/search", params={"ai.present": "true"}).json()["total"]:
         assert time.time() < deadline, "the AI result never reached the index"
         time.sleep(0.2)
