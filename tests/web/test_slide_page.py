@@ -18,8 +18,7 @@ from harness import admin_key
 from viewer_support import (axe_violations, browser, colour_count, draw_polygon, get_json, open_slide,
                             tissue_fraction, viewer_pixels, PageErrors)
 
-pytestmark = pytest.mark.skipif(not (REPO / "node_modules" / "dicom-microscopy-viewer").is_dir(),
-                                reason="npm ci has not been run (scripts/test.sh runs it)")
+assert (REPO / "node_modules" / "dicom-microscopy-viewer").is_dir(), "npm ci has not been run (scripts/test.sh runs it)"
 SPEC = SlideSpec(width=2400, height=1600, tile=256, seed=11)
 
 
