@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from pydicom.dataset import Dataset
 
-MAPPING_VERSION = 2  # 2: collections (every collection of the study, for access control)
+MAPPING_VERSION = 3  # 2: collections (every collection of the study, for access control); 3: species, specimen type
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 ANN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.91.1"
@@ -50,6 +50,7 @@ FIELDS: tuple[Field, ...] = (
     Field("patient.sex", "keyword", facet=True),
     Field("patient.age", "keyword", facet=True),
     Field("patient.age_years", "integer"),
+    Field("patient.species_codes", "keyword", facet=True),
     Field("study.date", "date"),
     Field("study.description", "text"),
     Field("series.modality", "keyword", facet=True),
@@ -58,6 +59,7 @@ FIELDS: tuple[Field, ...] = (
     Field("specimen.ids", "keyword"),
     Field("specimen.anatomy_codes", "keyword", facet=True),
     Field("specimen.anatomy", "text"),
+    Field("specimen.type_codes", "keyword", facet=True),
     Field("specimen.stain_codes", "keyword", facet=True),
     Field("specimen.stains", "text"),
     Field("specimen.preparation_codes", "keyword", facet=True),
@@ -231,6 +233,7 @@ def _specimen(headers: list[Dataset]) -> dict[str, Any]:
     texts: list[str] = []
     ids: list[str] = []
     containers: list[tuple[str, str]] = []
+    types: list[tuple[str, str]] = []
     container_id = None
     seen: set[int] = set()  # sequences shared by several headers (Catalog._share_sequences)
     for ds in headers:
@@ -244,6 +247,7 @@ def _specimen(headers: list[Dataset]) -> dict[str, Any]:
         for spec in _items(ds, "SpecimenDescriptionSequence"):
             ids.append(_str(spec.get("SpecimenIdentifier")) or "")
             anatomy += _codes(_items(spec, "PrimaryAnatomicStructureSequence"))
+            types += _codes(_items(spec, "SpecimenTypeCodeSequence"))
             texts += [t for t in (_str(spec.get("SpecimenShortDescription")),
                                   _str(spec.get("SpecimenDetailedDescription"))) if t]
             for step in _items(spec, "SpecimenPreparationSequence"):
@@ -259,11 +263,13 @@ def _specimen(headers: list[Dataset]) -> dict[str, Any]:
                     text = _str(item.get("TextValue"))
                     if text and name != "DCM:121041":  # 121041: the specimen identifier again
                         texts.append(text)
-    anatomy, stains, preparation, containers = (_unique(x) for x in (anatomy, stains, preparation, containers))
+    anatomy, stains, preparation, containers, types = (_unique(x) for x in (anatomy, stains, preparation, containers,
+                                                                             types))
     return {
         "ids": _unique(ids),
         "anatomy_codes": [c for c, _ in anatomy],
         "anatomy": " ".join(m for _, m in anatomy) or None,
+        "type_codes": [c for c, _ in types],
         "stain_codes": [c for c, _ in stains],
         "stains": " ".join(m for _, m in stains) or None,
         "preparation_codes": [c for c, _ in preparation],
@@ -462,7 +468,8 @@ def build_document(headers: list[Dataset], collection: str | None = None,
         "sop_classes": sorted(c for c in sop_classes if c),
         "instance_count": len(headers),
         "patient": {"id": _str(first.get("PatientID")), "sex": _str(first.get("PatientSex")),
-                    "age": age, "age_years": _age_years(age)},
+                    "age": age, "age_years": _age_years(age),
+                    "species_codes": [c for c, _ in _unique(_codes(_items(first, "PatientSpeciesCodeSequence")))]},
         "study": {"date": _date(first.get("StudyDate")), "description": _str(first.get("StudyDescription"))},
         "series": {"modality": _str(first.get("Modality")), "description": _str(first.get("SeriesDescription")),
                    "body_part": _str(first.get("BodyPartExamined"))},

@@ -63,6 +63,8 @@ def slide_headers(n: int, seed: int = 0, study_uid: str | None = None, patient: 
     base.PatientID = f"PSEUDO-{p:06d}"
     base.PatientSex = "FM"[p % 2] if p % 5 else "O"
     base.PatientAge = f"{20 + p % 70:03d}Y"
+    species = ("SCT", "447612001", "Mus musculus") if p % 7 == 3 else ("SCT", "337915000", "Homo sapiens")
+    base.PatientSpeciesCodeSequence = Sequence([code(*species)])
     base.PatientBirthDate = f"{1930 + p % 70}0{1 + p % 9}15"
     base.StudyInstanceUID = study_uid or f"2.25.{seed + 1}1{n // 2 if patient is None else p}"
     base.StudyDate = f"20{10 + (n // 2) % 15}{1 + (n // 2) % 12:02d}{1 + (n // 2) % 28:02d}"
@@ -86,6 +88,7 @@ def slide_headers(n: int, seed: int = 0, study_uid: str | None = None, patient: 
     spec.SpecimenIdentifier = f"SPEC-{n:07d}"
     spec.SpecimenUID = f"2.25.{seed + 1}3{n}"
     spec.PrimaryAnatomicStructureSequence = Sequence([code(*organ)])
+    spec.SpecimenTypeCodeSequence = Sequence([code("SCT", "430856003", "Tissue section")])
     spec.SpecimenShortDescription = f"{organ[2]} tissue section"
     steps = []
     for s in stain:

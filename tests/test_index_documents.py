@@ -21,7 +21,9 @@ def test_slide_document_fields():
     assert doc["collection"] == "research"
     assert doc["series_uid"] == headers[0].SeriesInstanceUID
     assert doc["patient"] == {"id": headers[0].PatientID, "sex": headers[0].PatientSex,
-                              "age": headers[0].PatientAge, "age_years": int(headers[0].PatientAge[:3])}
+                              "age": headers[0].PatientAge, "age_years": int(headers[0].PatientAge[:3]),
+                              "species_codes": ["SCT:337915000"]}  # from PatientSpeciesCodeSequence
+    assert doc["specimen"]["type_codes"] == ["SCT:430856003"]  # SpecimenTypeCodeSequence of the specimen item
     assert doc["study"]["date"] == headers[0].StudyDate
     assert doc["specimen"]["anatomy_codes"] == ["SCT:71854001"]  # colon, from PrimaryAnatomicStructureSequence
     assert doc["specimen"]["stain_codes"] == ["SCT:255176008"]  # from the "Using substance" step item

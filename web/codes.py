@@ -10,6 +10,9 @@ from __future__ import annotations
 
 MEANINGS: dict[str, str] = {
     "SCT:12710003": "hematoxylin stain",
+    "SCT:337915000": "Homo sapiens",
+    "SCT:447612001": "Mus musculus",
+    "SCT:430856003": "Tissue section",
     "SCT:36879007": "water soluble eosin stain",
     "SCT:13958009": "Masson trichrome stain",
     "SCT:255176008": "periodic acid Schiff stain",

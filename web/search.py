@@ -20,6 +20,8 @@ FACETS = (
     ("collection", "Collection"),
     ("specimen.anatomy_codes", "Organ / anatomic structure"),
     ("specimen.stain_codes", "Stain"),
+    ("specimen.type_codes", "Specimen type"),
+    ("patient.species_codes", "Species"),
     ("specimen.container_type_codes", "Specimen container"),
     ("specimen.processing_types", "Processing"),
     ("scanner.manufacturer", "Scanner"),
