@@ -10,7 +10,7 @@ from conftest import REPO, Server
 from slides import SlideSpec, make_slide
 from test_datasets_api import DERM, stow
 from test_slide_page import chromium, page  # noqa: F401  (the browser fixtures of the web tests)
-from viewer_support import axe_violations
+from harness import axe_violations
 
 assert (REPO / "node_modules" / "axe-core").is_dir(), "npm ci has not been run (scripts/test.sh runs it)"
 

@@ -3,36 +3,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import urllib.request
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-AXE = REPO / "node_modules" / "axe-core" / "axe.min.js"
-
-
-def chromium_path() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError("Debian's chromium is not installed (scripts/test.sh installs it)")
-
-
-class PageErrors:
-    """Uncaught exceptions and console errors of one page: a test expects none unless it says which."""
-
-    def __init__(self, page):
-        self.items: list[str] = []
-        page.on("pageerror", lambda e: self.items.append(f"pageerror: {e}"))
-        page.on("console", lambda m: self.items.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
-
-    def unexpected(self, *allowed: str) -> list[str]:
-        return [e for e in self.items if not any(a in e for a in allowed)]
+from harness import CHROMIUM_ARGS, chromium_path
 
 
 @contextmanager
@@ -40,8 +17,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--use-gl=swiftshader",
-                                                                      "--enable-unsafe-swiftshader"])
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
             yield b
         finally:
@@ -85,10 +61,3 @@ def get_json(url: str, token: str | None = None):
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
-
-
-def axe_violations(page) -> list[dict]:
-    page.add_script_tag(path=str(AXE))
-    result = page.evaluate("async () => await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})")
-    return [{"id": v["id"], "help": v["help"], "nodes": [n["target"] for n in v["nodes"]][:5]}
-            for v in result["violations"]]
