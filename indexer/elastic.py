@@ -101,8 +101,8 @@ class ElasticIndex:
 
     # --- generations ----------------------------------------------------------------
 
-    def _create(self, with_alias: bool) -> str:
-        concrete = f"{self.alias}-v{MAPPING_VERSION}-{time.time_ns()}"
+    def _create(self, with_alias: bool, generation: int | None = None) -> str:
+        concrete = f"{self.alias}-v{MAPPING_VERSION}-{time.time_ns() if generation is None else generation}"
         settings: dict[str, Any] = {"number_of_shards": self.config.shards,
                                     "number_of_replicas": self.config.replicas,
                                     "max_result_window": 10_000}
@@ -113,9 +113,12 @@ class ElasticIndex:
         return concrete
 
     def ensure(self) -> None:
+        """Create the first generation unless the alias exists. Its name is fixed (generation 0), so
+        nodes starting together collide on one name and one wins: with a name per node the alias
+        would point at several indices, none of them its write index, and every write would fail."""
         try:
             if not self.es.indices.exists_alias(name=self.alias):
-                self._create(with_alias=True)
+                self._create(with_alias=True, generation=0)
         except ApiError as e:
             if e.status_code == 400 and "already_exists" in str(e):
                 return  # another process created it first

@@ -319,3 +319,38 @@ def test_a_catalog_url_keeps_its_password_out_of_messages():
     with pytest.raises(Exception) as raised:
         Catalog("postgresql://archive:s3cret@127.0.0.1:1/catalog", pool_timeout=1)
     assert "s3cret" not in str(raised.value)
+
+
+@pytest.mark.elasticsearch
+def test_nodes_creating_the_elasticsearch_index_at_once_make_one_writable_index(es_node):  # noqa: F811
+    """Nodes starting together each find no index and create one: the alias must end up on exactly
+    one index, or every write through it fails ("no write index") and nothing is ever searchable."""
+    from es_node import elastic_index
+
+    from indexer.elastic import ElasticIndex
+
+    first = elastic_index(es_node.url)
+    nodes = [first] + [ElasticIndex(first.config) for _ in range(3)]
+    barrier = threading.Barrier(len(nodes))
+    errors: list[Exception] = []
+
+    def start(index: ElasticIndex) -> None:
+        barrier.wait()
+        try:
+            index.ensure()
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(first.es.indices.get_alias(name=first.alias)) == 1
+    assert nodes[-1].upsert([{"series_uid": "1.2.826.0.1.3680043.8.498.1", "kind": "slide"}]) == []
+    first.refresh()
+    assert first.count() == 1
+    first.es.indices.delete(index=f"{first.alias}*", ignore_unavailable=True)
+    for n in nodes:
+        n.close()
