@@ -26,10 +26,10 @@ from archive import dicomjson
 from archive.auth.access import SYSTEM
 from archive.catalog import NewInstance
 from archive.dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
-from archive.results import checks as results  # AI results: checked and linked at ingest
 from archive.errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
-                     DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
+                            DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
 from archive.frames import ItemSpans, index_frames
+from archive.results import checks as results  # AI results: checked and linked at ingest
 from archive.storage import CHUNK, copy_range, raise_for_os_error, spool, stored_sha256
 from archive.uids import is_valid_uid
 

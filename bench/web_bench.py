@@ -22,7 +22,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "web")]
 
 from conftest import IDENTIFIED, Server, make_wsi  # noqa: E402
 from test_results_support import api, stow  # noqa: E402
-from viewer_support import browser  # noqa: E402
+from harness import browser  # noqa: E402
 
 ZOOM_JS = """() => new Promise((resolve) => {
   const map = window.slidePage.map, view = map.getView()

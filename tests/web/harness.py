@@ -16,6 +16,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,16 +49,23 @@ class PageErrors:
         return [e for e in self.items if not any(a in e for a in allowed)]
 
 
-@pytest.fixture(scope="module")
-def chromium():
+@contextmanager
+def browser():
+    """Debian's Chromium under Playwright, closed on exit (the fixture below, and benchmarks)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        launched = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            yield browser
+            yield launched
         finally:
-            browser.close()
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser() as launched:
+        yield launched
 
 
 @pytest.fixture

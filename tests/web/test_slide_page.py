@@ -14,8 +14,8 @@ from pydicom.encaps import encapsulate
 from conftest import IDENTIFIED, REPO, Server
 from slides import SlideSpec, make_slide
 from test_results_support import api, feature, stow
-from harness import PageErrors, admin_key, axe_violations
-from viewer_support import browser, colour_count, draw_polygon, get_json, open_slide, tissue_fraction, viewer_pixels
+from harness import PageErrors, admin_key, axe_violations, browser
+from viewer_support import colour_count, draw_polygon, get_json, open_slide, tissue_fraction, viewer_pixels
 
 assert (REPO / "node_modules" / "dicom-microscopy-viewer").is_dir(), "npm ci has not been run (scripts/test.sh runs it)"
 SPEC = SlideSpec(width=2400, height=1600, tile=256, seed=11)

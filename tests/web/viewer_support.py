@@ -1,27 +1,12 @@
-"""Helpers for the slide-page tests (no tests here): a real Chromium via Playwright, pixels, drawing."""
+"""Helpers for the slide-page tests (no tests here): opening a slide, its pixels, drawing on it."""
 from __future__ import annotations
 
 import io
 import json
 import urllib.request
-from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
-
-from harness import CHROMIUM_ARGS, chromium_path
-
-
-@contextmanager
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def open_slide(page, url: str, timeout: float = 60000) -> None:
