@@ -25,6 +25,7 @@ import s3_server  # noqa: E402
 #: ``SLIDEARCHIVE_TEST_STORAGE=s3``: every Server stores its instances in a bucket of the session's
 #: s3proxy instead of its data directory (scripts/test.sh runs the storage tests a second time so).
 TEST_STORAGE = os.environ.get("SLIDEARCHIVE_TEST_STORAGE", "local")
+S3_PREFIX = "archive"  # the key prefix of those servers' objects
 
 import pg_cluster  # noqa: E402  (tests/ is on sys.path from here on)
 
@@ -74,8 +75,11 @@ class Server:
             self.catalog_location = pg_cluster.shared_cluster().create_database()
             config += f'\n[catalog]\nurl = "{self.catalog_location}"\n'
         self.env = dict(os.environ)
+        #: The directory s3proxy keeps this server's bucket in, when the suite runs on S3.
+        self.bucket_dir: Path | None = None
         if TEST_STORAGE == "s3" and "[storage]" not in config:
-            config += s3_storage_config(self.env)
+            section, self.bucket_dir = s3_storage_config(self.env)
+            config += section
         self.config_path.write_text(config if "[auth]" in config else AUTH_OFF + config)
         self.dimse = dimse
         self.args = args
@@ -84,6 +88,11 @@ class Server:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def cli_args(self) -> tuple[str, ...]:
+        """What a ``slidearchive`` command needs to act on this server's archive, whatever its backends."""
+        return ("--data-dir", str(self.data_dir), "--config", str(self.config_path))
 
     @property
     def dicomweb(self) -> str:
@@ -126,15 +135,39 @@ class Server:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def stored_file(self, storage_id: str) -> Path:
+        """Where the instance with catalog ``storage_id`` lies at rest: its file, or the object s3proxy keeps."""
+        if self.bucket_dir:
+            return self.bucket_dir / S3_PREFIX / storage_id
+        return self.data_dir / "storage" / storage_id[:2] / storage_id[2:4] / storage_id
 
-def s3_storage_config(env: dict[str, str]) -> str:
-    """A [storage] section on a fresh bucket of the session's s3proxy; its AWS_* variables go into ``env``
-    and into this process's environment (tests run ``slidearchive verify`` and ``import`` against the server's
-    data directory as subprocesses; one server, so the same credentials for all)."""
+    def stored_files(self) -> list[Path]:
+        """The stored instances as files: the storage directory's, or the objects s3proxy keeps for the bucket."""
+        root = self.bucket_dir or self.data_dir / "storage"
+        return sorted(p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp")
+
+    def kept(self) -> list[tuple[str, bytes]]:
+        """Everything this server keeps at rest, as (where, bytes): the files of its data directory
+        (key files under ``secrets`` left out), its bucket's objects, every row of a PostgreSQL
+        catalog, and its log. What the privacy tests search for identifiers, whatever the backends."""
+        roots = [self.data_dir] + ([self.bucket_dir] if self.bucket_dir else [])
+        kept = [(str(p), p.read_bytes()) for root in roots for p in root.rglob("*")
+                if p.is_file() and "secrets" not in p.relative_to(root).parts]
+        if isinstance(self.catalog_location, str):
+            kept += pg_cluster.rows(self.catalog_location)
+        return kept + [("server log", self.log_path.read_bytes())]
+
+
+def s3_storage_config(env: dict[str, str]) -> tuple[str, Path]:
+    """A [storage] section on a fresh bucket of the session's s3proxy, and the directory s3proxy keeps
+    that bucket in; its AWS_* variables go into ``env`` and into this process's environment (tests run
+    ``slidearchive verify`` and ``import`` against the server's data directory as subprocesses; one
+    server, so the same credentials for all)."""
     s3 = s3_server.shared()
     env.update(s3.env())
     os.environ.update(s3.env())
-    return f'\n[storage]\nurl = "s3://{s3_server.new_bucket(s3)}/archive"\n'
+    bucket = s3_server.new_bucket(s3)
+    return f'\n[storage]\nurl = "s3://{bucket}/{S3_PREFIX}"\n', s3.data / bucket
 
 
 def require_s3() -> None:

@@ -96,6 +96,21 @@ class PgCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def rows(url: str) -> list[tuple[str, bytes]]:
+    """Every row of every table of the database at ``url``, one (table, bytes) each: binary columns as
+    their raw bytes, others as text, so a byte search finds what a file search of SQLite would."""
+    import psycopg
+
+    out = []
+    with psycopg.connect(url) as db:
+        tables = [t for (t,) in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            for row in db.execute(f'SELECT * FROM "{table}"'):
+                out.append((f"catalog table {table}", b"\0".join(
+                    bytes(v) if isinstance(v, (bytes, memoryview)) else str(v).encode() for v in row)))
+    return out
+
+
 _cluster: PgCluster | None = None
 
 

@@ -129,11 +129,6 @@ def basic_server(tmp_path_factory):
     server.stop()
 
 
-def everything_kept(server) -> list[tuple[str, bytes]]:
-    files = [p for p in server.data_dir.rglob("*") if p.is_file() and "secrets" not in p.parts]
-    return [(str(p), p.read_bytes()) for p in files] + [("server log", server.log_path.read_bytes())]
-
-
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_elements_after_pixel_data_are_deidentified(basic_server, tmp_path: Path, name: str) -> None:
     server = basic_server
@@ -145,7 +140,7 @@ def test_elements_after_pixel_data_are_deidentified(basic_server, tmp_path: Path
     data = retrieve_instance(server, study, series, sop)
     m = MARKER.search(data)
     assert m is None, f"{m.group()!r} stored"
-    for where, kept in everything_kept(server):
+    for where, kept in server.kept():
         m = MARKER.search(kept)
         assert m is None, f"{m.group()!r} in {where}"
 
@@ -272,7 +267,7 @@ def test_blanked_overview_elements_after_pixel_data(make_server, tmp_path: Path)
     assert stored.BurnedInAnnotation == "NO" and stored.PixelData != overview.PixelData  # blanked
     assert 0xFFFAFFFA not in stored and 0xFFFCFFFC not in stored and 0x7FE11001 not in stored
     assert stored[COEFFICIENTS_SDVN].value == KEPT_VALUE
-    for where, kept in everything_kept(server):
+    for where, kept in server.kept():
         m = MARKER.search(kept)
         assert m is None, f"{m.group()!r} in {where}"
 

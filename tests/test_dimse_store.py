@@ -56,8 +56,7 @@ def test_store_received_as_sent(server, tmp_path):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         record = catalog.instance(ds.SOPInstanceUID, principal=SYSTEM)
         assert record is not None and record.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
-        assert _body(server.data_dir / "storage" / record.storage_id[:2] / record.storage_id[2:4]
-                     / record.storage_id) == _body(path)
+        assert _body(server.stored_file(record.storage_id)) == _body(path)
 
 
 def _body(path) -> bytes:
@@ -147,7 +146,7 @@ def test_store_transfer_syntaxes(server, tmp_path, name):
     original = pydicom.dcmread(sent)
     record = Catalog(server.catalog_location).instance(original.SOPInstanceUID, principal=SYSTEM)
     assert record is not None and record.transfer_syntax_uid == expected
-    stored_path = server.data_dir / "storage" / record.storage_id[:2] / record.storage_id[2:4] / record.storage_id
+    stored_path = server.stored_file(record.storage_id)
     if encoder:
         assert _body(stored_path) == _body(sent)
     else:

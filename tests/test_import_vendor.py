@@ -73,7 +73,7 @@ def _image_type(instance: dict) -> str:
 @pytest.mark.filterwarnings("ignore:No bulk data URI handler")
 def test_real_svs_is_copied_tile_for_tile_and_its_label_and_macro_are_not_stored(make_server, cmu, tmp_path):
     server = make_server()  # the default: Basic Profile, labels and label-showing overviews dropped
-    result = run("import", str(cmu), "--data-dir", str(server.data_dir))
+    result = run("import", str(cmu), *server.cli_args)
     assert result.returncode == 0, result.stderr
     assert "vendor slides: 1 converted" in result.stdout
     assert "2 stored" in result.stdout and "2 dropped by policy" in result.stdout
@@ -87,7 +87,7 @@ def test_real_svs_is_copied_tile_for_tile_and_its_label_and_macro_are_not_stored
     assert all(_scan(f) == _scan(s) for f, s in zip(frames, source))  # lossless: the same scans, byte for byte
     assert volume["00282110"]["Value"] == ["01"]  # the SVS tiles were lossy JPEG already: said so
     # the same file again: skipped, nothing new
-    again = run("import", str(cmu), "--data-dir", str(server.data_dir), "-q")
+    again = run("import", str(cmu), *server.cli_args, "-q")
     assert again.returncode == 0 and "1 already imported" in again.stdout
     assert len(_instances(server)) == 2
     # it opens in wsidicom, from the stored files and over DICOMweb
@@ -96,7 +96,7 @@ def test_real_svs_is_copied_tile_for_tile_and_its_label_and_macro_are_not_stored
     study, series = volume["0020000D"]["Value"][0], volume["0020000E"]["Value"][0]
     with WsiDicom.open_web(WsiDicomWebClient.create_client(server.dicomweb), study, series) as web:
         web_region = np.asarray(web.read_region((0, 0), 0, (480, 480)))
-    stored = [p for p in (server.data_dir / "storage").rglob("*") if p.is_file()]
+    stored = server.stored_files()
     with WsiDicom.open(stored) as local:
         assert local.size.width == 2220 and local.size.height == 2967
         local_region = np.asarray(local.read_region((0, 0), 0, (480, 480)))
@@ -123,16 +123,14 @@ def test_generated_svs_with_manifest_leaves_no_planted_vendor_text(make_server, 
     manifest = folder / "manifest.csv"
     manifest.write_text("file,specimen,stain,anatomy,collection,case_id\n"
                         f"{svs.name},SPEC-PLANTED-0042,{STAIN},SCT:76752008:Breast,study7,CASE-PLANTED-0099\n")
-    result = run("import", str(folder), "--manifest", str(manifest), "--data-dir", str(server.data_dir), "-q")
+    result = run("import", str(folder), "--manifest", str(manifest), *server.cli_args, "-q")
     assert result.returncode == 0, result.stderr
     instances = _instances(server)
     assert sorted(_image_type(i) for i in instances) == ["THUMBNAIL", "VOLUME", "VOLUME"]
     secret_values = [*PHI.values(), "SPEC-PLANTED-0042", "CASE-PLANTED-0099"]
-    for path in server.data_dir.rglob("*"):
-        if path.is_file():
-            blob = path.read_bytes()
-            for value in secret_values:
-                assert value.encode() not in blob, f"{value} in {path.relative_to(server.data_dir)}"
+    for where, blob in server.kept():
+        for value in secret_values:
+            assert value.encode() not in blob, f"{value} in {where}"
     answers = [requests.get(f"{server.dicomweb}/{what}").content for what in ("studies", "series", "instances")]
     study = instances[0]["0020000D"]["Value"][0]
     answers.append(requests.get(f"{server.dicomweb}/studies/{study}/metadata").content)
@@ -155,11 +153,10 @@ def test_generated_svs_with_manifest_leaves_no_planted_vendor_text(make_server, 
         frames = _volume_frames(server, inst)
         assert [_scan(f) for f in frames] == [_scan(t) for t in _source_tiles(svs, page)]
     # every stored instance is a valid VL WSI instance per dicom3tools (warnings allowed)
-    for path in (server.data_dir / "storage").rglob("*"):
-        if path.is_file():
-            check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-            errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
-            assert errors == [], errors
+    for path in server.stored_files():
+        check = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [], errors
     # the manifest reached the search index: stain and collection
     for _ in range(100):  # the index worker catches up from the catalog's outbox
         found = requests.get(f"{server.url}/api/search", params={"specimen.stain_codes": "SCT:12710003"}).json()
@@ -184,7 +181,7 @@ def test_ndpi_strips_become_tiles_without_re_quantisation(make_server, tmp_path)
     """NDPI pages are one JPEG strip; opentile cuts tiles out of it in the DCT domain (no new quantisation)."""
     server = make_server()
     ndpi = make_ndpi(tmp_path / "slide.ndpi")
-    result = run("import", str(ndpi), "--data-dir", str(server.data_dir), "-q")
+    result = run("import", str(ndpi), *server.cli_args, "-q")
     assert result.returncode == 0, result.stderr
     instances = _instances(server)
     kinds = sorted(_image_type(i) for i in instances)
@@ -206,9 +203,8 @@ def test_ndpi_strips_become_tiles_without_re_quantisation(make_server, tmp_path)
         part = source[y:y + columns, x:x + columns].astype(int)
         h, w = part.shape[:2]
         assert np.abs(tile[:h, :w] - part).mean() < 1.0
-    for path in server.data_dir.rglob("*"):
-        if path.is_file():
-            _phi_free(path.read_bytes(), str(path))
+    for where, blob in server.kept():
+        _phi_free(blob, where)
     _phi_free(requests.get(f"{server.dicomweb}/instances", params={"includefield": "all"}).content, "QIDO")
 
 
@@ -224,7 +220,7 @@ overview_label_area = [0, 0, 300, 400]
 def test_a_macro_is_kept_blanked_when_the_policy_says_so(make_server, tmp_path):
     server = make_server(BLANK_OVERVIEW)
     svs = make_svs(tmp_path / "s.svs", width=1024, height=768, seed=15, levels=1)
-    result = run("import", str(svs), "--data-dir", str(server.data_dir), "--config", str(server.config_path), "-q")
+    result = run("import", str(svs), *server.cli_args, "-q")
     assert result.returncode == 0, result.stderr
     instances = _instances(server)
     assert sorted(_image_type(i) for i in instances) == ["OVERVIEW", "THUMBNAIL", "VOLUME"]  # LABEL: dropped
@@ -241,7 +237,7 @@ def test_a_macro_is_kept_blanked_when_the_policy_says_so(make_server, tmp_path):
 def test_philips_tiff_tiles_are_copied_and_its_xml_does_not_travel(make_server, tmp_path):
     server = make_server()
     philips = make_philips(tmp_path / "slide.tiff")
-    result = run("import", str(philips), "--data-dir", str(server.data_dir), "-q")
+    result = run("import", str(philips), *server.cli_args, "-q")
     assert result.returncode == 0, result.stderr
     assert "1 converted" in result.stdout
     instances = _instances(server)
@@ -249,17 +245,15 @@ def test_philips_tiff_tiles_are_copied_and_its_xml_does_not_travel(make_server, 
     base = next(i for i in instances if i["00480006"]["Value"][0] == 2048)
     assert [_scan(f) for f in _volume_frames(server, base)] == [_scan(t) for t in _source_tiles(philips, 0)]
     assert base["00080070"]["Value"] == ["PHILIPS"]  # DICOM_MANUFACTURER, mapped
-    for path in server.data_dir.rglob("*"):
-        if path.is_file():
-            blob = path.read_bytes()
-            _phi_free(blob, str(path))
-            assert b"DPUfsImport" not in blob and b"FMT0042" not in blob  # the XML; the serial (Basic Profile)
+    for where, blob in server.kept():
+        _phi_free(blob, where)
+        assert b"DPUfsImport" not in blob and b"FMT0042" not in blob  # the XML; the serial (Basic Profile)
 
 
 def test_openslide_formats_are_re_encoded_and_say_so(make_server, tmp_path):
     server = make_server()
     tiff = make_generic_tiff(tmp_path / "slide.tiff")
-    result = run("import", str(tiff), "--data-dir", str(server.data_dir), "-q", "--workers", "2")
+    result = run("import", str(tiff), *server.cli_args, "-q", "--workers", "2")
     assert result.returncode == 0, result.stderr
     instances = _instances(server)
     volumes = [i for i in instances if _image_type(i) == "VOLUME"]
@@ -268,13 +262,12 @@ def test_openslide_formats_are_re_encoded_and_say_so(make_server, tmp_path):
     assert base["00282110"]["Value"] == ["01"]
     assert float(base["00282112"]["Value"][0]) > 1  # the ratio, recorded
     assert base["00282114"]["Value"][0] == "ISO_10918_1"
-    for path in server.data_dir.rglob("*"):
-        if path.is_file():
-            _phi_free(path.read_bytes(), str(path))
+    for where, blob in server.kept():
+        _phi_free(blob, where)
     from wsidicom import WsiDicom
     import openslide
 
-    stored = [p for p in (server.data_dir / "storage").rglob("*") if p.is_file()]
+    stored = server.stored_files()
     with WsiDicom.open(stored) as wsi, openslide.OpenSlide(str(tiff)) as slide:
         ours = np.asarray(wsi.read_region((256, 256), 0, (512, 512))).astype(float)
         theirs = np.asarray(slide.read_region((256, 256), 0, (512, 512)).convert("RGB")).astype(float)
@@ -468,8 +461,7 @@ def test_an_upload_job_is_seen_only_by_its_uploader(tmp_path, cmu):
     server.data_dir.mkdir(parents=True)
 
     def key(name: str) -> dict[str, str]:
-        made = run("keys", "create", "--name", name, "--grant", "default:write", "--data-dir", str(server.data_dir),
-                   "--config", str(server.config_path))
+        made = run("keys", "create", "--name", name, "--grant", "default:write", *server.cli_args)
         assert made.returncode == 0, made.stderr
         return {"Authorization": f"Bearer {made.stdout.strip()}"}
 

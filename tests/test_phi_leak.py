@@ -154,14 +154,9 @@ def _bulk_uris(meta: dict) -> list[str]:
     return uris
 
 
-def _kept(server) -> list[tuple[str, bytes]]:
-    files = [p for p in server.data_dir.rglob("*") if p.is_file() and "secrets" not in p.parts]
-    return [(str(p), p.read_bytes()) for p in files] + [("server log", server.log_path.read_bytes())]
-
-
 def test_no_marker_and_no_slide_phi_anywhere(ingested):
     server, client = ingested["server"], ingested["client"]
-    everything = _kept(server) + [("served", b) for b in _served(server, client)]
+    everything = server.kept() + [("served", b) for b in _served(server, client)]
     everything.append(("import output", ingested["import_output"].encode()))
     everything.append(("STOW responses", str(ingested["responses"]).encode()))
     assert len(everything) > 10
