@@ -41,12 +41,16 @@ def test_fresh_catalog_has_the_current_schema_version(location):
     catalog.close()
 
 
-def test_a_catalog_of_the_previous_version_upgrades_with_its_rows(location):
-    """Made by migrations 1..N-1 (as the previous release left it), holding a study; opening it
-    with this version applies migration N and keeps every row readable."""
+COUNTS = next(i + 1 for i, (name, _) in enumerate(schema.MIGRATIONS) if name.startswith("counts and modalities"))
+
+
+@pytest.mark.parametrize("previous", sorted({COUNTS - 1, schema.VERSION - 1}))
+def test_a_catalog_of_an_earlier_version_upgrades_with_its_rows(location, previous):
+    """Made by migrations 1..``previous`` (as an earlier release left it), holding a study; opening
+    it with this version applies the rest and keeps every row readable."""
     db = open_database(location)
-    schema.migrate(db, target=schema.VERSION - 1)
-    assert schema.version(db) == schema.VERSION - 1
+    schema.migrate(db, target=previous)
+    assert schema.version(db) == previous
     headers = slide_headers(1)
     with db.transaction() as s:  # rows as the previous version wrote them, in migration N-1's tables
         s.execute("INSERT INTO collection(name) VALUES ('c')")
@@ -69,8 +73,9 @@ def test_a_catalog_of_the_previous_version_upgrades_with_its_rows(location):
     assert schema.version(catalog.db) == schema.VERSION
     record = catalog.instance(headers[0].SOPInstanceUID, principal=SYSTEM)
     assert record is not None and record.storage_id == "old"
-    [study] = catalog.search(parse_qido("study", []), principal=SYSTEM)  # counts filled in by the upgrade
-    assert study["00201208"]["Value"] == [1] and study["00201206"]["Value"] == [1]
+    if previous < COUNTS:
+        [study] = catalog.search(parse_qido("study", []), principal=SYSTEM)  # counts filled in by the upgrade
+        assert study["00201208"]["Value"] == [1] and study["00201206"]["Value"] == [1]
     # what migration N brought works on the upgraded catalog, beside the old rows
     catalog.add_instance(_new(headers[1]), "c")
     assert len(catalog.instances(headers[0].StudyInstanceUID, principal=SYSTEM)) == 2

@@ -212,8 +212,11 @@ def test_warn_policy_stores_dangling_result_with_warning(make_server, shared_dat
     assert len(client(server).search_for_series(search_filters={"Modality": "ANN"})) == 1
 
 
-def test_links_repaired_after_a_crash_between_commit_and_link(shared_data, tmp_path):
-    """In-process: the link rows are lost (as if the process died after the catalog commit)."""
+def test_links_repaired_after_a_crash_between_commit_and_link(shared_data, tmp_path, monkeypatch):
+    """In-process: linking is skipped (as if the process died right after the catalog commit); once
+    the storing node's lease on the link work runs out, the next results read links them."""
+    import time
+
     from archive.config import load_settings
     from archive.ingest import Origin
     from archive.results import links as result_links
@@ -222,11 +225,14 @@ def test_links_repaired_after_a_crash_between_commit_and_link(shared_data, tmp_p
     config = tmp_path / "config.toml"
     config.write_text('[deid]\ndefault = "identified"\n[deid.policies.identified]\nidentified = true\n')
     store = Archive(load_settings(config, data_dir=str(tmp_path / "data")))
-    for name in ("sm_image", "sm_annotations", "seg_image_sm_control"):
-        store.store_file(shared_data / f"{name}.dcm", Origin("import"))
-    db = result_links._db(store.catalog)
-    db.execute("DELETE FROM result_instance")
-    db.execute("DELETE FROM result_sync")
+    monkeypatch.setattr(result_links, "LINK_LEASE", 0.5)
+    with monkeypatch.context() as dead:
+        dead.setattr(result_links, "record", lambda catalog, ds: None)
+        for name in ("sm_image", "sm_annotations", "seg_image_sm_control"):
+            store.store_file(shared_data / f"{name}.dcm", Origin("import"))
+    held = store.catalog.db.execute("SELECT owner FROM work_item WHERE kind=?", (result_links.LINK_WORK,)).fetchall()
+    assert [r[0] for r in held] == [store.catalog.node] * 2  # one work item per result, held by this node
+    time.sleep(0.6)
     found = result_links.results_for_slide(store.catalog, SLIDE_SERIES, principal=SYSTEM)  # reads run sync first
     assert sorted(r["kind"] for r in found) == ["ANN", "SEG"]
     assert result_links.sync(store.catalog) == 0

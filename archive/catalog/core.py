@@ -33,6 +33,7 @@ from archive.catalog.attributes import KEYS, LEVELS, Key
 from archive.catalog.database import NO_LIMIT, Database, is_url, open_database
 from archive.catalog.query import Query, match_sql
 from archive.catalog.schema import migrate
+from archive.catalog.work import node_id
 from archive.errors import DuplicateInstance, NotAuthorized, NotFound
 
 HEADER_CACHE = 2048
@@ -166,6 +167,8 @@ class Catalog:
         self._stored_file = stored_file
         self._parsed: OrderedDict[str, Dataset] = OrderedDict()  # see series_headers
         self._sequences: OrderedDict[tuple, DataElement] = OrderedDict()  # see _share_sequences
+        #: This process, as it holds work items (archive/catalog/work.py) it adds.
+        self.node = node_id()
         migrate(self.db)
 
     @classmethod
@@ -191,7 +194,8 @@ class Catalog:
     # --- writes ---------------------------------------------------------------
 
     def add_instance(self, new: NewInstance, collection: str, writable: frozenset[str] | None = None) -> None:
-        """Insert the instance and its parents and an outbox event, in one transaction.
+        """Insert the instance and its parents and an outbox event, in one transaction (a result
+        also gets the work item that has it linked to its slides: archive/results/links.py).
 
         The study joins ``collection``. ``writable`` (None: unrestricted) are the collections
         the sender may write: an existing study outside all of them is refused, so a writer
@@ -241,6 +245,9 @@ class Catalog:
                 db.execute(f"INSERT INTO instance({names}) VALUES ({','.join('?' * len(row))})", list(row.values()))
             except self.db.dialect.unique_violation:  # another node stored it meanwhile
                 raise DuplicateInstance("an instance with this SOP Instance UID is already stored") from None
+            from archive.results.links import queue_link
+
+            queue_link(db, ds, self.node)
             self._recount(db, study_fk, series_fk)
             db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
                        "VALUES ('stored',?,?,?,?)",

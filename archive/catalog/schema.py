@@ -129,6 +129,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "instance_count=(SELECT coalesce(sum(s.instance_count), 0) FROM series s WHERE s.study_fk=study.pk), "
         "modalities=(SELECT {modalities} FROM series s WHERE s.study_fk=study.pk)",
     ]),
+    ("result links repaired through leased work items (one node each) instead of a per-reader watermark", [
+        # every result not linked yet gets its work item (archive/results/links.py: LINK_WORK), due now
+        "INSERT INTO work_item(kind, payload, due, attempts, created) "
+        "SELECT 'result-link', '{{\"sop\": \"' || sop_instance_uid || '\"}}', 0, 0, 0 FROM instance "
+        "WHERE sop_class_uid IN ('1.2.840.10008.5.1.4.1.1.91.1', '1.2.840.10008.5.1.4.1.1.66.4', "
+        "'1.2.840.10008.5.1.4.1.1.66.7', '1.2.840.10008.5.1.4.1.1.88.34') "
+        "AND sop_instance_uid NOT IN (SELECT result_uid FROM result_instance)",
+        # result_sync (the old watermark) stays: nodes of the previous version still read it until upgraded
+    ]),
 ]
 
 VERSION = len(MIGRATIONS)

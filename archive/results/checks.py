@@ -83,6 +83,10 @@ def record(catalog, ds: Dataset) -> None:
     except Exception:  # noqa: BLE001
         log.exception("linking result %s failed; it will be linked on the next results read",
                       ds.get("SOPInstanceUID"))
+        try:
+            result_links.release(catalog, str(ds.SOPInstanceUID))
+        except Exception:  # noqa: BLE001 - the catalog is down: the item comes back when its lease runs out
+            pass
 
 
 def _highdicom_parse(ds: Dataset, sop_class: str) -> None:

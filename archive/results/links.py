@@ -1,8 +1,10 @@
 """Which results reference which slides, by which algorithm, with how many annotations per group.
 
 Three tables in the catalog (archive/catalog/schema.py), written right after the catalog
-commit (idempotent, so a crash in between is repaired by :func:`sync`, which
-the read paths call):
+commit (idempotent). A crash in between is repaired by :func:`sync`, which the read
+paths call: the instance's transaction also adds a ``result-link`` work item
+(archive/catalog/work.py) held by the storing node and removed once linked; when a
+node dies first, its lease runs out and one node (whichever reads next) links it.
 
 - ``result_instance``: one row per stored annotation / segmentation instance.
 - ``result_ref``: the slide instances (and their series) it references.
@@ -17,6 +19,7 @@ instances drop out of the view because it joins the ``instance`` table.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import zlib
 from typing import Any
@@ -24,12 +27,17 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from archive.auth.access import SYSTEM, Principal
+from archive.catalog.work import WorkQueue
 from archive.errors import DatasetDoesNotMatchSOPClass
 from archive.results import measurement_reports
 from archive.results.references import referenced_instances
 
 RESULT_KINDS = {"1.2.840.10008.5.1.4.1.1.91.1": "ANN", "1.2.840.10008.5.1.4.1.1.66.4": "SEG",
                 "1.2.840.10008.5.1.4.1.1.66.7": "SEG", measurement_reports.SR_CLASS: "SR"}
+#: The work item kind that links one stored result, and how long the storing node holds it.
+LINK_WORK = "result-link"
+LINK_LEASE = 60.0
+log = logging.getLogger(__name__)
 
 def _db(catalog):
     """The catalog's own database (its schema holds the link tables: archive/catalog/schema.py)."""
@@ -122,12 +130,29 @@ def _extract_report(ds: Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 # --- writes ------------------------------------------------------------------------------
 
 
-def record(catalog, ds: Dataset) -> None:
-    """Link a stored result to its slides; no-op for other SOP classes, idempotent for results."""
+def links(ds: Dataset) -> bool:
+    """Whether :func:`record` links this instance (a result: annotations, segmentation, TID 1500 report)."""
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in RESULT_KINDS:
-        return
-    if sop_class == measurement_reports.SR_CLASS and not measurement_reports.is_measurement_report(ds):
+        return False
+    return sop_class != measurement_reports.SR_CLASS or measurement_reports.is_measurement_report(ds)
+
+
+def _payload(sop_uid: str) -> str:
+    return json.dumps({"sop": sop_uid})
+
+
+def queue_link(session, ds: Dataset, owner: str) -> None:
+    """In the transaction storing ``ds`` (Catalog.add_instance): the work item that gets it linked
+    even if this node dies before :func:`record`; held by ``owner`` for LINK_LEASE seconds."""
+    if links(ds):
+        WorkQueue(session, owner).add(LINK_WORK, {"sop": str(ds.SOPInstanceUID)}, lease=LINK_LEASE)
+
+
+def record(catalog, ds: Dataset) -> None:
+    """Link a stored result to its slides (and drop its work item); no-op for other SOP classes,
+    idempotent for results."""
+    if not links(ds):
         return
     instance, groups = extract(ds)
     refs = []
@@ -137,6 +162,7 @@ def record(catalog, ds: Dataset) -> None:
         if slide_series:
             refs.append((instance["result_uid"], slide_series, sop))
     with _db(catalog).transaction() as db:
+        db.execute("DELETE FROM work_item WHERE kind=? AND payload=?", (LINK_WORK, _payload(instance["result_uid"])))
         if db.execute(f"INSERT INTO result_instance({','.join(instance)}) VALUES ({','.join('?' * len(instance))}) "
                       "ON CONFLICT DO NOTHING RETURNING result_uid", list(instance.values())).fetchone() is None:
             return  # recorded already (by this node's sync or another node's)
@@ -148,33 +174,40 @@ def record(catalog, ds: Dataset) -> None:
                        "ON CONFLICT DO NOTHING", list(row.values()))
 
 
-def sync(catalog, batch: int = 5000, max_batches: int = 20) -> int:
-    """Record results the catalog holds but the link tables miss (a crash between commit and
-    :func:`record`); returns how many. Scans only instance rows added since the last sync (a
-    watermark on the instance primary key), so a read costs nothing when nothing is new."""
+def release(catalog, sop_uid: str) -> None:
+    """Give a result's link back at once (linking it failed here): the next results read retries it."""
+    _db(catalog).execute("UPDATE work_item SET owner=NULL, lease_until=NULL WHERE kind=? AND payload=?",
+                         (LINK_WORK, _payload(sop_uid)))
+
+
+def sync(catalog, limit: int = 100) -> int:
+    """Link the results whose storing node died (or failed) between its commit and :func:`record`:
+    the ``result-link`` items nobody holds any more. Each is claimed by one node (WorkQueue.claim,
+    ``SKIP LOCKED`` on PostgreSQL); returns how many this call linked. A read costs one indexed
+    SELECT when there is nothing to repair."""
     db = _db(catalog)
-    row = db.execute("SELECT last_pk FROM result_sync WHERE id=1").fetchone()
-    last = row[0] if row else 0
-    recorded = 0
-    for _ in range(max_batches):
-        rows = db.execute(
-            f"SELECT pk, sop_instance_uid, CASE WHEN sop_class_uid IN ({','.join('?' * len(RESULT_KINDS))}) AND sop_instance_uid NOT IN "
-            "(SELECT result_uid FROM result_instance) THEN header END AS header FROM instance "
-            "WHERE pk > ? ORDER BY pk LIMIT ?", (*RESULT_KINDS, last, batch)).fetchall()
-        if not rows:
-            break
-        for r in rows:
-            if r["header"] is not None:
-                ds = Dataset.from_json(zlib.decompress(r["header"]).decode(), bulk_data_uri_handler=lambda *a: b"")
-                record(catalog, ds)
-                recorded += 1
-        last = rows[-1]["pk"]
-        db.execute("INSERT INTO result_sync(id, last_pk) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET last_pk="
-                   "CASE WHEN excluded.last_pk > result_sync.last_pk THEN excluded.last_pk ELSE result_sync.last_pk END",
-                   (last,))
-        if len(rows) < batch:
-            break
-    return recorded
+    now = time.time()
+    if db.execute("SELECT 1 FROM work_item WHERE kind=? AND due<=? AND (lease_until IS NULL OR lease_until<?) "
+                  "LIMIT 1", (LINK_WORK, now, now)).fetchone() is None:
+        return 0
+    queue = WorkQueue(db)
+    linked = 0
+    for item in queue.claim(LINK_WORK, limit, lease=LINK_LEASE):
+        row = db.execute("SELECT header FROM instance WHERE sop_instance_uid=?", (item.payload["sop"],)).fetchone()
+        if row is None:  # deleted since it was stored
+            queue.done(item)
+            continue
+        try:
+            ds = Dataset.from_json(zlib.decompress(row["header"]).decode(), bulk_data_uri_handler=lambda *a: b"")
+            record(catalog, ds)
+        except Exception as e:  # noqa: BLE001 - one unreadable result must not stop the others
+            log.warning("linking result %s failed (%s, attempt %d); retried later",
+                        item.payload["sop"], type(e).__name__, item.attempts)
+            queue.retry(item, min(3600.0, 30.0 * 2 ** min(item.attempts, 7)))
+            continue
+        queue.done(item)  # record() removed it already, unless the instance is not a result it links
+        linked += 1
+    return linked
 
 
 # --- reads ---------------------------------------------------------------------------------
