@@ -79,7 +79,7 @@ def sync_series(index: Index, source: DocumentSource, state: IndexState, series_
     """
     target = write or index
     wanted = list(dict.fromkeys(series_uids))
-    docs: list[dict[str, Any]] = []
+    built: dict[str, dict[str, Any]] = {}
     deletes: list[str] = []
     seen = set(wanted)
     queue = list(wanted)
@@ -92,17 +92,21 @@ def sync_series(index: Index, source: DocumentSource, state: IndexState, series_
             log.warning("cannot read the headers of series %s: %s", uid, type(e).__name__)
             state.record_failure(uid, f"read: {type(e).__name__}")
             continue
-        for slide in sorted(extra - seen):
-            seen.add(slide)
-            queue.append(slide)
+        for slide in sorted(extra):
+            if slide not in seen:
+                seen.add(slide)
+                queue.append(slide)
+            elif built.pop(slide, None) is not None:  # built before this AI series was noted: again
+                queue.append(slide)
         if not headers:
             deletes.append(uid)
             continue
         try:
-            docs.append(source.document(uid, headers))
+            built[uid] = source.document(uid, headers)
         except Exception as e:  # a header the builder cannot read: keep it for a retry after a fix
             log.warning("cannot build the index document of series %s: %s", uid, type(e).__name__)
             state.record_failure(uid, f"build: {type(e).__name__}")
+    docs = list(built.values())
     rejected = target.upsert(docs) if docs else []
     if deletes:
         target.delete(deletes)

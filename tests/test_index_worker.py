@@ -55,6 +55,17 @@ def test_worker_indexes_new_series_and_follows_ai_results(setup):
     assert index.get(slides[0][0].SeriesInstanceUID)["ai"]["present"] is False
 
 
+def test_a_slide_and_its_annotation_in_one_batch_give_the_slide_its_ai_summary(setup):
+    """The slide's document is built before the annotation naming it is read: it is built again."""
+    catalog, index, state, worker = setup
+    slide = slide_headers(0)
+    store_series(catalog, slide)
+    store_series(catalog, annotation_headers(slide, 1))
+    worker.catch_up()
+    index.refresh()
+    assert index.get(slide[0].SeriesInstanceUID)["ai"]["present"] is True
+
+
 def test_deletes_propagate_and_partial_deletes_update(setup):
     catalog, index, state, worker = setup
     slides = [slide_headers(n) for n in range(4)]
