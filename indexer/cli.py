@@ -36,22 +36,22 @@ def handle_reindex(args: argparse.Namespace) -> int:
     from .base import IndexUnavailable
     from .factory import from_settings
     from .reindex import Progress, reindex
-    from .state import IndexState
+    from .state import open_state
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings(getattr(args, "config", None), data_dir=getattr(args, "data_dir", None))
     config, index = from_settings(settings.index, settings.data_dir)
     catalog = Catalog.open(settings)
-    state = IndexState(config.path)  # type: ignore[arg-type]
+    state = open_state(config, catalog, index)
     try:
         n = reindex(catalog, index, state, args.batch_size or config.batch_size,
                     progress=None if args.no_progress else Progress)
+        failed = state.failures()
     except IndexUnavailable as e:
         print(f"reindex failed: {e}; the current index is unchanged", file=sys.stderr)
         return 1
     finally:
         catalog.close()
         index.close()
-    failed = state.failures()
     print(f"indexed {n} series into {index.name}; {len(failed)} rejected (see the log; retried by the worker)")
     return 0

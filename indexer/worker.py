@@ -26,7 +26,7 @@ from .base import Index, IndexUnavailable
 #: Seconds a node holds the outbox between renewals; a dead holder's work resumes elsewhere after this.
 LEASE_SECONDS = 15.0
 from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document, references
-from .state import IndexState
+from .state import IndexState, open_state
 
 log = logging.getLogger(__name__)
 _AI_CLASSES = {ANN_SOP_CLASS, SEG_SOP_CLASS}
@@ -229,7 +229,7 @@ def start_worker(settings: Any, catalog: Any) -> IndexWorker:
     from .factory import from_settings
 
     config, index = from_settings(getattr(settings, "index", {}), getattr(settings, "data_dir", None))
-    state = IndexState(config.path)  # type: ignore[arg-type]
+    state = open_state(config, catalog, index)
     worker = IndexWorker(catalog, index, state, config.batch_size, config.poll_interval)
     worker.start()
     return worker
@@ -247,7 +247,7 @@ def run(settings: Any) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, index = from_settings(getattr(settings, "index", {}), settings.data_dir)
     catalog = Catalog.open(settings)
-    state = IndexState(config.path)  # type: ignore[arg-type]
+    state = open_state(config, catalog, index)
     worker = IndexWorker(catalog, index, state, config.batch_size, config.poll_interval)
     signal.signal(signal.SIGTERM, lambda *_: worker._stop.set())
     try:

@@ -1,10 +1,12 @@
 """State several nodes sharing one PostgreSQL catalog rely on, each node a ``Catalog`` of its own
 on the real test cluster: result-link repair leased to one node, with a dead node's work
-taken over by another."""
+taken over by another; the index worker's rejected documents and AI references known to the
+node that takes the outbox over."""
 from __future__ import annotations
 
 import threading
 import time
+import types
 
 import pydicom
 import pytest
@@ -14,6 +16,8 @@ from archive.auth.access import SYSTEM
 from archive.catalog import Catalog, NewInstance
 from archive.results import links
 from indexer.synthetic import slide_headers
+
+from es_node import es_node  # noqa: F401  (fixture)
 
 
 def _new(ds) -> NewInstance:
@@ -111,3 +115,56 @@ def test_a_catalog_from_before_the_leased_repair_links_its_unlinked_results(post
     assert links.sync(upgraded) == 1
     assert len(links.results_for_slide(upgraded, str(slide.SeriesInstanceUID), principal=SYSTEM)) == 1
     upgraded.close()
+
+
+@pytest.mark.elasticsearch
+def test_the_node_taking_over_the_outbox_knows_the_dead_nodes_rejected_documents_and_ai_references(
+        postgresql_url, es_node, tmp_path, monkeypatch):
+    """Two index workers (two nodes, each with its own state file) on one PostgreSQL catalog and one
+    Elasticsearch index. Node 0 holds the outbox, sees one document rejected and indexes a slide's
+    annotation, then dies. Node 1 takes over: it retries the rejected document once the fix is
+    deployed, and when the annotation is deleted it rebuilds the slide's AI summary."""
+    from es_node import elastic_index
+
+    from indexer import worker as worker_module
+    from indexer.state import open_state
+    from indexer.synthetic import annotation_headers
+    from indexer.worker import IndexWorker
+
+    monkeypatch.setattr(worker_module, "LEASE_SECONDS", 2.0)
+    index = elastic_index(es_node.url)
+    index.ensure()
+    catalogs = [Catalog(postgresql_url), Catalog(postgresql_url)]
+    workers = [IndexWorker(c, index, open_state(types.SimpleNamespace(path=tmp_path / f"state{i}.sqlite"), c, index))
+               for i, c in enumerate(catalogs)]
+    bad, slide = slide_headers(1, seed=4), slide_headers(2, seed=4)
+    annotation = annotation_headers(slide, 1)
+    real_build = worker_module.build_document
+
+    def broken_build(h, collection=None, ai=()):
+        doc = real_build(h, collection, ai)
+        if doc["series_uid"] == bad[0].SeriesInstanceUID:
+            doc["pyramid"]["width"] = "not a number"  # a builder bug the mapping refuses
+        return doc
+
+    monkeypatch.setattr(worker_module, "build_document", broken_build)
+    for ds in bad + slide + annotation:
+        catalogs[0].add_instance(_new(ds), "c")
+    workers[0].catch_up()
+    assert workers[1].step() == 0  # node 0 holds the outbox
+    index.refresh()
+    assert index.get(bad[0].SeriesInstanceUID) is None
+    assert index.get(slide[0].SeriesInstanceUID)["ai"]["present"] is True
+
+    monkeypatch.setattr(worker_module, "build_document", real_build)  # the fix is deployed; node 0 is gone
+    catalogs[0].delete(annotation[0].StudyInstanceUID, annotation[0].SeriesInstanceUID, principal=SYSTEM)
+    time.sleep(2.2)  # node 0's lease runs out
+    workers[1].catch_up()
+    index.refresh()
+    assert index.get(bad[0].SeriesInstanceUID) is not None  # retried by the node that took over
+    assert index.get(slide[0].SeriesInstanceUID)["ai"]["present"] is False  # it knew the slide's annotation
+    assert workers[1].state.failures() == {}
+    index.es.indices.delete(index=f"{index.alias}*", ignore_unavailable=True)
+    index.close()
+    for c in catalogs:
+        c.close()

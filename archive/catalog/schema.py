@@ -138,6 +138,15 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "AND sop_instance_uid NOT IN (SELECT result_uid FROM result_instance)",
         # result_sync (the old watermark) stays: nodes of the previous version still read it until upgraded
     ]),
+    ("the index worker's rejected documents and AI references, for the nodes sharing the outbox", [
+        # indexer/state.py: what the index rejected (retried with back-off by the outbox lease holder)
+        """CREATE TABLE IF NOT EXISTS index_failed (
+            series_uid TEXT PRIMARY KEY, reason TEXT NOT NULL, attempts INTEGER NOT NULL, last_failed REAL NOT NULL)""",
+        # which AI series reference which slide series (a slide's document summarizes its AI results)
+        """CREATE TABLE IF NOT EXISTS index_ai_ref (
+            ai_series TEXT NOT NULL, slide_series TEXT NOT NULL, PRIMARY KEY (ai_series, slide_series))""",
+        "CREATE INDEX IF NOT EXISTS index_ai_ref_slide ON index_ai_ref(slide_series)",
+    ]),
 ]
 
 VERSION = len(MIGRATIONS)
