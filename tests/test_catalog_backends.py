@@ -9,9 +9,9 @@ import time
 import pytest
 
 from archive import dicomjson
-from archive.auth.access import SYSTEM
+from archive.auth.access import SYSTEM, Principal
 from archive.catalog import Catalog, NewInstance
-from archive.catalog import schema
+from archive.catalog import schema, tally
 from archive.catalog.database import open_database
 from archive.catalog.query import parse_qido
 from archive.catalog.work import Leases, WorkQueue
@@ -54,7 +54,7 @@ def test_a_catalog_of_an_earlier_version_upgrades_with_its_rows(location, previo
     headers = slide_headers(1)
     with db.transaction() as s:  # rows as the previous version wrote them, in migration N-1's tables
         s.execute("INSERT INTO collection(name) VALUES ('c')")
-        s.execute("INSERT INTO patient(patient_id, issuer_of_patient_id) VALUES ('P1', '')")
+        s.execute("INSERT INTO patient(patient_id, issuer_of_patient_id, patient_name) VALUES ('P1', '', 'Old^Name')")
         pk = s.execute("SELECT pk FROM patient").fetchone()[0]
         s.execute("INSERT INTO study(study_instance_uid, patient_fk, collection, attrs) VALUES (?,?,?,?)",
                   (headers[0].StudyInstanceUID, pk, "c", "{}"))
@@ -76,6 +76,10 @@ def test_a_catalog_of_an_earlier_version_upgrades_with_its_rows(location, previo
     if previous < COUNTS:
         [study] = catalog.search(parse_qido("study", []), principal=SYSTEM)  # counts filled in by the upgrade
         assert study["00201208"]["Value"] == [1] and study["00201206"]["Value"] == [1]
+    # the patient-name indexes and the tallies deep pages start from (migration 6) hold the old study
+    assert len(catalog.search(parse_qido("study", [("PatientName", "old*")]), principal=SYSTEM)) == 1
+    assert [tuple(r) for r in catalog.db.execute("SELECT collection, sum(n) FROM study_tally GROUP BY collection "
+                                                 "ORDER BY collection").fetchall()] == [("", 1), ("c", 1)]
     # what migration N brought works on the upgraded catalog, beside the old rows
     catalog.add_instance(_new(headers[1]), "c")
     assert len(catalog.instances(headers[0].StudyInstanceUID, principal=SYSTEM)) == 2
@@ -259,6 +263,52 @@ def test_queries_answer_the_same_on_both_backends(tmp_path, postgresql_url):
         [len([h for h in slides if h[0].StudyInstanceUID != first.StudyInstanceUID])] * 2
     for c in catalogs:
         c.close()
+
+
+def test_deep_pages_from_the_study_tally_are_the_rows_offset_skips_to(location, monkeypatch):
+    """A deep study page starts from the per-block study counts (archive/catalog/tally.py): the same
+    rows as walking OFFSET rows, for every study and for one collection, after studies and
+    collection memberships come and go (the triggers count them) and after the counts are folded."""
+    catalog = Catalog(location)
+    one = Principal("reader", "apikey", {"a": frozenset({"read"})})
+
+    def add(s, keys: range, collections) -> None:
+        s.executemany("INSERT INTO study(pk, study_instance_uid, patient_fk, collection, attrs) VALUES (?,?,1,'b',?)",
+                      [(pk, f"1.2.3.{pk}", '{"0020000D":{"vr":"UI","Value":["1.2.3.%d"]}}' % pk) for pk in keys])
+        s.executemany("INSERT INTO study_collection(study_fk, collection) VALUES (?,?)",
+                      [(pk, c) for pk in keys for c in collections(pk)])
+
+    with catalog.transaction() as s:  # studies keyed across many blocks of keys, with gaps
+        s.execute("INSERT INTO collection(name) VALUES ('a'), ('b')")
+        s.execute("INSERT INTO patient(pk, patient_id, issuer_of_patient_id) VALUES (1, 'P', '')")
+        add(s, range(1, 9000, 23), lambda pk: ("a", "b") if pk % 3 else ("b",))
+
+    def pages(principal) -> list:
+        return [[s["0020000D"]["Value"][0] for s in catalog.search(
+            parse_qido("study", [("limit", str(limit)), ("offset", str(offset))]), principal=principal)]
+            for offset in (0, 1, 44, 45, 100, 389, 390, 391, 1000) for limit in (1, 7, 100)]
+
+    def check() -> None:
+        monkeypatch.setattr(tally, "MIN_OFFSET", 1 << 50)  # every page by skipping rows
+        expected = {p.subject: pages(p) for p in (SYSTEM, one)}
+        monkeypatch.setattr(tally, "MIN_OFFSET", 1)  # every page but the first from the tally
+        assert {p.subject: pages(p) for p in (SYSTEM, one)} == expected
+        assert any(expected[one.subject]) and expected[one.subject] != expected[SYSTEM.subject]
+
+    check()
+    with catalog.transaction() as s:
+        s.execute("DELETE FROM study_collection WHERE study_fk < 3000 AND collection = 'a'")
+        s.execute("DELETE FROM study_collection WHERE study_fk BETWEEN 4000 AND 5000")
+        s.execute("DELETE FROM study WHERE pk BETWEEN 4000 AND 5000")
+        add(s, range(9001, 12000, 7), lambda pk: ("a",))
+    check()
+    for collection in (tally.EVERYONE, "a"):
+        tally.compact(catalog.db, collection)
+        assert not tally.needs_compaction(catalog.db, collection)
+    rows = catalog.db.execute("SELECT count(*) FROM study_tally WHERE collection='a'").fetchone()[0]
+    assert rows <= 12000 // tally.BLOCK + 1  # one row per block of keys once folded
+    check()
+    catalog.close()
 
 
 @pytest.mark.elasticsearch

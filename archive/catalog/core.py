@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from archive.auth.access import SYSTEM, Principal
+from archive.catalog import tally
 from archive.catalog.attributes import KEYS, LEVELS, Key
 from archive.catalog.database import NO_LIMIT, Database, is_url, open_database
 from archive.catalog.query import Query, match_sql
@@ -169,6 +170,7 @@ class Catalog:
         self._sequences: OrderedDict[tuple, DataElement] = OrderedDict()  # see _share_sequences
         #: This process, as it holds work items (archive/catalog/work.py) it adds.
         self.node = node_id()
+        self._deep_pages = 0  # deep QIDO pages asked of this catalog: now and then the tally is compacted
         migrate(self.db)
 
     @classmethod
@@ -432,13 +434,34 @@ class Catalog:
             outer += "JOIN instance i ON i.pk=page.i_pk "
             select += ["i.attrs AS instance_attrs", "i.sop_instance_uid"]
             order, outer_order = "se.pk, i.instance_number, i.pk", "page.se_pk, page.i_number, page.i_pk"
+        offset, start = "?", ""
+        tally_of = self._tally_of(query, readable, study_uid or series_uid)
+        if tally_of is not None:  # a deep page: start at the block of study keys holding its first row
+            start, offset = tally.anchor_cte(), "coalesce((SELECT skip FROM anchor), 0)"
+            conds.append(f"{study_order} >= (SELECT low FROM anchor)")
+            params[:0] = [tally_of, query.offset, query.offset]
         page = f"SELECT {', '.join(keys)} {joins}"
         if conds:
             page += "WHERE " + " AND ".join(conds)
-        page += f" ORDER BY {order} LIMIT ? OFFSET ?"
-        params += [query.limit if query.limit is not None else NO_LIMIT, query.offset]
-        sql = f"SELECT {', '.join(select)} FROM ({page}) page {outer}ORDER BY {outer_order}"
+        page += f" ORDER BY {order} LIMIT ? OFFSET {offset}"
+        params.append(query.limit if query.limit is not None else NO_LIMIT)
+        if tally_of is None:
+            params.append(query.offset)
+        sql = f"{start}SELECT {', '.join(select)} FROM ({page}) page {outer}ORDER BY {outer_order}"
         return [self._result(level, row) for row in self._db().execute(sql, params)]
+
+    def _tally_of(self, query: Query, readable: frozenset[str] | None, within: str | None) -> str | None:
+        """The study tally a deep page can start from (tally.py): a study listing matching nothing,
+        of every study or of one collection; None when the page is found by skipping rows."""
+        if query.level != "study" or query.matches or within or query.offset < tally.MIN_OFFSET:
+            return None
+        if readable is not None and len(readable) != 1:
+            return None  # studies of several collections: their tallies overlap
+        collection = tally.EVERYONE if readable is None else next(iter(readable))
+        self._deep_pages += 1
+        if self._deep_pages % 64 == 1 and tally.needs_compaction(self.db, collection):
+            tally.compact(self.db, collection)
+        return collection
 
     @staticmethod
     def _result(level: str, row) -> dict[str, Any]:

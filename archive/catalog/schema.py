@@ -15,7 +15,31 @@ import time
 
 from archive.catalog.database import Database
 
-MIGRATIONS: list[tuple[str, list[str]]] = [
+# Migration 6's triggers (archive/catalog/tally.py): SQLite's fire per row; PostgreSQL's once per
+# statement with its rows (a COPY or a dataset release adds a row per block, not per study).
+_TALLY_TRIGGERS_SQLITE = [
+    f"CREATE TRIGGER IF NOT EXISTS {table}_tally_{event} AFTER {op} ON {table} BEGIN "
+    f"INSERT INTO study_tally(collection, bucket, n) VALUES ({collection.format(row=row)}, {row}.{key} / 1024, "
+    f"{sign}1); END"
+    for table, collection, key in (("study", "''", "pk"), ("study_collection", "{row}.collection", "study_fk"))
+    for event, op, row, sign in (("added", "INSERT", "NEW", ""), ("removed", "DELETE", "OLD", "-"))
+]
+_TALLY_TRIGGERS_POSTGRESQL = [
+    statement
+    for table, collection, key in (("study", "''", "pk"), ("study_collection", "collection", "study_fk"))
+    for statement in (
+        f"CREATE OR REPLACE FUNCTION tally_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"INSERT INTO study_tally(collection, bucket, n) SELECT {collection}, {key} / 1024, "
+        f"CASE WHEN TG_OP = 'INSERT' THEN count(*) ELSE -count(*) END FROM changed GROUP BY 1, 2; "
+        f"RETURN NULL; END $$",
+        *(f"CREATE OR REPLACE TRIGGER {table}_tally_{event} AFTER {op} ON {table} REFERENCING {which} TABLE AS "
+          f"changed FOR EACH STATEMENT EXECUTE FUNCTION tally_{table}()"
+          for event, op, which in (("added", "INSERT", "NEW"), ("removed", "DELETE", "OLD"))))
+]
+
+#: A statement is SQL for both engines, or a dict of one per engine ({"sqlite": ..., "postgresql": ...};
+#: an engine without an entry skips it) where they differ, as triggers do.
+MIGRATIONS: list[tuple[str, list[str | dict[str, str]]]] = [
     ("catalog, access-control collections, outbox, result links", [
         "CREATE TABLE IF NOT EXISTS collection (name TEXT PRIMARY KEY)",
         """CREATE TABLE IF NOT EXISTS patient (
@@ -147,6 +171,25 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             ai_series TEXT NOT NULL, slide_series TEXT NOT NULL, PRIMARY KEY (ai_series, slide_series))""",
         "CREATE INDEX IF NOT EXISTS index_ai_ref_slide ON index_ai_ref(slide_series)",
     ]),
+    ("QIDO at ten million instances: studies counted per block of keys for deep pages (archive/catalog/tally.py); "
+     "a patient-name match reads keys from the indexes alone", [
+        "CREATE TABLE IF NOT EXISTS study_tally (collection TEXT NOT NULL, bucket INTEGER NOT NULL, "
+        "n INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS study_tally_block ON study_tally(collection, bucket)",
+        # The triggers first: in PostgreSQL creating them waits for, then blocks, other nodes' writes
+        # to the table until this migration commits, so the backfill below misses no row.
+        *({"sqlite": statement} for statement in _TALLY_TRIGGERS_SQLITE),
+        *({"postgresql": statement} for statement in _TALLY_TRIGGERS_POSTGRESQL),
+        "INSERT INTO study_tally(collection, bucket, n) SELECT '', pk / 1024, count(*) FROM study GROUP BY pk / 1024",
+        "INSERT INTO study_tally(collection, bucket, n) SELECT collection, study_fk / 1024, count(*) "
+        "FROM study_collection GROUP BY collection, study_fk / 1024",
+        # A patient-name match finds its patients and their studies' keys in indexes alone (PostgreSQL
+        # reads an expression index alone only when it also holds the column the expression reads).
+        "CREATE INDEX IF NOT EXISTS patient_name_lower_pk ON patient(lower(patient_name), patient_name, pk)",
+        "DROP INDEX IF EXISTS patient_name_lower",
+        "CREATE INDEX IF NOT EXISTS study_patient_pk ON study(patient_fk, pk)",
+        "DROP INDEX IF EXISTS study_patient",
+    ]),
 ]
 
 VERSION = len(MIGRATIONS)
@@ -174,6 +217,10 @@ def migrate(db: Database, target: int = VERSION) -> int:
         for number in range(have + 1, target + 1):
             name, statements = MIGRATIONS[number - 1]
             for statement in statements:
+                if isinstance(statement, dict):
+                    if d.name not in statement:
+                        continue
+                    statement = statement[d.name]
                 session.execute(d.ddl(statement.format(rowid=d.rowid, rowid_column=d.rowid_column,
                                                        modalities=d.group_concat("s.modality", distinct=True))))
             session.execute("INSERT INTO schema_version(version, name, applied) VALUES (?,?,?)",
