@@ -37,13 +37,14 @@ def _free_port() -> int:
 
 
 class PgCluster:
-    def __init__(self):
+    def __init__(self, root: Path | None = None):
         """A new cluster in its own directory under the system's temporary directory (pytest's
-        per-test directories are private to root, so ``nobody`` could not enter them)."""
+        per-test directories are private to root, so ``nobody`` could not enter them), or the
+        cluster kept in ``root`` (a benchmark's generated rows, reused by its next run)."""
         self.bin = _bin_dir()
         if self.bin is None:
             raise RuntimeError("PostgreSQL server binaries not found (apt-get install postgresql)")
-        self.root = Path(tempfile.mkdtemp(prefix="slidearchive-pg-"))
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="slidearchive-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
         self.user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
@@ -58,6 +59,11 @@ class PgCluster:
         return out
 
     def init(self) -> "PgCluster":
+        """Create the cluster; one kept from an earlier run only gets this run's port."""
+        if (self.data / "PG_VERSION").exists():
+            with open(self.data / "postgresql.conf", "a") as conf:
+                conf.write(f"\nport = {self.port}\n")  # the last setting wins
+            return self
         self.root.mkdir(parents=True, exist_ok=True)
         if self.user:
             os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
