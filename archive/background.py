@@ -2,7 +2,8 @@
 
 It tells the supervisor over a pipe whether it started (``("ready", ports)`` or
 ``("failed", message)``), then writes a heartbeat (``<data_dir>/run/background.json``)
-every second for ``/health/ready``. If a component dies inside it, the process exits
+every second for ``/health/ready`` (with a shared catalog, also whether the other nodes'
+DIMSE tables match this one's: archive/nodeconfig.py). If a component dies inside it, the process exits
 non-zero so the supervisor restarts it: it never goes on without one. On SIGTERM or
 SIGINT, or when the supervisor is gone, it drains (archive.dimse.listener.DimseListener.drain).
 """
@@ -51,7 +52,9 @@ def main(settings: Settings, parent_pid: int, report: Any) -> None:
         except OSError as e:
             report.send(("failed", listen_error(settings.host, getattr(e, "port", settings.dimse.port), e)))
             sys.exit(EXIT_START_FAILED)
-    heartbeat = Heartbeat(settings, parent_pid, listener, worker)
+    from archive import nodeconfig
+
+    heartbeat = Heartbeat(settings, parent_pid, listener, worker, nodeconfig.start(settings))
     heartbeat.beat()
     report.send(("ready", listener.ports if listener else []))
     report.close()
@@ -68,6 +71,8 @@ def main(settings: Settings, parent_pid: int, report: Any) -> None:
         listener.drain(time.monotonic() + settings.stop_timeout, KILL_GRACE / 2)
     if worker is not None:
         worker.stop(KILL_GRACE / 2)
+    if heartbeat.config_check is not None:
+        heartbeat.config_check.stop()
     heartbeat.beat("stopped")
     sys.exit(code)
 
@@ -87,9 +92,10 @@ def _start_index_worker(settings: Settings):
 class Heartbeat:
     """What this process reports about its components, written for the HTTP workers to read."""
 
-    def __init__(self, settings: Settings, parent_pid: int, listener, worker):
+    def __init__(self, settings: Settings, parent_pid: int, listener, worker, config_check=None):
         self.run = RunFiles(settings.data_dir)
         self.parent_pid, self.listener, self.worker = parent_pid, listener, worker
+        self.config_check = config_check  # archive/nodeconfig.py: None unless the catalog is shared
 
     def beat(self, state: str = "running") -> str | None:
         """Write the heartbeat; returns what died, if a component did."""
@@ -104,7 +110,9 @@ class Heartbeat:
         if state == "running" and index.get("enabled") and not index["ok"]:
             problem = problem or "the index worker stopped"
         self.run.write(self.run.background, {"pid": os.getpid(), "supervisor": self.parent_pid, "time": time.time(),
-                                             "state": state, "dimse": dimse, "index": index})
+                                             "state": state, "dimse": dimse, "index": index,
+                                             "configuration": self.config_check.check() if self.config_check
+                                             else None})
         return problem
 
     def _index(self) -> dict[str, Any]:

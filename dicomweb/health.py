@@ -4,7 +4,8 @@
 (a component being restarted by the supervisor), 503 once it is stopping or has
 given a component up, or when the background process stopped reporting.
 ``/health/ready``: 200 only when every component works now, with each one in JSON
-(HTTP, DIMSE listener, index worker and its outbox lag, catalog, storage free space).
+(HTTP, DIMSE listener, index worker and its outbox lag, catalog, storage free space, and
+whether the nodes sharing the catalog have the same DIMSE tables).
 Components in other processes are read from ``<data_dir>/run`` (archive.lifecycle).
 """
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _background(settings) -> dict[str, Any]:
     dimse_off = {"status": "disabled"} if not settings.dimse.enabled else None
     if _supervisor_pid() is None:
         none = {"status": "not supervised", "detail": "the app was not started by slidearchive serve"}
-        return {"dimse": dimse_off or none, "index": none}
+        return {"dimse": dimse_off or none, "index": none, "configuration": none}
     supervisor, beat = _views(settings)
     down = None
     if supervisor is None or supervisor.get("pid") != _supervisor_pid():
@@ -111,8 +112,25 @@ def _background(settings) -> dict[str, Any]:
     elif (age := time.time() - beat.get("time", 0)) > STALE_AFTER:
         down = f"no heartbeat from the background process for {age:.0f} s"
     if down:
-        return {"dimse": dimse_off or {"status": "down", "detail": down}, "index": {"status": "down", "detail": down}}
-    return {"dimse": dimse_off or _dimse(beat["dimse"]), "index": _index(beat["index"])}
+        return {"dimse": dimse_off or {"status": "down", "detail": down}, "index": {"status": "down", "detail": down},
+                "configuration": {"status": "unknown", "detail": down}}
+    return {"dimse": dimse_off or _dimse(beat["dimse"]), "index": _index(beat["index"]),
+            "configuration": _configuration(beat.get("configuration"))}
+
+
+def _configuration(c: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the other live nodes sharing the catalog have this node's DIMSE tables (archive/nodeconfig.py)."""
+    if c is None:
+        return {"status": "disabled", "detail": "the catalog is not shared"}
+    out: dict[str, Any] = {"status": "ok", "digest": c["digest"]}
+    if c.get("differing"):
+        # C-MOVE or a storage commitment report may fail on some nodes: degraded, still ready
+        out.update(status="degraded", differing=c["differing"],
+                   detail=f"{len(c['differing'])} other node(s) have a different AE title or [[dimse.remote]] / "
+                          "[[dimse.peer]] tables")
+    elif c.get("error"):
+        out.update(status="degraded", detail=f"cannot compare with the other nodes ({c['error']})")
+    return out
 
 
 def _dimse(d: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import types
 
 import pydicom
 import pytest
+import requests
 
 from archive import dicomjson
 from archive.auth.access import SYSTEM
@@ -168,3 +169,37 @@ def test_the_node_taking_over_the_outbox_knows_the_dead_nodes_rejected_documents
     index.close()
     for c in catalogs:
         c.close()
+
+
+def _ready(server) -> dict:
+    return requests.get(f"{server.url}/health/ready", timeout=10).json()["components"]
+
+
+def test_nodes_with_different_move_destinations_report_it_on_health_ready(postgresql_url, tmp_path):
+    """C-MOVE destinations stay configuration, the same file on every node; two real nodes sharing a
+    PostgreSQL catalog whose [[dimse.remote]] tables differ both say so on /health/ready (degraded:
+    still ready), naming the other node, and agree once the odd one runs the common file."""
+    from conftest import Server
+
+    from nodes import wait_for
+
+    shared = f'\n[catalog]\nurl = "{postgresql_url}"\n'
+    remote = '\n[[dimse.remote]]\nae_title = "VIEWER"\nhost = "127.0.0.1"\nport = {}\n'
+    first = Server(tmp_path / "node1", shared + remote.format(11001)).start()
+    second = Server(tmp_path / "node2", shared + remote.format(11002)).start()
+    try:
+        for node in (first, second):
+            seen = wait_for(lambda node=node: (c := _ready(node)["configuration"]).get("differing") and c,
+                            timeout=60, what="the other node's different configuration")
+            assert seen["status"] == "degraded" and len(seen["differing"]) == 1
+            assert "[[dimse.remote]]" in seen["detail"]
+        assert requests.get(f"{first.url}/health/ready", timeout=10).status_code == 200
+        second.stop()  # a node stopping withdraws its digest
+        second = Server(tmp_path / "node2b", shared + remote.format(11001)).start()
+        for node in (first, second):
+            wait_for(lambda node=node: _ready(node)["configuration"]["status"] == "ok", timeout=60,
+                     what="the nodes agreeing")
+    finally:
+        first.stop()
+        second.stop()
+

@@ -168,7 +168,7 @@ def test_a_killed_background_process_is_restarted_and_readiness_shows_it(tmp_pat
         r = _ready(server)
         assert r.status_code == 200, r.text
         components = r.json()["components"]
-        assert set(components) == {"http", "dimse", "index", "catalog", "storage"}
+        assert set(components) == {"http", "dimse", "index", "catalog", "storage", "configuration"}
         assert components["dimse"]["ports"] == [server.dimse_port]
         assert components["index"]["lag_events"] == 0
         assert components["storage"]["free_mb"] > 0
