@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_dataset
@@ -26,6 +25,7 @@ from archive import dicomjson
 from archive.auth.access import SYSTEM
 from archive.catalog import NewInstance
 from archive.dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
+from archive.encoding import mark_unchanged
 from archive.errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
                             DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
 from archive.frames import ItemSpans, index_frames
@@ -371,7 +371,7 @@ def _write(target: Path | io.BytesIO, ds: Dataset) -> None:
     """Write preamble, file meta and ``ds`` in its transfer syntax to a file or a buffer."""
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    _mark_encoding_unchanged(ds)
+    mark_unchanged(ds)
     try:
         dcmwrite(target, ds, enforce_file_format=True)
     except OSError as e:
@@ -420,27 +420,3 @@ class _HashedFile:
         except OSError as e:
             if exc[0] is None:
                 raise_for_os_error(e)
-
-
-def _charsets(value) -> list[str]:
-    return [value] if isinstance(value, str) else list(value or [])
-
-
-def _mark_encoding_unchanged(ds: Dataset) -> None:
-    """Let dcmwrite copy unparsed elements as read instead of decoding and re-encoding them.
-
-    pydicom re-encodes every element of a data set whose original character set
-    differs from its current one, and sequence items read from a file carry the set as
-    a list (``['iso8859']``) where the current one is a string (``'iso8859'``): the same
-    set, yet every item of every sequence was decoded on write (about 40% of the CPU of
-    storing a small instance). Only that difference in form is cleared here; a real
-    change of character set still re-encodes.
-    """
-    read_as = ds.original_character_set
-    current = ds._character_set
-    if read_as != current and _charsets(read_as) == _charsets(current) and None not in ds.original_encoding:
-        ds.set_original_encoding(*ds.original_encoding, current)
-    for elem in ds.elements():
-        if not isinstance(elem, RawDataElement) and elem.VR == "SQ":
-            for item in elem.value:
-                _mark_encoding_unchanged(item)

@@ -7,12 +7,13 @@ Output is a pure function of (header, policy): no clock, no randomness.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
@@ -67,7 +68,7 @@ def _collect_terms(ds: Dataset, options: frozenset[Option], depth: int = 0) -> l
         if isinstance(elem, RawDataElement) and (elem.length if elem.value is None else len(elem.value)) > _BIG_RAW:
             continue  # a big unparsed sequence (per-frame groups) or unread value: never read just for terms
         if vr == "SQ":
-            seq = ds[tag].value
+            seq = _sequence(ds, tag, elem)
             if len(seq) <= _SMALL_SEQUENCE and depth < 6:
                 for item in seq:
                     terms.extend(_collect_terms(item, options, depth + 1))
@@ -81,6 +82,14 @@ def _collect_terms(ds: Dataset, options: frozenset[Option], depth: int = 0) -> l
         if vr in _TEXTUAL_VRS:  # binary values are not read: they hold no terms
             terms.extend(terms_of(vr, ds[tag].value))
     return terms
+
+
+def _sequence(ds: Dataset, tag: int, elem: Any) -> Any:
+    """The items of a sequence, parsed aside when still raw: left raw in ``ds``, the walk
+    can take its de-identified form from deid.seqcache instead of parsing it again."""
+    if isinstance(elem, RawDataElement):
+        return convert_raw_data_element(elem, encoding=ds._character_set, ds=ds).value
+    return ds[tag].value
 
 
 def _method_attributes(out: Dataset, options: frozenset[Option], blanked: bool) -> None:
@@ -146,6 +155,17 @@ def _record_links(vault: LinkVault, policy: Policy, header: Dataset, out: Datase
     vault.record_many(entries, pub)
 
 
+def _context_digest(policy: Policy, ctx: Context, scrub: Scrubber, sop_class: str) -> bytes:
+    """Everything besides its own bytes that a sequence's de-identified form depends on
+    (deid.seqcache): the policy's key and options, the SOP class (the IOD's attribute
+    types), the patient's pseudonym and date shift, the terms to scrub, the safe private list."""
+    h = hashlib.sha256(policy.key)
+    h.update(repr((sorted(o.name for o in ctx.options), sop_class, ctx.patient_pseudonym, ctx.date_offset,
+                   sorted(ctx.safe_private))).encode())
+    h.update(scrub.digest)
+    return h.digest()
+
+
 def deidentify(header: Dataset, policy: Policy, vault: LinkVault | None = None) -> Outcome:
     """Apply the policy to one header; raise Dropped when it must not be stored.
 
@@ -186,6 +206,7 @@ def _deidentify(header: Dataset, policy: Policy, vault: LinkVault | None) -> Out
         scrub=scrub,
         safe_private=policy.safe_private if Option.RETAIN_SAFE_PRIVATE in options else frozenset(),
     )
+    ctx.cache_key = _context_digest(policy, ctx, scrub, str(header.get("SOPClassUID", "")))
     out = walk(header, ctx)
     if "PixelData" in out:
         del out.PixelData

@@ -9,6 +9,7 @@ the Clean Descriptors / Structured Content options.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Iterable
 
@@ -52,6 +53,8 @@ class Scrubber:
     def __init__(self, terms: Iterable[str]) -> None:
         uniq = sorted({t for t in terms if len(t) >= _MIN_TERM}, key=lambda t: (-len(t), t))
         self._pattern = re.compile("|".join(re.escape(t) for t in uniq), re.IGNORECASE) if uniq else None
+        #: What the scrubbing depends on, for deid.seqcache's key (a digest: the terms are identifiers).
+        self.digest = hashlib.sha256("\x00".join(uniq).encode()).digest()
 
     def __call__(self, text: str) -> str:
         if self._pattern is None:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import struct
 
+from pydicom.charset import default_encoding
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -23,6 +24,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
 from archive.rawitems import Unusual as RawUnusual, items as raw_items
+from deid import seqcache
 from deid.actions import TEXT_VRS, dummy_value, is_definitional_uid_keyword, resolve
 from deid.dates import DUMMY as DUMMY_DATES, shift_value
 from deid.iod import IodTypes
@@ -75,6 +77,8 @@ class Context:
     scrub: Callable[[str], str]
     safe_private: frozenset[tuple[str, int, int]]
     uid_cache: dict[str, str] = field(default_factory=dict)
+    #: Digest of everything above that an outcome depends on (deid.seqcache); empty: no caching.
+    cache_key: bytes = b""
 
     def map_uid(self, value: str) -> str:
         """Replace one UID (or a backslash list) unless it is a standard one."""
@@ -212,11 +216,11 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
             # a malformed item): nothing says what it holds, so it does not pass.
             changed = True
             continue
-        if rule is None:
-            new = _unlisted(ds, tag, elem, vr, ctx, path, text_mode)
+        if not path and vr == "SQ" and ctx.cache_key and seqcache.cacheable(elem):
+            new = seqcache.deidentified(elem, ctx.cache_key, _charset(ds), text_mode,
+                                        lambda: _element(ds, tag, elem, vr, rule, ctx, path, text_mode))
         else:
-            action = resolve(rule.action(ctx.options), ctx.types.type_of(path, _keyword(tag)))
-            new = _apply(ds, tag, elem, vr, action, ctx, path, text_mode)
+            new = _element(ds, tag, elem, vr, rule, ctx, path, text_mode)
         if new is None:
             changed = True
             continue
@@ -234,6 +238,20 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
     for new in kept:
         out.add(new)
     return out
+
+
+def _element(ds: Dataset, tag: int, elem: Any, vr: str, rule: Any, ctx: Context, path: tuple[str, ...],
+             text_mode: str | None) -> Any:
+    """One standard element through the profile: the element to keep (maybe ``elem`` itself) or None."""
+    if rule is None:
+        return _unlisted(ds, tag, elem, vr, ctx, path, text_mode)
+    action = resolve(rule.action(ctx.options), ctx.types.type_of(path, _keyword(tag)))
+    return _apply(ds, tag, elem, vr, action, ctx, path, text_mode)
+
+
+def _charset(ds: Dataset) -> Any:
+    """The character set the writer encodes the top level of ``ds`` in."""
+    return ds.get("SpecificCharacterSet", default_encoding)
 
 
 def _loaded(ds: Dataset, tag: int, elem: Any) -> Any:
