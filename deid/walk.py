@@ -187,6 +187,7 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
     costs one pass and no new objects.
     """
     private_keep = _safe_private_tags(ds, ctx) if ctx.safe_private else set()
+    charset = _charset(ds) if not path and ctx.cache_key else None  # for deid.seqcache, top level only
     kept: list[Any] = []
     changed = False
     # Dataset._dict holds the elements as read (raw until accessed); going through it
@@ -217,7 +218,7 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
             changed = True
             continue
         if not path and vr == "SQ" and ctx.cache_key and seqcache.cacheable(elem):
-            new = seqcache.deidentified(elem, ctx.cache_key, _charset(ds), text_mode,
+            new = seqcache.deidentified(elem, ctx.cache_key, charset, text_mode,
                                         lambda: _element(ds, tag, elem, vr, rule, ctx, path, text_mode))
         else:
             new = _element(ds, tag, elem, vr, rule, ctx, path, text_mode)

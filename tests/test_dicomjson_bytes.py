@@ -46,6 +46,18 @@ def test_json_from_bytes_equals_pydicom(path: Path) -> None:
     assert dicomjson.to_json(unparsed) == dicomjson.to_json(parsed)
 
 
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.name)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_a_sequence_seen_before_gives_the_same_json(path: Path) -> None:
+    """The JSON of recent raw sequences is kept (the instances of a series share them): a
+    second header with the same bytes gets the same answer, and pydicom's."""
+    first = dicomjson.to_json(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+    again = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    parsed = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    _parse_everything(parsed)
+    assert dicomjson.to_json(again) == first == dicomjson.to_json(parsed)
+
+
 def test_sequences_are_converted_without_pydicom_parsing_them() -> None:
     """The fast path is taken (else this module tests nothing new): a raw sequence stays raw."""
     path = next(p for p in _files() if p.name == "sm_image.dcm")
