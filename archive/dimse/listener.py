@@ -143,6 +143,23 @@ def _close_transport(assoc) -> None:
             pass
 
 
+class NoDelayAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with Nagle's algorithm off on each accepted connection.
+
+    DIMSE is request/response in small PDUs: with Nagle on, a second small write (a
+    C-FIND match after the first, a response after a command fragment) waits for the
+    peer's delayed ACK, up to 40 ms on Linux, whatever the archive does meanwhile.
+    """
+
+    def get_request(self):
+        sock, address = super().get_request()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a test's socketpair) or already closed: nothing to tune
+            pass
+        return sock, address
+
+
 def _log_rejected(event) -> None:
     log.warning("association from %s rejected", event.assoc.requestor.ae_title)
 
@@ -186,7 +203,7 @@ class DimseListener:
     def _listen(self, host: str, port: int, bound: list, context) -> None:
         try:
             server = self.ae.make_server((host, port), evt_handlers=bound, ssl_context=context,
-                                         server_class=ThreadedAssociationServer)
+                                         server_class=NoDelayAssociationServer)
         except OSError as e:
             e.port = port  # type: ignore[attr-defined]  # which of the ports, for the caller's message
             raise
