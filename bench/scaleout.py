@@ -1,6 +1,7 @@
-"""Scale-out benchmark: one run, side by side, 1 and 2 nodes of each setup.
+"""Scale-out benchmark: one run, side by side, 1 and 2 nodes of each setup, and study QIDO at scale.
 
     python bench/scaleout.py [--quick] [--seconds 10] [--small 300] [--setups sqlite,pg-s3,orthanc-pg]
+                             [--qido 1000000,10000000] [--qido-budget 15] [--no-slide]
 
 Setups (every engine is started by the benchmark on loopback, in a temporary directory):
 
@@ -17,6 +18,12 @@ under wrk (frames/s and p99; 8 connections to one node, or 4 to each of two node
 small-instance STOW-RS (one instance per request; one sender per node, all at once), and the
 peak RSS of each node's process tree. The machine has 2 cores: two nodes on it share those
 cores, so the 2-node rows show what the sharing costs or gains here, not what two machines give.
+
+Then, for each ``--qido`` size, every setup's catalog is filled with the same generated rows
+(bench/catalog_bench.py for slidearchive's two, bench/orthanc_catalog.py for Orthanc's index)
+and one node of each answers catalog_bench's study searches over HTTP, interleaved
+(bench/scaleout_qido.py): p95 and p50 per query shape. The report (also written to
+bench/scaleout_results.md) ends with the command, the date, the run time and the load average.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import dataset
 import frames
 import ingest
 import procs
+import scaleout_qido
 from servers import ORTHANC_DICOMWEB_PLUGIN, Orthanc, SlideArchive
 
 HERE = Path(__file__).resolve().parent
@@ -49,10 +57,14 @@ RESULTS = HERE / "scaleout_results.md"
 class ArchiveNode(SlideArchive):
     """A slidearchive node with its own data directory and the setup's shared configuration."""
 
-    def __init__(self, workdir: Path, config: str, name: str) -> None:
+    def __init__(self, workdir: Path, config: str, name: str, catalog_url: str | None = None) -> None:
         super().__init__(workdir)
         self.config_text = config
         self.name = name
+        self.catalog_url = catalog_url  # None: the SQLite file in the data directory
+
+    def ready_url(self) -> str:  # not /studies: with millions of generated studies that lists a page of them
+        return self.base + "/health/ready"
 
     def command(self) -> list[str]:
         config = self.workdir / "slidearchive.toml"
@@ -68,6 +80,10 @@ class OrthancPg(Orthanc):
     def __init__(self, workdir: Path, storage: Path, pg: dict, name: str) -> None:
         super().__init__(workdir)
         self.storage, self.pg, self.name = storage, pg, name
+        self.catalog_url = f"postgresql://{pg['user']}@127.0.0.1:{pg['port']}/{pg['database']}"
+
+    def ready_url(self) -> str:  # not /studies: Orthanc reads a file of every study it lists
+        return self.base + "/system"
 
     def command(self) -> list[str]:
         config = {
@@ -103,6 +119,7 @@ class Engines:
     """PostgreSQL and s3proxy, started once for the run."""
 
     work: Path
+    keep: Path | None = None  # --catalogs: the PostgreSQL cluster lives there and outlives the run
     pg: object | None = None
     s3: object | None = None
 
@@ -110,13 +127,25 @@ class Engines:
         if self.pg is None:
             import pg_cluster
 
-            self.pg = pg_cluster.PgCluster().init().start()
+            self.pg = pg_cluster.PgCluster(self.keep / "pg" if self.keep else None).init().start()
         return self.pg
 
-    def database(self) -> tuple[str, dict]:
+    def database(self, name: str | None = None) -> tuple[str, dict]:
+        """A new database, or the one called name if it exists: (URL, what Orthanc's configuration needs)."""
+        import psycopg
+
         cluster = self.postgres()
-        url = cluster.create_database()
+        with psycopg.connect(cluster.url()) as db:
+            exists = name and db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        url = cluster.url(name) if exists else cluster.create_database(name)
         return url, {"port": cluster.port, "database": url.rsplit("/", 1)[1], "user": "slidearchive"}
+
+    def drop_database(self, url: str) -> None:
+        """Give a filled catalog's disk back (10 M instances take gigabytes)."""
+        import psycopg
+
+        with psycopg.connect(self.postgres().url(), autocommit=True) as db:
+            db.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}"')
 
     def s3proxy(self):
         if self.s3 is None:
@@ -129,39 +158,43 @@ class Engines:
         if self.s3 is not None:
             self.s3.cleanup()
         if self.pg is not None:
-            self.pg.destroy()
+            self.pg.destroy() if self.keep is None else self.pg.stop()
 
 
-def make_nodes(setup: str, count: int, engines: Engines, work: Path) -> list:
-    root = work / f"{setup}-{count}"
+def make_nodes(setup: str, count: int, engines: Engines, root: Path, database: str | None = None) -> list:
+    """count nodes of setup under root sharing a catalog (database: by that name, else a new one) and a new bucket."""
     if setup == "sqlite":
-        return [ArchiveNode(root / "node1", "", "slidearchive sqlite+disk")]
+        return [ArchiveNode(root / "node1", "", SETUP_NAMES[setup])]
     if setup == "pg-s3":
-        url, _ = engines.database()
-        s3 = engines.s3proxy()
-        bucket = s3.create_bucket(f"bench-{count}")
+        url, _ = engines.database(database)
+        bucket = engines.s3proxy().create_bucket()
         shared = f'[catalog]\nurl = "{url}"\n[storage]\nurl = "s3://{bucket}/archive"\n'
-        return [ArchiveNode(root / f"node{i + 1}", shared, "slidearchive postgresql+s3proxy") for i in range(count)]
+        return [ArchiveNode(root / f"node{i + 1}", shared, SETUP_NAMES[setup], url) for i in range(count)]
     if setup == "orthanc-pg":
-        _, pg = engines.database()
-        return [OrthancPg(root / f"node{i + 1}", root / "storage", pg, "Orthanc postgresql index")
-                for i in range(count)]
+        _, pg = engines.database(database)
+        return [OrthancPg(root / f"node{i + 1}", root / "storage", pg, SETUP_NAMES[setup]) for i in range(count)]
     raise ValueError(setup)
 
 
-def environment_for(setup: str, engines: Engines) -> dict[str, str]:
-    return engines.s3proxy().env() if setup == "pg-s3" else {}
+def with_environment(nodes: list, setup: str, engines: Engines) -> list:
+    """The nodes, each started with the S3 endpoint and credentials its setup needs."""
+    env = engines.s3proxy().env() if setup == "pg-s3" else {}
+    for node in nodes:
+        node.environment = (lambda base=node.environment: {**base(), **env})
+    return nodes
 
 
 def frames_at_once(nodes: list, level, seconds: int, max_requests: int, tmp: Path) -> tuple[float, float, list[str]]:
     """wrk on every node at once, the 8 connections split between them: (frames/s summed, worst p99, problems)."""
-    problems = []
+    problems, probes = [], []
     for node in nodes:
-        _, problem = frames.check_frame(node, level, random.randint(1, level.frames))
+        probe, problem = frames.check_frame(node, level, random.randint(1, level.frames))
+        probes.append(probe)
         if problem:
             problems.append(f"{node.name}: {problem}")
     if problems:
         return 0.0, 0.0, problems
+    seconds = frames.run_length(seconds, max(probes))  # a server taking seconds per frame gets a few rounds
     connections = max(1, frames.CONNECTIONS // len(nodes))
     outcomes: list[dict] = [None] * len(nodes)
 
@@ -179,6 +212,8 @@ def frames_at_once(nodes: list, level, seconds: int, max_requests: int, tmp: Pat
     errors = sum(r["not_200"] + r["timeouts"] + r["connect_errors"] + r["read_errors"] for r in outcomes)
     if errors:
         problems.append(f"{errors} failed frame requests")
+    if not sum(r["requests"] for r in outcomes):
+        problems.append(f"no frame answered within {seconds} s")
     return rate, max(r["p99_us"] for r in outcomes) / 1000, problems
 
 
@@ -203,10 +238,7 @@ def small_at_once(nodes: list, small: list[Path]) -> tuple[float, list[str]]:
 
 def bench_setup(setup: str, count: int, data: dict, engines: Engines, a, work: Path) -> Result:
     result = Result(setup, count)
-    nodes = make_nodes(setup, count, engines, work)
-    env = environment_for(setup, engines)
-    for node in nodes:
-        node.environment = (lambda base=node.environment: {**base(), **env})
+    nodes = with_environment(make_nodes(setup, count, engines, work / f"{setup}-{count}"), setup, engines)
     try:
         for node in nodes:
             node.start()
@@ -237,6 +269,8 @@ def bench_setup(setup: str, count: int, data: dict, engines: Engines, a, work: P
     finally:
         for node in nodes:
             node.stop()
+        if nodes[0].catalog_url:
+            engines.drop_database(nodes[0].catalog_url)
     return result
 
 
@@ -256,6 +290,68 @@ SETUP_NAMES = {"sqlite": "slidearchive, SQLite + disk", "pg-s3": "slidearchive, 
                "orthanc-pg": "Orthanc 1.10, PostgreSQL index + disk"}
 
 
+def qido_size(instances: int, setups: list[str], engines: Engines, work: Path, a) -> scaleout_qido.QidoResult:
+    """A catalog of each setup holding instances generated rows (filled now, or kept from an earlier run
+    with --catalogs), a node started on each, then the searches."""
+    nodes: dict[str, object] = {}
+    result = scaleout_qido.QidoResult(instances)
+    kept = scaleout_qido.Kept(engines.keep) if engines.keep else None
+    try:
+        for setup in setups:
+            if setup in a.qido_skip_10m.split(",") and instances > 1_000_000:
+                result.fill_s[setup] = None
+                continue
+            name = f"qido_{setup.replace('-', '_')}_{instances}"
+            root = (engines.keep if kept else work) / name
+            earlier = kept.filled(name) if kept else None
+            if kept and not earlier:  # a kept catalog whose fill was cut short is filled again from nothing
+                shutil.rmtree(root, ignore_errors=True)
+                if setup != "sqlite":
+                    engines.drop_database(engines.postgres().url(name))
+            node = with_environment(make_nodes(setup, 1, engines, root, name), setup, engines)[0]
+            nodes[setup] = node
+            if earlier:
+                result.fill_s[setup], result.reused[setup] = earlier["seconds"], earlier["date"]
+                continue
+            print(f"QIDO at {instances:,} instances: filling {setup} ...", file=sys.stderr, flush=True)
+            result.fill_s[setup] = scaleout_qido.fill(setup, instances, node)
+            if kept:
+                kept.record(name, result.fill_s[setup])
+        for node in nodes.values():
+            node.start()
+        print(f"QIDO at {instances:,} instances: searching ...", file=sys.stderr, flush=True)
+        measured = scaleout_qido.measure(nodes, instances, a.qido_repeats, a.qido_budget)
+        result.shapes, result.problems = measured.shapes, measured.problems
+    except Exception as e:  # noqa: BLE001 - one size failing must not hide the rest of the table
+        result.problems.append(f"{type(e).__name__}: {e}")
+    finally:
+        for node in nodes.values():
+            node.stop()
+            if not kept:
+                if node.catalog_url:
+                    engines.drop_database(node.catalog_url)
+                shutil.rmtree(node.workdir.parent, ignore_errors=True)
+    return result
+
+
+class LoadSampler(threading.Thread):
+    """The 1-minute load average every 15 s: the machine is shared, the report says how busy it was."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(15):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> str:
+        ordered = sorted(self.samples)
+        return (f"load average (1 min, 2 cores) min {ordered[0]:.1f}, median {ordered[len(ordered) // 2]:.1f}, "
+                f"max {ordered[-1]:.1f} over the run")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a 16384 x 12288 slide instead of 65536 x 49152")
@@ -263,31 +359,53 @@ def main() -> int:
     p.add_argument("--max-requests", type=int, default=200_000)
     p.add_argument("--small", type=int, default=300, help="small instances per measurement")
     p.add_argument("--setups", default="sqlite,pg-s3,orthanc-pg")
+    p.add_argument("--no-slide", action="store_true", help="only the QIDO part (no frames, STOW, small ingest)")
+    p.add_argument("--qido", default="1000000,10000000", help="catalog sizes (instances) for study QIDO; '' skips")
+    p.add_argument("--qido-skip-10m", default="orthanc-pg",
+                   help="setups whose catalog is not filled above 1 M instances (Orthanc's takes ~50 min for 10 M here)")
+    p.add_argument("--catalogs", type=Path, help="keep the generated catalogs in this directory and reuse them "
+                   "in later runs (the fill is the slow part; delete the directory when done)")
+    p.add_argument("--qido-repeats", type=int, default=100, help="timed searches per query shape and setup")
+    p.add_argument("--qido-budget", type=float, default=15, help="seconds per query shape and setup (at least 5 searches unless one exceeds 60 s)")
     a = p.parse_args()
     procs.exit_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="slidearchive-scaleout-"))
-    engines = Engines(work)
+    engines = Engines(work, a.catalogs)
+    setups = a.setups.split(",")
     results: list[Result] = []
+    qido: list[scaleout_qido.QidoResult] = []
+    load = LoadSampler()
+    load.start()
+    started = time.monotonic()
     try:
         width, height = (16384, 12288) if a.quick else (65536, 49152)
-        slide = dataset.make_slide(work / "slide", width, height)
-        instances = [dataset.describe(s) for s in slide]
-        data = {"slide": slide, "slide_bytes": sum(i.size for i in instances),
-                "level": max((i for i in instances if i.path.name.startswith("level")), key=lambda i: i.frames)}
-        for setup in a.setups.split(","):
-            for count in ((1,) if setup == "sqlite" else (1, 2)):
-                print(f"{setup}, {count} node(s) ...", file=sys.stderr, flush=True)
-                results.append(bench_setup(setup, count, data, engines, a, work))
+        if not a.no_slide:
+            slide = dataset.make_slide(work / "slide", width, height)
+            instances = [dataset.describe(s) for s in slide]
+            data = {"slide": slide, "slide_bytes": sum(i.size for i in instances),
+                    "level": max((i for i in instances if i.path.name.startswith("level")), key=lambda i: i.frames)}
+            for setup in setups:
+                for count in ((1,) if setup == "sqlite" else (1, 2)):
+                    print(f"{setup}, {count} node(s) ...", file=sys.stderr, flush=True)
+                    results.append(bench_setup(setup, count, data, engines, a, work))
+        for size in filter(None, a.qido.split(",")):
+            qido.append(qido_size(int(size), setups, engines, work, a))
     finally:
         engines.stop()
         shutil.rmtree(work, ignore_errors=True)
-    text = table(results)
+        load.done.set()
+    minutes = (time.monotonic() - started) / 60
     problems = [f"- {SETUP_NAMES[r.setup]}, {r.nodes} node(s): {p}" for r in results for p in r.problems]
+    problems += [f"- QIDO at {q.instances:,} instances: {p}" for q in qido for p in q.problems]
     command = "python bench/scaleout.py " + " ".join(sys.argv[1:])
-    report = (f"{text}\n\n`{command.strip()}`, slide {width} x {height} "
-              f"({data['slide_bytes'] / 1e6:.0f} MB, largest level {data['level'].frames} frames), "
-              f"{a.small} small instances, load average {os.getloadavg()[0]:.1f} at the end.\n"
-              + ("\nProblems:\n" + "\n".join(problems) + "\n" if problems else ""))
+    slide_text = "" if a.no_slide else (f"slide {width} x {height} ({data['slide_bytes'] / 1e6:.0f} MB, largest "
+                                        f"level {data['level'].frames} frames), {a.small} small instances; ")
+    report = ((f"{table(results)}\n\n" if results else "")
+              + (f"{scaleout_qido.table(qido, setups, SETUP_NAMES)}\n\n" if qido else "")
+              + f"`{command.strip()}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {minutes:.0f} minutes: "
+              f"{slide_text}{load.summary()}.\n"
+              + "".join(f"\n{q.fill_text(SETUP_NAMES)}" for q in qido)
+              + ("\n\nProblems:\n" + "\n".join(problems) + "\n" if problems else "\n"))
     print(report)
     RESULTS.write_text(report)
     return 1 if problems else 0
