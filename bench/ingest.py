@@ -52,6 +52,8 @@ class IngestResult:
     cpu_s: float = 0.0  # CPU the server tree used during the ingest
     load: float = 0.0  # 1-minute load average before the ingest (the machine is shared)
     response: str = ""  # the STOW response (JSON + Warning headers), for the UIDs stored
+    start_pss_mb: float = 0.0  # PSS: shared pages counted once (procs.rollup_kb)
+    peak_pss_mb: float = 0.0
 
     @property
     def mb_per_s(self) -> float:
@@ -217,7 +219,8 @@ def measure(server: Server, label: str, files: list[Path], send) -> IngestResult
         why = stow_warnings(code, detail)
     res = IngestResult(label, server.name, sum(p.stat().st_size for p in files), len(files),
                        seconds, mem.peak_mb, mem.start_kb / 1024, ok, why,
-                       mem.cpu_s, load, detail if label == "stow-slide" else "")
+                       mem.cpu_s, load, detail if label == "stow-slide" else "",
+                       mem.start_pss_kb / 1024, mem.peak_pss_kb / 1024)
     print(f"    {label}: {res.seconds:.1f} s, {res.mb_per_s:.1f} MB/s, "
           f"{res.instances_per_s:.1f} inst/s, peak RSS {res.peak_rss_mb:.0f} MB, "
           f"server CPU {res.cpu_s:.1f} s"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PSS_EVERY = 5
 
 
 def exit_on_sigterm() -> None:
@@ -150,6 +151,25 @@ def tree_rss_kb(root: int) -> int:
     return sum(rss_kb(p) for p in process_tree(root))
 
 
+def rollup_kb(pid: int, field: str = "Pss") -> int:
+    """One field of ``/proc/<pid>/smaps_rollup`` in kB (0 if it is gone).
+
+    ``Pss`` splits each page among the processes that map it: summed over a tree of forked
+    processes it counts a shared page once, where summed RSS counts it in every process."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_pss_kb(root: int) -> int:
+    return sum(rollup_kb(p) for p in process_tree(root))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process, including children it has reaped."""
     try:
@@ -181,6 +201,8 @@ class MemorySampler:
     interval: float = 0.02
     peak_kb: int = 0
     start_kb: int = 0
+    start_pss_kb: int = 0
+    peak_pss_kb: int = 0  # sampled every PSS_EVERY samples (reading smaps_rollup costs more)
     samples: int = 0
     cpu_s: float = 0.0  # CPU the tree used between enter and exit
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -189,6 +211,7 @@ class MemorySampler:
     def __enter__(self) -> "MemorySampler":
         self.start_kb = tree_rss_kb(self.root)
         self.peak_kb = self.start_kb
+        self.start_pss_kb = self.peak_pss_kb = tree_pss_kb(self.root)
         self.cpu_s = -tree_cpu_seconds(self.root)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -200,6 +223,8 @@ class MemorySampler:
             if self.samples % 10 == 0:
                 pids = process_tree(self.root)
             self.peak_kb = max(self.peak_kb, sum(rss_kb(p) for p in pids))
+            if self.samples % PSS_EVERY == 0:
+                self.peak_pss_kb = max(self.peak_pss_kb, sum(rollup_kb(p) for p in pids))
             self.samples += 1
             self._stop.wait(self.interval)
 
@@ -208,6 +233,7 @@ class MemorySampler:
         if self._thread is not None:
             self._thread.join()
         self.peak_kb = max(self.peak_kb, tree_rss_kb(self.root))
+        self.peak_pss_kb = max(self.peak_pss_kb, tree_pss_kb(self.root))
         self.cpu_s += tree_cpu_seconds(self.root)
 
     @property

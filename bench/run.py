@@ -248,6 +248,10 @@ def rows(outcomes: dict[str, Outcome], data: Data, prof: Profile) -> list[list[s
         ingest_metric("stow-slide", "start_rss_mb"), 0)
     add("peak server RSS MB during STOW-RS (lower is better)",
         ingest_metric("stow-slide", "peak_rss_mb"), 0)
+    add("server PSS MB when idle, shared pages counted once (lower is better)",
+        ingest_metric("stow-slide", "start_pss_mb"), 0)
+    add("peak server PSS MB during STOW-RS (lower is better)",
+        ingest_metric("stow-slide", "peak_pss_mb"), 0)
     add("C-STORE ingest MB/s, whole slide (storescu +sd -R -xy, one association)",
         ingest_metric("cstore-slide", "mb_per_s"))
     add("server CPU s per GB, C-STORE of the slide", ingest_metric("cstore-slide", "cpu_s_per_gb"))
@@ -355,7 +359,9 @@ What the numbers are:
   measurement, divided by the responses (frames) or bytes/instances ingested. Unlike the
   rates, it hardly depends on what else the shared machine is doing; lower is better.
 - peak RSS: resident memory summed over the server's process tree, sampled every 20 ms
-  during that ingest.
+  during that ingest. A page shared by forked processes counts once per process in that
+  sum; PSS (`/proc/<pid>/smaps_rollup`, sampled every 100 ms) splits it among them, so
+  its sum is what the machine gives the server.
 - ratio: slidearchive / Orthanc, and in parentheses slidearchive / nginx for frames
   ("1/N" when slidearchive's value is N times smaller). For rates higher is better
   (ratio > 1 favours slidearchive); for latency, CPU and memory lower is better
