@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = getattr(args, "verbose", False)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command != "serve":  # the serve supervisor imports no DICOM library at all
+    if args.command != "serve":  # serve quiets them in archive.preload
         from archive.server import quiet_libraries
 
         quiet_libraries()

@@ -6,7 +6,8 @@ process (archive.background: DIMSE listener and index worker), which a thread he
 restarts with back-off, or gives up on and stops the whole server. Every child dies
 with this process (archive.lifecycle), ports are checked before anything reports ready,
 and SIGTERM/SIGINT drain all of them within ``[server] stop_timeout`` + 10 s.
-The supervisor itself imports no DICOM library.
+Before it forks them, the supervisor imports what they all run (archive.preload), so that
+every child shares those pages instead of loading its own copy.
 """
 from __future__ import annotations
 
@@ -82,8 +83,8 @@ def _http_server(settings: Settings, on_stop: Callable[[], None], on_ready: Call
 def _prepare(settings: Settings) -> str | None:
     """Create the data directory, catalog and keys, sweep crash leftovers; a config error's message or None.
 
-    Runs in a short-lived child so the supervisor process never imports the heavy
-    libraries (pydicom, highdicom) it does not use.
+    Runs in a short-lived child: the supervisor holds no catalog connection, open file or
+    thread of the archive that its forked children would inherit.
     """
     from archive.config import ConfigError
     from archive.service import Archive
@@ -339,6 +340,9 @@ def _serve(settings: Settings) -> int:
     elif settings.host in ("127.0.0.1", "localhost", "::1"):
         say(f"listening on loopback only ({settings.host}); use --host 0.0.0.0 to accept "
             "other machines (authentication is on: see docs/security.md)")
+    from archive.preload import preload
+
+    preload()  # before the first fork
     stopping = threading.Event()
     run = RunFiles(settings.data_dir)
     background = Background(settings, run, stopping)

@@ -412,3 +412,22 @@ def test_sigterm_during_a_c_store_lets_it_finish(tmp_path, big_slide):
     assert [i["00080018"]["Value"][0] for i in _instances_after_restart(server)] == [sop]
     check = _verify(server)
     assert check.returncode == 0 and "temp files: 0" in check.stdout, check.stdout
+
+
+def test_preload_opens_and_starts_nothing_the_children_would_inherit():
+    """The supervisor forks its children after archive.preload: a thread, file or connection
+    it left behind would be copied into each of them (a thread only as its held locks)."""
+    script = """
+import os, threading
+before = set(os.listdir('/proc/self/fd'))
+from archive.preload import MODULES, preload
+preload()
+import sys
+missing = [m for m in MODULES if m not in sys.modules]
+print(threading.active_count(), len(set(os.listdir('/proc/self/fd')) - before), 'pydicom' in sys.modules, missing)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    threads, new_fds, pydicom_loaded, missing = done.stdout.strip().split(" ", 3)
+    assert (threads, new_fds) == ("1", "0"), done.stdout
+    assert pydicom_loaded == "True" and missing == "[]", done.stdout
