@@ -231,6 +231,8 @@ class StorageSettings:
     upload_concurrency: int = 2
     #: S3: in-node cache of hot frames, MB per process (0 = none).
     frame_cache_mb: int = 64
+    #: S3 with a cache: KB of the frames after a missed frame read into the cache with it (0 = none).
+    frame_readahead_kb: int = 128
 
     @property
     def is_s3(self) -> bool:
@@ -581,7 +583,8 @@ def _web(table: dict, auth: AuthSettings) -> WebSettings:
 
 
 def _storage(table: dict) -> StorageSettings:
-    kinds = {"url": str, "timeout": float, "part_size_mb": int, "upload_concurrency": int, "frame_cache_mb": int}
+    kinds = {"url": str, "timeout": float, "part_size_mb": int, "upload_concurrency": int, "frame_cache_mb": int,
+             "frame_readahead_kb": int}
     unknown = set(table) - set(kinds)
     if unknown:
         raise ConfigError(f"[storage] unknown keys: {', '.join(sorted(unknown))}")
@@ -599,6 +602,8 @@ def _storage(table: dict) -> StorageSettings:
         raise ConfigError("[storage] upload_concurrency must be 1-32")
     if not 0 <= settings.frame_cache_mb <= 65536:
         raise ConfigError("[storage] frame_cache_mb must be 0-65536")
+    if not 0 <= settings.frame_readahead_kb <= 16384:
+        raise ConfigError("[storage] frame_readahead_kb must be 0-16384")
     return settings
 
 

@@ -1,6 +1,7 @@
 """WADO-RS: instances, metadata, bulkdata, frames, rendered, thumbnail; and DELETE.
 
-Frames are served from the catalog's frame index with one positioned read each;
+Frames are served from the catalog's frame index with one positioned read each (through
+object storage, the frames of one request in one coalesced, concurrent fetch);
 metadata from the stored DICOM JSON; neither parses the stored file.
 """
 from __future__ import annotations
@@ -177,7 +178,7 @@ def frames(study: str, series: str, sop: str, frames: str):
     if choice is None:
         raise NotAcceptable(f"frames are stored as {record.transfer_syntax_uid}; the Accept header allows "
                             "neither that nor uncompressed application/octet-stream")
-    data = [store.frame(part, n) for part, n in store.level_frames(record, numbers)]
+    data = store.frames(store.level_frames(record, numbers))
     audit_frames(study, series, sop, len(data))
     if choice.decode:
         header = render.header_dict(store.catalog.header_json(sop) or "{}")

@@ -136,6 +136,7 @@ def test_verify_reports_and_repairs(tmp_path, config):
     ("[storage]\nurl = 's3://No_Such_Name/p'", "not a valid S3 bucket name"),
     ("[storage]\npart_size_mb = 1", "part_size_mb must be 5-5120"),
     ("[storage]\nframe_cache_mb = -1", "frame_cache_mb must be 0-65536"),
+    ("[storage]\nframe_readahead_kb = 20000", "frame_readahead_kb must be 0-16384"),
 ])
 def test_configuration_errors(tmp_path, text, message):
     path = tmp_path / "bad.toml"

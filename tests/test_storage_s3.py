@@ -164,6 +164,30 @@ def test_hot_frames_come_from_the_cache(s3proxy, bucket, tmp_path, monkeypatch, 
         storage.read_range(sid, 1000, 5000)
 
 
+def test_ranges_of_one_request_come_back_in_order(s3proxy, bucket, tmp_path, monkeypatch):
+    storage = make_storage(s3proxy, bucket, tmp_path, monkeypatch, frame_cache_mb=0)
+    data = os.urandom(3 << 20)
+    sid = storage.commit(temp_with(storage, data))
+    # neighbours (coalesced into one GET), a far one (its own GET), an empty one, a repeat, the last byte
+    ranges = [(5000, 100), (5100, 2000), (0, 10), (2 << 20, 300_000), (40, 0), (5000, 100), (len(data) - 1, 1)]
+    assert storage.read_ranges(sid, ranges) == [data[o:o + n] for o, n in ranges]
+    assert storage.readahead == 0  # nothing is read ahead without a cache to keep it in
+
+
+def test_prefetched_ranges_come_from_the_cache(s3proxy, bucket, tmp_path, monkeypatch, faults):
+    storage = make_storage(s3proxy, bucket, tmp_path, monkeypatch, endpoint=faults.endpoint, frame_cache_mb=1)
+    data = os.urandom(200_000)
+    sid = storage.commit(temp_with(storage, data))
+    assert storage.read_ranges(sid, [(0, 1000)], prefetch=[(1000, 1000), (2000, 500)]) == [data[:1000]]
+    faults.set("503")  # from here on S3 answers nothing
+    assert storage.read_range(sid, 1000, 1000) == data[1000:2000]
+    assert storage.read_ranges(sid, [(2000, 500), (0, 1000)], prefetch=[(9000, 10)]) == [data[2000:2500], data[:1000]]
+    with pytest.raises(StorageUnavailable):
+        storage.read_range(sid, 2500, 500)  # not read ahead: asked of S3
+    with pytest.raises(StorageUnavailable):
+        storage.read_ranges(sid, [(0, 1000), (3000, 10)])  # one range missing: the whole call fails
+
+
 def test_range_cache_is_bounded_in_bytes():
     cache = RangeCache(80_000)
     for i in range(20):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.encaps import generate_frames
 
 from conftest import IDENTIFIED, Server
 from s3_faults import FaultProxy
@@ -18,9 +20,10 @@ from slides import SlideSpec, make_slide
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
 
-def s3_server(root: Path, s3: S3Proxy, bucket: str, endpoint: str | None = None, dimse: bool = False) -> Server:
-    config = IDENTIFIED + f'\n[storage]\nurl = "s3://{bucket}/archive"\ntimeout = 3\n'
-    server = Server(root, config, dimse=dimse)
+def s3_server(root: Path, s3: S3Proxy, bucket: str, endpoint: str | None = None, dimse: bool = False,
+              storage: str = "", args: tuple[str, ...] = ()) -> Server:
+    config = IDENTIFIED + f'\n[storage]\nurl = "s3://{bucket}/archive"\ntimeout = 3\n{storage}'
+    server = Server(root, config, dimse=dimse, args=args)
     server.env.update(s3.env())
     if endpoint:
         server.env["AWS_ENDPOINT_URL"] = endpoint
@@ -63,8 +66,9 @@ def test_s3_failing_means_503_and_nothing_partial(s3proxy, tmp_path, slide, mode
     server = s3_server(tmp_path / "server", s3proxy, new_bucket(s3proxy), faults.endpoint, dimse=True)
     try:
         first, second = slide[0], slide[1]
+        last = int(pydicom.dcmread(first, stop_before_pixels=True).NumberOfFrames)  # nothing to read ahead after it
         assert stow(server, first).status_code == 200
-        before = requests.get(frame_url(server, first), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+        before = requests.get(frame_url(server, first, last), headers={"Accept": FRAME_ACCEPT}, timeout=30)
         assert before.status_code == 200
         faults.set(mode)
         refused = stow(server, second)
@@ -79,12 +83,44 @@ def test_s3_failing_means_503_and_nothing_partial(s3proxy, tmp_path, slide, mode
         assert deleted.status_code == 503  # refused before anything changed
         faults.set("pass")  # S3 is back: the same requests succeed, nothing was lost
         assert stow(server, second).status_code == 200
-        again = requests.get(frame_url(server, first), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+        again = requests.get(frame_url(server, first, last), headers={"Accept": FRAME_ACCEPT}, timeout=30)
         assert again.status_code == 200 and again.content.split(b"\r\n\r\n", 1)[1][:100] in before.content
         assert len(instances(server)) == 2
         result = verify(server, "--checksums")
         assert result.returncode == 0, result.stdout + result.stderr
         assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+    finally:
+        server.stop()
+        faults.close()
+
+
+def test_frames_of_one_request_and_the_read_ahead(s3proxy, tmp_path):
+    """A multi-frame request comes back whole and in order; the frames after a missed one are read ahead
+    into the cache with it (served while S3 answers nothing), a frame further on is not."""
+    level = make_slide(tmp_path / "slide", SlideSpec(width=1024, height=256, tile=64, seed=142, levels=1,
+                                                     label=False, overview=False))[0]
+    ds = pydicom.dcmread(level)
+    expected = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    # frames 2 and 41 fit a read-ahead of 8 KB; frame 60 is more than 8 KB past frame 40
+    assert len(expected) == 64 and len(expected[1]) < 8192 and len(expected[40]) < 8192
+    assert sum(len(f) for f in expected[40:59]) > 8192
+    faults = FaultProxy(s3proxy.port)
+    server = s3_server(tmp_path / "server", s3proxy, new_bucket(s3proxy), faults.endpoint,
+                       storage="frame_readahead_kb = 8\n", args=("--workers", "1"))  # one worker: one cache
+    try:
+        assert stow(server, level).status_code == 200
+        client = DICOMwebClient(url=server.dicomweb)
+        media = (("application/octet-stream", "*"),)
+        uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        frames = lambda *numbers: client.retrieve_instance_frames(*uids, frame_numbers=list(numbers),  # noqa: E731
+                                                                  media_types=media)
+        assert frames(1) == [expected[0]]
+        assert frames(22, 20, 21, 40, 20) == [expected[i - 1] for i in (22, 20, 21, 40, 20)]
+        faults.set("503")
+        assert frames(2) == [expected[1]]  # read ahead after frame 1
+        assert frames(41, 21) == [expected[40], expected[20]]  # after 40; 21 was asked for before
+        cold = requests.get(frame_url(server, level, 60), headers={"Accept": FRAME_ACCEPT}, timeout=30)
+        assert cold.status_code == 503 and "retry later" in cold.json()["message"]
     finally:
         server.stop()
         faults.close()

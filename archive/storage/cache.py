@@ -26,6 +26,10 @@ class RangeCache:
                 self._items.move_to_end(key)
             return data
 
+    def __contains__(self, key: tuple[str, int, int]) -> bool:
+        """Cached already (a prefetch skips it); does not count as a use."""
+        return key in self._items
+
     def put(self, key: tuple[str, int, int], data: bytes) -> None:
         if len(data) > self.max_bytes // 8:  # one huge range must not flush the hot set
             return

@@ -51,6 +51,8 @@ class StorageArea:
     """Files under ``root`` (``<data_dir>/storage``), the default backend."""
 
     kind = "local"
+    #: Bytes of following frames worth reading ahead on a frame miss: none, a pread is cheap.
+    readahead = 0
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -101,6 +103,12 @@ class StorageArea:
     def read_range(self, storage_id: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset`` of a stored file: one pread on a cached descriptor."""
         return os.pread(self._fds.get(storage_id, self.path(storage_id)), length, offset)
+
+    def read_ranges(self, storage_id: str, ranges: list[tuple[int, int]],
+                    prefetch: list[tuple[int, int]] = ()) -> list[bytes]:
+        """Each (offset, length) of a stored file, one pread each; ``prefetch`` is for object storage."""
+        fd = self._fds.get(storage_id, self.path(storage_id))
+        return [os.pread(fd, length, offset) for offset, length in ranges]
 
     def open(self, storage_id: str) -> BinaryIO:
         return open(self.path(storage_id), "rb")

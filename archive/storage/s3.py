@@ -12,7 +12,9 @@ see bench/FINDINGS.md (ranged GETs at a tenth of boto3's CPU).
   completed only when every part is in: no reader ever sees a partial object, and the
   catalog row is written after the object exists. A failed upload is aborted.
 - A frame is one ranged GET (offset and length from the frame index), through a
-  small in-node cache of hot ranges.
+  small in-node cache of hot ranges. The frames of one request are one ``get_ranges``
+  call (neighbours coalesced into one GET, the rest concurrent), and a missed frame
+  brings the next ``frame_readahead_kb`` of its level's frames into the cache with it.
 - Every failure to reach the bucket (5xx after retries, timeouts, refused
   connections, a bucket that is gone) is ``StorageUnavailable``: HTTP 503 and DIMSE
   0xA700, retryable. A missing object is ``FileNotFoundError``, as for local files.
@@ -35,6 +37,8 @@ from archive.errors import StorageUnavailable
 from archive.storage.cache import RangeCache
 
 READ_BUFFER = 1 << 20  # header parsing and whole-object reads: 1 MB per GET
+#: Ranges of one request closer than this are read by one GET (the gap read and dropped).
+COALESCE = 256 << 10
 
 
 class S3Storage:
@@ -51,6 +55,8 @@ class S3Storage:
         self.part_size = settings.part_size_mb << 20
         self.upload_concurrency = settings.upload_concurrency
         self.cache = RangeCache(settings.frame_cache_mb << 20) if settings.frame_cache_mb > 0 else None
+        #: Bytes of the frames after a missed one read with it into the cache (none without a cache).
+        self.readahead = settings.frame_readahead_kb << 10 if self.cache is not None else 0
         self._stores: dict[int, object] = {}
         self._lock = threading.Lock()
 
@@ -136,23 +142,48 @@ class S3Storage:
 
     def read_range(self, storage_id: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``: one ranged GET, or the hot-frame cache."""
-        key = (storage_id, offset, length)
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit
-        data = self._get_range(storage_id, offset, length)
-        if self.cache is not None:
-            self.cache.put(key, data)
-        return data
+        return self.read_ranges(storage_id, [(offset, length)])[0]
 
-    def _get_range(self, storage_id: str, offset: int, length: int) -> bytes:
+    def read_ranges(self, storage_id: str, ranges: list[tuple[int, int]],
+                    prefetch: list[tuple[int, int]] = ()) -> list[bytes]:
+        """Each (offset, length) of one object: hot ones from the cache, the rest in one call.
+
+        The missing ranges and the ``prefetch`` ranges not cached yet (the frames a viewer
+        will likely ask next) are fetched together: ranges less than ``COALESCE`` apart
+        become one ranged GET, the others concurrent GETs; every range fetched is cached.
+        S3 costs a round trip and a request's work per GET, whatever its size (FINDINGS).
+        """
+        cache = self.cache
+        found = [cache.get((storage_id, o, n)) if cache is not None else None for o, n in ranges]
+        missing = [r for r, data in zip(ranges, found) if data is None]
+        if not missing:
+            return found  # type: ignore[return-value]
+        extra = [r for r in prefetch if (storage_id, *r) not in cache] if cache is not None else []
+        wanted = list(dict.fromkeys(missing + extra))
+        fetched = dict(zip(wanted, self._get_ranges(storage_id, wanted)))
+        if cache is not None:
+            for (offset, length), data in fetched.items():
+                cache.put((storage_id, offset, length), data)
+        return [data if data is not None else fetched[r] for r, data in zip(ranges, found)]
+
+    def _get_ranges(self, storage_id: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """The ranges' bytes from the bucket (copied out: a coalesced GET's buffer is not kept whole)."""
         import obstore
 
-        if length <= 0:
-            return b""
+        out = [b""] * len(ranges)
+        todo = [i for i, (_, length) in enumerate(ranges) if length > 0]
+        if not todo:
+            return out
         with self._calling("read"):
-            return bytes(obstore.get_range(self._store(), storage_id, start=offset, length=length))
+            if len(todo) == 1:
+                offset, length = ranges[todo[0]]
+                parts = [obstore.get_range(self._store(), storage_id, start=offset, length=length)]
+            else:
+                parts = obstore.get_ranges(self._store(), storage_id, starts=[ranges[i][0] for i in todo],
+                                           lengths=[ranges[i][1] for i in todo], coalesce=COALESCE)
+        for i, data in zip(todo, parts):
+            out[i] = bytes(data)
+        return out
 
     def size(self, storage_id: str) -> int | None:
         """The object's size, or None when it does not exist."""
@@ -243,7 +274,7 @@ class _ObjectReader(io.RawIOBase):
         n = min(len(buffer), self.length - self.position)
         if n <= 0:
             return 0
-        data = self.storage._get_range(self.storage_id, self.position, n)
+        data = self.storage._get_ranges(self.storage_id, [(self.position, n)])[0]
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
