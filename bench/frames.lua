@@ -1,5 +1,5 @@
 -- wrk script: each request asks for a random frame of one instance.
---   wrk ... -s frames.lua URL -- PATHS_FILE ACCEPT MAX_REQUESTS_PER_THREAD [TOKEN]
+--   wrk ... -s frames.lua URL -- PATHS_FILE ACCEPT MAX_REQUESTS_PER_THREAD [TOKEN [PATTERN]]
 -- PATHS_FILE has two lines: the URL path of a frame without its number, and the
 -- number of frames; a request asks for PREFIX .. random(1, COUNT). The URL is built
 -- per request rather than picked from a table of every path: with a table of
@@ -9,6 +9,11 @@
 -- Accept header ("-" for none). A thread stops after MAX responses, so a slow
 -- server's run is bounded by count as well as by wrk's -d duration. TOKEN, when given,
 -- is sent as "Authorization: Bearer TOKEN" (bench/auth_bench.py).
+-- PATTERN ("-" or absent: random) says which frames are asked for: "random" one random
+-- frame per request; "row:K" one frame per request, K consecutive frames from a random
+-- start per wrk thread, shared by its connections in flight (a viewer filling a tile row
+-- with parallel requests), then a new random start; "multi:K" K consecutive frames from
+-- a random start in one request (frames/7,8,9,...). Frames/s is then K x requests/s.
 -- done() prints one line "RESULT {json}" for frames.py to parse.
 
 local prefix = nil
@@ -16,6 +21,10 @@ local count = 0
 local accept = nil
 local token = nil
 local max_responses = 0
+local mode = "random"
+local run = 1
+local walked = 0
+local position = 0
 local responses = 0
 local bad_status = 0
 local threads = {}
@@ -34,6 +43,14 @@ function init(args)
    if args[2] and args[2] ~= "-" then accept = args[2] end
    max_responses = tonumber(args[3] or "0")
    if args[4] and args[4] ~= "-" then token = args[4] end
+   if args[5] and args[5] ~= "-" and args[5] ~= "random" then
+      mode, run = args[5]:match("^(%a+):(%d+)$")
+      run = tonumber(run)
+      if (mode ~= "row" and mode ~= "multi") or not run or run < 1 then
+         error("PATTERN must be random, row:K or multi:K, not " .. args[5])
+      end
+      run = math.min(run, count)
+   end
    math.randomseed(os.time() * 1000 + id)
 end
 
@@ -41,6 +58,20 @@ function request()
    local headers = {}
    if accept then headers["Accept"] = accept end
    if token then headers["Authorization"] = "Bearer " .. token end
+   if mode == "row" then
+      if walked == 0 or walked >= run or position >= count then
+         position, walked = math.random(count - run + 1), 0
+      else
+         position = position + 1
+      end
+      walked = walked + 1
+      return wrk.format("GET", prefix .. position, headers)
+   elseif mode == "multi" then
+      local first = math.random(count - run + 1)
+      local numbers = {}
+      for i = 0, run - 1 do numbers[#numbers + 1] = tostring(first + i) end
+      return wrk.format("GET", prefix .. table.concat(numbers, ","), headers)
+   end
    return wrk.format("GET", prefix .. math.random(count), headers)
 end
 

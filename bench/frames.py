@@ -146,13 +146,13 @@ def write_paths(server: Server, inst: Instance, out: Path) -> Path:
 
 
 def run_wrk(server: Server, inst: Instance, seconds: int, max_requests: int,
-            paths_file: Path, connections: int = CONNECTIONS) -> dict:
-    """wrk with random frame URLs; the RESULT line of frames.lua as a dict."""
+            paths_file: Path, connections: int = CONNECTIONS, pattern: str = "random") -> dict:
+    """wrk with random frame URLs (``pattern``: see frames.lua); the RESULT line of frames.lua as a dict."""
     threads = min(WRK_THREADS, connections)
     per_thread = max(1, max_requests // threads) if max_requests else 0
     cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
            "--timeout", f"{REQUEST_TIMEOUT_S}s", "-s", str(LUA), server.base, "--",
-           str(paths_file), accept_for(server) or "-", str(per_thread)]
+           str(paths_file), accept_for(server) or "-", str(per_thread), "-", pattern]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -173,8 +173,8 @@ def run_length(seconds: int, probe: float) -> int:
 
 
 def bench_level(server: Server, inst: Instance, level: str, seconds: int,
-                max_requests: int, tmp: Path) -> FrameResult:
-    """Check one frame, then load the server with random frames of inst."""
+                max_requests: int, tmp: Path, pattern: str = "random") -> FrameResult:
+    """Check one frame, then load the server with random frames of inst (``pattern``: frames.lua)."""
     probe, problem = check_frame(server, inst, random.randint(1, inst.frames))
     if problem:
         return FrameResult(server.name, level, inst.frames, 0, 0.0, 0.0, 0.0, 1, problem,
@@ -183,7 +183,7 @@ def bench_level(server: Server, inst: Instance, level: str, seconds: int,
     seconds = run_length(seconds, probe)
     load = os.getloadavg()[0]
     with procs.MemorySampler(server.pid) as mem:
-        r = run_wrk(server, inst, seconds, max_requests, paths)
+        r = run_wrk(server, inst, seconds, max_requests, paths, pattern=pattern)
     errors = (r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
               + r["not_200"])
     detail = (f"{r['requests']} responses in {r['duration_us'] / 1e6:.1f} s; "
