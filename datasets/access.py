@@ -24,7 +24,7 @@ from archive.auth.access import Principal
 from archive.errors import Conflict, InvalidRequest, NotAuthorized, NotFound
 
 from . import release as releases
-from .schema import ensure, now, reader
+from .schema import now, reader
 
 DAC = "dac"
 STATUSES = ("pending", "approved", "rejected", "revoked")
@@ -176,7 +176,6 @@ def apply(catalog, rid: str, body: Mapping[str, Any], applicant: str) -> Applica
                       now(), None, None, None, None, None, None, None)
     row = app.to_json()
     row["members"] = json.dumps(list(members), ensure_ascii=False)
-    ensure(catalog)
     with catalog.transaction() as db:
         db.execute(f"INSERT INTO dataset_application({','.join(_APP_COLUMNS)}) "
                    f"VALUES ({','.join('?' * len(_APP_COLUMNS))})", [row[c] for c in _APP_COLUMNS])

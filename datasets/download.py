@@ -30,7 +30,7 @@ from archive.auth.access import SYSTEM
 from . import metadata
 from .bundle import Layout, Member, TarLayout, ZipLayout, from_bytes
 from .release import Item, Manifest
-from .schema import ensure, reader
+from .schema import reader
 
 LAYOUT_VERSION = "1"
 FORMATS = {"tar": TarLayout, "zip": ZipLayout}
@@ -177,7 +177,6 @@ class CrcCache:
 
     def __init__(self, catalog):
         self.catalog = catalog
-        ensure(catalog)
 
     def get(self, key: str) -> int | None:
         row = reader(self.catalog).execute("SELECT crc32 FROM bundle_crc WHERE sha256=?", (key,)).fetchone()

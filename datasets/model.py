@@ -15,7 +15,7 @@ from archive.auth.access import SYSTEM, Principal
 from archive.catalog import scope
 from archive.errors import Conflict, InvalidRequest, NotFound
 
-from .schema import ensure, now, reader
+from .schema import now, reader
 
 ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 SPDX = re.compile(r"(LicenseRef-)?[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")
@@ -257,7 +257,6 @@ def create(catalog, body: Mapping[str, Any], created_by: str, principal: Princip
     series = check_uids(body.get("series") or [])
     stamp = now()
     values.update(id=dataset_id, created_at=stamp, updated_at=stamp, created_by=created_by[:200])
-    ensure(catalog)
     with catalog.transaction() as db:
         if db.execute("SELECT 1 FROM dataset WHERE id=?", (dataset_id,)).fetchone():
             raise Conflict(f"a dataset with id {dataset_id!r} exists already")

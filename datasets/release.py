@@ -21,7 +21,7 @@ from archive.auth.access import Principal
 from archive.errors import Conflict, InvalidRequest, NotFound
 
 from . import clinical, model, selection
-from .schema import ensure, now, reader
+from .schema import now, reader
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 RESULT_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.91.1": "annotation", "1.2.840.10008.5.1.4.1.1.66.4": "segmentation",
@@ -412,7 +412,6 @@ def withdraw_deleted(catalog, sop_uids: Iterable[str]) -> int:
     uids = list(sop_uids)
     if not uids:
         return 0
-    ensure(catalog)
     with catalog.transaction() as db:
         return _mark(db, uids, DELETED, None)
 

@@ -34,6 +34,38 @@ def _new(ds, storage_id: str | None = None) -> NewInstance:
                        None, None, dicomjson.to_json(ds))
 
 
+DATASETS = next(i + 1 for i, (name, _) in enumerate(schema.MIGRATIONS) if name.startswith("the dataset tables"))
+
+
+def test_dataset_tables_made_before_their_migration_are_adopted_with_their_rows(location):
+    """A catalog of the version before, whose dataset tables the datasets package created itself
+    (the same statements, run as written, as it did before they were a migration), holding a
+    dataset: the upgrade keeps the tables and the row."""
+    from datasets import model
+
+    db = open_database(location)
+    schema.migrate(db, target=DATASETS - 1)
+    with db.transaction() as s:
+        for statement in schema.MIGRATIONS[DATASETS - 1][1]:
+            s.execute(statement)
+        s.execute("INSERT INTO dataset VALUES ('kept', 't', 'd', 'CC0-1.0', '', '[]', '[]', NULL, NULL, "
+                  "'2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', 'me')")
+    db.close()
+    upgraded = Catalog(location)
+    assert schema.version(upgraded.db) == schema.VERSION
+    assert model.get(upgraded, "kept").title == "t"
+    upgraded.close()
+
+
+def test_a_catalog_without_dataset_tables_gets_them(location):
+    db = open_database(location)
+    schema.migrate(db, target=DATASETS - 1)
+    db.close()
+    catalog = Catalog(location)
+    assert catalog.db.execute("SELECT count(*) FROM dataset_release").fetchone()[0] == 0
+    catalog.close()
+
+
 def test_fresh_catalog_has_the_current_schema_version(location):
     catalog = Catalog(location)
     assert schema.version(catalog.db) == schema.VERSION

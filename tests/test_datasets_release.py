@@ -154,30 +154,26 @@ def test_a_doi_prefix_names_releases_as_dois(archive):
 
 
 def test_the_dataset_tables_are_created_by_postgresql_too(postgresql_url):
-    """The schema is plain SQL: the same statements build the tables on a real PostgreSQL, and
+    """The tables are a numbered catalog migration: a PostgreSQL catalog has them once opened, and
     the conflict-tolerant inserts a release uses run there."""
-    import psycopg
+    from archive.catalog import Catalog
 
-    from datasets.schema import STATEMENTS
-
-    with psycopg.connect(postgresql_url, autocommit=True) as db:
-        for statement in STATEMENTS:
-            db.execute(statement)
-        for statement in STATEMENTS:  # idempotent: IF NOT EXISTS throughout
-            db.execute(statement)
-        db.execute("INSERT INTO dataset VALUES ('d1', 't', 'd', 'CC0-1.0', '', '[]', '[]', NULL, NULL, "
-                   "'2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', 'me')")
+    catalog = Catalog(postgresql_url)
+    db = catalog.db
+    db.execute("INSERT INTO dataset VALUES ('d1', 't', 'd', 'CC0-1.0', '', '[]', '[]', NULL, NULL, "
+               "'2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', 'me')")
+    db.execute("INSERT INTO dataset_release(id, dataset_id, version, identifier, collection, released_at, "
+               "released_by, metadata, counts, manifest_sha256) VALUES ('d1:v1', 'd1', 1, 'urn:x', "
+               "'dataset:d1:v1', 'now', 'me', '{}', '{}', 'abc')")
+    db.execute("INSERT INTO release_item(release_id, sop_instance_uid, study_uid, series_uid, sop_class_uid, "
+               "case_id, kind, size, sha256) VALUES ('d1:v1', '1.2', '1', '1.1', '1.2.3', 'case-1', 'slide', "
+               "?, 'ff')", (5 * 2 ** 30,))
+    assert tuple(db.execute("SELECT size FROM release_item").fetchone()) == (5 * 2 ** 30,)  # BIGINT: over 2 GB
+    with pytest.raises(catalog.db.dialect.unique_violation):
         db.execute("INSERT INTO dataset_release(id, dataset_id, version, identifier, collection, released_at, "
-                   "released_by, metadata, counts, manifest_sha256) VALUES ('d1:v1', 'd1', 1, 'urn:x', "
-                   "'dataset:d1:v1', 'now', 'me', '{}', '{}', 'abc')")
-        db.execute("INSERT INTO release_item(release_id, sop_instance_uid, study_uid, series_uid, sop_class_uid, "
-                   "case_id, kind, size, sha256) VALUES ('d1:v1', '1.2', '1', '1.1', '1.2.3', 'case-1', 'slide', "
-                   "%s, 'ff')", (5 * 2 ** 30,))
-        assert db.execute("SELECT size FROM release_item").fetchone() == (5 * 2 ** 30,)  # BIGINT: files over 2 GB
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            db.execute("INSERT INTO dataset_release(id, dataset_id, version, identifier, collection, released_at, "
-                       "released_by, metadata, counts, manifest_sha256) VALUES ('d1:v1b', 'd1', 1, 'urn:y', "
-                       "'c', 'now', 'me', '{}', '{}', 'abc')")
+                   "released_by, metadata, counts, manifest_sha256) VALUES ('d1:v1b', 'd1', 1, 'urn:y', "
+                   "'c', 'now', 'me', '{}', '{}', 'abc')")
+    catalog.close()
 
 
 def test_a_saved_search_release_with_the_index_down_is_503_and_changes_nothing(archive, tmp_path):
