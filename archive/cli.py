@@ -194,26 +194,57 @@ def cmd_verify(args: argparse.Namespace) -> int:
             elif stored_sha256(archive.storage, sid) != record.sha256:
                 corrupt[sid] = "SHA-256 differs from the catalog's"
     temps = len(list(archive.storage.tmp.iterdir()))
+    open_uploads, stale = _open_uploads(archive, args.stale_uploads_after)
     print(f"{len(rows)} instances in the catalog, {len(stored)} {kind} in storage")
     print(f"missing {kind}: {len(missing)}; {kind} without catalog rows: {len(orphans)}; "
-          f"checksum mismatches: {len(corrupt)}; temp files: {temps}")
+          f"checksum mismatches: {len(corrupt)}; temp files: {temps}"
+          + (f"; incomplete uploads: {len(stale)}" if archive.storage.kind == "s3" else ""))
+    for u in open_uploads:
+        state = "incomplete upload" if u in stale else "upload in progress (left alone)"
+        print(f"  {state}: storage id {u.storage_id}, started {u.initiated:%Y-%m-%dT%H:%M:%SZ}")
     for sid in missing:
         print(f"  missing: {_describe(archive, rows[sid])} (storage id {sid})")
     for sid in orphans:
         print(f"  orphan: storage id {sid}")
     for sid, why in corrupt.items():
         print(f"  corrupt: {_describe(archive, rows[sid])} (storage id {sid}; {why})")
-    problems = len(missing) + len(orphans) + len(corrupt) + temps
+    problems = len(missing) + len(orphans) + len(corrupt) + temps + len(stale)
     if args.repair and problems:
         for sid in missing:
             archive.catalog.remove_instance_row(rows[sid])
         archive.storage.remove_orphans(set(orphans))
         archive.storage.sweep_temp()
+        if stale:
+            from archive.storage import uploads
+
+            uploads.abort(archive.storage, stale)
         print(f"repaired: removed {len(missing)} rows without bytes, {len(orphans)} orphan {kind}, {temps} temp files"
+              + (f", aborted {len(stale)} incomplete uploads" if stale else "")
               + (f"; {len(corrupt)} corrupt instance(s) left for you to re-send (import or send the original "
                  "again: an identical instance replaces its corrupt copy)" if corrupt else ""))
         return 1 if corrupt else 0
     return 1 if problems else 0
+
+
+def _open_uploads(archive, minutes: float) -> tuple[list, list]:
+    """S3 only: (every multipart upload left open under the prefix, those older than ``minutes``)."""
+    if archive.storage.kind != "s3":
+        return [], []
+    from archive.storage import uploads
+
+    found = uploads.open_uploads(archive.storage)
+    return found, uploads.stale(found, minutes)
+
+
+def _minutes(text: str) -> float:
+    """A non-negative number of minutes (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more minutes")
+    return value
 
 
 def _describe(archive, sop_uid: str) -> str:
@@ -301,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exit 1 when anything disagrees.")
     p.add_argument("--repair", action="store_true", help="remove orphans and rows without bytes")
     p.add_argument("--checksums", action="store_true", help="also re-hash every stored file")
+    p.add_argument("--stale-uploads-after", type=_minutes, default=60.0, metavar="MINUTES",
+                   help="S3: multipart uploads open longer than this were left by a node that died; "
+                        "--repair aborts them (default: 60)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("migrate", parents=[common], help="copy a single-machine archive into the configured "

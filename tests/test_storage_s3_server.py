@@ -212,3 +212,69 @@ def test_verify_checks_the_catalog_against_the_bucket(s3proxy, tmp_path):
         assert "archive/" + "f" * 32 not in keys_after
     finally:
         server.stop()
+
+
+_KILLED_UPLOAD = """
+import sys
+from pathlib import Path
+from archive.config import StorageSettings
+from archive.storage.s3 import S3Storage
+
+storage = S3Storage(StorageSettings(url=sys.argv[1], part_size_mb=5, upload_concurrency=1), Path(sys.argv[2]))
+temp = storage.new_temp()
+with open(temp, "wb") as f:
+    for _ in range(16):
+        f.write(bytes(range(256)) * 4096 * 5)  # 80 MB: sixteen parts
+print("uploading", flush=True)
+storage.commit(temp)
+"""
+
+
+def test_verify_reports_and_repair_aborts_the_upload_of_a_node_killed_mid_upload(s3proxy, tmp_path, slide):
+    """The archive's own upload (S3Storage.commit) in a process killed with SIGKILL once its first
+    part is in the bucket: verify reports the open upload (left alone while younger than
+    --stale-uploads-after), and verify --repair aborts it, deleting its parts."""
+    import signal
+    import time
+
+    bucket = new_bucket(s3proxy)
+    server = s3_server(tmp_path / "server", s3proxy, bucket)
+    proxy = FaultProxy(int(s3proxy.endpoint.rsplit(":", 1)[1]))
+    client = s3proxy.client()
+    try:
+        assert stow(server, slide[0]).status_code == 200
+        env = dict(server.env, AWS_ENDPOINT_URL=proxy.endpoint)
+        node = subprocess.Popen([sys.executable, "-c", _KILLED_UPLOAD, f"s3://{bucket}/archive", str(tmp_path / "t")],
+                                cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE)
+        try:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                uploads = client.list_multipart_uploads(Bucket=bucket, Prefix="archive/").get("Uploads", [])
+                if uploads and client.list_parts(Bucket=bucket, Key=uploads[0]["Key"],
+                                                 UploadId=uploads[0]["UploadId"]).get("Parts"):
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the upload never started")
+            proxy.set("hang")  # the node's next part never arrives...
+        finally:
+            node.send_signal(signal.SIGKILL)  # ...and the node dies
+            node.wait(10)
+        proxy.close()
+        [left] = client.list_multipart_uploads(Bucket=bucket, Prefix="archive/")["Uploads"]
+        storage_id = left["Key"].rsplit("/", 1)[1]
+
+        young = verify(server)
+        assert young.returncode == 0, young.stdout + young.stderr
+        assert "; incomplete uploads: 0" in young.stdout
+        assert f"upload in progress (left alone): storage id {storage_id}" in young.stdout
+        stale = verify(server, "--stale-uploads-after", "0")
+        assert stale.returncode == 1
+        assert "; incomplete uploads: 1" in stale.stdout and f"incomplete upload: storage id {storage_id}" in stale.stdout
+        fixed = verify(server, "--repair", "--stale-uploads-after", "0")
+        assert "aborted 1 incomplete uploads" in fixed.stdout, fixed.stdout + fixed.stderr
+        assert client.list_multipart_uploads(Bucket=bucket, Prefix="archive/").get("Uploads", []) == []
+        clean = verify(server, "--checksums", "--stale-uploads-after", "0")
+        assert clean.returncode == 0 and "; incomplete uploads: 0" in clean.stdout, clean.stdout
+    finally:
+        server.stop()

@@ -239,8 +239,9 @@ class S3Storage:
     def sweep_temp(self) -> int:
         """Remove local temp files left by a crash; returns how many.
 
-        Multipart uploads a crash left open are invisible and expire by the bucket's
-        lifecycle rule (AbortIncompleteMultipartUpload; docs/deployment.md).
+        Multipart uploads a crash left open are invisible; ``verify --repair`` aborts them
+        (archive/storage/uploads.py), as does the bucket's lifecycle rule
+        (AbortIncompleteMultipartUpload; docs/deployment.md).
         """
         n = 0
         for f in self.tmp.iterdir():
