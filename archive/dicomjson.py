@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
 from archive.rawitems import Unusual as _Unusual, items as _items
+from archive.recent import Recent
 
 BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 #: Binary values up to this size are inlined (a short LUT); larger ones become bulkdata.
@@ -52,39 +52,22 @@ def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
         raw = ds.get_item(tag)
         fast = None
         if isinstance(raw, RawDataElement) and raw.VR is not None and raw.is_little_endian and raw.value is not None:
-            fast = _sequences.get((int(tag), raw.value, path)) if raw.VR == "SQ" else None
+            recent = raw.VR == "SQ" and len(raw.value) <= _RECENT_MAX
+            fast = _sequences.get((int(tag), raw.value, path)) if recent else None
             if fast is None:
                 fast = _from_bytes(int(tag), raw.VR, raw.value, path)
-                if fast is not None and raw.VR == "SQ":
+                if fast is not None and recent:
                     _sequences.put((int(tag), raw.value, path), fast)
         out[f"{tag:08X}"] = fast if fast is not None else _element(ds[tag], path)
     return out
 
 
-class _Recent:
-    """The DICOM JSON of the last few raw sequences, by (tag, bytes, path): the instances of a
-    series share their sequences byte for byte (the same bytes object when de-identified,
-    deid.seqcache), so most lookups are identity hits. Bounded in entries and bytes; shared
-    values, so callers of ``to_json`` must not change what it returns inside sequences."""
-
-    def __init__(self, entries: int = 256, max_value: int = 256 * 1024) -> None:
-        self.entries, self.max_value = entries, max_value
-        self._map: dict[tuple[int, bytes, str], dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[int, bytes, str]) -> dict[str, Any] | None:
-        return self._map.get(key) if len(key[1]) <= self.max_value else None
-
-    def put(self, key: tuple[int, bytes, str], value: dict[str, Any]) -> None:
-        if len(key[1]) > self.max_value:
-            return
-        with self._lock:
-            while len(self._map) >= self.entries:
-                self._map.pop(next(iter(self._map)))  # oldest first
-            self._map[key] = value
-
-
-_sequences = _Recent()
+#: The DICOM JSON of recent raw sequences up to _RECENT_MAX bytes, by (tag, bytes, path): the
+#: instances of a series share their sequences byte for byte (the very same bytes object once
+#: de-identified, deid.seqcache), so most lookups are identity hits. Values are shared: callers of
+#: ``to_json`` must not change what it returns inside sequences.
+_RECENT_MAX = 256 * 1024
+_sequences: Recent[tuple[int, bytes, str], dict[str, Any]] = Recent(256)
 _STRUCTS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _SPLIT_STRIP = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # ASCII; padding off the end, then split
 _TEXT = frozenset({"SH", "LO", "UC"})  # split, then padding off each value

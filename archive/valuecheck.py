@@ -16,6 +16,7 @@ conversion refused it, with the same error.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 
@@ -25,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from archive.errors import DatasetDoesNotMatchSOPClass
 from archive.rawitems import Unusual, items
+from archive.recent import Recent
 
 _NUMERIC_VRS = frozenset({"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"})
 _BINARY_SIZE = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8}
@@ -45,9 +47,29 @@ def check_values(ds: Dataset) -> None:
     for tag in sorted(ds._dict):
         elem = ds._dict[tag]
         if isinstance(elem, RawDataElement) and elem.VR is not None and elem.is_little_endian \
-                and elem.value is not None and _fine(int(tag), elem.VR, elem.value):
+                and elem.value is not None and _fine_top(int(tag), elem.VR, elem.value):
             continue
         _check_element(ds[tag])
+
+
+#: Sequences already judged fine, by the digest of their bytes: the instances of a series carry
+#: the same sequences byte for byte, and stepping through every item was most of this check.
+#: Digests, not bytes: nothing received stays in memory.
+_FINE_SEQUENCES: Recent[bytes, bool] = Recent(1024)
+
+
+def _fine_top(tag: int, vr: str, value: bytes) -> bool:
+    """``_fine`` for a top-level element, remembering the sequences found fine (the verdict on a
+    sequence's items depends on its bytes alone; its own VR against the dictionary is judged each time)."""
+    if vr != "SQ" or len(value) < 256:
+        return _fine(tag, vr, value)
+    digest = hashlib.sha256(value).digest()
+    if _FINE_SEQUENCES.get(digest):
+        return _fine(tag, vr, b"")  # the dictionary's VR still checked; the items were fine
+    fine = _fine(tag, vr, value)
+    if fine:
+        _FINE_SEQUENCES.put(digest, True)
+    return fine
 
 
 def _fine(tag: int, vr: str, value: bytes) -> bool:

@@ -173,3 +173,19 @@ def test_known_refusals(tag, nested, kind, arg, message) -> None:
     bad = mutated(seed, at, top, kind, arg)
     assert verdict(check_values, bad) == verdict(reference, bad)
     assert message in verdict(check_values, bad)
+
+
+def test_a_sequence_judged_before_is_judged_the_same() -> None:
+    """Sequences found fine are remembered by their bytes (a series repeats them): the same
+    bytes under a tag whose dictionary VR is not SQ are still refused, and a sequence with
+    a bad item is refused every time, not only the first."""
+    seed = seed_bytes()[0]
+    assert verdict(check_values, seed) == "accepted"
+    assert verdict(check_values, seed) == "accepted"  # now from the remembered digests
+    at, top = _at(seed, 0x00400560, False)  # Specimen Description Sequence (SQ, 3960 bytes)
+    renamed = seed[:at] + struct.pack("<HH", 0x0040, 0x0551) + seed[at + 4:]  # Specimen Identifier (LO)
+    assert verdict(check_values, renamed) == verdict(reference, renamed) != "accepted"
+    code_at, code_top = _at(seed, 0x00080100, True)
+    bad = mutated(seed, code_at, code_top, "vr", b"LO")
+    for _ in range(2):
+        assert "CodeValue has VR LO" in verdict(check_values, bad)
