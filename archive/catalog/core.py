@@ -79,7 +79,7 @@ class NewInstance:
 
 @dataclasses.dataclass(frozen=True)
 class OutboxEvent:
-    seq: int
+    seq: int  # the event's position in commit order (outbox.commit_seq), what a consumer's cursor saves
     event: str
     study_uid: str | None
     series_uid: str | None
@@ -590,16 +590,45 @@ class Catalog:
             yield uid
 
     def outbox_after(self, seq: int, limit: int = 500) -> list[OutboxEvent]:
-        rows = self._db().execute("SELECT seq, event, study_uid, series_uid, sop_instance_uid FROM outbox "
-                                  "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+        """The events after position ``seq`` in commit order (``OutboxEvent.seq`` is that position).
+
+        A consumer that saves the last position it read never skips an event: positions are
+        given to committed events only (``_number_outbox``), so none can appear below it later.
+        """
+        self._number_outbox(limit)
+        rows = self._db().execute("SELECT commit_seq, event, study_uid, series_uid, sop_instance_uid FROM outbox "
+                                  "WHERE commit_seq > ? ORDER BY commit_seq LIMIT ?", (seq, limit)).fetchall()
         return [OutboxEvent(*r) for r in rows]
 
-    def outbox_pending(self, after_seq: int) -> tuple[int, float | None]:
-        """(events after ``after_seq``, created_at of the oldest of them): the index's lag, in O(1)."""
+    def _number_outbox(self, limit: int) -> None:
+        """Give up to ``limit`` committed, unnumbered events the next commit positions, in seq order.
+
+        Under one lock for every node: each numbering transaction sees all events committed before
+        it and commits its positions before the next starts, so positions grow in commit order.
+        (On SQLite writers take turns anyway; the same statement then just copies seq's order.)
+        """
         db = self._db()
-        last = db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
-        row = db.execute("SELECT created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (after_seq,)).fetchone()
-        return max(0, last - after_seq), (row[0] if row else None)
+        if db.execute("SELECT 1 FROM outbox WHERE commit_seq IS NULL LIMIT 1").fetchone() is None:
+            return
+        with db.transaction() as s:
+            db.lock(s, "slidearchive outbox order")
+            s.execute("WITH todo AS (SELECT seq, row_number() OVER (ORDER BY seq) AS n FROM outbox "
+                      "WHERE commit_seq IS NULL ORDER BY seq LIMIT ?), "
+                      "top AS (SELECT coalesce(max(commit_seq), 0) AS last FROM outbox) "
+                      "UPDATE outbox SET commit_seq = (SELECT last FROM top) + "
+                      "(SELECT n FROM todo WHERE todo.seq = outbox.seq) WHERE seq IN (SELECT seq FROM todo)",
+                      (limit,))
+
+    def outbox_pending(self, after_seq: int) -> tuple[int, float | None]:
+        """(events after position ``after_seq``, created_at of the oldest of them): the index's lag,
+        from two index lookups (positions are dense; the unnumbered are the few since the last read)."""
+        db = self._db()
+        last = db.execute("SELECT max(commit_seq) FROM outbox").fetchone()[0] or 0
+        row = db.execute("SELECT created_at FROM outbox WHERE commit_seq > ? ORDER BY commit_seq LIMIT 1",
+                         (after_seq,)).fetchone()
+        waiting, oldest = db.execute("SELECT count(*), min(created_at) FROM outbox WHERE commit_seq IS NULL").fetchone()
+        times = [t for t in (row[0] if row else None, oldest) if t is not None]
+        return max(0, last - after_seq) + waiting, (min(times) if times else None)
 
     def shared_secret(self, name: str, size: int = 32) -> bytes:
         """A random secret every node of this catalog shares (made by whichever node asks first)."""

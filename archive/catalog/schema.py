@@ -37,6 +37,9 @@ _TALLY_TRIGGERS_POSTGRESQL = [
           for event, op, which in (("added", "INSERT", "NEW"), ("removed", "DELETE", "OLD"))))
 ]
 
+#: The name of the migration that numbers outbox events in commit order.
+OUTBOX_ORDER = "outbox events numbered in commit order (commit_seq), which consumers follow"
+
 #: A statement is SQL for both engines, or a dict of one per engine ({"sqlite": ..., "postgresql": ...};
 #: an engine without an entry skips it) where they differ, as triggers do.
 MIGRATIONS: list[tuple[str, list[str | dict[str, str]]]] = [
@@ -327,9 +330,20 @@ MIGRATIONS: list[tuple[str, list[str | dict[str, str]]]] = [
         {"postgresql": "ALTER INDEX patient_name_lower_pk ALTER COLUMN 1 SET STATISTICS 1000"},
         {"postgresql": "ANALYZE patient"},
     ]),
+    (OUTBOX_ORDER, [
+        # seq is drawn at INSERT; on PostgreSQL a transaction that drew a lower seq can commit after a
+        # higher one was read. commit_seq is given to committed events only, under a lock (Catalog.outbox_after).
+        "ALTER TABLE outbox ADD COLUMN commit_seq INTEGER",
+        # events already there keep their number, so a consumer's saved cursor means the same
+        "UPDATE outbox SET commit_seq = seq",
+        "CREATE UNIQUE INDEX IF NOT EXISTS outbox_commit_seq ON outbox(commit_seq)",
+        "CREATE INDEX IF NOT EXISTS outbox_unnumbered ON outbox(seq) WHERE commit_seq IS NULL",
+    ]),
 ]
 
 VERSION = len(MIGRATIONS)
+#: The version that numbers outbox events in commit order (tests upgrade a catalog from the one before).
+OUTBOX_POSITIONS = next(n for n, (name, _) in enumerate(MIGRATIONS, 1) if name == OUTBOX_ORDER)
 
 
 def version(db: Database) -> int:
