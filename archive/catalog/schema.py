@@ -183,6 +183,7 @@ MIGRATIONS: list[tuple[str, list[str | dict[str, str]]]] = [
         # to the table until this migration commits, so the backfill below misses no row.
         *({"sqlite": statement} for statement in _TALLY_TRIGGERS_SQLITE),
         *({"postgresql": statement} for statement in _TALLY_TRIGGERS_POSTGRESQL),
+        "DELETE FROM study_tally",  # (empty, unless the migration is run again: the counts start over)
         "INSERT INTO study_tally(collection, bucket, n) SELECT '', pk / 1024, count(*) FROM study GROUP BY pk / 1024",
         "INSERT INTO study_tally(collection, bucket, n) SELECT collection, study_fk / 1024, count(*) "
         "FROM study_collection GROUP BY collection, study_fk / 1024",
