@@ -8,10 +8,12 @@ a machine that disappears, not a graceful stop.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import time
 from pathlib import Path
+from typing import Sequence
 
 from conftest import Server
 
@@ -64,3 +66,39 @@ def wait_for(check, timeout: float = 60, interval: float = 0.25, what: str = "th
         if time.time() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+class PiecewiseStow:
+    """A STOW-RS request sent piece by piece on its own connection, so that a test can kill the node
+    at a known point of the body (after some parts, inside another). ``Content-Length`` is the whole
+    body's: the node waits for the rest."""
+
+    BOUNDARY = "nodesboundary"
+
+    def __init__(self, node: Server, paths: Sequence[Path]):
+        self.parts = [f"--{self.BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p.read_bytes()
+                      + b"\r\n" for p in paths]
+        self.closing = f"--{self.BOUNDARY}--\r\n".encode()
+        self.conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=60)
+        self.conn.putrequest("POST", "/dicomweb/studies")
+        self.conn.putheader("Content-Type", f'multipart/related; type="application/dicom"; boundary={self.BOUNDARY}')
+        self.conn.putheader("Accept", "application/dicom+json")
+        self.conn.putheader("Content-Length", str(sum(map(len, self.parts)) + len(self.closing)))
+        self.conn.endheaders()
+
+    def send_parts(self, count: int) -> None:
+        """The first ``count`` parts, whole (the next part's delimiter tells the node the last one ended)."""
+        for part in self.parts[:count]:
+            self.conn.send(part)
+
+    def send_partial(self, index: int, size: int) -> None:
+        """The first ``size`` bytes of part ``index`` (its delimiter and headers first)."""
+        part = self.parts[index]
+        assert size < len(part), "the part is not longer than what is to be sent of it"
+        self.conn.send(part[:size])
+
+    def response(self) -> http.client.HTTPResponse:
+        return self.conn.getresponse()
+
+    def close(self) -> None:
+        self.conn.close()

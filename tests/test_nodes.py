@@ -2,10 +2,14 @@
 real Elasticsearch node behave as one archive: what one stores every node finds and serves, over
 DICOMweb and DIMSE (DCMTK); one pseudonym key for all nodes; a C-MOVE works from either; a storage
 commitment asked of a node that is then killed (SIGKILL) is answered by the other (its leased work
-item passes to the survivor)."""
+item passes to the survivor); a node killed in the middle of a multi-instance STOW-RS leaves nothing
+partial, and the client's retry on the other node completes the slide without duplicates."""
 from __future__ import annotations
 
+import http.client
+import re
 import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -20,9 +24,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 import s3_server
-from conftest import free_port
+from conftest import REPO, free_port
+from dicomweb.multipart import CHUNK
 from es_node import es_node  # noqa: F401  (fixture)
-from nodes import Cluster
+from nodes import Cluster, PiecewiseStow, wait_for
 from slides import SlideSpec, expected_tile, make_slide
 from test_auth import stow as stow_with_token
 from test_dimse_tools import AE as ARCHIVE_AE, DCMTK, dcmtk, find, needs_dcmtk, store
@@ -108,18 +113,19 @@ def slides(cluster, tmp_path_factory) -> dict[str, list[Path]]:
     return {"a": a, "b": b}
 
 
-def _stored_uids(node, slide: str) -> list[dict]:
+def _stored_uids(node, slide: str, frames: int | None = None) -> list[dict]:
     """The instances a node lists for one of the test's slides (de-identified: their UIDs and accession
-    numbers are pseudonyms), told apart by the frame count of their first level."""
+    numbers are pseudonyms), told apart by the frame count of their first level (or ``frames``)."""
     r = requests.get(f"{node.dicomweb}/instances", params={"includefield": ["00280008", "00100020"], "limit": 1000}, timeout=30)
     assert r.status_code in (200, 204), r.text
     found = r.json() if r.status_code == 200 else []
-    studies = {_value(i, "0020000D") for i in found if i.get("00280008", {}).get("Value") == [LEVEL0_FRAMES[slide]]}
+    studies = {_value(i, "0020000D") for i in found
+               if i.get("00280008", {}).get("Value") == [frames or LEVEL0_FRAMES[slide]]}
     return [i for i in found if _value(i, "0020000D") in studies]
 
 
 #: Level-0 frame counts (256-pixel tiles) of the test's slides: unique, so each slide can be found.
-SIZES = {"NA": (900, 500), "NB": (1100, 300), "NC": (1400, 1000)}
+SIZES = {"NA": (900, 500), "NB": (1100, 300), "NC": (5120, 3840)}
 LEVEL0_FRAMES = {k: -(-w // 256) * -(-h // 256) for k, (w, h) in SIZES.items()}
 
 
@@ -153,6 +159,21 @@ def test_cfind_on_every_node(cluster, slides, tmp_path):
         assert result.returncode == 0, result.stderr
         expected = {_value(_stored_uids(node, slide)[0], "0020000D") for slide in ("NA", "NB")}
         assert {str(ds.StudyInstanceUID) for ds in found} >= expected
+
+
+def test_a_slide_stored_on_one_node_is_found_by_search_on_the_other(cluster, slides):
+    """/api/search (the shared Elasticsearch index, fed by whichever node holds the outbox lease)."""
+    for stored_on, searched_on, accession in ((cluster[0], cluster[1], "NA"), (cluster[1], cluster[0], "NB")):
+        instances = _stored_uids(stored_on, accession)
+        study = _value(instances[0], "0020000D")
+        hits = wait_for(lambda: _search(searched_on, study), 90, what=f"slide {accession} in /api/search")
+        assert {h["series_uid"] for h in hits} == {_value(i, "0020000E") for i in instances}
+
+
+def _search(node, study_uid: str) -> list[dict]:
+    r = requests.get(f"{node.url}/api/search", params={"study_uid": study_uid}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["hits"]
 
 
 def test_cmove_from_either_node(cluster, slides, receiver):
@@ -203,3 +224,69 @@ def test_storage_commitment_is_answered_when_the_asked_node_dies(cluster, slides
             {i.ReferencedSOPInstanceUID for i in request.ReferencedSOPSequence}
     finally:
         asked.start()
+
+
+def _served_as_sent(node, stored: list[dict], paths: list[Path]) -> None:
+    """Each stored instance is whole: its first and last frames are the sent tiles, byte for byte
+    (the instances of one slide are told apart by their frame counts)."""
+    sent = {int(ds.NumberOfFrames): ds for ds in map(pydicom.dcmread, paths)}
+    for item in stored:
+        ds = sent[_value(item, "00280008")]
+        study, series, sop = (_value(item, t) for t in ("0020000D", "0020000E", "00080018"))
+        for number in sorted({1, int(ds.NumberOfFrames)}):
+            r = requests.get(f"{node.dicomweb}/studies/{study}/series/{series}/instances/{sop}/frames/{number}",
+                             headers={"Accept": FRAME_ACCEPT}, timeout=30)
+            assert r.status_code == 200 and expected_tile(ds, number - 1) in r.content
+
+
+def _verify(node) -> None:
+    """``slidearchive verify`` on the node's configuration (the shared catalog and bucket): clean."""
+    result = subprocess.run([sys.executable, "-m", "archive.cli", "verify", *node.cli_args],
+                            capture_output=True, text=True, cwd=REPO, timeout=300, env=node.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"missing objects: 0; objects without catalog rows: 0; checksum mismatches: 0; "
+                     r"temp files: 0; incomplete uploads: 0", result.stdout), result.stdout
+
+
+def test_a_node_killed_mid_stow_leaves_nothing_partial_and_the_retry_on_the_other_completes(cluster, tmp_path):
+    paths = make_slide(tmp_path / "c", SlideSpec(*SIZES["NC"], seed=503, patient_id="NODES-2", accession="NC",
+                                                 label=False, overview=False))
+    levels = [int(pydicom.dcmread(p, stop_before_pixels=True).NumberOfFrames) for p in paths]
+    assert len(paths) >= 3 and levels[0] == LEVEL0_FRAMES["NC"]
+    order = [paths[1], paths[0], *paths[2:]]  # level 1, then level 0: the large part during which the node dies
+    victim, survivor = cluster
+    upload = PiecewiseStow(victim, order)
+    # The node reads the body CHUNK bytes at a time and stores each part once it has read the next
+    # delimiter: past that, well inside the second part, the first is stored and the second arriving.
+    assert len(upload.parts[1]) > CHUNK + 65536
+    try:
+        upload.send_parts(1)
+        upload.send_partial(1, CHUNK + 32768)
+        wait_for(lambda: _stored_uids(survivor, "NC", frames=levels[1]), 60,
+                 what="the first part, stored by the node about to be killed")
+        cluster.kill(victim)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            upload.response()  # the client sees the connection die, not an answer
+        before = _stored_uids(survivor, "NC", frames=levels[1])
+        assert len(before) == 1  # what was committed; nothing of the part being received
+        _served_as_sent(survivor, before, paths)
+
+        retry = stow(survivor, paths)  # the client sends the whole slide again, to the other node
+        assert retry.status_code in (200, 202), retry.text
+        body = retry.json()
+        assert "00081198" not in body and len(body["00081199"]["Value"]) == len(paths), body
+        after = _stored_uids(survivor, "NC")
+        sops = [_value(i, "00080018") for i in after]
+        assert len(sops) == len(set(sops)) == len(paths)  # no duplicate, nothing missing
+        assert _value(before[0], "00080018") in sops  # the first one was recognised, not stored twice
+        _served_as_sent(survivor, after, paths)
+        study = _value(after[0], "0020000D")
+        hits = wait_for(lambda: _search(survivor, study), 90, what="the retried slide in /api/search")
+        assert {h["series_uid"] for h in hits} == {_value(i, "0020000E") for i in after}
+        _verify(survivor)
+    finally:
+        upload.close()
+        if victim.process is None or victim.process.poll() is not None:
+            victim.start()
+    _verify(victim)  # the restarted node swept what the killed one had spooled
+    assert {_value(i, "00080018") for i in _stored_uids(victim, "NC")} == set(sops)
