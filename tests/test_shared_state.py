@@ -95,21 +95,22 @@ def test_a_result_linked_by_its_node_leaves_no_work(postgresql_url, shared_data)
     catalog.close()
 
 
-def test_a_catalog_from_before_the_leased_repair_links_its_unlinked_results(postgresql_url, shared_data):
-    """A catalog from before (a watermark, no link work items) holding a result that was never
-    linked: the upgrade queues it, and the next read links it."""
-    from archive.catalog import schema
+def test_a_catalog_from_before_the_leased_repair_links_its_unlinked_results(postgresql_url, shared_data, monkeypatch):
+    """A catalog of the version before (a watermark, no link work items) holding a result that was
+    never linked: the upgrade queues it, and the next read links it."""
+    from archive.catalog import core, schema
 
+    number = next(i + 1 for i, (name, _) in enumerate(schema.MIGRATIONS) if name.startswith("result links repaired"))
     slide = pydicom.dcmread(shared_data / "sm_image.dcm")
     annotation = pydicom.dcmread(shared_data / "sm_annotations.dcm")
-    catalog = Catalog(postgresql_url)
-    catalog.add_instance(_new(slide), "c")
-    catalog.add_instance(_new(annotation), "c")
-    number = next(i + 1 for i, (name, _) in enumerate(schema.MIGRATIONS) if name.startswith("result links repaired"))
-    with catalog.transaction() as db:  # back to how version `number - 1` left it
-        db.execute("DELETE FROM work_item")
-        db.execute("DELETE FROM schema_version WHERE version >= ?", (number,))
-    catalog.close()
+    with monkeypatch.context() as previous:  # this code on the schema the version before left
+        previous.setattr(core, "migrate", lambda db: schema.migrate(db, target=number - 1))
+        catalog = Catalog(postgresql_url)
+        assert schema.version(catalog.db) == number - 1
+        catalog.add_instance(_new(slide), "c")
+        catalog.add_instance(_new(annotation), "c")
+        catalog.db.execute("DELETE FROM work_item")  # that version wrote none
+        catalog.close()
 
     upgraded = Catalog(postgresql_url)
     assert schema.version(upgraded.db) == schema.VERSION
