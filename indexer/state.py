@@ -1,8 +1,9 @@
 """The indexer's own bookkeeping, in its own SQLite file, or, for the nodes sharing one
 catalog and one index, partly in the catalog (``open_state``).
 
-- ``index_cursor``: the last outbox seq applied, per index (alias) name (always in
-  the file; nodes sharing the outbox keep theirs in the catalog's lease instead).
+- ``index_cursor``: the last outbox seq applied, per index (alias) name (in the file;
+  nodes sharing the outbox keep it in the catalog's lease ``index:<name>`` instead, which
+  ``cursor`` and ``rewind_cursor`` then read and move).
 - ``failed``: series whose document the index rejected, retried with back-off
   and after every restart (a fixed mapping or builder picks them up).
 - ``ai_refs``: which AI series (ANN/SEG) reference which slide series, so a
@@ -14,6 +15,7 @@ retries what that node saw rejected and knows which annotations each slide has.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -63,17 +65,38 @@ class IndexState:
     # --- cursor -----------------------------------------------------------------
 
     def cursor(self, name: str) -> int:
+        """The last outbox seq applied to index ``name``: shared, the one the outbox lease holds."""
+        shared = self.shared_cursor(name)
+        if shared is not None:
+            return shared
         row = self._db().execute("SELECT seq FROM index_cursor WHERE name=?", (name,)).fetchone()
         return int(row[0]) if row else 0
+
+    def shared_cursor(self, name: str) -> int | None:
+        """The cursor kept in the outbox lease ``index:<name>`` (indexer/worker.py); None if none."""
+        if self._shared is None:
+            return None
+        row = self._shared.execute("SELECT state FROM lease WHERE name=?", (lease_name(name),)).fetchone()
+        state = json.loads(row[0]) if row and row[0] else None
+        return int(state["seq"]) if state and "seq" in state else None
 
     def set_cursor(self, name: str, seq: int) -> None:
         self._db().execute("INSERT INTO index_cursor(name, seq) VALUES (?, ?) "
                            "ON CONFLICT(name) DO UPDATE SET seq=excluded.seq", (name, seq))
 
     def rewind_cursor(self, name: str, seq: int) -> None:
-        """Move the cursor back to ``seq`` if it is past it (events after it are applied again)."""
+        """Move the cursor back to ``seq`` if it is past it (events after it are applied again);
+        shared, the lease's too (its holder's next save of a later seq then fails: worker.py)."""
         self._db().execute("INSERT INTO index_cursor(name, seq) VALUES (?, ?) "
                            "ON CONFLICT(name) DO UPDATE SET seq=min(seq, excluded.seq)", (name, seq))
+        if self._shared is None:
+            return
+        with self._shared.transaction() as db:
+            row = db.execute(f"SELECT state FROM lease WHERE name=?{self._shared.dialect.lock_rows}",
+                             (lease_name(name),)).fetchone()
+            state = json.loads(row[0]) if row and row[0] else None
+            if state and int(state.get("seq", 0)) > seq:
+                db.execute("UPDATE lease SET state=? WHERE name=?", (json.dumps(dict(state, seq=seq)), lease_name(name)))
 
     # --- failures -----------------------------------------------------------------
 
@@ -123,6 +146,11 @@ class IndexState:
     def ai_for_slide(self, slide_series: str) -> list[str]:
         return [r[0] for r in self._tables().execute(
             f"SELECT ai_series FROM {self._refs} WHERE slide_series=? ORDER BY ai_series", (slide_series,))]
+
+
+def lease_name(index_name: str) -> str:
+    """The catalog lease of the nodes applying the outbox to one shared index."""
+    return f"index:{index_name}"
 
 
 def open_state(config: Any, catalog: Any, index: Any) -> IndexState:

@@ -26,7 +26,7 @@ from .base import Index, IndexUnavailable
 #: Seconds a node holds the outbox between renewals; a dead holder's work resumes elsewhere after this.
 LEASE_SECONDS = 15.0
 from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document, references
-from .state import IndexState, open_state
+from .state import IndexState, lease_name, open_state
 
 log = logging.getLogger(__name__)
 _AI_CLASSES = {ANN_SOP_CLASS, SEG_SOP_CLASS}
@@ -136,6 +136,7 @@ class IndexWorker:
         #: time.time() of the last step that reached the index (for /health/ready).
         self.last_success: float | None = None
         self._lease = None
+        self._read_state: Any = None  # the lease's state as this step read it
         if getattr(catalog, "shared", False) and getattr(index, "shared", False):
             from archive.catalog.work import Leases
 
@@ -160,13 +161,13 @@ class IndexWorker:
             sync_series(self.index, self.source, self.state, uids)
         if events:
             self.state.set_cursor(self.index.name, events[-1].seq)
-            if self._lease is not None:
-                self._lease.save(self._lease_name, {"seq": events[-1].seq})
+            if self._lease is not None:  # unless a reindex rewound the cursor meanwhile: then from there again
+                self._lease.save(self._lease_name, {"seq": events[-1].seq}, expected=self._read_state)
         return len(events)
 
     @property
     def _lease_name(self) -> str:
-        return f"index:{self.index.name}"
+        return lease_name(self.index.name)
 
     def _cursor(self) -> int | None:
         """The last outbox seq applied; None when another node holds the shared outbox."""
@@ -176,6 +177,7 @@ class IndexWorker:
         held, state = self._lease.acquire(self._lease_name, LEASE_SECONDS)
         if not held:
             return None
+        self._read_state = state
         return int(state["seq"]) if state and "seq" in state else local
 
     def catch_up(self, max_batches: int = 1_000_000) -> int:

@@ -204,3 +204,53 @@ def test_nodes_with_different_move_destinations_report_it_on_health_ready(postgr
         first.stop()
         second.stop()
 
+
+
+@pytest.mark.elasticsearch
+def test_a_reindex_on_one_node_rewinds_the_shared_cursor_so_nothing_stored_meanwhile_is_lost(
+        postgresql_url, es_node, tmp_path):
+    """Node 1 rebuilds the Elasticsearch index while node 0 holds the outbox; a slide stored during
+    the rebuild goes to the old generation only. The rebuild rewinds the cursor in the shared lease
+    (not only in node 1's file), so node 0 applies that slide again to the new generation. Every
+    node reports the holder's cursor (the outbox lag /metrics shows)."""
+    from es_node import elastic_index
+
+    from indexer.reindex import reindex
+    from indexer.state import open_state
+    from indexer.worker import IndexWorker
+
+    index = elastic_index(es_node.url)
+    index.ensure()
+    catalogs = [Catalog(postgresql_url), Catalog(postgresql_url)]
+    states = [open_state(types.SimpleNamespace(path=tmp_path / f"state{i}.sqlite"), c, index)
+              for i, c in enumerate(catalogs)]
+    holder = IndexWorker(catalogs[0], index, states[0])
+    first, later = slide_headers(1, seed=6), slide_headers(2, seed=6)
+    for ds in first:
+        catalogs[0].add_instance(_new(ds), "c")
+    holder.catch_up()
+    assert states[1].cursor(index.name) == states[0].cursor(index.name) > 0  # node 1 reports the holder's
+
+    class StoreDuringTheRebuild:  # reindex's progress hook: runs between its batches
+        def __init__(self, total):
+            pass
+
+        def update(self, n):
+            for ds in later:
+                catalogs[1].add_instance(_new(ds), "c")
+            holder.catch_up()  # into the old generation, the alias's write index until the swap
+
+        def close(self):
+            pass
+
+    assert reindex(catalogs[1], index, states[1], progress=StoreDuringTheRebuild) == 1
+    index.refresh()
+    assert index.get(later[0].SeriesInstanceUID) is None  # the new generation missed it...
+    holder.catch_up()
+    index.refresh()
+    assert index.get(later[0].SeriesInstanceUID) is not None  # ...until the holder applied it again
+    assert index.get(first[0].SeriesInstanceUID) is not None
+    index.es.indices.delete(index=f"{index.alias}*", ignore_unavailable=True)
+    index.close()
+    for c in catalogs:
+        c.close()

@@ -97,10 +97,15 @@ class Leases:
             return False, None
         return True, json.loads(row[0]) if row[0] else None
 
-    def save(self, name: str, state: Any) -> bool:
-        """Store the holder's state; False when the lease is no longer ours (nothing written)."""
-        return self.db.execute("UPDATE lease SET state=? WHERE name=? AND owner=?",
-                               (json.dumps(state), name, self.owner)).rowcount == 1
+    def save(self, name: str, state: Any, expected: Any = ...) -> bool:
+        """Store the holder's state; False when the lease is no longer ours, or (given ``expected``)
+        when its state is no longer what the holder read (another process changed it): nothing written."""
+        if expected is ...:
+            return self.db.execute("UPDATE lease SET state=? WHERE name=? AND owner=?",
+                                   (json.dumps(state), name, self.owner)).rowcount == 1
+        return self.db.execute("UPDATE lease SET state=? WHERE name=? AND owner=? AND coalesce(state, '')=?",
+                               (json.dumps(state), name, self.owner,
+                                "" if expected is None else json.dumps(expected))).rowcount == 1
 
     def release(self, name: str) -> None:
         self.db.execute("UPDATE lease SET owner=NULL, lease_until=0 WHERE name=? AND owner=?", (name, self.owner))
