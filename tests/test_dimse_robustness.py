@@ -429,3 +429,39 @@ def test_large_instance_does_not_sit_in_memory(make_server, tmp_path):
     assert final.Status == 0x0000 and received and received[0] > 400 << 20
     assert _peak_rss_mb(pid) < 250, f"C-GET: DIMSE process peaked at {_peak_rss_mb(pid):.0f} MB"
     assert_healthy(server)
+
+
+def _pipes(pid: int) -> int:
+    import os
+
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+        except OSError:
+            pass
+    return count
+
+
+def test_association_threads_leave_nothing_open(server):
+    """Each association's DUL waits on a wake-up pipe (archive.dimse.transport): released,
+    aborted or cut, every association's pipe is closed again, and echoes and stores are
+    answered as before."""
+    pid = _dimse_pid(server)
+    echo_ok(server)
+    time.sleep(0.5)
+    before = _pipes(pid)
+    for n in range(12):
+        assoc = _associate(server, Verification, (WSI, ExplicitVRLittleEndian))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        if n % 3 == 0:
+            assoc.release()
+        elif n % 3 == 1:
+            assoc.abort()
+        else:
+            assoc.dul.socket.socket.close()  # the connection cut without a word
+            assoc.kill()
+    assert _wait(lambda: _pipes(pid) <= before, timeout=60), (before, _pipes(pid))
+    assert _store_status(server, _wsi_dataset(StudyInstanceUID=None)) == 0xA900  # a store is still answered
+    assert echo_ok(server)

@@ -15,7 +15,6 @@ import time
 from functools import partial
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
                                   PatientRootQueryRetrieveInformationModelGet,
                                   PatientRootQueryRetrieveInformationModelMove, StorageCommitmentPushModel,
@@ -36,6 +35,7 @@ from archive.dimse.policy import PeerPolicy
 from archive.dimse.query import handle_find
 from archive.dimse.retrieve import handle_get, handle_move
 from archive.dimse.store import discard_partial, handle_store, prepare_spool
+from archive.dimse.transport import NoDelayAssociationServer, WaitingRequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -143,23 +143,6 @@ def _close_transport(assoc) -> None:
             pass
 
 
-class NoDelayAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with Nagle's algorithm off on each accepted connection.
-
-    DIMSE is request/response in small PDUs: with Nagle on, a second small write (a
-    C-FIND match after the first, a response after a command fragment) waits for the
-    peer's delayed ACK, up to 40 ms on Linux, whatever the archive does meanwhile.
-    """
-
-    def get_request(self):
-        sock, address = super().get_request()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # not TCP (a test's socketpair) or already closed: nothing to tune
-            pass
-        return sock, address
-
-
 def _log_rejected(event) -> None:
     log.warning("association from %s rejected", event.assoc.requestor.ae_title)
 
@@ -203,7 +186,8 @@ class DimseListener:
     def _listen(self, host: str, port: int, bound: list, context) -> None:
         try:
             server = self.ae.make_server((host, port), evt_handlers=bound, ssl_context=context,
-                                         server_class=NoDelayAssociationServer)
+                                         server_class=NoDelayAssociationServer,
+                                         request_handler=WaitingRequestHandler)
         except OSError as e:
             e.port = port  # type: ignore[attr-defined]  # which of the ports, for the caller's message
             raise
