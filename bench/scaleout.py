@@ -16,7 +16,7 @@ Setups (every engine is started by the benchmark on loopback, in a temporary dir
 Measured per setup: STOW-RS of a whole slide (MB/s), random single frames of the largest level
 under wrk (frames/s and p99; 8 connections to one node, or 4 to each of two nodes at once),
 small-instance STOW-RS (one instance per request; one sender per node, all at once), and the
-peak RSS of each node's process tree. The machine has 2 cores: two nodes on it share those
+peak RSS and PSS of each node's process tree. The machine has 2 cores: two nodes on it share those
 cores, so the 2-node rows show what the sharing costs or gains here, not what two machines give.
 
 Then, for each ``--qido`` size, every setup's catalog is filled with the same generated rows
@@ -111,6 +111,7 @@ class Result:
     frames_p99_ms: float | None = None
     small_per_s: float | None = None
     rss_mb: list[float] = field(default_factory=list)
+    pss_mb: list[float] = field(default_factory=list)  # proportional: pages a forked tree shares count once
     problems: list[str] = field(default_factory=list)
 
 
@@ -264,6 +265,7 @@ def bench_setup(setup: str, count: int, data: dict, engines: Engines, a, work: P
             for s in samplers:
                 s.__exit__(None, None, None)
         result.rss_mb = [round(s.peak_mb) for s in samplers]
+        result.pss_mb = [round(s.peak_pss_kb / 1024) for s in samplers]
     except Exception as e:  # noqa: BLE001 - one setup failing must not hide the others
         result.problems.append(f"{type(e).__name__}: {e}")
     finally:
@@ -279,10 +281,11 @@ def table(results: list[Result]) -> str:
         return "n/a" if v is None else f"{v:,.{digits}f}"
 
     lines = ["| setup | nodes | frames/s (8 conn) | frame p99 ms | STOW MB/s (whole slide, node 1) | "
-             "small instances/s | peak RSS per node MB |", "|---|---|---|---|---|---|---|"]
+             "small instances/s | peak RSS per node MB | peak PSS per node MB |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {SETUP_NAMES[r.setup]} | {r.nodes} | {fmt(r.frames_per_s)} | {fmt(r.frames_p99_ms)} | "
-                     f"{fmt(r.stow_mb_s)} | {fmt(r.small_per_s)} | {', '.join(map(str, r.rss_mb)) or 'n/a'} |")
+                     f"{fmt(r.stow_mb_s)} | {fmt(r.small_per_s)} | {', '.join(map(str, r.rss_mb)) or 'n/a'} | "
+                     f"{', '.join(map(str, r.pss_mb)) or 'n/a'} |")
     return "\n".join(lines)
 
 

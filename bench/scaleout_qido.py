@@ -69,8 +69,8 @@ def fill(setup: str, instances: int, node) -> float:
     node.start()  # Orthanc creates its schema in the empty database, then the rows go in behind its back
     node.stop()
     started = time.perf_counter()
-    file = orthanc_catalog.write_file(node.storage, SMALL_INSTANCE)
-    return orthanc_catalog.fill(node.catalog_url, instances, file) + time.perf_counter() - started
+    orthanc_catalog.fill(node.catalog_url, instances, orthanc_catalog.write_file(node.storage, SMALL_INSTANCE))
+    return time.perf_counter() - started
 
 
 class Kept:
