@@ -613,11 +613,10 @@ class Catalog:
         with db.transaction() as s:
             db.lock(s, "slidearchive outbox order")
             s.execute("WITH todo AS (SELECT seq, row_number() OVER (ORDER BY seq) AS n FROM outbox "
-                      "WHERE commit_seq IS NULL ORDER BY seq LIMIT ?), "
-                      "top AS (SELECT coalesce(max(commit_seq), 0) AS last FROM outbox) "
-                      "UPDATE outbox SET commit_seq = (SELECT last FROM top) + "
-                      "(SELECT n FROM todo WHERE todo.seq = outbox.seq) WHERE seq IN (SELECT seq FROM todo)",
-                      (limit,))
+                      "WHERE commit_seq IS NULL ORDER BY seq LIMIT ?) "
+                      "UPDATE outbox SET commit_seq = top.last + todo.n "
+                      "FROM todo, (SELECT coalesce(max(commit_seq), 0) AS last FROM outbox) AS top "
+                      "WHERE outbox.seq = todo.seq", (limit,))
 
     def outbox_pending(self, after_seq: int) -> tuple[int, float | None]:
         """(events after position ``after_seq``, created_at of the oldest of them): the index's lag,
