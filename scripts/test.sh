@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Install what the tests need (DCMTK, dicom3tools, PostgreSQL, Python packages, an Elasticsearch 8
-# node's and s3proxy's jars from Maven Central) and run the whole suite, then the catalog's part of it again with
-# the PostgreSQL catalog backend. Extra arguments go to both passes; when they choose tests (paths,
-# -k, -m) or SLIDEARCHIVE_TEST_CATALOG=sqlite|postgresql names the backend, there is one pass.
+# node's and s3proxy's jars from Maven Central) and run the whole suite twice: on the embedded defaults
+# (SQLite catalog, local directory), then on PostgreSQL + S3 (tests/conftest.py gives each server a fresh
+# database in a cluster tests/pg_cluster.py starts, and a bucket of its own in s3proxy). Each pass runs
+# SLIDEARCHIVE_TEST_WORKERS (default 3) pytest-xdist workers, a test file per worker at a time. Extra
+# arguments go to both passes; when they choose tests (paths, -k, -m) or SLIDEARCHIVE_TEST_CATALOG /
+# SLIDEARCHIVE_TEST_STORAGE name the backends, there is one pass.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -37,21 +40,11 @@ mvn -q -f tests/oidc/pom.xml dependency:copy-dependencies
 mvn -q -f tests/s3/pom.xml dependency:copy-dependencies
 selected=${SLIDEARCHIVE_TEST_CATALOG:+1}${SLIDEARCHIVE_TEST_STORAGE:+1}
 for arg in "$@"; do case $arg in tests*|*.py|*::*|-k|-m) selected=1 ;; esac; done
-if [ -n "$selected" ]; then exec python3 -m pytest "$@"; fi
+parallel=(-n "${SLIDEARCHIVE_TEST_WORKERS:-3}" --dist loadfile)
+if [ -n "$selected" ]; then exec python3 -m pytest "${parallel[@]}" "$@"; fi
 status=0
-python3 -m pytest "$@" || status=$?
-# The catalog's part of the suite again on the PostgreSQL catalog (tests/conftest.py gives each server a
-# fresh database in a cluster tests/pg_cluster.py starts): ingest (STOW-RS, C-STORE), QIDO-RS and C-FIND
-# matching, delete, C-MOVE and storage commitment lookups, AI result links, collections and access
-# control, verify. A few minutes.
-SLIDEARCHIVE_TEST_CATALOG=postgresql python3 -m pytest "$@" \
-  tests/test_dicomweb.py tests/test_stow_response.py tests/test_dimse_store.py tests/test_dimse_query.py \
-  tests/test_dimse_retrieve.py tests/test_dimse_commit.py tests/test_results_api.py tests/test_auth.py \
-  tests/test_cli.py || status=$?
-# The storage part of the suite again with every server's instances in an S3 bucket (s3proxy, one
-# bucket per server; tests/conftest.py): STOW-RS and C-STORE ingest, WADO-RS instances, frames,
-# rendered, bulkdata and metadata, delete, C-GET/C-MOVE, verify, the wsidicom web client. A few minutes.
-SLIDEARCHIVE_TEST_STORAGE=s3 python3 -m pytest "$@" \
-  tests/test_dicomweb.py tests/test_stow_response.py tests/test_dimse_retrieve.py tests/test_wsidicom_web.py \
-  || status=$?
+echo "== the whole suite on SQLite + local directory"
+python3 -m pytest "${parallel[@]}" "$@" || status=$?
+echo "== the whole suite on PostgreSQL + S3"
+SLIDEARCHIVE_TEST_CATALOG=postgresql SLIDEARCHIVE_TEST_STORAGE=s3 python3 -m pytest "${parallel[@]}" "$@" || status=$?
 exit $status

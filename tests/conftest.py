@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import s3_server  # noqa: E402
 
 #: ``SLIDEARCHIVE_TEST_STORAGE=s3``: every Server stores its instances in a bucket of the session's
-#: s3proxy instead of its data directory (scripts/test.sh runs the storage tests a second time so).
+#: s3proxy instead of its data directory (scripts/test.sh runs the whole suite a second time so, with
+#: the PostgreSQL catalog).
 TEST_STORAGE = os.environ.get("SLIDEARCHIVE_TEST_STORAGE", "local")
 S3_PREFIX = "archive"  # the key prefix of those servers' objects
 

@@ -8,12 +8,15 @@ step cannot pass silently.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,9 +36,10 @@ def _free_port() -> int:
 class EsNode:
     """One node process (start.sh); ``stop()``/``start()`` again keep its data directory."""
 
-    def __init__(self, home: Path, port: int | None = None, heap: str = "1g"):
+    def __init__(self, home: Path, port: int | None = None, heap: str = "1g", parent: int | None = None):
         self.home, self.heap = home, heap
         self.port = port or _free_port()
+        self.parent = parent or os.getpid()  # the node exits when this process is gone
         self.pid: int | None = None
 
     @property
@@ -43,13 +47,22 @@ class EsNode:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "EsNode":
-        env = dict(os.environ, ES_HEAP=self.heap, ES_PARENT_PID=str(os.getpid()))
+        env = dict(os.environ, ES_HEAP=self.heap, ES_PARENT_PID=str(self.parent))
         out = subprocess.run(["bash", str(RUNNER / "start.sh"), str(self.home), str(self.port)],
                              capture_output=True, text=True, env=env, timeout=300)
         if out.returncode != 0:
             raise RuntimeError(f"Elasticsearch did not start: {out.stderr[-3000:]}")
         self.pid = int((self.home / "node.pid").read_text())
+        self._warm_up()
         return self
+
+    def _warm_up(self) -> None:
+        """Create and drop one index: a fresh node's first index creation (class loading, the first
+        mappings) can take longer than a client's 10 s timeout on a loaded machine, and that cost
+        belongs to the node's start, not to whichever test comes first."""
+        for method in ("PUT", "DELETE"):
+            request = urllib.request.Request(f"{self.url}/warm-up?timeout=120s&master_timeout=120s", method=method)
+            urllib.request.urlopen(request, timeout=150).close()
 
     def stop(self, timeout: float = 30) -> None:
         if self.pid is None:
@@ -89,11 +102,26 @@ def require_runner() -> None:
 
 @pytest.fixture(scope="session")
 def es_node(tmp_path_factory) -> Iterator[EsNode]:
-    """One node for the whole session."""
+    """One node for the whole run. Under pytest-xdist the first worker that needs it starts it in
+    the run's shared temporary directory, tied to the controller's life (the workers' parent),
+    and the others use it: one JVM of a gigabyte instead of one per worker; every test makes
+    indices of its own prefix."""
     require_runner()
-    node = EsNode(tmp_path_factory.mktemp("es-node")).start()
-    yield node
-    node.stop()
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        node = EsNode(tmp_path_factory.mktemp("es-node")).start()
+        yield node
+        node.stop()
+        return
+    root = tmp_path_factory.getbasetemp().parent
+    with open(root / "es-node.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        started = root / "es-node.json"
+        if started.exists():
+            node = EsNode(root / "es-node", port=json.loads(started.read_text())["port"])
+        else:
+            node = EsNode(root / "es-node", parent=os.getppid()).start()
+            started.write_text(json.dumps({"port": node.port}))
+    yield node  # stops with the controller, after every worker is done
 
 
 def elastic_index(url: str, **overrides):

@@ -408,6 +408,7 @@ def test_large_instance_does_not_sit_in_memory(make_server, tmp_path):
     _config.STORE_SEND_CHUNKED_DATASET = _config.STORE_RECV_CHUNKED_DATASET = True
     try:
         ae = AE(ae_title="BIGSTORE")
+        ae.dimse_timeout = 300  # the answer to a large C-STORE (S3 upload included) on a loaded machine
         ae.add_requested_context(WSI, ExplicitVRLittleEndian)
         ae.add_requested_context(GET)
         assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE,

@@ -53,7 +53,8 @@ RUN_FENCES = ("sh", "bash")
 TEST_SH_SELECTION = "tests/test_cli.py::test_help"
 SERVER_COMMAND = re.compile(r"(^|\s)(slidearchive serve|bash scripts/start\.sh|scripts/start\.sh)(\s|$)")
 VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
-STOP_TIMEOUT = 30
+#: The documented bound of a stop ([server] stop_timeout, 30 s by default, + 10 s: archive/server.py), and a margin.
+STOP_TIMEOUT = 45
 
 
 def commands(text: str) -> list[tuple[int, str]]:
@@ -211,7 +212,7 @@ class RunningServer:
                 self.process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.kill()
-                raise AssertionError(f"{self.command!r} did not stop within {STOP_TIMEOUT} s of SIGTERM")
+                raise AssertionError(f"{self.command!r} did not stop within {STOP_TIMEOUT} s of SIGTERM:\n{self.log()[-3000:]}")
         assert self.process.returncode in (0, -signal.SIGTERM, 128 + signal.SIGTERM), \
             f"{self.command!r} exited {self.process.returncode} on SIGTERM:\n{self.log()[-3000:]}"
 
