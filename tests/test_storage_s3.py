@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -186,6 +188,47 @@ def test_prefetched_ranges_come_from_the_cache(s3proxy, bucket, tmp_path, monkey
         storage.read_range(sid, 2500, 500)  # not read ahead: asked of S3
     with pytest.raises(StorageUnavailable):
         storage.read_ranges(sid, [(0, 1000), (3000, 10)])  # one range missing: the whole call fails
+
+
+@pytest.mark.parametrize("s3_answers", ["200", "503"])
+def test_concurrent_misses_share_one_fetch(s3proxy, bucket, tmp_path, monkeypatch, faults, s3_answers):
+    storage = make_storage(s3proxy, bucket, tmp_path, monkeypatch, endpoint=faults.endpoint, frame_cache_mb=1)
+    data = os.urandom(20_000)
+    sid = storage.commit(temp_with(storage, data))
+    tiles = [(i * 1000, 1000) for i in range(12)]
+    fetch, calls, inside = storage._get_ranges, [], threading.Event()
+
+    def slow_fetch(storage_id, ranges):  # the archive's own fetch, held so that the requests overlap
+        calls.append(list(ranges))
+        inside.set()
+        time.sleep(0.5)
+        return fetch(storage_id, ranges)
+
+    monkeypatch.setattr(storage, "_get_ranges", slow_fetch)
+    if s3_answers == "503":
+        faults.set("503")
+    results: dict[int, object] = {}
+
+    def ask(i: int) -> None:  # a viewer's requests for neighbouring tiles, each reading ahead
+        try:
+            results[i] = storage.read_ranges(sid, [tiles[i]], prefetch=tiles[i + 1:i + 9])
+        except StorageUnavailable as e:
+            results[i] = e
+
+    first = threading.Thread(target=ask, args=(0,))
+    first.start()
+    assert inside.wait(10)
+    others = [threading.Thread(target=ask, args=(i,)) for i in (1, 2, 3)]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(30)
+    assert calls == [tiles[:9]]  # one fetch: tile 0 and the 8 read ahead; 1-3 waited for it
+    if s3_answers == "200":
+        assert results == {i: [data[i * 1000:(i + 1) * 1000]] for i in range(4)}
+    else:  # its failure reaches every request that waited, each with an error of its own
+        assert all(isinstance(results[i], StorageUnavailable) for i in range(4))
+        assert len({id(results[i]) for i in range(4)}) == 4
 
 
 def test_range_cache_is_bounded_in_bytes():

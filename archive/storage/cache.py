@@ -4,12 +4,13 @@ Object storage answers a ranged GET in about a millisecond on loopback and tens 
 milliseconds across a network; a viewer panning a slide asks for the same tiles again
 (its own re-renders, a second viewer on the same slide). Keys are (storage id, offset,
 length): stored objects never change, so an entry never goes stale; a deleted object's
-entries age out.
+entries age out. ``InFlight`` makes concurrent misses of the same ranges share one fetch.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 
 
 class RangeCache:
@@ -47,3 +48,46 @@ class RangeCache:
         with self._lock:
             for key in [k for k in self._items if k[0] == storage_id]:
                 self.bytes -= len(self._items.pop(key))
+
+
+Key = tuple[str, int, int]
+
+
+class InFlight:
+    """The ranges being fetched right now, each with the future its fetcher will settle.
+
+    A viewer asks for several neighbouring tiles at once: without this, each request that
+    misses reads the same tiles ahead with a GET of its own. With it, the first request's
+    GET carries the tiles, and the requests for them wait for that answer.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Key, Future] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, wanted: list[Key], prefetch: list[Key]) -> tuple[list[Key], dict[Key, Future], Future]:
+        """(the keys the caller fetches now, the wanted keys it waits for, the future to settle).
+
+        Prefetch keys ride along with a fetch the caller makes anyway, never alone: a caller
+        waiting for all it wants leaves reading ahead to the next miss.
+        """
+        future: Future = Future()
+        with self._lock:
+            waits = {k: self._pending[k] for k in wanted if k in self._pending}
+            fetch = wanted + prefetch if len(waits) < len(set(wanted)) else []
+            mine = [k for k in dict.fromkeys(fetch) if k not in self._pending]
+            for k in mine:
+                self._pending[k] = future
+        return mine, waits, future
+
+    def settle(self, future: Future, keys: list[Key], fetched: dict[Key, bytes] | None,
+               error: BaseException | None = None) -> None:
+        """The fetch of ``keys`` ended: wake those waiting on it (with the bytes, or the error)."""
+        with self._lock:
+            for k in keys:
+                if self._pending.get(k) is future:
+                    del self._pending[k]
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(fetched)

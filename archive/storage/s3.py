@@ -34,7 +34,7 @@ from typing import BinaryIO, Iterator
 
 from archive.config import StorageSettings, s3_location
 from archive.errors import StorageUnavailable
-from archive.storage.cache import RangeCache
+from archive.storage.cache import InFlight, RangeCache
 
 READ_BUFFER = 1 << 20  # header parsing and whole-object reads: 1 MB per GET
 #: Ranges of one request closer than this are read by one GET (the gap read and dropped).
@@ -57,6 +57,7 @@ class S3Storage:
         self.cache = RangeCache(settings.frame_cache_mb << 20) if settings.frame_cache_mb > 0 else None
         #: Bytes of the frames after a missed one read with it into the cache (none without a cache).
         self.readahead = settings.frame_readahead_kb << 10 if self.cache is not None else 0
+        self.in_flight = InFlight()
         self._stores: dict[int, object] = {}
         self._lock = threading.Lock()
 
@@ -152,19 +153,37 @@ class S3Storage:
         will likely ask next) are fetched together: ranges less than ``COALESCE`` apart
         become one ranged GET, the others concurrent GETs; every range fetched is cached.
         S3 costs a round trip and a request's work per GET, whatever its size (FINDINGS).
+        A range another request is fetching already is waited for, not fetched again.
         """
         cache = self.cache
         found = [cache.get((storage_id, o, n)) if cache is not None else None for o, n in ranges]
         missing = [r for r, data in zip(ranges, found) if data is None]
         if not missing:
             return found  # type: ignore[return-value]
-        extra = [r for r in prefetch if (storage_id, *r) not in cache] if cache is not None else []
-        wanted = list(dict.fromkeys(missing + extra))
-        fetched = dict(zip(wanted, self._get_ranges(storage_id, wanted)))
-        if cache is not None:
-            for (offset, length), data in fetched.items():
-                cache.put((storage_id, offset, length), data)
+        if cache is None:
+            unique = list(dict.fromkeys(missing))
+            fetched = dict(zip(unique, self._get_ranges(storage_id, unique)))
+        else:
+            fetched = self._fetch_shared(storage_id, missing, [r for r in prefetch if (storage_id, *r) not in cache])
         return [data if data is not None else fetched[r] for r, data in zip(ranges, found)]
+
+    def _fetch_shared(self, storage_id: str, missing: list[tuple[int, int]],
+                      prefetch: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Fetch and cache what no other request is fetching; wait for the rest (``InFlight``)."""
+        mine, waits, future = self.in_flight.claim([(storage_id, *r) for r in missing],
+                                                   [(storage_id, *r) for r in prefetch])
+        try:
+            data = self._get_ranges(storage_id, [k[1:] for k in mine]) if mine else []
+        except BaseException as e:
+            self.in_flight.settle(future, mine, None, e)
+            raise
+        got = dict(zip(mine, data))
+        for key, value in got.items():
+            self.cache.put(key, value)
+        self.in_flight.settle(future, mine, got)
+        for key, other in waits.items():
+            got[key] = _awaited(other, key, self.timeout)
+        return {key[1:]: value for key, value in got.items()}
 
     def _get_ranges(self, storage_id: str, ranges: list[tuple[int, int]]) -> list[bytes]:
         """The ranges' bytes from the bucket (copied out: a coalesced GET's buffer is not kept whole)."""
@@ -279,6 +298,18 @@ class _ObjectReader(io.RawIOBase):
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
+
+
+def _awaited(future, key: tuple[str, int, int], timeout: float) -> bytes:
+    """The bytes of ``key`` from another request's fetch; its failure raised afresh in this thread."""
+    try:
+        return future.result(timeout=timeout + 5)[key]
+    except StorageUnavailable as e:
+        raise StorageUnavailable(str(e)) from None
+    except FileNotFoundError as e:
+        raise FileNotFoundError(str(e)) from None
+    except TimeoutError:
+        raise StorageUnavailable("object storage unavailable (read: timed out); retry later") from None
 
 
 def _reason(e: Exception) -> str:
