@@ -296,22 +296,33 @@ def _print(r: StorageRow) -> None:
           f"p99 {r.p99_ms:.1f} ms [{r.detail}]", flush=True)
 
 
+def _cpu_per_frame(r: StorageRow) -> float | None:
+    """Server (or bench client) plus s3proxy CPU per frame: what one frame costs the machine."""
+    if r.cpu_ms_per_frame is None:
+        return None
+    return r.cpu_ms_per_frame + (r.s3proxy_cpu_ms_per_frame or 0)
+
+
 def table(rows: list[StorageRow], level_frames: int, size_mb: float) -> str:
     local = {r.pattern: r for r in rows if "local" in r.setup}
     lines = [f"Slide of {size_mb:.0f} MB; frames of its largest level ({level_frames} frames), wrk with 8 "
              "connections; `local / this`: local disk's frames/s in the same pattern over this row's (the "
-             "target: at most 2); load average before each run in the details.", "",
+             "target: at most 2); `CPU this / local`: server + s3proxy CPU per frame over local disk's server "
+             "CPU per frame (steadier than rates on a shared machine; wrk's own CPU not counted); load "
+             "average before each run in the details.", "",
              "| storage | pattern | STOW MB/s | frames/s | local / this | p50 ms | p99 ms | server CPU ms/frame "
-             "| s3proxy CPU ms/frame |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| s3proxy CPU ms/frame | CPU this / local |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = local.get(r.pattern)
         ratio = f"{ref.frames_per_s / r.frames_per_s:.2f}" if ref and r is not ref and r.frames_per_s else "-"
+        mine, theirs = _cpu_per_frame(r), _cpu_per_frame(ref) if ref else None
+        cpu_ratio = f"{mine / theirs:.2f}" if mine and theirs and r is not ref else "-"
         stow = f"{r.stow_mb_per_s:.1f}" if r.stow_mb_per_s else "-"
         proxy = "-" if r.s3proxy_cpu_ms_per_frame is None else f"{r.s3proxy_cpu_ms_per_frame:.2f}"
-        cpu = "-" if r.setup == ALONE else f"{r.cpu_ms_per_frame or 0:.2f}"
+        cpu = f"{r.cpu_ms_per_frame or 0:.2f}" + (" (client)" if r.setup == ALONE else "")
         lines.append(f"| {r.setup} | {r.pattern} | {stow} | {r.frames_per_s:.0f} | {ratio} | {r.p50_ms:.1f} | "
-                     f"{r.p99_ms:.1f} | {cpu} | {proxy} |")
+                     f"{r.p99_ms:.1f} | {cpu} | {proxy} | {cpu_ratio} |")
     return "\n".join(lines) + "\n"
 
 
