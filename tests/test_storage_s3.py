@@ -201,7 +201,7 @@ def test_concurrent_misses_share_one_fetch(s3proxy, bucket, tmp_path, monkeypatc
     def slow_fetch(storage_id, ranges):  # the archive's own fetch, held so that the requests overlap
         calls.append(list(ranges))
         inside.set()
-        time.sleep(0.5)
+        time.sleep(2)  # time enough for the other three threads to start and ask, even on a loaded machine
         return fetch(storage_id, ranges)
 
     monkeypatch.setattr(storage, "_get_ranges", slow_fetch)
