@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -182,7 +183,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stored = archive.storage.objects()  # storage id -> size
     kind = "objects" if archive.storage.kind == "s3" else "files"
     missing = [sid for sid in rows if sid not in stored]
-    orphans = sorted(set(stored) - set(rows))
+    orphans, young = _orphans(archive, sorted(set(stored) - set(rows)), args.orphans_after * 60)
     corrupt: dict[str, str] = {}
     if args.checksums:
         for sid, uid in rows.items():
@@ -193,7 +194,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 corrupt[sid] = f"{stored[sid]} bytes, the catalog says {record.size}"
             elif stored_sha256(archive.storage, sid) != record.sha256:
                 corrupt[sid] = "SHA-256 differs from the catalog's"
-    temps = len(list(archive.storage.tmp.iterdir()))
+    temps = sum(1 for f in archive.storage.tmp.iterdir() if time.time() - _mtime(f) >= args.orphans_after * 60)
     open_uploads, stale = _open_uploads(archive, args.stale_uploads_after)
     print(f"{len(rows)} instances in the catalog, {len(stored)} {kind} in storage")
     print(f"missing {kind}: {len(missing)}; {kind} without catalog rows: {len(orphans)}; "
@@ -206,6 +207,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"  missing: {_describe(archive, rows[sid])} (storage id {sid})")
     for sid in orphans:
         print(f"  orphan: storage id {sid}")
+    for sid in young:
+        print(f"  no catalog row yet (stored less than {args.orphans_after:g} min ago, left alone): storage id {sid}")
     for sid, why in corrupt.items():
         print(f"  corrupt: {_describe(archive, rows[sid])} (storage id {sid}; {why})")
     problems = len(missing) + len(orphans) + len(corrupt) + temps + len(stale)
@@ -213,7 +216,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for sid in missing:
             archive.catalog.remove_instance_row(rows[sid])
         archive.storage.remove_orphans(set(orphans))
-        archive.storage.sweep_temp()
+        archive.storage.sweep_temp(older_than=args.orphans_after * 60)
         if stale:
             from archive.storage import uploads
 
@@ -224,6 +227,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
                  "again: an identical instance replaces its corrupt copy)" if corrupt else ""))
         return 1 if corrupt else 0
     return 1 if problems else 0
+
+
+def _orphans(archive, candidates: list[str], grace: float) -> tuple[list[str], list[str]]:
+    """(orphans, too young to tell) among stored ids without catalog rows. A running archive writes
+    an instance's bytes moments before its catalog row commits (on another node, perhaps), so bytes
+    younger than ``grace`` seconds may be an instance being stored right now, not an orphan."""
+    if not candidates or grace <= 0:
+        return candidates, []
+    written = archive.storage.modified(set(candidates))
+    young = [sid for sid in candidates if time.time() - written.get(sid, 0.0) < grace]
+    return [sid for sid in candidates if sid not in young], young
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()  # just committed or swept: not a leftover
 
 
 def _open_uploads(archive, minutes: float) -> tuple[list, list]:
@@ -332,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "exit 1 when anything disagrees.")
     p.add_argument("--repair", action="store_true", help="remove orphans and rows without bytes")
     p.add_argument("--checksums", action="store_true", help="also re-hash every stored file")
+    p.add_argument("--orphans-after", type=_minutes, default=60.0, metavar="MINUTES",
+                   help="bytes without a catalog row and temp files count as left behind (reported, and "
+                        "removed by --repair) only once this old: younger ones may belong to an instance "
+                        "being stored right now (default: %(default)g)")
     p.add_argument("--stale-uploads-after", type=_minutes, default=60.0, metavar="MINUTES",
                    help="S3: multipart uploads open longer than this were left by a node that died; "
                         "--repair aborts them (default: 60)")

@@ -200,13 +200,16 @@ def test_verify_checks_the_catalog_against_the_bucket(s3proxy, tmp_path):
         body = client.get_object(Bucket=bucket, Key=keys[1])["Body"].read()
         client.put_object(Bucket=bucket, Key=keys[1], Body=body[:-10] + b"XXXXXXXXXX")  # silent corruption
         client.put_object(Bucket=bucket, Key=keys[2], Body=body[:100])  # another one cut short
-        quick = verify(server)
+        quick = verify(server, "--orphans-after", "0")  # S3 has no back-dating; the orphan counts at once
         assert quick.returncode == 1
         assert "missing objects: 1; objects without catalog rows: 1; checksum mismatches: 0" in quick.stdout
-        bad = verify(server, "--checksums")
+        bad = verify(server, "--checksums", "--orphans-after", "0")
         assert "missing objects: 1; objects without catalog rows: 1; checksum mismatches: 2" in bad.stdout
         assert "SHA-256 differs" in bad.stdout and "100 bytes, the catalog says" in bad.stdout
-        fixed = verify(server, "--repair")
+        young = verify(server)
+        assert "objects without catalog rows: 0" in young.stdout
+        assert "no catalog row yet (stored less than 60 min ago, left alone): storage id " + "f" * 32 in young.stdout
+        fixed = verify(server, "--repair", "--orphans-after", "0")
         assert "removed 1 rows without bytes, 1 orphan objects" in fixed.stdout
         assert len(instances(server)) == len(slide) - 1
         keys_after = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}

@@ -11,6 +11,7 @@ import errno
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -141,13 +142,25 @@ class StorageArea:
     def check(self) -> None:
         """Nothing to reach: the directory is checked by /health/ready's free-space test."""
 
-    def sweep_temp(self) -> int:
-        """Remove temp files left by a crash; returns how many."""
-        n = 0
-        for f in self.tmp.iterdir():
-            f.unlink(missing_ok=True)
-            n += 1
-        return n
+    def modified(self, storage_ids: set[str]) -> dict[str, float]:
+        """When each of these files was written (seconds since the epoch), wherever it lies."""
+        return {f.name: f.stat().st_mtime for f in self.root.glob("*/*/*")
+                if f.name in storage_ids and f.parent.parent.name != "tmp"}
+
+    def sweep_temp(self, older_than: float = 0.0) -> int:
+        """Remove temp files left by a crash (those not written for ``older_than`` seconds); how many."""
+        return sweep(self.tmp, older_than)
+
+
+def sweep(tmp: Path, older_than: float = 0.0) -> int:
+    """Remove the files in ``tmp`` not written for ``older_than`` seconds; returns how many."""
+    now, n = time.time(), 0
+    for f in tmp.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if now - f.stat().st_mtime >= older_than:
+                f.unlink()
+                n += 1
+    return n
 
 
 def spool(stream: BinaryIO, dest: Path, limit: int | None = None) -> int:

@@ -35,6 +35,7 @@ from typing import BinaryIO, Iterator
 from archive.config import StorageSettings, s3_location
 from archive.errors import StorageUnavailable
 from archive.storage.cache import InFlight, RangeCache
+from archive.storage.local import sweep
 
 READ_BUFFER = 1 << 20  # header parsing and whole-object reads: 1 MB per GET
 #: Ranges of one request closer than this are read by one GET (the gap read and dropped).
@@ -255,18 +256,24 @@ class S3Storage:
         with self._calling("list"):
             obstore.list_with_delimiter(self._store(), "readiness-probe")
 
-    def sweep_temp(self) -> int:
-        """Remove local temp files left by a crash; returns how many.
+    def modified(self, storage_ids: set[str]) -> dict[str, float]:
+        """When each of these objects was written (seconds since the epoch): a HEAD each."""
+        import obstore
+
+        found: dict[str, float] = {}
+        for sid in storage_ids:
+            with contextlib.suppress(FileNotFoundError), self._calling("head"):
+                found[sid] = obstore.head(self._store(), sid)["last_modified"].timestamp()
+        return found
+
+    def sweep_temp(self, older_than: float = 0.0) -> int:
+        """Remove local temp files left by a crash (not written for ``older_than`` seconds); how many.
 
         Multipart uploads a crash left open are invisible; ``verify --repair`` aborts them
         (archive/storage/uploads.py), as does the bucket's lifecycle rule
         (AbortIncompleteMultipartUpload; docs/deployment.md).
         """
-        n = 0
-        for f in self.tmp.iterdir():
-            f.unlink(missing_ok=True)
-            n += 1
-        return n
+        return sweep(self.tmp, older_than)
 
 
 class _ObjectReader(io.RawIOBase):
