@@ -77,20 +77,18 @@ class StorageArea:
         rename, the directory that now names it. Only then may the catalog record the
         instance (its own commit is the third flush, in SQLite): after a power cut an
         instance in the catalog always has its whole file, and a file the catalog does
-        not name is a leftover that ``verify`` reports and ``sweep_temp`` removes.
+        not name is a leftover that ``verify`` reports and ``sweep_temp`` removes. The first
+        file of a new directory also flushes that directory's creation into its parent.
         """
         storage_id = uuid.uuid4().hex
         final = self.path(storage_id)
         try:
             with open(temp, "rb") as f:
                 os.fdatasync(f.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if not final.parent.is_dir():
+                _make_durable_dirs(final.parent)
             os.rename(temp, final)
-            dir_fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(final.parent)
         except OSError as e:
             raise_for_os_error(e)
         return storage_id
@@ -150,6 +148,28 @@ class StorageArea:
     def sweep_temp(self, older_than: float = 0.0) -> int:
         """Remove temp files left by a crash (those not written for ``older_than`` seconds); how many."""
         return sweep(self.tmp, older_than)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_durable_dirs(directory: Path) -> None:
+    """Create the missing levels of ``directory``, each flushed into its parent: a new directory
+    is an entry of its parent, and after a power cut it (with every file under it) is gone
+    unless the parent was flushed. Once per new directory, so rarely."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made by another thread at once: flush all the same
+            d.mkdir()
+        _fsync_dir(d.parent)
 
 
 def sweep(tmp: Path, older_than: float = 0.0) -> int:
