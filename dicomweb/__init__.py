@@ -72,6 +72,13 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
             return response
         return None
 
+    @app.before_request
+    def answer_failed_fast_frame():
+        error = request.environ.pop(FRAME_ERROR_ENVIRON, None)
+        if error is not None:  # a second read would wait out the storage timeout again
+            raise error
+        return None
+
     health.register(app)
     metrics.register(app)
 
@@ -143,6 +150,9 @@ def client_address(environ: dict, settings_: Settings) -> str | None:
 
 #: Where the authentication layer puts the request's principal (an ``archive.auth.access.Principal``).
 PRINCIPAL_ENVIRON = "slidearchive.principal"
+#: The ArchiveError the single-frame fast path (dicomweb.fastframes) met reading a frame from
+#: storage that did not answer: Flask answers the request from it instead of reading again.
+FRAME_ERROR_ENVIRON = "slidearchive.frame_error"
 
 
 def principal() -> Principal:

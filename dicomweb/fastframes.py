@@ -4,7 +4,8 @@ A viewer panning a slide asks for thousands of single frames; Flask's request
 machinery costs more than the frame itself (one indexed SQL lookup and one
 pread). This WSGI middleware answers exactly the common case (GET of one frame,
 sent as stored) and hands everything else, errors included, to the Flask app,
-so behaviour and error messages stay the same. It authenticates from the same
+so behaviour and error messages stay the same; storage that did not answer is
+handed over as the error it raised, so the frame is not read (and waited for) twice. It authenticates from the same
 credential cache as the app; a request it cannot authenticate, or for an instance
 the principal may not read, goes to Flask, which answers 401 or 404.
 """
@@ -15,11 +16,11 @@ from typing import Callable, Iterable
 
 from archive.auth.access import Principal
 from archive.auth.authn import Authenticator, Unauthenticated
-from archive.errors import ArchiveError
+from archive.errors import ArchiveError, StorageUnavailable
 from archive.logs import ROUTE_ENVIRON
 from archive.service import Archive
 
-from . import PRINCIPAL_ENVIRON, client_address, media, multipart
+from . import FRAME_ERROR_ENVIRON, PRINCIPAL_ENVIRON, client_address, media, multipart
 from .auth import cors_headers, principal_from
 
 #: The Flask rule of the same resource (dicomweb.wado), so both paths count under one route label.
@@ -43,7 +44,11 @@ class FastFrames:
                     principal = principal_from(environ, self.authenticator, remote)
                 except Unauthenticated:
                     return self.app(environ, start_response)  # Flask answers 401 (and audits it)
-                answer = self._frame(*m.groups(), environ.get("HTTP_ACCEPT"), principal)
+                try:
+                    answer = self._frame(*m.groups(), environ.get("HTTP_ACCEPT"), principal)
+                except StorageUnavailable as e:  # Flask answers 503 from it, without a second read
+                    environ[PRINCIPAL_ENVIRON], environ[FRAME_ERROR_ENVIRON] = principal, e
+                    return self.app(environ, start_response)
                 if answer is not None:
                     study, series, sop, _ = m.groups()
                     environ[PRINCIPAL_ENVIRON] = principal
@@ -64,6 +69,8 @@ class FastFrames:
             if choice is None or choice.decode or not 1 <= n <= self.archive.frame_count(record):
                 return None
             data = self.archive.frame(record, n)
+        except StorageUnavailable:
+            raise
         except (ArchiveError, OSError, ValueError):
             return None  # Flask answers it, with the usual error body
         part_type = f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"

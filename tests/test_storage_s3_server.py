@@ -94,6 +94,26 @@ def test_s3_failing_means_503_and_nothing_partial(s3proxy, tmp_path, slide, mode
         faults.close()
 
 
+def test_a_frame_storage_does_not_answer_is_asked_of_it_once(s3proxy, tmp_path, slide):
+    """A single frame (the fast path) costs S3 as many requests as a multi-frame request
+    (Flask's path), not twice as many: the fast path hands its failure on, not the request."""
+    faults = FaultProxy(s3proxy.port)
+    server = s3_server(tmp_path / "server", s3proxy, new_bucket(s3proxy), faults.endpoint,
+                       storage="frame_cache_mb = 0\n")
+    try:
+        assert stow(server, slide[0]).status_code == 200
+        asked = {}
+        for frames in ("2", "2,3"):
+            faults.set("503")
+            answer = requests.get(frame_url(server, slide[0], frames), headers={"Accept": FRAME_ACCEPT}, timeout=60)
+            assert answer.status_code == 503 and answer.json()["error"] == "Storage unavailable", answer.text
+            asked[frames] = faults.requests
+        assert asked["2"] == asked["2,3"] > 0, asked
+    finally:
+        server.stop()
+        faults.close()
+
+
 def test_frames_of_one_request_and_the_read_ahead(s3proxy, tmp_path):
     """A multi-frame request comes back whole and in order; the frames after a missed one are read ahead
     into the cache with it (served while S3 answers nothing), a frame further on is not."""
