@@ -177,6 +177,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """The catalog against storage (files or S3 objects): missing, orphaned, and with --checksums corrupt."""
     from archive.service import Archive
     from archive.storage import stored_sha256
+    from archive.storage.local import leftovers
 
     archive = Archive(_existing_archive(args, need_catalog=True))
     rows = archive.catalog.storage_ids()
@@ -194,7 +195,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 corrupt[sid] = f"{stored[sid]} bytes, the catalog says {record.size}"
             elif stored_sha256(archive.storage, sid) != record.sha256:
                 corrupt[sid] = "SHA-256 differs from the catalog's"
-    temps = sum(1 for f in archive.storage.tmp.iterdir() if time.time() - _mtime(f) >= args.orphans_after * 60)
+    temps = len(leftovers(archive.storage.tmp, args.orphans_after * 60))
     open_uploads, stale = _open_uploads(archive, args.stale_uploads_after)
     print(f"{len(rows)} instances in the catalog, {len(stored)} {kind} in storage")
     print(f"missing {kind}: {len(missing)}; {kind} without catalog rows: {len(orphans)}; "
@@ -238,13 +239,6 @@ def _orphans(archive, candidates: list[str], grace: float) -> tuple[list[str], l
     written = archive.storage.modified(set(candidates))
     young = [sid for sid in candidates if time.time() - written.get(sid, 0.0) < grace]
     return [sid for sid in candidates if sid not in young], young
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return time.time()  # just committed or swept: not a leftover
 
 
 def _open_uploads(archive, minutes: float) -> tuple[list, list]:

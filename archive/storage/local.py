@@ -172,15 +172,22 @@ def _make_durable_dirs(directory: Path) -> None:
         _fsync_dir(d.parent)
 
 
-def sweep(tmp: Path, older_than: float = 0.0) -> int:
-    """Remove the files in ``tmp`` not written for ``older_than`` seconds; returns how many."""
-    now, n = time.time(), 0
+def leftovers(tmp: Path, older_than: float = 0.0) -> list[Path]:
+    """The files in ``tmp`` not written for ``older_than`` seconds (younger ones may be in use)."""
+    now, found = time.time(), []
     for f in tmp.iterdir():
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):  # committed or swept meanwhile
             if now - f.stat().st_mtime >= older_than:
-                f.unlink()
-                n += 1
-    return n
+                found.append(f)
+    return found
+
+
+def sweep(tmp: Path, older_than: float = 0.0) -> int:
+    """Remove ``leftovers(tmp, older_than)``; returns how many."""
+    found = leftovers(tmp, older_than)
+    for f in found:
+        f.unlink(missing_ok=True)
+    return len(found)
 
 
 def spool(stream: BinaryIO, dest: Path, limit: int | None = None) -> int:
