@@ -5,9 +5,10 @@ machinery costs more than the frame itself (one indexed SQL lookup and one
 pread). This WSGI middleware answers exactly the common case (GET of one frame,
 sent as stored) and hands everything else, errors included, to the Flask app,
 so behaviour and error messages stay the same; storage that did not answer is
-handed over as the error it raised, so the frame is not read (and waited for) twice. It authenticates from the same
-credential cache as the app; a request it cannot authenticate, or for an instance
-the principal may not read, goes to Flask, which answers 401 or 404.
+handed over as the error it raised, so the frame is not read (and waited for)
+twice. It authenticates from the same credential cache as the app; a request it
+cannot authenticate, or for an instance the principal may not read, goes to
+Flask, which answers 401 or 404.
 """
 from __future__ import annotations
 
