@@ -23,11 +23,10 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 
 from archive.encoding import mark_unchanged
+from archive.headerwrite import encode_element
 
 #: Sequences longer than this (per-frame functional groups of a large level) are not kept:
 #: hashing them costs about what the raw scan that usually leaves them untouched costs.
@@ -98,19 +97,17 @@ def cacheable(elem: Any) -> bool:
 def encoded(new: DataElement, received: RawDataElement, charset: Any) -> RawDataElement:
     """``new`` as the raw element the writer would have produced for it, in the received encoding.
 
-    Written with pydicom's own element writer, so the stored bytes are exactly those of
-    writing the parsed sequence; the writer copies a raw element as it is.
+    Encoded as pydicom's element writer would (archive.headerwrite), so the stored bytes
+    are exactly those of writing the parsed sequence; the writer copies a raw element as it is.
     """
     for item in new.value:
         mark_unchanged(item)  # as archive.ingest does before writing: raw elements copied, not re-encoded
-    fp = DicomBytesIO()
-    fp.is_implicit_VR, fp.is_little_endian = bool(received.is_implicit_VR), bool(received.is_little_endian)
-    write_data_element(fp, new, charset)
-    data = fp.getvalue()
-    head = 8 if fp.is_implicit_VR else 12  # tag, (VR, reserved,) 4-byte length
-    length = struct.unpack_from("<I" if fp.is_little_endian else ">I", data, head - 4)[0]
+    implicit, little = bool(received.is_implicit_VR), bool(received.is_little_endian)
+    data = encode_element(new, charset, implicit, little)
+    head = 8 if implicit else 12  # tag, (VR, reserved,) 4-byte length
+    length = struct.unpack_from("<I" if little else ">I", data, head - 4)[0]
     value = data[head:-8] if length == _UNDEFINED else data[head:]  # the writer adds the delimiter back
-    return RawDataElement(BaseTag(new.tag), "SQ", length, value, 0, fp.is_implicit_VR, fp.is_little_endian)
+    return RawDataElement(BaseTag(new.tag), "SQ", length, value, 0, implicit, little)
 
 
 def deidentified(elem: RawDataElement, context: bytes, charset: Any, text_mode: str | None,
