@@ -15,6 +15,12 @@ up the moment it arrives:
   ``WAIT`` in ``select`` for the socket, or for a primitive to send: its send queue
   writes a byte to a pipe on every put, so a response is sent at once.
 Their other checks (release, abort, timers, a dead connection) still run every ~11 ms.
+
+A plain C-STORE response (a status and the two UIDs, no comment) is encoded here
+(``send_store_responses_directly``): pynetdicom builds a pydicom data set for it and
+encodes it twice, 0.7 ms of the association thread per instance; these seven
+elements in Implicit VR Little Endian are the same bytes. Any other message, and
+any response with an Error Comment or Offending Element, goes through pynetdicom.
 """
 from __future__ import annotations
 
@@ -22,9 +28,13 @@ import os
 import queue
 import select
 import socket
+import struct
 import threading
 from typing import Any
 
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 #: The longest either loop waits for work before its other checks (seconds).
@@ -55,6 +65,7 @@ class WaitingRequestHandler(RequestHandler):
         assoc = super()._create_association()
         wait_for_messages(assoc.dimse, WAIT)
         wait_for_data(assoc.dul, WAIT)
+        send_store_responses_directly(assoc)
         return assoc
 
 
@@ -135,3 +146,63 @@ def wait_for_data(dul: Any, wait: float) -> None:
             os.close(readable)
 
     dul.run = run_then_close
+
+
+#: C-STORE-RSP (PS3.7 9.3.1.2): Command Field, and Command Data Set Type "no data set".
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101
+
+
+def _ui(group_element: int, uid: str) -> bytes:
+    """One UI element, Implicit VR Little Endian, padded with NUL to an even length (PS3.5 6.2)."""
+    value = uid.encode("ascii")
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HHI", group_element >> 16, group_element & 0xFFFF, len(value)) + value
+
+
+def _us(group_element: int, value: int) -> bytes:
+    return struct.pack("<HHIH", group_element >> 16, group_element & 0xFFFF, 2, value)
+
+
+def encode_store_response(primitive: C_STORE) -> bytes | None:
+    """The command set of a plain C-STORE response, or None when pynetdicom must encode it.
+
+    Plain: the UIDs, message id and status set, no Error Comment or Offending Element.
+    """
+    sop_class, sop_instance = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
+    responding_to, status = primitive.MessageIDBeingRespondedTo, primitive.Status
+    if (sop_class is None or sop_instance is None or responding_to is None or status is None
+            or primitive.ErrorComment is not None or primitive.OffendingElement is not None):
+        return None
+    try:
+        body = b"".join((_ui(0x00000002, sop_class), _us(0x00000100, _C_STORE_RSP),
+                         _us(0x00000120, responding_to), _us(0x00000800, _NO_DATA_SET),
+                         _us(0x00000900, status), _ui(0x00001000, sop_instance)))
+    except (UnicodeEncodeError, struct.error):  # not ASCII, or out of range: pynetdicom says what is wrong
+        return None
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
+def send_store_responses_directly(assoc: Any) -> None:
+    """Send plain C-STORE responses encoded by ``encode_store_response`` (module docstring).
+
+    Only while nothing is bound to EVT_DIMSE_SENT (that event hands out pynetdicom's
+    message object) and the command fits in one PDU (a few hundred bytes; the smallest
+    PDU a peer may ask for is larger).
+    """
+    dimse = assoc.dimse
+    encode_and_send = dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if isinstance(primitive, C_STORE) and not assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            command = encode_store_response(primitive)
+            limit = dimse.maximum_pdu_size
+            if command is not None and (not limit or len(command) + 6 <= limit):
+                pdata = P_DATA()
+                pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+                dimse.dul.send_pdu(pdata)
+                return
+        encode_and_send(primitive, context_id)
+
+    dimse.send_msg = send_msg

@@ -1,0 +1,103 @@
+"""archive.dimse.transport's own encoding of plain C-STORE responses: the same bytes as
+pynetdicom's encoder, pynetdicom's path whenever it cannot be plain, over real sockets."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import VLWholeSlideMicroscopyImageStorage
+
+from archive.dimse.transport import NoDelayAssociationServer, WaitingRequestHandler, encode_store_response
+
+WSI = VLWholeSlideMicroscopyImageStorage
+
+
+def _response(sop_instance: str, message_id: int, status: int, comment: str | None = None) -> C_STORE:
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = WSI
+    rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = status
+    if comment is not None:
+        rsp.ErrorComment = comment
+    return rsp
+
+
+def _pynetdicom_bytes(rsp: C_STORE) -> bytes:
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    return encode(message.command_set, True, True)
+
+
+@pytest.mark.parametrize("sop_instance, message_id, status", [
+    ("1.2.3.4", 1, 0x0000),          # even-length UID
+    ("1.2.3.45", 65535, 0xB000),     # odd-length UID (NUL padded), largest message id, a warning
+    ("2.25.1234567890123456789012345678901234", 7, 0xC000),  # a longer UID, a failure without a comment
+])
+def test_plain_response_is_pynetdicoms_bytes(sop_instance, message_id, status):
+    rsp = _response(sop_instance, message_id, status)
+    assert encode_store_response(rsp) == _pynetdicom_bytes(rsp)
+
+
+def test_response_with_a_comment_is_left_to_pynetdicom():
+    assert encode_store_response(_response("1.2.3.4", 1, 0xB000, "de-identified by policy x")) is None
+
+
+def _scp(handlers):
+    ae = AE(ae_title="TRANSPORT")
+    ae.add_supported_context(WSI, ExplicitVRLittleEndian)
+    server = ae.make_server(("127.0.0.1", 0), evt_handlers=handlers, server_class=NoDelayAssociationServer,
+                            request_handler=WaitingRequestHandler)
+    ae._servers.append(server)  # as archive.dimse.listener does; server.shutdown() removes it
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return ae, server
+
+
+def _store(port: int) -> Dataset:
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(WSI, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TRANSPORT")
+    assert assoc.is_established
+    ds = Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = WSI, generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    try:
+        return assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize("comment", [None, "one comment"])
+def test_statuses_reach_a_pynetdicom_peer(comment):
+    def handle(event):
+        status = Dataset()
+        status.Status = 0xB000
+        if comment:
+            status.ErrorComment = comment
+        return status
+
+    ae, server = _scp([(evt.EVT_C_STORE, handle)])
+    try:
+        answer = _store(server.server_address[1])
+        assert answer.Status == 0xB000
+        assert answer.get("ErrorComment") == comment
+    finally:
+        server.shutdown()
+
+
+def test_a_bound_dimse_sent_handler_still_sees_the_response():
+    sent = []
+    ae, server = _scp([(evt.EVT_C_STORE, lambda event: 0x0000),
+                       (evt.EVT_DIMSE_SENT, lambda event: sent.append(type(event.message).__name__))])
+    try:
+        assert _store(server.server_address[1]).Status == 0x0000
+        assert sent == ["C_STORE_RSP"]
+    finally:
+        server.shutdown()
