@@ -12,6 +12,14 @@ a million pydicom datasets would measure pydicom, not the index).
     python bench/index_bench.py --docs 1000000                  # starts its own ES node
     python bench/index_bench.py --docs 100000 --es-url http://127.0.0.1:9200
     python bench/index_bench.py --docs 50000 --backends embedded
+
+``--worker 200,5000`` measures instead the index worker's CPU per stored instance (issue 9
+item 4): small instances stored through ``Archive.store_file`` into one series of that size,
+the worker (embedded index, headers read from the stored files as ``serve`` does) applying
+the outbox after every ``--per-step`` instances, its thread's CPU (``time.thread_time``)
+over the last ``--measure`` instances divided by their number:
+
+    python bench/index_bench.py --worker 200,5000 --per-step 1,50 --measure 100
 """
 from __future__ import annotations
 
@@ -145,8 +153,73 @@ def start_node(home: Path) -> Any:
     return EsNode(home, heap="1g").start()
 
 
+def worker_cpu(size: int, per_step: int, measure: int, workdir: Path) -> dict[str, float]:
+    """The index worker's CPU (ms) per instance while a series grows to ``size`` small instances.
+
+    Returns ``cold`` (the first build of ``size - measure`` instances, per instance) and ``step``
+    (the last ``measure`` instances applied ``per_step`` at a time, per instance).
+    """
+    sys.path.insert(0, str(REPO / "bench"))
+    import dataset
+
+    from archive.catalog import Catalog
+    from archive.config import load_settings
+    from archive.ingest import Origin
+    from archive.service import Archive
+    from indexer.embedded import EmbeddedIndex
+    from indexer.state import IndexState
+    from indexer.worker import IndexWorker
+
+    data = workdir / f"worker-{size}-{per_step}"
+    archive = Archive(load_settings(None, data_dir=data))
+    files = dataset.make_small_instances(data / "incoming", size)
+    catalog = Catalog(archive.settings.catalog_path, archive.storage.path)
+    index = EmbeddedIndex(data / "index.sqlite")
+    worker = IndexWorker(catalog, index, IndexState(data / "index-state.sqlite"))
+    measure = min(measure, size)
+    for f in files[:size - measure]:
+        assert archive.store_file(f, Origin("import")).status == "stored"
+    t = time.thread_time()
+    worker.catch_up()
+    cold = (time.thread_time() - t) * 1000 / max(size - measure, 1)
+    spent = 0.0
+    rest = files[size - measure:]
+    for i in range(0, len(rest), per_step):
+        for f in rest[i:i + per_step]:
+            assert archive.store_file(f, Origin("import")).status == "stored"
+        t = time.thread_time()
+        worker.step()
+        spent += time.thread_time() - t
+    series_uid = next(iter(catalog.iter_series_uids()))
+    assert index.count() == 1 and index.get(series_uid)["instance_count"] == size  # all of them, once
+    index.close()
+    catalog.close()
+    return {"cold": cold, "step": spent * 1000 / max(measure, 1)}
+
+
+def main_worker(args: argparse.Namespace) -> int:
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="index-worker-bench-", dir="/tmp"))
+    try:
+        print(f"{'series size':>12}{'per step':>10}{'cold ms/inst':>14}{'step ms/inst':>14}")
+        for size in (int(x) for x in args.worker.split(",")):
+            for per_step in (int(x) for x in args.per_step.split(",")):
+                r = worker_cpu(size, per_step, args.measure, workdir)
+                print(f"{size:>12}{per_step:>10}{r['cold']:>14.3f}{r['step']:>14.3f}", flush=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("CPU of the index worker's thread (time.thread_time) per stored instance; cold = first build of the "
+          "series minus the measured instances, step = the last --measure instances, --per-step at a time")
+    print(f"reproduce: python bench/index_bench.py --worker {args.worker} --per-step {args.per_step} "
+          f"--measure {args.measure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help="series sizes: measure the index worker's CPU per instance instead")
+    parser.add_argument("--per-step", default="1,50", help="with --worker: instances stored between steps")
+    parser.add_argument("--measure", type=int, default=100, help="with --worker: instances measured")
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--backends", default="embedded,elasticsearch")
     parser.add_argument("--es-url", help="use this node instead of starting one from indexer/es-runner")
@@ -154,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200, help="timed queries of each kind")
     parser.add_argument("--workdir", type=Path, help="where the embedded index / node data go (default: temp)")
     args = parser.parse_args(argv)
+    if args.worker:
+        return main_worker(args)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="index-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from .parts import SeriesParts
 
 MAPPING_VERSION = 3  # 2: collections (every collection of the study, for access control); 3: species, specimen type
 
@@ -24,9 +27,6 @@ WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 ANN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.91.1"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
-# SNOMED "Using substance": the stain of a staining step (DICOM CID 8112 items).
-_USING_SUBSTANCE = ("424361007", "SCT")
-_PROCESSING_TYPE = ("111701", "DCM")
 
 
 @dataclass(frozen=True)
@@ -222,203 +222,10 @@ def _age_years(age: str | None) -> int | None:
     return {"Y": n, "M": n // 12, "W": n // 52, "D": n // 365}[m.group(2)]
 
 
-# --- the parts of a document ---------------------------------------------------
+# --- the document ----------------------------------------------------------------------
 
 
-def _specimen(headers: list[Dataset]) -> dict[str, Any]:
-    anatomy: list[tuple[str, str]] = []
-    stains: list[tuple[str, str]] = []
-    preparation: list[tuple[str, str]] = []
-    processing: list[str] = []
-    texts: list[str] = []
-    ids: list[str] = []
-    containers: list[tuple[str, str]] = []
-    types: list[tuple[str, str]] = []
-    container_id = None
-    seen: set[int] = set()  # sequences shared by several headers (Catalog._share_sequences)
-    for ds in headers:
-        container_id = container_id or _str(ds.get("ContainerIdentifier"))
-        containers += _codes(_items(ds, "ContainerTypeCodeSequence"))
-        descriptions = ds.get("SpecimenDescriptionSequence")
-        if descriptions is not None:
-            if id(descriptions) in seen:
-                continue  # the very same items again: everything below is made unique anyway
-            seen.add(id(descriptions))
-        for spec in _items(ds, "SpecimenDescriptionSequence"):
-            ids.append(_str(spec.get("SpecimenIdentifier")) or "")
-            anatomy += _codes(_items(spec, "PrimaryAnatomicStructureSequence"))
-            types += _codes(_items(spec, "SpecimenTypeCodeSequence"))
-            texts += [t for t in (_str(spec.get("SpecimenShortDescription")),
-                                  _str(spec.get("SpecimenDetailedDescription"))) if t]
-            for step in _items(spec, "SpecimenPreparationSequence"):
-                for item in _items(step, "SpecimenPreparationStepContentItemSequence"):
-                    concept = _codes(_items(item, "ConceptNameCodeSequence"))
-                    values = _codes(_items(item, "ConceptCodeSequence"))
-                    name = concept[0][0] if concept else ""
-                    if name == f"{_USING_SUBSTANCE[1]}:{_USING_SUBSTANCE[0]}":
-                        stains += values
-                    elif name == f"{_PROCESSING_TYPE[1]}:{_PROCESSING_TYPE[0]}":
-                        processing += [m or c for c, m in values]
-                    preparation += values
-                    text = _str(item.get("TextValue"))
-                    if text and name != "DCM:121041":  # 121041: the specimen identifier again
-                        texts.append(text)
-    anatomy, stains, preparation, containers, types = (_unique(x) for x in (anatomy, stains, preparation, containers,
-                                                                             types))
-    return {
-        "ids": _unique(ids),
-        "anatomy_codes": [c for c, _ in anatomy],
-        "anatomy": " ".join(m for _, m in anatomy) or None,
-        "type_codes": [c for c, _ in types],
-        "stain_codes": [c for c, _ in stains],
-        "stains": " ".join(m for _, m in stains) or None,
-        "preparation_codes": [c for c, _ in preparation],
-        "processing_types": _unique(processing),
-        "preparation": " ".join(m for _, m in preparation) or None,
-        "container_type_codes": [c for c, _ in containers],
-        "container_id": container_id,
-        "description": " ".join(_unique(texts)) or None,
-    }
-
-
-def _optical(headers: list[Dataset]) -> tuple[dict[str, Any], float | None]:
-    types: list[tuple[str, str]] = []
-    colors: list[tuple[str, str]] = []
-    wavelengths: list[float] = []
-    powers: list[float] = []
-    texts: list[str] = []
-    path_ids: set[str] = set()
-    for ds in headers:
-        for path in _items(ds, "OpticalPathSequence"):
-            path_ids.add(str(path.get("OpticalPathIdentifier") or len(path_ids)))
-            types += _codes(_items(path, "IlluminationTypeCodeSequence"))
-            colors += _codes(_items(path, "IlluminationColorCodeSequence"))
-            wl = _float(path.get("IlluminationWaveLength"))
-            if wl is not None:
-                wavelengths.append(wl)
-            power = _float(path.get("ObjectiveLensPower"))
-            if power is not None and power > 0:
-                powers.append(power)
-            texts += [m for _, m in _codes(_items(path, "IlluminationTypeCodeSequence"))]
-            texts += [t for t in (_str(path.get("OpticalPathDescription")),) if t]
-    types, colors = _unique(types), _unique(colors)
-    optical = {
-        "illumination_type_codes": [c for c, _ in types],
-        "illumination_color_codes": [c for c, _ in colors],
-        "wavelengths_nm": _unique(wavelengths),
-        "path_count": len(path_ids),
-        "description": " ".join(_unique(texts + [m for _, m in colors])) or None,
-    }
-    return optical, (max(powers) if powers else None)
-
-
-def _image_flavor(ds: Dataset) -> str:
-    image_type = ds.get("ImageType") or []
-    values = [image_type] if isinstance(image_type, str) else list(image_type)
-    return str(values[2]).upper() if len(values) > 2 else ""
-
-
-def _pixel_spacing_mm(ds: Dataset) -> float | None:
-    for shared in _items(ds, "SharedFunctionalGroupsSequence"):
-        for measures in _items(shared, "PixelMeasuresSequence"):
-            spacing = measures.get("PixelSpacing")
-            if spacing:
-                return _float(spacing[0])
-    spacing = ds.get("PixelSpacing")
-    return _float(spacing[0]) if spacing else None
-
-
-def _pyramid(headers: list[Dataset]) -> tuple[dict[str, Any], float | None]:
-    levels: dict[tuple[int, int], float | None] = {}
-    flavors = set()
-    for ds in headers:
-        if ds.get("SOPClassUID") != WSI_SOP_CLASS:
-            continue
-        flavor = _image_flavor(ds)
-        flavors.add(flavor)
-        if flavor != "VOLUME":
-            continue
-        cols, rows = ds.get("TotalPixelMatrixColumns"), ds.get("TotalPixelMatrixRows")
-        if cols and rows:
-            key = (int(cols), int(rows))
-            levels[key] = levels.get(key) or _pixel_spacing_mm(ds)
-    ordered = sorted(levels, key=lambda s: -s[0] * s[1])
-    finest = levels[ordered[0]] if ordered else None
-    return {
-        "level_count": len(ordered),
-        "width": ordered[0][0] if ordered else None,
-        "height": ordered[0][1] if ordered else None,
-        "level_sizes": [f"{c}x{r}" for c, r in ordered],
-        "has_label": "LABEL" in flavors,
-        "has_overview": "OVERVIEW" in flavors,
-        "has_thumbnail": "THUMBNAIL" in flavors,
-    }, (finest * 1000 if finest else None)
-
-
-def references(headers: list[Dataset]) -> list[str]:
-    """Series UIDs the instances point at through ReferencedSeriesSequence (AI results -> slide)."""
-    out: list[str] = []
-    for ds in headers:
-        for ref in _items(ds, "ReferencedSeriesSequence"):
-            uid = _str(ref.get("SeriesInstanceUID"))
-            if uid:
-                out.append(uid)
-    return _unique(out)
-
-
-def ai_summary(series_uid: str, ai_headers: Iterable[Dataset]) -> dict[str, Any]:
-    """Summary of ANN and SEG instances whose ReferencedSeriesSequence names ``series_uid``."""
-    algorithms: list[str] = []
-    versions: list[str] = []
-    group_counts: list[str] = []
-    property_types: list[tuple[str, str]] = []
-    ai_series: list[str] = []
-    annotations = groups = 0
-    for ds in ai_headers:
-        if series_uid not in references([ds]):
-            continue
-        sop_class = ds.get("SOPClassUID")
-        if sop_class == ANN_SOP_CLASS:
-            items = _items(ds, "AnnotationGroupSequence")
-            for group in items:
-                n = int(group.get("NumberOfAnnotations") or 0)
-                annotations += n
-                label = _str(group.get("AnnotationGroupLabel")) or _str(group.get("AnnotationGroupUID")) or "?"
-                group_counts.append(f"{label}={n}")
-                property_types += _codes(_items(group, "AnnotationPropertyTypeCodeSequence"))
-                for alg in _items(group, "AnnotationGroupAlgorithmIdentificationSequence"):
-                    algorithms.append(_str(alg.get("AlgorithmName")) or "")
-                    versions.append(_str(alg.get("AlgorithmVersion")) or "")
-        elif sop_class == SEG_SOP_CLASS:
-            items = _items(ds, "SegmentSequence")
-            for segment in items:
-                label = _str(segment.get("SegmentLabel")) or str(segment.get("SegmentNumber") or "?")
-                group_counts.append(f"{label}=1")
-                annotations += 1
-                property_types += _codes(_items(segment, "SegmentedPropertyTypeCodeSequence"))
-                algorithms.append(_str(segment.get("SegmentAlgorithmName")) or "")
-                for alg in _items(segment, "SegmentationAlgorithmIdentificationSequence"):
-                    algorithms.append(_str(alg.get("AlgorithmName")) or "")
-                    versions.append(_str(alg.get("AlgorithmVersion")) or "")
-        else:
-            continue
-        groups += len(items)
-        ai_series.append(str(ds.get("SeriesInstanceUID") or ""))
-    property_types = _unique(property_types)
-    return {
-        "present": bool(ai_series),
-        "series_uids": _unique(ai_series),
-        "algorithms": _unique(algorithms),
-        "algorithm_versions": _unique(versions),
-        "annotation_count": annotations,
-        "group_count": groups,
-        "group_counts": _unique(group_counts),
-        "property_type_codes": [c for c, _ in property_types],
-        "properties": " ".join(m for _, m in property_types) or None,
-    }
-
-
-def _kind(sop_classes: set[str]) -> str:
+def _kind(sop_classes: Iterable[str]) -> str:
     if WSI_SOP_CLASS in sop_classes:
         return "slide"
     if ANN_SOP_CLASS in sop_classes:
@@ -428,64 +235,87 @@ def _kind(sop_classes: set[str]) -> str:
     return "other"
 
 
-def _qido(first: Dataset) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for keyword, vr in QIDO_KEYS:
-        vr = vr or ("TM" if keyword.endswith("Time") else "")
-        value = _qido_text(first.get(keyword), vr)
-        if value is not None:
-            out[keyword] = value
-    return out
-
-
-def build_document(headers: list[Dataset], collection: str | None = None,
-                   ai_headers: Iterable[Dataset] = ()) -> dict[str, Any]:
+def build_document(headers: Iterable[Dataset] | SeriesParts, collection: str | None = None,
+                   ai_headers: Iterable[Dataset | SeriesParts] = ()) -> dict[str, Any]:
     """The search document of one series.
 
-    ``headers``: every instance header of the series. ``ai_headers``: headers of
-    ANN/SEG instances that may reference it (others are ignored). ``collections`` (what
-    searches filter on for access control) starts as ``[collection]``; the worker sets every
-    collection of the study. Empty lists
-    of values and None are dropped, so a missing attribute is a missing field.
+    ``headers``: every instance header of the series, or their merged parts (indexer/parts.py:
+    the index worker keeps those, so a new instance is read once, not the whole series again).
+    ``ai_headers``: headers of ANN/SEG instances that may reference it (others are ignored), or
+    the merged parts of such series. ``collections`` (what searches filter on for access
+    control) starts as ``[collection]``; the worker sets every collection of the study. Empty
+    lists of values and None are dropped, so a missing attribute is a missing field.
     """
-    if not headers:
+    from .parts import AISummary, SeriesParts
+
+    series = headers if isinstance(headers, SeriesParts) else SeriesParts.of(headers)
+    head = series.head
+    if head is None:
         raise ValueError("a document needs at least one instance header")
-    first = headers[0]
-    series_uid = str(first.get("SeriesInstanceUID") or "")
-    if not series_uid:
+    if not head.series_uid:
         raise ValueError("the headers carry no SeriesInstanceUID")
-    sop_classes = {str(ds.get("SOPClassUID") or "") for ds in headers}
-    optical, power = _optical(headers)
-    pyramid, spacing_um = _pyramid(headers)
-    age = _str(first.get("PatientAge"))
+    ai, loose = AISummary(), []
+    for item in ai_headers:
+        if isinstance(item, SeriesParts):
+            ai.merge(item.ai_by_slide.get(head.series_uid, AISummary()))
+        else:
+            loose.append(item)
+    if loose:
+        ai.merge(SeriesParts.of(loose).ai_by_slide.get(head.series_uid, AISummary()))
+    patient_id, sex, age, years, species = head.patient
+    manufacturer, model, software = head.scanner
+    spec, optical = series.specimen, series.optical
+    levels = sorted(series.levels, key=lambda s: -s[0] * s[1])
+    finest = series.levels[levels[0]] if levels else None
+    colors = list(optical["colors"])
     doc: dict[str, Any] = {
         "mapping_version": MAPPING_VERSION,
-        "series_uid": series_uid,
-        "study_uid": str(first.get("StudyInstanceUID") or ""),
-        "kind": _kind(sop_classes),
+        "series_uid": head.series_uid,
+        "study_uid": head.study_uid,
+        "kind": _kind(series.sop_classes),
         "collection": collection,
         "collections": [collection] if collection else [],
-        "sop_classes": sorted(c for c in sop_classes if c),
-        "instance_count": len(headers),
-        "patient": {"id": _str(first.get("PatientID")), "sex": _str(first.get("PatientSex")),
-                    "age": age, "age_years": _age_years(age),
-                    "species_codes": [c for c, _ in _unique(_codes(_items(first, "PatientSpeciesCodeSequence")))]},
-        "study": {"date": _date(first.get("StudyDate")), "description": _str(first.get("StudyDescription"))},
-        "series": {"modality": _str(first.get("Modality")), "description": _str(first.get("SeriesDescription")),
-                   "body_part": _str(first.get("BodyPartExamined"))},
-        "specimen": _specimen(headers),
-        "optical": optical,
-        "scanner": {"manufacturer": _str(first.get("Manufacturer")),
-                    "model": _str(first.get("ManufacturerModelName")),
-                    "software_versions": _unique(str(v) for v in (first.get("SoftwareVersions") or [])
-                                                 ) if not isinstance(first.get("SoftwareVersions"), str)
-                    else [first.SoftwareVersions]},
-        "magnification": power,
-        "pixel_spacing_um": round(spacing_um, 6) if spacing_um else None,
-        "pyramid": pyramid,
-        "ai": ai_summary(series_uid, ai_headers),
-        "references": references(headers),
-        "qido": _qido(first),
+        "sop_classes": sorted(c for c in series.sop_classes if c),
+        "instance_count": series.count,
+        "patient": {"id": patient_id, "sex": sex, "age": age, "age_years": years, "species_codes": list(species)},
+        "study": {"date": head.study[0], "description": head.study[1]},
+        "series": {"modality": head.series[0], "description": head.series[1], "body_part": head.series[2]},
+        "specimen": {
+            "ids": list(spec["ids"]),
+            "anatomy_codes": [c for c, _ in spec["anatomy"]],
+            "anatomy": " ".join(m for _, m in spec["anatomy"]) or None,
+            "type_codes": [c for c, _ in spec["types"]],
+            "stain_codes": [c for c, _ in spec["stains"]],
+            "stains": " ".join(m for _, m in spec["stains"]) or None,
+            "preparation_codes": [c for c, _ in spec["preparation"]],
+            "processing_types": list(spec["processing"]),
+            "preparation": " ".join(m for _, m in spec["preparation"]) or None,
+            "container_type_codes": [c for c, _ in spec["containers"]],
+            "container_id": series.container_id,
+            "description": " ".join(spec["texts"]) or None,
+        },
+        "optical": {
+            "illumination_type_codes": [c for c, _ in optical["types"]],
+            "illumination_color_codes": [c for c, _ in colors],
+            "wavelengths_nm": list(optical["wavelengths"]),
+            "path_count": len(series.path_ids),
+            "description": " ".join(_unique([*optical["texts"], *(m for _, m in colors)])) or None,
+        },
+        "scanner": {"manufacturer": manufacturer, "model": model, "software_versions": list(software)},
+        "magnification": series.power,
+        "pixel_spacing_um": round(finest * 1000, 6) if finest else None,
+        "pyramid": {
+            "level_count": len(levels),
+            "width": levels[0][0] if levels else None,
+            "height": levels[0][1] if levels else None,
+            "level_sizes": [f"{c}x{r}" for c, r in levels],
+            "has_label": "LABEL" in series.flavors,
+            "has_overview": "OVERVIEW" in series.flavors,
+            "has_thumbnail": "THUMBNAIL" in series.flavors,
+        },
+        "ai": ai.fields(),
+        "references": list(series.references),
+        "qido": dict(head.qido),
     }
     return prune(doc)
 

@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Iterable
 
 from archive.auth.access import SYSTEM
@@ -25,27 +26,80 @@ from .base import Index, IndexUnavailable
 
 #: Seconds a node holds the outbox between renewals; a dead holder's work resumes elsewhere after this.
 LEASE_SECONDS = 15.0
-from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document, references
+from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document
+from .parts import SeriesParts, instance_parts
 from .state import IndexState, lease_name, open_state
 
 log = logging.getLogger(__name__)
 _AI_CLASSES = {ANN_SOP_CLASS, SEG_SOP_CLASS}
 
 
+#: Instances whose merged parts the worker keeps (over all the series it keeps); past this the
+#: least recently indexed series is dropped and, on its next event, read again from its headers.
+PARTS_CACHE_INSTANCES = 50_000
+
+
 class DocumentSource:
-    """Builds documents from the catalog (Catalog.series_headers / series_collection)."""
+    """Builds documents from the catalog, reading each instance's header once (indexer/parts.py).
 
-    def __init__(self, catalog: Any, state: IndexState):
+    The merged parts of recently indexed series are kept: an event of a series that grew
+    reads only its new instances (``Catalog.series_instances``), so the cost per stored
+    instance does not grow with the series. A series that lost an instance, or whose count
+    says an instance was missed (committed out of pk order by another node), is merged again
+    from the kept parts of what is left, reading only instances not seen before.
+    """
+
+    def __init__(self, catalog: Any, state: IndexState, cache_instances: int = PARTS_CACHE_INSTANCES):
         self.catalog, self.state = catalog, state
+        self.cache_instances = cache_instances
+        self._series: OrderedDict[str, SeriesParts] = OrderedDict()
+        self._cached = 0  # instances over all of _series
+        self._rescan: set[str] = set()
 
-    def headers(self, series_uid: str) -> list[Any]:
-        return self.catalog.series_headers(series_uid)
+    def forget(self, series_uid: str | None = None) -> None:
+        """Merge ``series_uid`` (every series when None) again from the catalog's rows on its next
+        build: an instance of it was deleted, or events were applied by another node meanwhile."""
+        if series_uid is None:
+            self._series.clear()
+            self._cached = 0
+        else:
+            self._rescan.add(series_uid)
 
-    def document(self, series_uid: str, headers: list[Any]) -> dict[str, Any]:
-        ai_headers: list[Any] = []
-        for ai_series in self.state.ai_for_slide(series_uid):
-            ai_headers += self.headers(ai_series)
-        doc = build_document(headers, self.catalog.series_collection(series_uid), ai_headers)
+    def parts(self, series_uid: str) -> SeriesParts:
+        """The series' merged parts as the catalog has it now (``count`` 0: no instances left)."""
+        cached = self._series.pop(series_uid, None)
+        self._cached -= len(cached.instances) if cached is not None else 0
+        rescan = series_uid in self._rescan
+        self._rescan.discard(series_uid)
+        if cached is not None and not rescan:
+            count, rows = self.catalog.series_instances(series_uid, cached.last_key or 0)
+            if len(cached.instances) + len(rows) == count:
+                self._add_rows(cached, rows, {})
+                return self._keep(series_uid, cached)
+        count, rows = self.catalog.series_instances(series_uid)
+        fresh = SeriesParts()
+        self._add_rows(fresh, rows, cached.instances if cached is not None else {})
+        return self._keep(series_uid, fresh) if count else fresh
+
+    def _add_rows(self, into: SeriesParts, rows: list[tuple[int, str, str]], known: dict[Any, Any]) -> None:
+        for pk, sop_uid, storage_id in rows:
+            if pk in known:
+                into.add(pk, known[pk])
+            else:
+                header = self.catalog.instance_header(sop_uid, storage_id)
+                into.add(pk, instance_parts(header) if header is not None else None)
+
+    def _keep(self, series_uid: str, parts: SeriesParts) -> SeriesParts:
+        self._series[series_uid] = parts
+        self._cached += len(parts.instances)
+        while self._cached > self.cache_instances and len(self._series) > 1:
+            _, dropped = self._series.popitem(last=False)
+            self._cached -= len(dropped.instances)
+        return parts
+
+    def document(self, series_uid: str, parts: SeriesParts) -> dict[str, Any]:
+        ai_parts = [self.parts(ai_series) for ai_series in self.state.ai_for_slide(series_uid)]
+        doc = build_document(parts, self.catalog.series_collection(series_uid), ai_parts)
         doc["collections"] = self.catalog.series_collections(series_uid) or doc.get("collections", [])
         row = self.study_row(doc.get("study_uid", ""))
         return apply_study_row(doc, row) if row is not None else doc
@@ -61,13 +115,13 @@ class DocumentSource:
                                          limit=1), principal=SYSTEM)
         return rows[0] if rows else None
 
-    def note_ai(self, series_uid: str, headers: list[Any]) -> set[str]:
+    def note_ai(self, series_uid: str, parts: SeriesParts) -> set[str]:
         """Record an AI series' references; returns every slide whose summary may have changed."""
-        if not headers:
+        if not parts.count:
             return self.state.set_ai_refs(series_uid, [])
-        if not any(str(h.get("SOPClassUID")) in _AI_CLASSES for h in headers):
+        if not _AI_CLASSES & parts.sop_classes.keys():
             return set()
-        refs = set(references(headers))
+        refs = set(parts.references)
         return self.state.set_ai_refs(series_uid, refs) | refs
 
 
@@ -86,8 +140,8 @@ def sync_series(index: Index, source: DocumentSource, state: IndexState, series_
     while queue:
         uid = queue.pop(0)
         try:
-            headers = source.headers(uid)
-            extra = source.note_ai(uid, headers)
+            parts = source.parts(uid)
+            extra = source.note_ai(uid, parts)
         except Exception as e:  # one unreadable series must not hold up the outbox
             log.warning("cannot read the headers of series %s: %s", uid, type(e).__name__)
             state.record_failure(uid, f"read: {type(e).__name__}")
@@ -98,11 +152,11 @@ def sync_series(index: Index, source: DocumentSource, state: IndexState, series_
                 queue.append(slide)
             elif built.pop(slide, None) is not None:  # built before this AI series was noted: again
                 queue.append(slide)
-        if not headers:
+        if not parts.count:
             deletes.append(uid)
             continue
         try:
-            built[uid] = source.document(uid, headers)
+            built[uid] = source.document(uid, parts)
         except Exception as e:  # a header the builder cannot read: keep it for a retry after a fix
             log.warning("cannot build the index document of series %s: %s", uid, type(e).__name__)
             state.record_failure(uid, f"build: {type(e).__name__}")
@@ -137,6 +191,7 @@ class IndexWorker:
         self.last_success: float | None = None
         self._lease = None
         self._read_state: Any = None  # the lease's state as this step read it
+        self._applied: int | None = None  # the cursor this worker's last step left (see source.forget)
         if getattr(catalog, "shared", False) and getattr(index, "shared", False):
             from archive.catalog.work import Leases
 
@@ -151,14 +206,20 @@ class IndexWorker:
             self.index.ensure()
             self._ensured = True
         cursor = self._cursor()
+        if cursor != self._applied:  # another node applied events meanwhile, or a reindex rewound the cursor
+            self.source.forget()
         if cursor is None:
             return 0  # another node applies the outbox now
         events = self.catalog.outbox_after(cursor, self.batch_size)
+        for e in events:
+            if e.event != "stored" and e.series_uid:  # an instance went: its series is merged anew
+                self.source.forget(e.series_uid)
         retry = self.state.failures_due(everything=self._retry_all)
         self._retry_all = False
         uids = [e.series_uid for e in events if e.series_uid] + retry
         if uids:
             sync_series(self.index, self.source, self.state, uids)
+        self._applied = events[-1].seq if events else cursor
         if events:
             self.state.set_cursor(self.index.name, events[-1].seq)
             if self._lease is not None:  # unless a reindex rewound the cursor meanwhile: then from there again

@@ -546,6 +546,21 @@ class Catalog:
             out.append(ds)
         return out
 
+    def series_instances(self, series_uid: str, after_pk: int = 0) -> tuple[int, list[tuple[int, str, str]]]:
+        """(the series' instance count, its instances with pk > ``after_pk`` as (pk, SOP Instance UID,
+        storage id) in pk order), read in one statement so that both are of one snapshot: the index
+        worker reads only a growing series' new instances and sees from the count when it missed one."""
+        rows = self._db().execute("SELECT se.instance_count, i.pk, i.sop_instance_uid, i.storage_id FROM series se "
+                                  "LEFT JOIN instance i ON i.series_fk=se.pk AND i.pk>? "
+                                  "WHERE se.series_instance_uid=? ORDER BY i.pk", (after_pk, series_uid)).fetchall()
+        if not rows:
+            return 0, []
+        return rows[0][0], [(pk, sop, storage_id) for _, pk, sop, storage_id in rows if pk is not None]
+
+    def instance_header(self, sop_uid: str, storage_id: str) -> Dataset | None:
+        """One instance's header without bulk values, not cached (None when it is gone meanwhile)."""
+        return self._stored_header(sop_uid, storage_id)
+
     def _stored_header(self, sop_uid: str, storage_id: str) -> Dataset | None:
         """One instance's header: read lazily from its stored file when the catalog knows where
         files are (pydicom converts only the elements used, and leaves values over 4 KB on disk

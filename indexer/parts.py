@@ -1,0 +1,364 @@
+"""What each instance header contributes to its series' search document, read once per instance.
+
+The index worker used to rebuild a series' document from every header of the series on
+each outbox event: quadratic in the series' size (a 10,000-instance TMA or pipeline result)
+and, past the catalog's header cache, a file read per header per event. Now a header is
+read once into an ``InstanceParts`` (plain, hashable values), and ``SeriesParts`` merges
+the parts in instance order into ordered sets, counts and first-seen values, so adding an
+instance costs the same whatever the series' size. ``documents.build_document`` makes the
+document from the merged values; built from the same headers in the same order, it is the
+document a walk over all headers gives (tests/test_index_incremental.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from pydicom.dataset import Dataset
+
+from .documents import ANN_SOP_CLASS, QIDO_KEYS, SEG_SOP_CLASS, WSI_SOP_CLASS
+from .documents import _age_years as age_years
+from .documents import _codes as codes
+from .documents import _date as valid_date
+from .documents import _float as float_or_none
+from .documents import _items as items
+from .documents import _qido_text as qido_text
+from .documents import _str as text
+from .documents import _unique as unique
+
+USING_SUBSTANCE = "SCT:424361007"  # SNOMED "Using substance": the stain of a staining step (CID 8112)
+PROCESSING_TYPE = "DCM:111701"
+
+Code = tuple[str, str]  # ("SCHEME:VALUE", meaning)
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a document takes from its series' first instance only (patient, study, series, scanner)."""
+
+    series_uid: str
+    study_uid: str
+    patient: tuple[str | None, str | None, str | None, int | None, tuple[str, ...]]  # id, sex, age, years, species
+    study: tuple[str | None, str | None]  # date, description
+    series: tuple[str | None, str | None, str | None]  # modality, description, body part
+    scanner: tuple[str | None, str | None, tuple[str, ...]]  # manufacturer, model, software versions
+    qido: tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Specimen:
+    container_id: str | None
+    containers: tuple[Code, ...]
+    ids: tuple[str, ...]
+    anatomy: tuple[Code, ...]
+    types: tuple[Code, ...]
+    stains: tuple[Code, ...]
+    processing: tuple[str, ...]
+    preparation: tuple[Code, ...]
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OpticalPath:
+    identifier: str | None  # None: counted by position, as the series' paths are met
+    types: tuple[Code, ...]
+    colors: tuple[Code, ...]
+    wavelength: float | None
+    power: float | None  # objective lens power, when positive
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AIParts:
+    """One ANN or SEG instance's share of the AI summary of every slide it references."""
+
+    algorithms: tuple[str, ...]
+    versions: tuple[str, ...]
+    group_counts: tuple[str, ...]
+    property_types: tuple[Code, ...]
+    annotations: int
+    groups: int
+
+
+@dataclass(frozen=True)
+class InstanceParts:
+    head: Head
+    sop_class: str
+    specimen: Specimen
+    optical: tuple[OpticalPath, ...]
+    flavor: str | None  # ImageType value 3 of a WSI instance; None for other classes
+    level: tuple[int, int, float | None] | None  # a VOLUME instance's columns, rows, pixel spacing (mm)
+    references: tuple[str, ...]
+    ai: AIParts | None
+
+
+# --- one header ------------------------------------------------------------------------
+
+
+def instance_parts(ds: Dataset) -> InstanceParts:
+    """Read everything the document needs from one header (only these elements get parsed)."""
+    sop_class = str(ds.get("SOPClassUID") or "")
+    flavor = level = None
+    if sop_class == WSI_SOP_CLASS:
+        flavor = _image_flavor(ds)
+        cols, rows = ds.get("TotalPixelMatrixColumns"), ds.get("TotalPixelMatrixRows")
+        if flavor == "VOLUME" and cols and rows:
+            level = (int(cols), int(rows), _pixel_spacing_mm(ds))
+    refs = tuple(unique(text(r.get("SeriesInstanceUID")) for r in items(ds, "ReferencedSeriesSequence")))
+    return InstanceParts(_head(ds), sop_class, _specimen(ds), _optical(ds), flavor, level, refs,
+                         _ai(ds, sop_class) if refs else None)
+
+
+def _head(ds: Dataset) -> Head:
+    age = text(ds.get("PatientAge"))
+    versions = ds.get("SoftwareVersions")
+    software = [versions] if isinstance(versions, str) else unique(str(v) for v in (versions or []))
+    qido = []
+    for keyword, vr in QIDO_KEYS:
+        value = qido_text(ds.get(keyword), vr or ("TM" if keyword.endswith("Time") else ""))
+        if value is not None:
+            qido.append((keyword, value))
+    species = tuple(c for c, _ in unique(codes(items(ds, "PatientSpeciesCodeSequence"))))
+    return Head(str(ds.get("SeriesInstanceUID") or ""), str(ds.get("StudyInstanceUID") or ""),
+                (text(ds.get("PatientID")), text(ds.get("PatientSex")), age, age_years(age), species),
+                (valid_date(ds.get("StudyDate")), text(ds.get("StudyDescription"))),
+                (text(ds.get("Modality")), text(ds.get("SeriesDescription")), text(ds.get("BodyPartExamined"))),
+                (text(ds.get("Manufacturer")), text(ds.get("ManufacturerModelName")), tuple(software)),
+                tuple(qido))
+
+
+def _specimen(ds: Dataset) -> Specimen:
+    ids: list[str] = []
+    anatomy: list[Code] = []
+    types: list[Code] = []
+    stains: list[Code] = []
+    processing: list[str] = []
+    preparation: list[Code] = []
+    texts: list[str] = []
+    for spec in items(ds, "SpecimenDescriptionSequence"):
+        ids.append(text(spec.get("SpecimenIdentifier")) or "")
+        anatomy += codes(items(spec, "PrimaryAnatomicStructureSequence"))
+        types += codes(items(spec, "SpecimenTypeCodeSequence"))
+        texts += [t for t in (text(spec.get("SpecimenShortDescription")),
+                              text(spec.get("SpecimenDetailedDescription"))) if t]
+        for step in items(spec, "SpecimenPreparationSequence"):
+            for item in items(step, "SpecimenPreparationStepContentItemSequence"):
+                concept = codes(items(item, "ConceptNameCodeSequence"))
+                values = codes(items(item, "ConceptCodeSequence"))
+                name = concept[0][0] if concept else ""
+                if name == USING_SUBSTANCE:
+                    stains += values
+                elif name == PROCESSING_TYPE:
+                    processing += [m or c for c, m in values]
+                preparation += values
+                value = text(item.get("TextValue"))
+                if value and name != "DCM:121041":  # 121041: the specimen identifier again
+                    texts.append(value)
+    return Specimen(text(ds.get("ContainerIdentifier")), tuple(codes(items(ds, "ContainerTypeCodeSequence"))),
+                    tuple(ids), tuple(anatomy), tuple(types), tuple(stains), tuple(processing),
+                    tuple(preparation), tuple(texts))
+
+
+def _optical(ds: Dataset) -> tuple[OpticalPath, ...]:
+    out = []
+    for path in items(ds, "OpticalPathSequence"):
+        identifier = path.get("OpticalPathIdentifier")
+        types = tuple(codes(items(path, "IlluminationTypeCodeSequence")))
+        power = float_or_none(path.get("ObjectiveLensPower"))
+        description = text(path.get("OpticalPathDescription"))
+        out.append(OpticalPath(str(identifier) if identifier else None, types,
+                               tuple(codes(items(path, "IlluminationColorCodeSequence"))),
+                               float_or_none(path.get("IlluminationWaveLength")),
+                               power if power is not None and power > 0 else None,
+                               tuple(m for _, m in types) + ((description,) if description else ())))
+    return tuple(out)
+
+
+def _image_flavor(ds: Dataset) -> str:
+    image_type = ds.get("ImageType") or []
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    return str(values[2]).upper() if len(values) > 2 else ""
+
+
+def _pixel_spacing_mm(ds: Dataset) -> float | None:
+    for shared in items(ds, "SharedFunctionalGroupsSequence"):
+        for measures in items(shared, "PixelMeasuresSequence"):
+            spacing = measures.get("PixelSpacing")
+            if spacing:
+                return float_or_none(spacing[0])
+    spacing = ds.get("PixelSpacing")
+    return float_or_none(spacing[0]) if spacing else None
+
+
+def _ai(ds: Dataset, sop_class: str) -> AIParts | None:
+    algorithms: list[str] = []
+    versions: list[str] = []
+    group_counts: list[str] = []
+    property_types: list[Code] = []
+    annotations = 0
+    if sop_class == ANN_SOP_CLASS:
+        groups = items(ds, "AnnotationGroupSequence")
+        for group in groups:
+            n = int(group.get("NumberOfAnnotations") or 0)
+            annotations += n
+            label = text(group.get("AnnotationGroupLabel")) or text(group.get("AnnotationGroupUID")) or "?"
+            group_counts.append(f"{label}={n}")
+            property_types += codes(items(group, "AnnotationPropertyTypeCodeSequence"))
+            for alg in items(group, "AnnotationGroupAlgorithmIdentificationSequence"):
+                algorithms.append(text(alg.get("AlgorithmName")) or "")
+                versions.append(text(alg.get("AlgorithmVersion")) or "")
+    elif sop_class == SEG_SOP_CLASS:
+        groups = items(ds, "SegmentSequence")
+        for segment in groups:
+            label = text(segment.get("SegmentLabel")) or str(segment.get("SegmentNumber") or "?")
+            group_counts.append(f"{label}=1")
+            annotations += 1
+            property_types += codes(items(segment, "SegmentedPropertyTypeCodeSequence"))
+            algorithms.append(text(segment.get("SegmentAlgorithmName")) or "")
+            for alg in items(segment, "SegmentationAlgorithmIdentificationSequence"):
+                algorithms.append(text(alg.get("AlgorithmName")) or "")
+                versions.append(text(alg.get("AlgorithmVersion")) or "")
+    else:
+        return None
+    return AIParts(tuple(algorithms), tuple(versions), tuple(group_counts), tuple(property_types), annotations,
+                   len(groups))
+
+
+# --- merged ------------------------------------------------------------------------------
+
+
+def _add(ordered: dict[Any, None], values: Iterable[Any]) -> None:
+    """Append to an ordered set, skipping None and "" (what documents' unique() drops)."""
+    for v in values:
+        if v is not None and v != "":
+            ordered[v] = None
+
+
+@dataclass
+class AISummary:
+    """The AI summary of one slide, merged from the ANN/SEG instances referencing it."""
+
+    series_uids: dict[str, None] = field(default_factory=dict)
+    present: int = 0
+    algorithms: dict[str, None] = field(default_factory=dict)
+    versions: dict[str, None] = field(default_factory=dict)
+    group_counts: dict[str, None] = field(default_factory=dict)
+    property_types: dict[Code, None] = field(default_factory=dict)
+    annotations: int = 0
+    groups: int = 0
+
+    def add(self, ai: AIParts, series_uid: str) -> None:
+        self.present += 1
+        _add(self.series_uids, (series_uid,))
+        _add(self.algorithms, ai.algorithms)
+        _add(self.versions, ai.versions)
+        _add(self.group_counts, ai.group_counts)
+        _add(self.property_types, ai.property_types)
+        self.annotations += ai.annotations
+        self.groups += ai.groups
+
+    def merge(self, other: AISummary) -> None:
+        self.present += other.present
+        for mine, theirs in ((self.series_uids, other.series_uids), (self.algorithms, other.algorithms),
+                             (self.versions, other.versions), (self.group_counts, other.group_counts),
+                             (self.property_types, other.property_types)):
+            _add(mine, theirs)
+        self.annotations += other.annotations
+        self.groups += other.groups
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "present": bool(self.present),
+            "series_uids": list(self.series_uids),
+            "algorithms": list(self.algorithms),
+            "algorithm_versions": list(self.versions),
+            "annotation_count": self.annotations,
+            "group_count": self.groups,
+            "group_counts": list(self.group_counts),
+            "property_type_codes": [c for c, _ in self.property_types],
+            "properties": " ".join(m for _, m in self.property_types) or None,
+        }
+
+
+class SeriesParts:
+    """The merged parts of a series' instances, added in instance (catalog pk) order.
+
+    ``instances`` keeps each instance's parts by its key, so a series that loses an
+    instance is merged again from what is left (``without``) instead of read again.
+    Parts equal to an earlier instance's are kept once (``_interned``): the instances
+    of one series mostly repeat the same specimen and optical path.
+    """
+
+    def __init__(self) -> None:
+        self.instances: dict[Any, InstanceParts | None] = {}  # None: the row's header was gone
+        self._interned: dict[InstanceParts, InstanceParts] = {}
+        self.head: Head | None = None
+        self.count = 0
+        self.sop_classes: dict[str, None] = {}
+        self.container_id: str | None = None
+        self.specimen: dict[str, dict[Any, None]] = {k: {} for k in _SPECIMEN_LISTS}
+        self.path_ids: set[str] = set()
+        self.optical: dict[str, dict[Any, None]] = {k: {} for k in ("types", "colors", "wavelengths", "texts")}
+        self.power: float | None = None
+        self.levels: dict[tuple[int, int], float | None] = {}
+        self.flavors: set[str] = set()
+        self.references: dict[str, None] = {}
+        self.ai_by_slide: dict[str, AISummary] = {}
+
+    @classmethod
+    def of(cls, headers: Iterable[Dataset]) -> SeriesParts:
+        out = cls()
+        for n, ds in enumerate(headers):
+            out.add(n, instance_parts(ds))
+        return out
+
+    @property
+    def last_key(self) -> Any:
+        return next(reversed(self.instances), None)
+
+    def without(self, keys: Iterable[Any]) -> SeriesParts:
+        """A new merge of the remaining instances' parts, in the same order."""
+        gone = set(keys)
+        out = SeriesParts()
+        for key, parts in self.instances.items():
+            if key not in gone:
+                out.add(key, parts)
+        return out
+
+    def add(self, key: Any, parts: InstanceParts | None) -> None:
+        """Merge one instance's parts (None: a row without a readable header, counted as known only)."""
+        if parts is not None:
+            parts = self._interned.setdefault(parts, parts)
+        self.instances[key] = parts
+        if parts is None:
+            return
+        self.count += 1
+        if self.head is None:
+            self.head = parts.head
+        self.sop_classes[parts.sop_class] = None
+        self._add_specimen(parts.specimen)
+        for path in parts.optical:
+            self.path_ids.add(path.identifier if path.identifier is not None else str(len(self.path_ids)))
+            _add(self.optical["types"], path.types)
+            _add(self.optical["colors"], path.colors)
+            _add(self.optical["wavelengths"], (path.wavelength,))
+            _add(self.optical["texts"], path.texts)
+            if path.power is not None:
+                self.power = path.power if self.power is None else max(self.power, path.power)
+        if parts.flavor is not None:
+            self.flavors.add(parts.flavor)
+        if parts.level is not None:
+            cols, rows, spacing = parts.level
+            self.levels[(cols, rows)] = self.levels.get((cols, rows)) or spacing
+        _add(self.references, parts.references)
+        if parts.ai is not None:
+            for slide in parts.references:
+                self.ai_by_slide.setdefault(slide, AISummary()).add(parts.ai, parts.head.series_uid)
+
+    def _add_specimen(self, specimen: Specimen) -> None:
+        self.container_id = self.container_id or specimen.container_id
+        for name in _SPECIMEN_LISTS:
+            _add(self.specimen[name], getattr(specimen, name))
+
+
+_SPECIMEN_LISTS = ("containers", "ids", "anatomy", "types", "stains", "processing", "preparation", "texts")
