@@ -58,6 +58,7 @@ def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
                 fast = _from_bytes(int(tag), raw.VR, raw.value, path)
                 if fast is not None and recent:
                     _sequences.put((int(tag), raw.value, path), fast)
+                    _texts.put(id(fast), [fast, None, None])
         out[f"{tag:08X}"] = fast if fast is not None else _element(ds[tag], path)
     return out
 
@@ -68,6 +69,10 @@ def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
 #: ``to_json`` must not change what it returns inside sequences.
 _RECENT_MAX = 256 * 1024
 _sequences: Recent[tuple[int, bytes, str], dict[str, Any]] = Recent(256)
+#: The JSON text of those shared values, compact and with json's default separators, made
+#: on first use (``encode``) by id: the entry holds the value, so the id names no other.
+_texts: Recent[int, list] = Recent(256)
+_ENCODERS = (json.JSONEncoder(), json.JSONEncoder(separators=(",", ":")))
 _STRUCTS = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
 _SPLIT_STRIP = frozenset({"AS", "CS", "DA", "DT", "TM", "UI"})  # ASCII; padding off the end, then split
 _TEXT = frozenset({"SH", "LO", "UC"})  # split, then padding off each value
@@ -133,6 +138,31 @@ def _item_json(elements: list[tuple[int, str, bytes]], path: str) -> dict[str, A
             raise _Unusual  # private elements: pydicom knows some of their VRs
         out[f"{tag:08X}"] = _convert(tag, vr, value, path)
     return out
+
+
+def encode(obj: dict[str, Any], compact: bool) -> str:
+    """``json.dumps(obj)`` (or with ``separators=(",", ":")`` when ``compact``), the same text,
+    with the text of shared sequence values (``_texts``) encoded once, not once per instance:
+    a series' specimen description was most of the catalog's JSON encoding of a small instance."""
+    encoder = _ENCODERS[compact]
+    item, key = (",", ":") if compact else (", ", ": ")
+    parts: list[str] = []
+    run: dict[str, Any] = {}  # consecutive elements without a kept text: encoded together
+    for tag, value in obj.items():
+        entry = _texts.get(id(value))
+        if entry is None or entry[0] is not value:
+            run[tag] = value
+            continue
+        if run:
+            parts.append(encoder.encode(run)[1:-1])
+            run = {}
+        text = entry[1 + compact]
+        if text is None:
+            text = entry[1 + compact] = encoder.encode(value)
+        parts.append(encoder.encode(tag) + key + text)
+    if run:
+        parts.append(encoder.encode(run)[1:-1])
+    return "{" + item.join(parts) + "}"
 
 
 def dumps(obj: Any) -> str:

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from pydicom import dcmread
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from archive import dicomjson
 from archive.auth.access import SYSTEM, Principal
 from archive.catalog import tally
 from archive.catalog.attributes import KEYS, LEVELS, Key
@@ -38,6 +39,8 @@ from archive.catalog.work import node_id
 from archive.errors import DuplicateInstance, NotAuthorized, NotFound
 
 HEADER_CACHE = 2048
+#: (key, its tag as DICOM JSON names it), in the order of KEYS.
+_KEY_TAGS = tuple((k, f"{tag_for_keyword(k.keyword):08X}") for k in KEYS.values())
 SHARED_SEQUENCES = 512
 SHARED_SEQUENCE_BYTES = 64 * 1024
 
@@ -101,6 +104,39 @@ def column_value(ds: Dataset, key: Key) -> Any:
     if key.vr == "TM":
         text = text.replace(":", "")
     return text
+
+
+_UNSETTLED = object()
+_INTEGER_VRS = frozenset({"IS", "US", "UL"})
+
+
+def _json_value(entry: dict[str, Any], key: Key) -> Any:
+    """``column_value`` read from the element's DICOM JSON, or _UNSETTLED when the JSON alone does
+    not settle it the same way (no value, a person name, several values of a single-valued key)."""
+    values = entry.get("Value")
+    if not values or key.vr == "PN":
+        return _UNSETTLED
+    if key.vr in _INTEGER_VRS:
+        return values[0] if len(values) == 1 and type(values[0]) is int else _UNSETTLED
+    if not all(type(v) is str for v in values):
+        return _UNSETTLED
+    if len(values) > 1:
+        return "\\".join(values) if key.multi else _UNSETTLED
+    text = values[0]
+    if text == "":
+        return None
+    return text.replace(":", "") if key.vr == "TM" else text
+
+
+def column_values(ds: Dataset, header_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``column_value`` of every key, by level, taken from ``header_json`` (the DICOM JSON of ``ds``)
+    where it settles the value: asking ``ds`` converts its raw elements, ~8 us each."""
+    out: dict[str, dict[str, Any]] = {level: {} for level in LEVELS}
+    for key, tag in _KEY_TAGS:
+        entry = header_json.get(tag)
+        value = None if entry is None else _json_value(entry, key)
+        out[key.level][key.column] = column_value(ds, key) if value is _UNSETTLED else value
+    return out
 
 
 def _subset(header_json: dict[str, Any], keywords: frozenset[str] | set[str]) -> dict[str, Any]:
@@ -206,42 +242,42 @@ class Catalog:
         from archive.catalog.attributes import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, EXCLUDED_FROM_ROWS
 
         ds = new.dataset
-        cols = {lvl: {k.column: column_value(ds, k) for k in KEYS.values() if k.level == lvl} for lvl in LEVELS}
+        cols = column_values(ds, new.header_json)
         cols["study"].pop("modalities_in_study")
         study_json = _subset(new.header_json, STUDY_ATTRIBUTES)
         series_json = _subset(new.header_json, SERIES_ATTRIBUTES)
         # keywords from the tags alone: iterating ``ds`` would make pydicom parse every element
         rest = {kw for kw in map(keyword_for_tag, ds.keys()) if kw} - STUDY_ATTRIBUTES - SERIES_ATTRIBUTES
         instance_json = _subset(new.header_json, rest - EXCLUDED_FROM_ROWS)
-        header = zlib.compress(json.dumps(new.header_json, separators=(",", ":")).encode(), 3)
+        header = zlib.compress(dicomjson.encode(new.header_json, compact=True).encode(), 3)
+        study_uid, series_uid = cols["study"]["study_instance_uid"], cols["series"]["series_instance_uid"]
+        sop_uid = cols["instance"]["sop_instance_uid"]
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM instance WHERE sop_instance_uid=?",
-                          (ds.SOPInstanceUID,)).fetchone():
+            if db.execute("SELECT 1 FROM instance WHERE sop_instance_uid=?", (sop_uid,)).fetchone():
                 raise DuplicateInstance("an instance with this SOP Instance UID is already stored")
-            db.execute("INSERT INTO collection(name) VALUES (?) ON CONFLICT DO NOTHING", (collection,))
-            p = cols["patient"]
-            db.execute("INSERT INTO patient(patient_id, issuer_of_patient_id, patient_name, "
-                       "patient_birth_date, patient_sex) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
-                       (p["patient_id"] or "", p["issuer_of_patient_id"] or "", p["patient_name"],
-                        p["patient_birth_date"], p["patient_sex"]))
-            patient_fk = db.execute("SELECT pk FROM patient WHERE patient_id=? AND issuer_of_patient_id=?",
-                                    (p["patient_id"] or "", p["issuer_of_patient_id"] or "")).fetchone()[0]
-            study_fk = self._upsert(db, "study", "study_instance_uid", cols["study"],
-                                    {"patient_fk": patient_fk, "collection": collection,
-                                     "attrs": json.dumps(study_json)})
-            if writable is not None:
-                held = {r[0] for r in db.execute("SELECT collection FROM study_collection WHERE study_fk=?",
-                                                 (study_fk,))}
-                if held and not held & writable:
-                    raise NotAuthorized("the study is held in collections this sender may not write")
-            db.execute("INSERT INTO study_collection(study_fk, collection) VALUES (?,?) ON CONFLICT DO NOTHING",
-                       (study_fk, collection))
-            series_fk = self._upsert(db, "series", "series_instance_uid", cols["series"],
-                                     {"study_fk": study_fk, "attrs": json.dumps(series_json)})
+            study_fk = self._pk(db, "study", "study_instance_uid", study_uid)
+            if study_fk is None:  # a new study names its collection: that row first (a foreign key)
+                db.execute("INSERT INTO collection(name) VALUES (?) ON CONFLICT DO NOTHING", (collection,))
+            patient_fk = self._patient(db, cols["patient"])
+            if study_fk is None:
+                study_fk, _ = self._upsert(db, "study", "study_instance_uid", cols["study"],
+                                           lambda: {"patient_fk": patient_fk, "collection": collection,
+                                                    "attrs": dicomjson.encode(study_json, compact=False)})
+            held = {r[0] for r in db.execute("SELECT collection FROM study_collection WHERE study_fk=?",
+                                             (study_fk,))}
+            if writable is not None and held and not held & writable:
+                raise NotAuthorized("the study is held in collections this sender may not write")
+            if collection not in held:
+                db.execute("INSERT INTO collection(name) VALUES (?) ON CONFLICT DO NOTHING", (collection,))
+                db.execute("INSERT INTO study_collection(study_fk, collection) VALUES (?,?) ON CONFLICT DO NOTHING",
+                           (study_fk, collection))
+            series_fk, new_series = self._upsert(db, "series", "series_instance_uid", cols["series"],
+                                                 lambda: {"study_fk": study_fk,
+                                                          "attrs": dicomjson.encode(series_json, compact=False)})
             row = dict(cols["instance"], series_fk=series_fk, transfer_syntax_uid=new.transfer_syntax_uid,
                        storage_id=new.storage_id, size=new.size, sha256=new.sha256,
                        frame_layout=new.frame_layout, frame_index=new.frame_index,
-                       attrs=json.dumps(instance_json), header=header, created=time.time())
+                       attrs=dicomjson.encode(instance_json, compact=False), header=header, created=time.time())
             names = ",".join(row)
             try:
                 db.execute(f"INSERT INTO instance({names}) VALUES ({','.join('?' * len(row))})", list(row.values()))
@@ -250,22 +286,42 @@ class Catalog:
             from archive.results.links import queue_link
 
             queue_link(db, ds, self.node)
-            self._recount(db, study_fk, series_fk)
+            if new_series or not self._count_one_more(db, study_fk, series_fk):
+                self._recount(db, study_fk, series_fk)
             db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
-                       "VALUES ('stored',?,?,?,?)",
-                       (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, time.time()))
+                       "VALUES ('stored',?,?,?,?)", (study_uid, series_uid, sop_uid, time.time()))
 
     @staticmethod
-    def _upsert(db, table: str, uid_col: str, cols: dict, extra: dict) -> int:
-        """The row's pk, inserting it first when absent (a concurrent insert by another node wins)."""
+    def _pk(db, table: str, uid_col: str, uid: str) -> int | None:
+        row = db.execute(f"SELECT pk FROM {table} WHERE {uid_col}=?", (uid,)).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _patient(db, p: dict[str, Any]) -> int:
+        """The patient row's pk, inserted first when absent (its attributes are those of the first
+        instance stored for it; a concurrent insert by another node wins)."""
+        key = (p["patient_id"] or "", p["issuer_of_patient_id"] or "")
+        select = "SELECT pk FROM patient WHERE patient_id=? AND issuer_of_patient_id=?"
+        row = db.execute(select, key).fetchone()
+        if row is None:
+            row = db.execute("INSERT INTO patient(patient_id, issuer_of_patient_id, patient_name, "
+                             "patient_birth_date, patient_sex) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING pk",
+                             (*key, p["patient_name"], p["patient_birth_date"], p["patient_sex"])).fetchone()
+            row = row or db.execute(select, key).fetchone()
+        return row[0]
+
+    @staticmethod
+    def _upsert(db, table: str, uid_col: str, cols: dict, extra: Callable[[], dict]) -> tuple[int, bool]:
+        """(the row's pk, whether this inserted it), inserting it first when absent with ``cols`` and
+        ``extra()`` (a concurrent insert by another node wins)."""
         select = f"SELECT pk FROM {table} WHERE {uid_col}=?"
         row = db.execute(select, (cols[uid_col],)).fetchone()
         if row:
-            return row[0]
-        values = dict(cols, **extra)
+            return row[0], False
+        values = dict(cols, **extra())
         row = db.execute(f"INSERT INTO {table}({','.join(values)}) VALUES ({','.join('?' * len(values))}) "
                          f"ON CONFLICT ({uid_col}) DO NOTHING RETURNING pk", list(values.values())).fetchone()
-        return row[0] if row else db.execute(select, (cols[uid_col],)).fetchone()[0]
+        return (row[0], True) if row else (db.execute(select, (cols[uid_col],)).fetchone()[0], False)
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
                principal: Principal) -> list[InstanceRecord]:
@@ -289,6 +345,19 @@ class Catalog:
                            "VALUES ('deleted',?,?,?,?)", (r.study_uid, r.series_uid, r.sop_instance_uid, time.time()))
             self._remove_empty(db, series)
         return records
+
+    @staticmethod
+    def _count_one_more(db, study_fk: int, series_fk: int) -> bool:
+        """Add the instance just inserted into an existing series to its counts (what ``_recount``
+        would find, without counting the series again); False when the series is not the study's
+        (then ``_recount`` decides). The study row first, as ``_recount`` locks it: writers to one
+        study take turns in the same order."""
+        if db.execute("UPDATE study SET instance_count=instance_count+1 WHERE pk=? AND EXISTS "
+                      "(SELECT 1 FROM series s WHERE s.pk=? AND s.study_fk=study.pk)",
+                      (study_fk, series_fk)).rowcount != 1:
+            return False
+        db.execute("UPDATE series SET instance_count=instance_count+1 WHERE pk=?", (series_fk,))
+        return True
 
     def _recount(self, db, study_fk: int, series_fk: int | None = None) -> None:
         """The counts and modalities QIDO returns, kept on the study and series rows: a search then
