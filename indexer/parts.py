@@ -11,6 +11,8 @@ document a walk over all headers gives (tests/test_index_incremental.py).
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -95,8 +97,11 @@ class InstanceParts:
 # --- one header ------------------------------------------------------------------------
 
 
-def instance_parts(ds: Dataset) -> InstanceParts:
-    """Read everything the document needs from one header (only these elements get parsed)."""
+def instance_parts(ds: Dataset, memo: bool = False) -> InstanceParts:
+    """Read everything the document needs from one header (only these elements get parsed).
+
+    ``memo``: the header is the catalog's, read-only, its sequences shared (``_of_sequence``).
+    """
     sop_class = str(ds.get("SOPClassUID") or "")
     flavor = level = None
     if sop_class == WSI_SOP_CLASS:
@@ -105,7 +110,8 @@ def instance_parts(ds: Dataset) -> InstanceParts:
         if flavor == "VOLUME" and cols and rows:
             level = (int(cols), int(rows), _pixel_spacing_mm(ds))
     refs = tuple(unique(text(r.get("SeriesInstanceUID")) for r in items(ds, "ReferencedSeriesSequence")))
-    return InstanceParts(_head(ds), sop_class, _specimen(ds), _optical(ds), flavor, level, refs,
+    return InstanceParts(_head(ds), sop_class, _specimen(ds, memo), _of_sequence(ds, "OpticalPathSequence", _optical, memo),
+                         flavor, level, refs,
                          _ai(ds, sop_class) if refs else None)
 
 
@@ -127,7 +133,43 @@ def _head(ds: Dataset) -> Head:
                 tuple(qido))
 
 
-def _specimen(ds: Dataset) -> Specimen:
+#: Parsed sequences whose parts are kept (``_of_sequence``), over every series the worker reads.
+SEQUENCE_MEMO = 4096
+_memo: OrderedDict[tuple[int, str], tuple[Any, Any]] = OrderedDict()
+_memo_lock = threading.Lock()  # the worker thread and a reindex may read at once
+
+
+def _of_sequence(ds: Dataset, keyword: str, read: Any, memo: bool) -> Any:
+    """``read(ds)`` for a sequence object met before, from the memo.
+
+    Catalog._share_sequences hands the instances of a series the very same parsed object
+    for a specimen description or optical path sequence with the same bytes; walking it
+    again for each instance was most of instance_parts' CPU. The memo holds the object
+    itself, so its id cannot be reused by another while the entry lives.
+    """
+    seq = ds.get(keyword) if memo else None
+    if seq is None:
+        return read(ds)
+    key = (id(seq), keyword)
+    with _memo_lock:
+        hit = _memo.get(key)
+        if hit is not None and hit[0] is seq:
+            _memo.move_to_end(key)
+            return hit[1]
+    value = read(ds)
+    with _memo_lock:
+        _memo[key] = (seq, value)
+        while len(_memo) > SEQUENCE_MEMO:
+            _memo.popitem(last=False)
+    return value
+
+
+def _specimen(ds: Dataset, memo: bool) -> Specimen:
+    container = (text(ds.get("ContainerIdentifier")), tuple(codes(items(ds, "ContainerTypeCodeSequence"))))
+    return Specimen(*container, *_of_sequence(ds, "SpecimenDescriptionSequence", _descriptions, memo))
+
+
+def _descriptions(ds: Dataset) -> tuple[tuple[Any, ...], ...]:
     ids: list[str] = []
     anatomy: list[Code] = []
     types: list[Code] = []
@@ -154,9 +196,8 @@ def _specimen(ds: Dataset) -> Specimen:
                 value = text(item.get("TextValue"))
                 if value and name != "DCM:121041":  # 121041: the specimen identifier again
                     texts.append(value)
-    return Specimen(text(ds.get("ContainerIdentifier")), tuple(codes(items(ds, "ContainerTypeCodeSequence"))),
-                    tuple(ids), tuple(anatomy), tuple(types), tuple(stains), tuple(processing),
-                    tuple(preparation), tuple(texts))
+    return (tuple(ids), tuple(anatomy), tuple(types), tuple(stains), tuple(processing), tuple(preparation),
+            tuple(texts))
 
 
 def _optical(ds: Dataset) -> tuple[OpticalPath, ...]:

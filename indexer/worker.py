@@ -87,7 +87,7 @@ class DocumentSource:
                 into.add(pk, known[pk])
             else:
                 header = self.catalog.instance_header(sop_uid, storage_id)
-                into.add(pk, instance_parts(header) if header is not None else None)
+                into.add(pk, instance_parts(header, memo=True) if header is not None else None)
 
     def _keep(self, series_uid: str, parts: SeriesParts) -> SeriesParts:
         self._series[series_uid] = parts
