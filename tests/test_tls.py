@@ -79,8 +79,13 @@ def test_echo_and_store_over_tls_with_a_client_certificate(dimse_tls, pki, tmp_p
     study = dcmread(paths[0]).StudyInstanceUID
     found = requests.get(f"{dimse_tls.dicomweb}/studies", params={"StudyInstanceUID": study}).json()
     assert len(found) == 1
-    transfers = [r for r in read_records(dimse_tls.data_dir / "audit")
-                 if r["event"] == "DICOMInstancesTransferred" and r["user"] == "SCANNER"]
+    deadline = time.monotonic() + 10  # the audit writer batches records for up to 0.2 s
+    while True:
+        transfers = [r for r in read_records(dimse_tls.data_dir / "audit")
+                     if r["event"] == "DICOMInstancesTransferred" and r["user"] == "SCANNER"]
+        if len(transfers) >= len(paths) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert len(transfers) == len(paths) and transfers[0]["remote"] == "127.0.0.1"
 
 
