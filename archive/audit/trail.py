@@ -6,10 +6,6 @@ Transferring on the first frame of a series, then one DICOM Instances Transferre
 per principal and series per ``frame_interval`` with the counts). Neither ever
 raises nor blocks: records go into a bounded in-memory queue drained by one
 writer thread per process, which appends them to the local log (``audit_log``).
-The writer lets records gather for up to ``_LINGER`` after the first of a batch
-(``flush`` and ``close`` cut that short): a C-STORE peer sends an instance every
-few milliseconds, and one write and ``fdatasync`` per record cost the writer 0.53 ms
-of CPU per record at that pace, against 0.1 ms when written in batches.
 When the queue is full a record is dropped and counted, and the writer records
 a Security Alert ("Audit Recording Stopped") with the number lost as soon as it
 catches up. Forwarding to an audit repository reads the log (``audit_syslog``).
@@ -39,8 +35,6 @@ EVENTS = tuple(audit_messages.EVENTS)
 #: At most this many SOP Instance UIDs are listed in one message (the count is always exact).
 MAX_LISTED_INSTANCES = 200
 _TICK = 1.0
-#: Seconds the writer waits for more records after the first of a batch (module docstring).
-_LINGER = 0.2
 
 
 class PrincipalLike(Protocol):
@@ -169,7 +163,6 @@ class AuditTrail:
         done = threading.Event()
         try:
             self._q.put(done, timeout=timeout)
-            self._hurry.set()
         except queue.Full:
             return False
         return done.wait(timeout)
@@ -203,7 +196,6 @@ class AuditTrail:
         self._lock = threading.Lock()
         self._transfers: dict[tuple, _Transfer] = {}
         self._closing = False
-        self._hurry = threading.Event()  # set by flush: write what is queued without lingering
         self._file = AuditLogFile(self.directory, self.settings.rotate_bytes, self.settings.fsync)
         self._reported_drops = self.dropped
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -220,9 +212,6 @@ class AuditTrail:
                 items = [self._q.get(timeout=_TICK)]
             except queue.Empty:
                 items = []
-            if items and not isinstance(items[0], threading.Event):
-                self._hurry.wait(_LINGER)  # let the records of the next few operations join this batch
-            self._hurry.clear()
             while len(items) < 1000:
                 try:
                     items.append(self._q.get_nowait())
