@@ -7,13 +7,15 @@ import threading
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import VLWholeSlideMicroscopyImageStorage
 
-from archive.dimse.transport import NoDelayAssociationServer, WaitingRequestHandler, encode_store_response
+from archive.dimse.commit import Commitments
+from archive.dimse.transport import (NoDelayAssociationServer, WaitingRequestHandler, encode_store_response,
+                                    ignores_store_responses)
 
 WSI = VLWholeSlideMicroscopyImageStorage
 
@@ -45,8 +47,17 @@ def test_plain_response_is_pynetdicoms_bytes(sop_instance, message_id, status):
     assert encode_store_response(rsp) == _pynetdicom_bytes(rsp)
 
 
-def test_response_with_a_comment_is_left_to_pynetdicom():
-    assert encode_store_response(_response("1.2.3.4", 1, 0xB000, "de-identified by policy x")) is None
+@pytest.mark.parametrize("comment", ["de-identified by policy x", "odd length!", ""])
+def test_response_with_a_comment_is_pynetdicoms_bytes(comment):
+    rsp = _response("1.2.3.4", 1, 0xB000, comment)
+    assert encode_store_response(rsp) == _pynetdicom_bytes(rsp)
+
+
+def test_response_with_a_non_ascii_comment_or_an_offending_element_is_left_to_pynetdicom():
+    assert encode_store_response(_response("1.2.3.4", 1, 0xB000, "Überschrieben")) is None
+    rsp = _response("1.2.3.4", 1, 0xA900)
+    rsp.OffendingElement = [0x00100010]
+    assert encode_store_response(rsp) is None
 
 
 def _scp(handlers):
@@ -101,3 +112,47 @@ def test_a_bound_dimse_sent_handler_still_sees_the_response():
         assert sent == ["C_STORE_RSP"]
     finally:
         server.shutdown()
+
+
+def _count_pynetdicom_encodes(monkeypatch) -> list:
+    """The UIDs of the C-STORE responses pynetdicom encodes, its own logging handlers
+    (bound to EVT_DIMSE_SENT unless switched off, as the listener does) switched off."""
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")
+    encoded = []
+    original = C_STORE_RSP.primitive_to_message
+
+    def counting(self, primitive):
+        encoded.append(primitive.AffectedSOPInstanceUID)
+        return original(self, primitive)
+
+    monkeypatch.setattr(C_STORE_RSP, "primitive_to_message", counting)
+    return encoded
+
+
+def test_a_marked_dimse_sent_handler_keeps_the_direct_path(monkeypatch):
+    """The listener binds storage commitment's EVT_DIMSE_SENT handler on every association:
+    marked, it must not send C-STORE responses back through pynetdicom's encoder."""
+    encoded = _count_pynetdicom_encodes(monkeypatch)
+    sent = []
+    ae, server = _scp([(evt.EVT_C_STORE, lambda event: 0x0000),
+                       (evt.EVT_DIMSE_SENT, ignores_store_responses(lambda event: sent.append(event)))])
+    try:
+        assert _store(server.server_address[1]).Status == 0x0000
+        assert encoded == [] and sent == []
+    finally:
+        server.shutdown()
+
+
+def test_an_unmarked_dimse_sent_handler_gets_pynetdicoms_path(monkeypatch):
+    encoded = _count_pynetdicom_encodes(monkeypatch)
+    ae, server = _scp([(evt.EVT_C_STORE, lambda event: 0x0000), (evt.EVT_DIMSE_SENT, lambda event: None)])
+    try:
+        assert _store(server.server_address[1]).Status == 0x0000
+        assert len(encoded) == 1
+    finally:
+        server.shutdown()
+
+
+def test_the_listeners_dimse_sent_handlers_are_marked():
+    """Every EVT_DIMSE_SENT handler the listener binds ignores C-STORE responses."""
+    assert Commitments.on_sent.ignores_store_responses

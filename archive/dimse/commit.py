@@ -29,6 +29,7 @@ from archive.catalog.work import WorkItem, WorkQueue
 from archive.auth.access import SYSTEM
 from archive.config import RemoteAE
 from archive.dimse.policy import REFUSED_NOT_AUTHORIZED, STORE, PeerPolicy, calling_ae
+from archive.dimse.transport import ignores_store_responses
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Commitments:
         with self._lock:
             return self._sent.setdefault(id(assoc), threading.Event())
 
+    @ignores_store_responses
     def on_sent(self, event) -> None:
         """EVT_DIMSE_SENT: note that an N-ACTION response has left, so the report may follow."""
         if type(event.message).__name__ == "N_ACTION_RSP":

@@ -16,11 +16,13 @@ up the moment it arrives:
   writes a byte to a pipe on every put, so a response is sent at once.
 Their other checks (release, abort, timers, a dead connection) still run every ~11 ms.
 
-A plain C-STORE response (a status and the two UIDs, no comment) is encoded here
+A plain C-STORE response (a status, the two UIDs, perhaps a comment) is encoded here
 (``send_store_responses_directly``): pynetdicom builds a pydicom data set for it and
 encodes it twice, 0.7 ms of the association thread per instance; these seven
-elements in Implicit VR Little Endian are the same bytes. Any other message, and
-any response with an Error Comment or Offending Element, goes through pynetdicom.
+elements (and an Error Comment) in Implicit VR Little Endian are the same bytes. Any
+other message, and any response with an Offending Element, goes through pynetdicom, and
+so does every C-STORE response while a handler bound to EVT_DIMSE_SENT may want to
+see it (one not marked ``ignores_store_responses``).
 """
 from __future__ import annotations
 
@@ -30,12 +32,14 @@ import select
 import socket
 import struct
 import threading
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+_Handler = TypeVar("_Handler", bound=Callable)
 
 #: The longest either loop waits for work before its other checks (seconds).
 WAIT = 0.01
@@ -153,49 +157,79 @@ _C_STORE_RSP = 0x8001
 _NO_DATA_SET = 0x0101
 
 
-def _ui(group_element: int, uid: str) -> bytes:
-    """One UI element, Implicit VR Little Endian, padded with NUL to an even length (PS3.5 6.2)."""
-    value = uid.encode("ascii")
-    if len(value) % 2:
-        value += b"\0"
+def _element(group_element: int, value: bytes) -> bytes:
+    """One element, Implicit VR Little Endian (PS3.5 7.1.3)."""
     return struct.pack("<HHI", group_element >> 16, group_element & 0xFFFF, len(value)) + value
 
 
+def _ui(group_element: int, uid: str) -> bytes:
+    """A UI element, padded with NUL to an even length (PS3.5 6.2)."""
+    value = uid.encode("ascii")
+    return _element(group_element, value + b"\0" if len(value) % 2 else value)
+
+
+def _lo(group_element: int, text: str) -> bytes:
+    """An LO element in the default repertoire, padded with a space to an even length (PS3.5 6.2)."""
+    value = text.encode("ascii")
+    return _element(group_element, value + b" " if len(value) % 2 else value)
+
+
 def _us(group_element: int, value: int) -> bytes:
-    return struct.pack("<HHIH", group_element >> 16, group_element & 0xFFFF, 2, value)
+    return _element(group_element, struct.pack("<H", value))
 
 
 def encode_store_response(primitive: C_STORE) -> bytes | None:
     """The command set of a plain C-STORE response, or None when pynetdicom must encode it.
 
-    Plain: the UIDs, message id and status set, no Error Comment or Offending Element.
+    Plain: the UIDs, message id and status set, an Error Comment at most (the warning a
+    de-identified instance gets), no Offending Element.
     """
     sop_class, sop_instance = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
     responding_to, status = primitive.MessageIDBeingRespondedTo, primitive.Status
+    comment = primitive.ErrorComment
     if (sop_class is None or sop_instance is None or responding_to is None or status is None
-            or primitive.ErrorComment is not None or primitive.OffendingElement is not None):
+            or primitive.OffendingElement is not None):
         return None
     try:
-        body = b"".join((_ui(0x00000002, sop_class), _us(0x00000100, _C_STORE_RSP),
-                         _us(0x00000120, responding_to), _us(0x00000800, _NO_DATA_SET),
-                         _us(0x00000900, status), _ui(0x00001000, sop_instance)))
+        elements = [_ui(0x00000002, sop_class), _us(0x00000100, _C_STORE_RSP),
+                    _us(0x00000120, responding_to), _us(0x00000800, _NO_DATA_SET), _us(0x00000900, status)]
+        if comment is not None:
+            elements.append(_lo(0x00000902, comment))
+        elements.append(_ui(0x00001000, sop_instance))
     except (UnicodeEncodeError, struct.error):  # not ASCII, or out of range: pynetdicom says what is wrong
         return None
+    body = b"".join(elements)
     return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body
+
+
+def ignores_store_responses(handler: _Handler) -> _Handler:
+    """Mark an EVT_DIMSE_SENT handler that has nothing to do with C-STORE responses.
+
+    A response sent by ``send_store_responses_directly`` fires no EVT_DIMSE_SENT (the
+    event hands out pynetdicom's message object, which is never made), so it is sent
+    directly only while every handler bound to that event is marked so.
+    """
+    handler.ignores_store_responses = True
+    return handler
+
+
+def _store_responses_unwatched(assoc: Any) -> bool:
+    return all(getattr(handler, "ignores_store_responses", False)
+               for handler, _ in assoc.get_handlers(evt.EVT_DIMSE_SENT))
 
 
 def send_store_responses_directly(assoc: Any) -> None:
     """Send plain C-STORE responses encoded by ``encode_store_response`` (module docstring).
 
-    Only while nothing is bound to EVT_DIMSE_SENT (that event hands out pynetdicom's
-    message object) and the command fits in one PDU (a few hundred bytes; the smallest
-    PDU a peer may ask for is larger).
+    Only while no EVT_DIMSE_SENT handler wants them (``ignores_store_responses``) and
+    the command fits in one PDU (a few hundred bytes; the smallest PDU a peer may ask
+    for is larger).
     """
     dimse = assoc.dimse
     encode_and_send = dimse.send_msg
 
     def send_msg(primitive: Any, context_id: int) -> None:
-        if isinstance(primitive, C_STORE) and not assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        if isinstance(primitive, C_STORE) and _store_responses_unwatched(assoc):
             command = encode_store_response(primitive)
             limit = dimse.maximum_pdu_size
             if command is not None and (not limit or len(command) + 6 <= limit):
