@@ -16,7 +16,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 
 from .documents import ANN_SOP_CLASS, QIDO_KEYS, SEG_SOP_CLASS, WSI_SOP_CLASS
 from .documents import _age_years as age_years
@@ -100,8 +103,71 @@ class InstanceParts:
 def instance_parts(ds: Dataset, memo: bool = False) -> InstanceParts:
     """Read everything the document needs from one header (only these elements get parsed).
 
-    ``memo``: the header is the catalog's, read-only, its sequences shared (``_of_sequence``).
+    ``memo``: the header is the catalog's, read-only, its sequences shared (``_of_sequence``);
+    a header whose elements read here have the bytes of an earlier one's gets its parts
+    (``_parts_key``) without converting any of them.
     """
+    key = _parts_key(ds) if memo else None
+    if key is None:
+        return _read_parts(ds, memo)
+    with _memo_lock:
+        hit = _parts_memo.get(key[0])
+        if hit is not None and all(a is b for a, b in zip(hit[0], key[1])):
+            _parts_memo.move_to_end(key[0])
+            return hit[1]
+    parts = _read_parts(ds, memo)
+    with _memo_lock:
+        _parts_memo[key[0]] = (key[1], parts)
+        while len(_parts_memo) > PARTS_MEMO:
+            _parts_memo.popitem(last=False)
+    return parts
+
+
+#: Every top-level element ``_read_parts`` reads (tests/test_index_parts.py checks it reads no other).
+READ_KEYWORDS = (
+    "SpecificCharacterSet", "SOPClassUID", "ImageType", "TotalPixelMatrixColumns", "TotalPixelMatrixRows",
+    "SharedFunctionalGroupsSequence", "PixelSpacing", "ReferencedSeriesSequence", "ContainerIdentifier",
+    "ContainerTypeCodeSequence", "SpecimenDescriptionSequence", "OpticalPathSequence", "AnnotationGroupSequence",
+    "SegmentSequence", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "PatientSex", "PatientAge",
+    "PatientSpeciesCodeSequence", "StudyDate", "StudyDescription", "Modality", "SeriesDescription",
+    "BodyPartExamined", "Manufacturer", "ManufacturerModelName", "SoftwareVersions", *(k for k, _ in QIDO_KEYS))
+_READ_TAGS = tuple(dict.fromkeys(BaseTag(tag_for_keyword(k)) for k in READ_KEYWORDS))
+
+#: Parts kept by the bytes of the elements they were read from, over every series the worker reads.
+PARTS_MEMO = 1024
+_parts_memo: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], InstanceParts]] = OrderedDict()
+
+
+def _parts_key(ds: Dataset) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """(key, pinned): what ``_read_parts(ds)`` depends on, as the raw bytes of the elements it reads
+    (with the dataset's encoding) and the sequences Catalog._share_sequences shares, by identity
+    (``pinned`` holds them, so their ids are not reused while the entry lives).
+
+    The instances of a series mostly differ only in elements the document does not read (SOP
+    Instance UID, instance number), and converting the ~50 that it does was most of what a
+    small instance cost the worker. None when an element is converted already or left on disk:
+    those are read. The values are the stored (de-identified) header's, as the parts hold them.
+    """
+    elements = ds._dict
+    key: list[Any] = [ds.original_encoding, str(ds.original_character_set)]
+    pinned = []
+    for tag in _READ_TAGS:
+        elem = elements.get(tag)
+        if elem is None:
+            key.append(None)
+        elif isinstance(elem, RawDataElement):
+            if elem.value is None:
+                return None
+            key.append((elem.VR, elem.value))
+        elif elem.VR == "SQ":
+            key.append(id(elem))
+            pinned.append(elem)
+        else:
+            return None
+    return tuple(key), tuple(pinned)
+
+
+def _read_parts(ds: Dataset, memo: bool) -> InstanceParts:
     sop_class = str(ds.get("SOPClassUID") or "")
     flavor = level = None
     if sop_class == WSI_SOP_CLASS:

@@ -1,0 +1,115 @@
+"""The index worker's memo of instance parts (indexer/parts.py ``_parts_key``): a header read from a
+stored file gets the parts that reading it gives, and the worker's documents stay those built
+from the catalog's DICOM JSON (where nothing is memoized)."""
+from __future__ import annotations
+
+import copy
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from es_node import store_series
+from indexer import parts
+from indexer.embedded import EmbeddedIndex
+from indexer.state import IndexState
+from indexer.synthetic import annotation_headers, code, slide_headers
+from indexer.worker import IndexWorker
+
+
+class _Recording(Dataset):
+    """A header that notes every top-level element asked of it."""
+
+    def __init__(self, ds: Dataset, seen: set[int]):
+        super().__init__()
+        self._dict.update(ds._dict)
+        object.__setattr__(self, "_seen", seen)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            self._seen.add(int(key))
+        return super().__getitem__(key)
+
+
+def _headers() -> list[Dataset]:
+    """Slides, their annotations, a segmentation, and copies that differ in one element read."""
+    slide = slide_headers(0, seed=3)
+    seg = copy.deepcopy(slide[0])
+    seg.SOPClassUID, seg.SOPInstanceUID = parts.SEG_SOP_CLASS, generate_uid()
+    segment = Dataset()
+    segment.SegmentLabel, segment.SegmentNumber, segment.SegmentAlgorithmName = "tumour", 1, "SegNet"
+    segment.SegmentedPropertyTypeCodeSequence = [code("SCT", "108369006", "Tumor")]
+    seg.SegmentSequence = [segment]
+    seg.ReferencedSeriesSequence = [Dataset()]
+    seg.ReferencedSeriesSequence[0].SeriesInstanceUID = slide[0].SeriesInstanceUID
+    out = [*slide, *slide_headers(1, seed=4), *annotation_headers(slide, 1), seg]
+    for keyword, value in (("PatientAge", "041Y"), ("SeriesDescription", "another"), ("Manufacturer", "Other"),
+                           ("StudyDate", "20200102"), ("PatientSex", "F"), ("AccessionNumber", "A2")):
+        twin = copy.deepcopy(slide[0])
+        setattr(twin, keyword, value)
+        twin.SOPInstanceUID = generate_uid()
+        out.append(twin)
+    for _ in range(3):  # copies the memo answers
+        twin = copy.deepcopy(slide[0])
+        twin.SOPInstanceUID, twin.InstanceNumber = generate_uid(), 99
+        out.append(twin)
+    return out
+
+
+def test_parts_read_no_top_level_element_outside_the_memo_key():
+    seen: set[int] = set()
+    for ds in _headers():
+        parts._read_parts(_Recording(ds, seen), memo=False)
+    keys = {int(t) for t in parts._READ_TAGS}
+    assert seen and seen <= keys, sorted(pydicom.datadict.keyword_for_tag(t) for t in seen - keys)
+
+
+def _stored(tmp_path, headers: list[Dataset]):
+    """A catalog of these headers with each written as its stored file (as serve reads them)."""
+    from archive.catalog import Catalog
+
+    files = tmp_path / "files"
+    files.mkdir()
+    for ds in headers:
+        ds = copy.deepcopy(ds)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.save_as(files / f"sid-{ds.SOPInstanceUID}", enforce_file_format=True)
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    store_series(catalog, headers)
+    return catalog, Catalog(tmp_path / "catalog.sqlite", lambda sid: files / sid), files
+
+
+def test_memoized_parts_equal_the_parts_of_the_file(tmp_path):
+    headers = _headers()
+    plain, from_files, files = _stored(tmp_path, headers)
+    parts._parts_memo.clear()
+    try:
+        for ds in headers:
+            got = parts.instance_parts(from_files.instance_header(ds.SOPInstanceUID, f"sid-{ds.SOPInstanceUID}"),
+                                       memo=True)
+            assert got == parts.instance_parts(pydicom.dcmread(files / f"sid-{ds.SOPInstanceUID}"))
+        assert 0 < len(parts._parts_memo) <= len(headers) - 3  # the three copies were answered by the memo
+    finally:
+        plain.close()
+        from_files.close()
+
+
+def test_worker_documents_from_files_equal_those_from_the_catalog_json(tmp_path):
+    headers = _headers()
+    plain, from_files, _ = _stored(tmp_path, headers)
+    docs = []
+    try:
+        for name, catalog in (("json", plain), ("files", from_files)):
+            index = EmbeddedIndex(tmp_path / f"{name}.sqlite")
+            state = IndexState(tmp_path / f"{name}-state.sqlite")
+            IndexWorker(catalog, index, state, batch_size=1).catch_up()
+            docs.append({uid: index.get(uid) for uid in {ds.SeriesInstanceUID for ds in headers}})
+            index.close()
+            state.close()
+        assert docs[0] == docs[1]
+        assert all(docs[0].values())
+    finally:
+        plain.close()
+        from_files.close()
