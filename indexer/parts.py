@@ -14,12 +14,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from pathlib import Path
+from struct import unpack_from
+from typing import Any, Callable, Iterable
 
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from .documents import ANN_SOP_CLASS, QIDO_KEYS, SEG_SOP_CLASS, WSI_SOP_CLASS
 from .documents import _age_years as age_years
@@ -165,6 +168,94 @@ def _parts_key(ds: Dataset) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
         else:
             return None
     return tuple(key), tuple(pinned)
+
+
+#: How much of a stored file ``_file_key`` reads: the elements the document reads come before the
+#: pixel data, and a header longer than this is read by pydicom instead.
+FILE_KEY_BYTES = 64 * 1024
+_MAX_READ_TAG = max(_READ_TAGS)
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+_file_memo: OrderedDict[tuple[Any, ...], InstanceParts] = OrderedDict()
+
+
+def stored_parts(path: Path | None, header: Callable[[], Dataset | None]) -> InstanceParts | None:
+    """The parts of a stored instance (None: its header is gone), ``header()`` parsed only when no
+    earlier file had the same bytes in every element the parts are read from (``_file_key``).
+
+    Parsing the header (pydicom, ~80 elements) was most of the worker's CPU per small instance once
+    the parts were memoized; scanning the file's bytes for the elements read costs a fraction of
+    that. A storage id names one immutable file (archive/storage), so its bytes are its header's.
+    """
+    key = _file_key(path) if path is not None else None
+    if key is not None:
+        with _memo_lock:
+            hit = _file_memo.get(key)
+            if hit is not None:
+                _file_memo.move_to_end(key)
+                return hit
+    ds = header()
+    if ds is None:
+        return None
+    parts = instance_parts(ds, memo=True)
+    if key is not None:
+        with _memo_lock:
+            _file_memo[key] = parts
+            while len(_file_memo) > PARTS_MEMO:
+                _file_memo.popitem(last=False)
+    return parts
+
+
+def _file_key(path: Path) -> tuple[Any, ...] | None:
+    """The transfer syntax and the (VR, bytes) of each element ``_read_parts`` reads, from a Part 10
+    file's top level; None unless the file is plainly what this scan understands (explicit VR
+    little endian, not deflated, defined lengths up to the last element read, within FILE_KEY_BYTES)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(FILE_KEY_BYTES)
+    except OSError:
+        return None
+    if data[128:132] != b"DICM":
+        return None
+    size, pos, syntax = len(data), 132, None
+    found: dict[int, tuple[bytes, bytes]] = {}
+    while True:
+        if pos + 8 > size:
+            if size == FILE_KEY_BYTES or pos != size:
+                return None  # cut off by the read, or a torn element
+            break
+        group, number = unpack_from("<HH", data, pos)
+        tag = group << 16 | number
+        if group != 2 and syntax is None:
+            syntax = _explicit_little_endian(found.get(0x00020010))
+            if syntax is None:
+                return None
+        if group != 2 and tag > _MAX_READ_TAG:
+            break
+        vr = data[pos + 4:pos + 6]
+        if not (vr.isalpha() and vr.isupper()):
+            return None
+        if vr in _LONG_VRS:
+            length, start = unpack_from("<L", data, pos + 8)[0], pos + 12
+        else:
+            length, start = unpack_from("<H", data, pos + 6)[0], pos + 8
+        end = start + length
+        if length == 0xFFFFFFFF or end > size:
+            return None
+        found[tag] = (vr, data[start:end])
+        pos = end
+    if syntax is None:
+        return None
+    return (syntax, *(found.get(tag) for tag in _READ_TAGS))
+
+
+def _explicit_little_endian(element: tuple[bytes, bytes] | None) -> str | None:
+    """The file meta's transfer syntax UID when its dataset is explicit VR little endian, not deflated."""
+    if element is None:
+        return None
+    uid = UID(element[1].rstrip(b"\0 ").decode("ascii", "replace"))
+    if not uid.is_transfer_syntax or uid.is_implicit_VR or not uid.is_little_endian or uid.is_deflated:
+        return None
+    return str(uid)
 
 
 def _read_parts(ds: Dataset, memo: bool) -> InstanceParts:

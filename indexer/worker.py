@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Iterable
 
 from archive.auth.access import SYSTEM
@@ -27,7 +28,7 @@ from .base import Index, IndexUnavailable
 #: Seconds a node holds the outbox between renewals; a dead holder's work resumes elsewhere after this.
 LEASE_SECONDS = 15.0
 from .documents import ANN_SOP_CLASS, SEG_SOP_CLASS, apply_study_row, build_document
-from .parts import SeriesParts, instance_parts
+from .parts import SeriesParts, stored_parts
 from .state import IndexState, lease_name, open_state
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,8 @@ class DocumentSource:
             if pk in known:
                 into.add(pk, known[pk])
             else:
-                header = self.catalog.instance_header(sop_uid, storage_id)
-                into.add(pk, instance_parts(header, memo=True) if header is not None else None)
+                into.add(pk, stored_parts(self.catalog.stored_path(storage_id),
+                                          partial(self.catalog.instance_header, sop_uid, storage_id)))
 
     def _keep(self, series_uid: str, parts: SeriesParts) -> SeriesParts:
         self._series[series_uid] = parts

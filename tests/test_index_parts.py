@@ -1,13 +1,13 @@
-"""The index worker's memo of instance parts (indexer/parts.py ``_parts_key``): a header read from a
-stored file gets the parts that reading it gives, and the worker's documents stay those built
-from the catalog's DICOM JSON (where nothing is memoized)."""
+"""The index worker's memos of instance parts (indexer/parts.py ``_parts_key``, ``_file_key``): a
+stored instance gets the parts that reading its file gives, and the worker's documents stay those
+built from the catalog's DICOM JSON (where nothing is memoized)."""
 from __future__ import annotations
 
 import copy
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from es_node import store_series
 from indexer import parts
@@ -64,6 +64,14 @@ def test_parts_read_no_top_level_element_outside_the_memo_key():
     assert seen and seen <= keys, sorted(pydicom.datadict.keyword_for_tag(t) for t in seen - keys)
 
 
+def _write(ds: Dataset, path, syntax: str = ExplicitVRLittleEndian) -> None:
+    ds = copy.deepcopy(ds)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
 def _stored(tmp_path, headers: list[Dataset]):
     """A catalog of these headers with each written as its stored file (as serve reads them)."""
     from archive.catalog import Catalog
@@ -71,11 +79,7 @@ def _stored(tmp_path, headers: list[Dataset]):
     files = tmp_path / "files"
     files.mkdir()
     for ds in headers:
-        ds = copy.deepcopy(ds)
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
-        ds.save_as(files / f"sid-{ds.SOPInstanceUID}", enforce_file_format=True)
+        _write(ds, files / f"sid-{ds.SOPInstanceUID}")
     catalog = Catalog(tmp_path / "catalog.sqlite")
     store_series(catalog, headers)
     return catalog, Catalog(tmp_path / "catalog.sqlite", lambda sid: files / sid), files
@@ -113,3 +117,42 @@ def test_worker_documents_from_files_equal_those_from_the_catalog_json(tmp_path)
     finally:
         plain.close()
         from_files.close()
+
+
+def test_file_memo_parses_a_header_only_for_new_bytes(tmp_path):
+    headers = _headers()
+    plain, from_files, files = _stored(tmp_path, headers)
+    parts._file_memo.clear()
+    parsed = []
+
+    def header(ds: Dataset) -> Dataset | None:
+        parsed.append(ds.SOPInstanceUID)
+        return from_files.instance_header(ds.SOPInstanceUID, f"sid-{ds.SOPInstanceUID}")
+
+    try:
+        for ds in headers:
+            path = from_files.stored_path(f"sid-{ds.SOPInstanceUID}")
+            got = parts.stored_parts(path, lambda: header(ds))
+            assert got == parts.instance_parts(pydicom.dcmread(path))
+        assert len(parsed) == len(headers) - 3  # the three copies were not parsed
+        assert parts.stored_parts(tmp_path / "gone", lambda: None) is None
+    finally:
+        plain.close()
+        from_files.close()
+
+
+def test_file_key_only_for_files_the_scan_reads_as_pydicom_does(tmp_path):
+    ds = _headers()[0]
+    _write(ds, tmp_path / "plain")
+    assert parts._file_key(tmp_path / "plain") is not None
+    _write(ds, tmp_path / "implicit", ImplicitVRLittleEndian)
+    _write(ds, tmp_path / "deflated", DeflatedExplicitVRLittleEndian)
+    undefined = copy.deepcopy(ds)
+    undefined["OpticalPathSequence"].is_undefined_length = True
+    _write(undefined, tmp_path / "undefined")
+    (tmp_path / "cut").write_bytes((tmp_path / "plain").read_bytes()[:400])
+    (tmp_path / "other").write_bytes(b"\0" * 200)
+    for name in ("implicit", "deflated", "undefined", "cut", "other", "missing"):
+        assert parts._file_key(tmp_path / name) is None, name
+    assert parts.stored_parts(tmp_path / "implicit", lambda: pydicom.dcmread(tmp_path / "implicit")) \
+        == parts.instance_parts(pydicom.dcmread(tmp_path / "plain"))

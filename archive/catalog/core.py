@@ -626,6 +626,10 @@ class Catalog:
             return 0, []
         return rows[0][0], [(pk, sop, storage_id) for _, pk, sop, storage_id in rows if pk is not None]
 
+    def stored_path(self, storage_id: str) -> Path | None:
+        """The local file of a stored instance, when the catalog reads headers from files."""
+        return self._stored_file(storage_id) if self._stored_file is not None else None
+
     def instance_header(self, sop_uid: str, storage_id: str) -> Dataset | None:
         """One instance's header without bulk values, not cached (None when it is gone meanwhile)."""
         return self._stored_header(sop_uid, storage_id)
