@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from struct import unpack_from
 from typing import Any, Callable, Iterable
@@ -226,7 +227,7 @@ def _file_key(path: Path) -> tuple[Any, ...] | None:
         group, number = unpack_from("<HH", data, pos)
         tag = group << 16 | number
         if group != 2 and syntax is None:
-            syntax = _explicit_little_endian(found.get(0x00020010))
+            syntax = _explicit_little_endian(found.get(0x00020010, (b"", b""))[1])
             if syntax is None:
                 return None
         if group != 2 and tag > _MAX_READ_TAG:
@@ -248,11 +249,11 @@ def _file_key(path: Path) -> tuple[Any, ...] | None:
     return (syntax, *(found.get(tag) for tag in _READ_TAGS))
 
 
-def _explicit_little_endian(element: tuple[bytes, bytes] | None) -> str | None:
-    """The file meta's transfer syntax UID when its dataset is explicit VR little endian, not deflated."""
-    if element is None:
-        return None
-    uid = UID(element[1].rstrip(b"\0 ").decode("ascii", "replace"))
+@lru_cache(maxsize=64)
+def _explicit_little_endian(raw: bytes) -> str | None:
+    """The file meta's transfer syntax UID (its raw value) when its dataset is explicit VR little
+    endian, not deflated; cached: a few syntaxes, asked once per stored file."""
+    uid = UID(raw.rstrip(b"\0 ").decode("ascii", "replace"))
     if not uid.is_transfer_syntax or uid.is_implicit_VR or not uid.is_little_endian or uid.is_deflated:
         return None
     return str(uid)
