@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from struct import unpack_from
+from struct import Struct
 from typing import Any, Callable, Iterable
 
 from pydicom.datadict import tag_for_keyword
@@ -24,6 +24,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import VR
 
 from .documents import ANN_SOP_CLASS, QIDO_KEYS, SEG_SOP_CLASS, WSI_SOP_CLASS
 from .documents import _age_years as age_years
@@ -137,8 +138,10 @@ READ_KEYWORDS = (
     "BodyPartExamined", "Manufacturer", "ManufacturerModelName", "SoftwareVersions", *(k for k, _ in QIDO_KEYS))
 _READ_TAGS = tuple(dict.fromkeys(BaseTag(tag_for_keyword(k)) for k in READ_KEYWORDS))
 
-#: Parts kept by the bytes of the elements they were read from, over every series the worker reads.
-PARTS_MEMO = 1024
+#: Parts kept by the bytes of the elements they were read from, over every series the worker reads
+#: (in each memo); a header whose key would hold more than MEMO_KEY_BYTES is read, not kept.
+PARTS_MEMO = 256
+MEMO_KEY_BYTES = 16 * 1024
 _parts_memo: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], InstanceParts]] = OrderedDict()
 
 
@@ -155,12 +158,16 @@ def _parts_key(ds: Dataset) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
     elements = ds._dict
     key: list[Any] = [ds.original_encoding, str(ds.original_character_set)]
     pinned = []
+    kept = 0
     for tag in _READ_TAGS:
         elem = elements.get(tag)
         if elem is None:
             key.append(None)
         elif isinstance(elem, RawDataElement):
             if elem.value is None:
+                return None
+            kept += len(elem.value)
+            if kept > MEMO_KEY_BYTES:
                 return None
             key.append((elem.VR, elem.value))
         elif elem.VR == "SQ":
@@ -176,6 +183,11 @@ def _parts_key(ds: Dataset) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
 FILE_KEY_BYTES = 64 * 1024
 _MAX_READ_TAG = max(_READ_TAGS)
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+_SHORT_VRS = frozenset(vr.value.encode() for vr in VR if len(vr.value) == 2) - _LONG_VRS
+_TRANSFER_SYNTAX = 0x00020010
+_KEY_TAGS = frozenset((*_READ_TAGS, _TRANSFER_SYNTAX))
+_ELEMENT = Struct("<HH2sH")  # tag, explicit VR, and the length of a VR with a 2-byte length
+_LONG_LENGTH = Struct("<L")
 _file_memo: OrderedDict[tuple[Any, ...], InstanceParts] = OrderedDict()
 
 
@@ -217,32 +229,37 @@ def _file_key(path: Path) -> tuple[Any, ...] | None:
         return None
     if data[128:132] != b"DICM":
         return None
-    size, pos, syntax = len(data), 132, None
+    size, pos, syntax, kept = len(data), 132, None, 0
     found: dict[int, tuple[bytes, bytes]] = {}
     while True:
         if pos + 8 > size:
             if size == FILE_KEY_BYTES or pos != size:
                 return None  # cut off by the read, or a torn element
             break
-        group, number = unpack_from("<HH", data, pos)
+        group, number, vr, length = _ELEMENT.unpack_from(data, pos)
         tag = group << 16 | number
         if group != 2 and syntax is None:
-            syntax = _explicit_little_endian(found.get(0x00020010, (b"", b""))[1])
+            syntax = _explicit_little_endian(found.get(_TRANSFER_SYNTAX, (b"", b""))[1])
             if syntax is None:
                 return None
         if group != 2 and tag > _MAX_READ_TAG:
             break
-        vr = data[pos + 4:pos + 6]
-        if not (vr.isalpha() and vr.isupper()):
-            return None
         if vr in _LONG_VRS:
-            length, start = unpack_from("<L", data, pos + 8)[0], pos + 12
+            if pos + 12 > size:
+                return None
+            length, start = _LONG_LENGTH.unpack_from(data, pos + 8)[0], pos + 12
+        elif vr in _SHORT_VRS:
+            start = pos + 8
         else:
-            length, start = unpack_from("<H", data, pos + 6)[0], pos + 8
+            return None
         end = start + length
         if length == 0xFFFFFFFF or end > size:
             return None
-        found[tag] = (vr, data[start:end])
+        if tag in _KEY_TAGS:
+            kept += length
+            if kept > MEMO_KEY_BYTES:
+                return None
+            found[tag] = (vr, data[start:end])
         pos = end
     if syntax is None:
         return None

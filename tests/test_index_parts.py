@@ -150,9 +150,20 @@ def test_file_key_only_for_files_the_scan_reads_as_pydicom_does(tmp_path):
     undefined = copy.deepcopy(ds)
     undefined["OpticalPathSequence"].is_undefined_length = True
     _write(undefined, tmp_path / "undefined")
-    (tmp_path / "cut").write_bytes((tmp_path / "plain").read_bytes()[:400])
+    long = copy.deepcopy(ds)
+    long.SpecimenDescriptionSequence[0].SpecimenDetailedDescription = "x" * parts.MEMO_KEY_BYTES
+    _write(long, tmp_path / "long")
+    plain = (tmp_path / "plain").read_bytes()
+    for n in range(130, len(plain), 7):  # cut at an element's end, the file is as pydicom reads it
+        cut = tmp_path / f"cut{n}"
+        cut.write_bytes(plain[:n])
+        if parts._file_key(cut) is not None:
+            got = parts.stored_parts(cut, lambda cut=cut: pydicom.dcmread(cut))
+            assert got == parts.instance_parts(pydicom.dcmread(cut)), n
     (tmp_path / "other").write_bytes(b"\0" * 200)
-    for name in ("implicit", "deflated", "undefined", "cut", "other", "missing"):
+    for name in ("implicit", "deflated", "undefined", "long", "other", "missing"):
         assert parts._file_key(tmp_path / name) is None, name
+    assert parts.stored_parts(tmp_path / "long", lambda: pydicom.dcmread(tmp_path / "long")) \
+        == parts.instance_parts(pydicom.dcmread(tmp_path / "long"))
     assert parts.stored_parts(tmp_path / "implicit", lambda: pydicom.dcmread(tmp_path / "implicit")) \
         == parts.instance_parts(pydicom.dcmread(tmp_path / "plain"))
