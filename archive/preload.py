@@ -33,7 +33,7 @@ MODULES = (
 def preload() -> None:
     """Import MODULES and load the tables the first ingest needs (Ingest.warm_up), then freeze the collector.
 
-    The whole-slide IOD table is loaded whether or not a de-identification policy is on
+    The whole-slide IOD table and the rule table are loaded whether or not a de-identification policy is on
     (the default profile is): 4 MB, shared."""
     from archive.server import quiet_libraries
 
@@ -46,7 +46,9 @@ def preload() -> None:
     from archive.ingest import storage_sop_classes
     from archive.results.slide_levels import WSI_CLASS
     from deid.iod import iod_types
+    from deid.table import load_table
 
     storage_sop_classes()
     iod_types(WSI_CLASS)
+    load_table()
     gc.freeze()
