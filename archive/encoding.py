@@ -25,7 +25,13 @@ def mark_unchanged(ds: Dataset) -> None:
     current = ds._character_set
     if read_as != current and _charsets(read_as) == _charsets(current) and None not in ds.original_encoding:
         ds.set_original_encoding(*ds.original_encoding, current)
-    for elem in ds.elements():
+    # The element table itself, not Dataset.elements(): that sorts the tags and converts each
+    # one (a Python call per element); only a deferred value needs reading, as it would there.
+    for tag, elem in list(ds._dict.items()):
+        if isinstance(elem, RawDataElement):
+            if elem.value is not None:
+                continue
+            elem = ds.get_item(tag)
         if not isinstance(elem, RawDataElement) and elem.VR == "SQ":
             for item in elem.value:
                 mark_unchanged(item)

@@ -343,7 +343,7 @@ def _place(src: Path, dst: Path, owned: bool) -> None:
 def _split_at_pixel_data(ds: Dataset) -> tuple[Dataset, Dataset]:
     """(the elements before the pixel data, with the file meta; those after it)."""
     first = min(PIXEL_DATA_TAGS)
-    if not any(tag >= first for tag in ds.keys()):
+    if not ds._dict or max(map(int, ds._dict)) < first:  # plain ints: a Python compare per tag otherwise
         return ds, Dataset()
     before, after = Dataset(), Dataset()
     # As read: writing then copies the unchanged elements instead of re-encoding them.

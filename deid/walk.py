@@ -236,8 +236,12 @@ def walk(ds: Dataset, ctx: Context, path: tuple[str, ...] = (), text_mode: str |
     # Same encoding as the source, so that writing copies raw elements instead of
     # decoding them (pydicom decodes everything when the encodings seem to differ).
     out.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    table = out._dict
     for new in kept:
-        out.add(new)
+        if new.tag >> 16 & 1 or (new.VR == "SQ" and not isinstance(new, RawDataElement)):
+            out.add(new)  # pydicom notes a private element's creator and a sequence's pixel representation
+        else:
+            table[BaseTag(new.tag)] = new  # all Dataset.add would do for any other element of a new data set
     return out
 
 
