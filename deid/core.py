@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread, dcmwrite
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from deid import seqcache
 from deid.errors import DeidentificationError, Dropped
 from deid.iod import iod_types
 from deid.options import BASIC_PROFILE_CODE, Option
@@ -30,7 +31,7 @@ from deid.slides import Area, decide, label_flag_after_blanking
 from deid.table import load_table
 from deid.uids import Pseudonymizer
 from deid.vault import LinkVault, load_public_key
-from deid.walk import Context, _vr_of, walk
+from deid.walk import Context, _charset, _vr_of, walk
 
 _TEXTUAL_VRS = frozenset({"PN", "LO", "SH", "DA", "AE", "ST", "LT", "UT", "UC"})
 _SMALL_SEQUENCE = 16  # term collection skips big (per-frame) sequences: they hold no names
@@ -105,6 +106,45 @@ def _method_attributes(out: Dataset, options: frozenset[Option], blanked: bool) 
     codes.sort()
     out.PatientIdentityRemoved = "YES"
     out.DeidentificationMethod = ["PS3.15 E.1 " + BASIC_PROFILE_CODE[1]] + [m for c, m in codes[1:]]
+    if _METHOD_CODE_SEQUENCE in out._dict:  # a received one, kept: its element takes the new items, as it always did
+        out.DeidentificationMethodCodeSequence = _code_sequence(tuple(codes)).value
+    else:
+        out[_METHOD_CODE_SEQUENCE] = _method_codes(tuple(codes), out)
+    if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
+        out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    elif Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
+        out.LongitudinalTemporalInformationModified = "MODIFIED"
+    else:
+        out.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+_METHOD_CODE_SEQUENCE = 0x00120064
+#: De-identification Method Code Sequences already encoded, by (codes, encoding, character set):
+#: a handful (one per set of options), holding standard codes only.
+_METHOD_CODES: dict[tuple, RawDataElement] = {}
+
+
+def _method_codes(codes: tuple[tuple[str, str], ...], out: Dataset) -> DataElement | RawDataElement:
+    """The De-identification Method Code Sequence of ``codes``: encoded once per set of options
+    in ``out``'s encoding, as deid.seqcache keeps sequences (building its items was a tenth of
+    de-identifying a small instance); parsed when that encoding is not little endian."""
+    implicit, little = out.original_encoding
+    charset = _charset(out)
+    key = (codes, implicit, little, repr(charset))  # repr: the value may be a list, or None
+    found = _METHOD_CODES.get(key)
+    if found is not None:
+        return found
+    elem = _code_sequence(codes)
+    if little is not True or implicit is None:
+        return elem
+    found = seqcache.as_raw(elem, charset, bool(implicit), True)
+    if len(_METHOD_CODES) < 64:
+        _METHOD_CODES[key] = found
+    return found
+
+
+def _code_sequence(codes: tuple[tuple[str, str], ...]) -> DataElement:
+    """The De-identification Method Code Sequence of ``codes`` (DCM), parsed."""
     items = []
     for value, meaning in codes:
         item = Dataset()
@@ -112,13 +152,7 @@ def _method_attributes(out: Dataset, options: frozenset[Option], blanked: bool) 
         item.CodingSchemeDesignator = "DCM"
         item.CodeMeaning = meaning
         items.append(item)
-    out.DeidentificationMethodCodeSequence = Sequence(items)
-    if Option.RETAIN_LONGITUDINAL_FULL_DATES in options:
-        out.LongitudinalTemporalInformationModified = "UNMODIFIED"
-    elif Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
-        out.LongitudinalTemporalInformationModified = "MODIFIED"
-    else:
-        out.LongitudinalTemporalInformationModified = "REMOVED"
+    return DataElement(_METHOD_CODE_SEQUENCE, "SQ", Sequence(items))
 
 
 def _file_meta(header: Dataset, out: Dataset) -> FileMetaDataset:

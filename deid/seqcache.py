@@ -100,9 +100,13 @@ def encoded(new: DataElement, received: RawDataElement, charset: Any) -> RawData
     Encoded as pydicom's element writer would (archive.headerwrite), so the stored bytes
     are exactly those of writing the parsed sequence; the writer copies a raw element as it is.
     """
+    return as_raw(new, charset, bool(received.is_implicit_VR), bool(received.is_little_endian))
+
+
+def as_raw(new: DataElement, charset: Any, implicit: bool, little: bool) -> RawDataElement:
+    """The parsed sequence ``new`` as the raw element the writer would have produced for it."""
     for item in new.value:
         mark_unchanged(item)  # as archive.ingest does before writing: raw elements copied, not re-encoded
-    implicit, little = bool(received.is_implicit_VR), bool(received.is_little_endian)
     data = encode_element(new, charset, implicit, little)
     head = 8 if implicit else 12  # tag, (VR, reserved,) 4-byte length
     length = struct.unpack_from("<I" if little else ">I", data, head - 4)[0]

@@ -2,14 +2,19 @@
 own ways build: the same elements in the same tables, the same values read."""
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 
+from archive import dicomjson
 from archive.dicomfile import read_header
 from archive.encoding import mark_unchanged
-from deid import Policy, deidentify, seqcache
+from archive.ingest import Ingest
+from deid import Policy, core, deidentify, seqcache
 from test_deid_seqcache import FILES, POLICIES
 from test_deid_trailing import COEFFICIENTS_SDVN, make_input
 from test_headerwrite import with_private_and_undefined_lengths
@@ -50,3 +55,40 @@ def test_mark_unchanged_reads_a_deferred_value_as_dataset_elements_did(tmp_path:
     out.ContentSequence[0].set_original_encoding(False, True, ["iso8859"])
     mark_unchanged(out)
     assert out.ContentSequence[0].original_character_set == out.ContentSequence[0]._character_set
+
+
+def _stored(path: Path, policy: Policy, out: Path) -> tuple[bytes, str]:
+    """Stored bytes and the DICOM JSON the catalog gets, with a cold sequence cache."""
+    seqcache.CACHE.clear()
+    stored, _, _ = Ingest(None, None)._deidentify(path, read_header(path), policy, out, owned=False)
+    return out.read_bytes(), json.dumps(dicomjson.to_json(stored), sort_keys=True)
+
+
+def _inputs(tmp_path: Path) -> list[Path]:
+    """The reference objects, in explicit and implicit VR with private and undefined-length
+    sequences, and one that already carries an undefined-length method code sequence."""
+    paths = list(FILES)
+    for path in FILES:
+        for implicit in (False, True):
+            paths.append(with_private_and_undefined_lengths(path, tmp_path / f"{implicit}-{path.name}", implicit))
+    ds = pydicom.dcmread(FILES[0])
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethodCodeSequence = [Dataset()]
+    ds.DeidentificationMethodCodeSequence[0].CodeValue = "113100"
+    ds["DeidentificationMethodCodeSequence"].is_undefined_length = True
+    ds.save_as(tmp_path / "again.dcm", enforce_file_format=True)
+    return paths + [tmp_path / "again.dcm"]
+
+
+def test_the_encoded_method_code_sequence_stores_what_the_parsed_one_did(tmp_path: Path, monkeypatch):
+    paths = _inputs(tmp_path)
+    out = tmp_path / "out.dcm"
+    cached = {(p.name, n): _stored(p, policy, out) for p in paths for n, policy in POLICIES.items()}
+    assert core._METHOD_CODES
+    monkeypatch.setattr(core, "_method_codes", lambda codes, ds: core._code_sequence(codes))
+    parsed = {(p.name, n): _stored(p, policy, out) for p in paths for n, policy in POLICIES.items()}
+    seqcache.CACHE.clear()
+    assert cached == parsed
+    again = pydicom.dcmread(io.BytesIO(cached[("again.dcm", "basic")][0]))
+    assert again["DeidentificationMethodCodeSequence"].is_undefined_length  # the received element, new items
+    assert [item.CodeValue for item in again.DeidentificationMethodCodeSequence] == ["113100"]
