@@ -19,6 +19,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from deid import seqcache
@@ -159,15 +160,24 @@ def _file_meta(header: Dataset, out: Dataset) -> FileMetaDataset:
     """New file meta: same syntax and class, the new instance UID, no source AE titles."""
     old = getattr(header, "file_meta", None) or FileMetaDataset()
     meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = old.get("FileMetaInformationVersion", b"\x00\x01")
-    meta.MediaStorageSOPClassUID = out.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
-    meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID", "")
-    if "TransferSyntaxUID" in old:
-        meta.TransferSyntaxUID = old.TransferSyntaxUID
-    for kw in ("ImplementationClassUID", "ImplementationVersionName"):
-        if kw in old:
-            setattr(meta, kw, old.get(kw))
+    table = meta._dict  # by tag, as setting each keyword would (its lookups were most of the cost)
+
+    def put(tag: int, vr: str, value: Any) -> None:
+        table[BaseTag(tag)] = DataElement(tag, vr, value)
+
+    put(0x00020001, "OB", _get(old, 0x00020001, b"\x00\x01"))  # File Meta Information Version
+    media_class = _get(old, 0x00020002)
+    put(0x00020002, "UI", _get(out, 0x00080016, media_class))  # Media Storage SOP Class UID <- SOP Class UID
+    put(0x00020003, "UI", _get(out, 0x00080018, ""))  # Media Storage SOP Instance UID <- SOP Instance UID
+    for tag, vr in ((0x00020010, "UI"), (0x00020012, "UI"), (0x00020013, "SH")):  # syntax, implementation
+        if tag in old._dict:
+            put(tag, vr, _get(old, tag))
     return meta
+
+
+def _get(ds: Dataset, tag: int, default: Any = None) -> Any:
+    """``ds.get(keyword, default)`` by tag: the element's value (a raw one converted, as get does)."""
+    return ds[tag].value if tag in ds._dict else default
 
 
 @lru_cache(maxsize=16)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import BaseTag
 
 from archive import dicomjson
@@ -92,3 +92,33 @@ def test_the_encoded_method_code_sequence_stores_what_the_parsed_one_did(tmp_pat
     again = pydicom.dcmread(io.BytesIO(cached[("again.dcm", "basic")][0]))
     assert again["DeidentificationMethodCodeSequence"].is_undefined_length  # the received element, new items
     assert [item.CodeValue for item in again.DeidentificationMethodCodeSequence] == ["113100"]
+
+
+def _file_meta_by_keyword(header: Dataset, out: Dataset) -> FileMetaDataset:
+    """The new file meta as it was built before, keyword by keyword."""
+    old = getattr(header, "file_meta", None) or FileMetaDataset()
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = old.get("FileMetaInformationVersion", b"\x00\x01")
+    meta.MediaStorageSOPClassUID = out.get("SOPClassUID", old.get("MediaStorageSOPClassUID"))
+    meta.MediaStorageSOPInstanceUID = out.get("SOPInstanceUID", "")
+    if "TransferSyntaxUID" in old:
+        meta.TransferSyntaxUID = old.TransferSyntaxUID
+    for kw in ("ImplementationClassUID", "ImplementationVersionName"):
+        if kw in old:
+            setattr(meta, kw, old.get(kw))
+    return meta
+
+
+def test_the_file_meta_is_the_one_setting_each_keyword_built(tmp_path: Path):
+    headers = [read_header(p).dataset for p in _inputs(tmp_path)]
+    bare = Dataset()
+    bare.SOPClassUID = headers[0].SOPClassUID
+    partial = read_header(FILES[0]).dataset
+    del partial.file_meta.ImplementationVersionName, partial.file_meta.TransferSyntaxUID
+    for header in headers + [bare, partial]:
+        out = deidentify(read_header(FILES[0]).dataset, Policy(name="basic", key=b"k" * 32)).dataset
+        for source in (header, out):
+            ours, theirs = core._file_meta(header, source), _file_meta_by_keyword(header, source)
+            assert list(ours._dict.items()) == list(theirs._dict.items())
+            assert [(type(t), e.VR, type(e.value)) for t, e in ours._dict.items()] == \
+                [(type(t), e.VR, type(e.value)) for t, e in theirs._dict.items()]
