@@ -14,6 +14,8 @@ Choices where the standard leaves room (also in docs/deid.md):
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from deid.uids import Pseudonymizer
 
 TEXT_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "UR"})
@@ -46,6 +48,7 @@ _DEFINITIONAL = ("SOPClass", "TransferSyntax", "CodingScheme", "ContextUID", "Ma
                  "SegmentationTemplate", "ImplementationClass")
 
 
+@lru_cache(maxsize=4096)  # keywords of the dictionary (or a tag in hex): asked once per UI element
 def is_definitional_uid_keyword(keyword: str) -> bool:
     """True for UI attributes whose value identifies a definition, not an instance."""
     return any(part in keyword for part in _DEFINITIONAL)

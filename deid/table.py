@@ -6,7 +6,7 @@ has wildcards (curves 50xx, overlays 60xx, odd groups) become group rules.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Iterable
@@ -51,6 +51,18 @@ class ProfileTable:
     overlay_data: Rule | None  # (60xx,3000)
     overlay_comments: Rule | None  # (60xx,4000)
     private: Rule | None      # (gggg,eeee) gggg odd
+    #: Per set of options, every exact-tag row's action (actions()): the walk asks once per element.
+    _actions: dict[frozenset[Option], dict[int, str]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False)
+
+    def actions(self, options: frozenset[Option]) -> dict[int, str]:
+        """``Rule.action(options)`` of every exact-tag row, worked out once per set of options."""
+        found = self._actions.get(options)
+        if found is None:
+            found = {tag: rule.action(options) for tag, rule in self.by_tag.items()}
+            if len(self._actions) < 64:  # a process sees a few policies' sets of options
+                self._actions[options] = found
+        return found
 
     def rule(self, tag: int) -> Rule | None:
         """The row for a tag, including the wildcard rows."""

@@ -250,7 +250,7 @@ def _element(ds: Dataset, tag: int, elem: Any, vr: str, rule: Any, ctx: Context,
     """One standard element through the profile: the element to keep (maybe ``elem`` itself) or None."""
     if rule is None:
         return _unlisted(ds, tag, elem, vr, ctx, path, text_mode)
-    action = resolve(rule.action(ctx.options), ctx.types.type_of(path, _keyword(tag)))
+    action = resolve(ctx.table.actions(ctx.options)[tag], ctx.types.type_of(path, _keyword(tag)))
     return _apply(ds, tag, elem, vr, action, ctx, path, text_mode)
 
 

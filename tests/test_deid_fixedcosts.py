@@ -14,7 +14,8 @@ from archive import dicomjson
 from archive.dicomfile import read_header
 from archive.encoding import mark_unchanged
 from archive.ingest import Ingest
-from deid import Policy, core, deidentify, seqcache
+from deid import Option, Policy, core, deidentify, seqcache
+from deid.table import load_table
 from test_deid_seqcache import FILES, POLICIES
 from test_deid_trailing import COEFFICIENTS_SDVN, make_input
 from test_headerwrite import with_private_and_undefined_lengths
@@ -122,3 +123,10 @@ def test_the_file_meta_is_the_one_setting_each_keyword_built(tmp_path: Path):
             assert list(ours._dict.items()) == list(theirs._dict.items())
             assert [(type(t), e.VR, type(e.value)) for t, e in ours._dict.items()] == \
                 [(type(t), e.VR, type(e.value)) for t, e in theirs._dict.items()]
+
+
+def test_the_table_of_actions_per_set_of_options_is_each_rule_s_action():
+    table = load_table()
+    for options in [frozenset()] + [policy.options for policy in POLICIES.values()] + [frozenset(Option)]:
+        assert table.actions(options) == {tag: rule.action(options) for tag, rule in table.by_tag.items()}
+        assert table.actions(options) is table.actions(options)  # worked out once
