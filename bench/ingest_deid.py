@@ -7,6 +7,12 @@ process on a fresh data directory; its peak RSS (ru_maxrss) covers imports too, 
 the idle figure (after imports, before the ingest) is printed beside it.
 
     python bench/ingest_deid.py FILE [--runs 3]
+    python bench/ingest_deid.py --small 400 [--runs 3]
+
+``--small N`` stores N + 1 small SM instances of one series (bench/dataset.py) after the
+servers' ``Ingest.warm_up`` instead, and prints the thread CPU of the first ``store_file``
+and the median of the others, with the share of ``Ingest._deidentify`` (de-identification
+and header write) in them.
 
 Run it with PYTHONPATH pointing at the tree to measure (e.g. a checkout of main) to compare.
 """
@@ -39,15 +45,53 @@ def _child(path: Path, data_dir: Path) -> dict:
     return {"status": result.status, "seconds": seconds, "cpu_s": cpu, "idle_rss_mb": idle, "peak_rss_mb": peak}
 
 
+def _small_child(count: int, work: Path) -> dict:
+    """Thread CPU of storing ``count`` + 1 small instances, after the servers' warm-up."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import dataset
+
+    from archive.config import load_settings
+    from archive.ingest import Origin
+    from archive.service import Archive
+
+    paths = dataset.make_small_instances(work / "in", count + 1)
+    archive = Archive(load_settings(data_dir=str(work / "data")))
+    archive.ingest.warm_up()
+    deidentify, spent = archive.ingest._deidentify, [0.0]
+
+    def timed(*args, **kwargs):
+        started = time.thread_time()
+        try:
+            return deidentify(*args, **kwargs)
+        finally:
+            spent[0] += time.thread_time() - started
+
+    archive.ingest._deidentify = timed
+    per = []
+    for n, path in enumerate(paths):
+        if n == 1:
+            spent[0] = 0.0  # the first instance's share is in first_ms
+        started = time.thread_time()
+        archive.store_file(path, Origin("stow"))
+        per.append(time.thread_time() - started)
+    return {"first_ms": per[0] * 1e3, "median_ms": statistics.median(per[1:]) * 1e3,
+            "deidentify_ms": spent[0] / count * 1e3}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path)
+    parser.add_argument("file", type=Path, nargs="?")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--small", type=int, default=0, metavar="N", help="N small instances instead of FILE")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_child(args.file, args.child)))
+        print(json.dumps(_small_child(args.small, args.child) if args.small else _child(args.file, args.child)))
         return 0
+    if args.small:
+        return _small(args.small, args.runs)
+    if args.file is None:
+        parser.error("give FILE or --small N")
     size = args.file.stat().st_size
     runs = []
     for _ in range(max(1, min(args.runs, 20))):
@@ -62,6 +106,22 @@ def main() -> int:
           f"({size / 1e6 / med['seconds']:.0f} MB/s), CPU {med['cpu_s']:.2f} s, "
           f"RSS idle {med['idle_rss_mb']:.0f} MB / peak {med['peak_rss_mb']:.0f} MB")
     return 0 if all(r["status"] == "stored" for r in runs) else 1
+
+
+def _small(count: int, runs: int) -> int:
+    """``--small``: a fresh child process per run; the medians over the runs."""
+    results = []
+    for _ in range(max(1, min(runs, 20))):
+        with tempfile.TemporaryDirectory(prefix="ingest-small-") as tmp:
+            out = subprocess.run([sys.executable, __file__, "--small", str(count), "--child", tmp],
+                                 capture_output=True, text=True, timeout=900, check=True)
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for r in results:
+        print(json.dumps(r))
+    med = {k: statistics.median(r[k] for r in results) for k in ("first_ms", "median_ms", "deidentify_ms")}
+    print(f"{count} small instances, median of {len(results)} runs: store_file {med['median_ms']:.2f} ms CPU "
+          f"(de-identification and header write {med['deidentify_ms']:.2f}), first after warm-up {med['first_ms']:.1f}")
+    return 0
 
 
 if __name__ == "__main__":
