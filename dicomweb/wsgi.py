@@ -19,7 +19,7 @@ def app_from_environment() -> Flask:
     from archive.logs import AccessLog, configure
     from archive.server import SETTINGS_ENV, quiet_libraries
 
-    from . import create_app, drain
+    from . import create_app, drain, profiling
 
     settings = pickle.loads(base64.b64decode(os.environ[SETTINGS_ENV]))
     if os.environ.get(SUPERVISOR_ENV):
@@ -28,5 +28,6 @@ def app_from_environment() -> Flask:
     quiet_libraries()
     app = create_app(settings)
     app.extensions["archive"].ingest.warm_up()
-    app.wsgi_app = AccessLog(app.wsgi_app)  # outermost: every request, the frame fast path included
+    app.wsgi_app = AccessLog(app.wsgi_app)  # every request, the frame fast path included
+    app.wsgi_app = profiling.wrap(app.wsgi_app, app.extensions["archive"])  # outermost; benchmarks only
     return app
