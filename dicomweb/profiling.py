@@ -104,7 +104,9 @@ class Profiled:
         lines = [f"requests {self.requests}", f"process_cpu_s {_process_cpu() - self.started:.4f}"]
         lines += [f"{name}_cpu_s {seconds:.4f}" for name, seconds in self.totals.items()]
         lines += [f"thread {tid} request_cpu_s {seconds:.4f}" for tid, seconds in sorted(self.threads.items())]
-        stem.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+        partial = stem.with_suffix(".txt.part")  # renamed whole: a reader never sees half a file
+        partial.write_text("\n".join(lines) + "\n")
+        partial.replace(stem.with_suffix(".txt"))
 
 
 class _ProfiledBody:
