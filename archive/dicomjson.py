@@ -12,6 +12,7 @@ from typing import Any
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from archive.rawitems import Unusual as _Unusual, items as _items
 from archive.recent import Recent
@@ -30,11 +31,40 @@ def _element(elem: DataElement, path: str) -> dict[str, Any]:
         value = elem.value
         if elem.tag == 0x7FE00010 or value is None or len(value) > INLINE_LIMIT:
             return {"vr": vr, "BulkDataURI": f"bulkdata/{path}{elem.tag:08X}"}
+    simple = _simple_value(vr, elem.value)
+    if simple is not None:
+        return simple
     try:
         return elem.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1 << 30)
     except (ValueError, TypeError, OverflowError):
         # A malformed value (tolerant on read): report the element without a value.
         return {"vr": vr}
+
+
+#: VRs whose converted value pydicom's ``to_json_dict`` puts in the JSON as it is (no number conversion).
+_PLAIN_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+_NUMBER_TYPES = {"US": int, "UL": int, "SS": int, "SL": int, "UV": int, "SV": int, "FL": float, "FD": float}
+
+
+def _simple_value(vr: str, value: Any) -> dict[str, Any] | None:
+    """``to_json_dict`` of a converted element whose value is plain (None, a string, one number, or
+    several strings), or None for pydicom to do it: after de-identification ~35 elements of a small
+    instance are converted ones (new UIDs, dates, the method codes), and pydicom's generic path,
+    with its VM and emptiness checks, was most of ``to_json``'s time. The very value objects go in
+    (a UID stays a UID), as pydicom puts them."""
+    if value is None:
+        return {"vr": vr} if vr in _PLAIN_TEXT_VRS or vr in _NUMBER_TYPES else None
+    kind = type(value)
+    if vr in _PLAIN_TEXT_VRS:
+        if isinstance(value, str):
+            return {"vr": vr, "Value": [value]} if value else {"vr": vr}
+        if kind is MultiValue and (len(value) == 0 or len(value) > 1 and all(isinstance(v, str) for v in value)):
+            return {"vr": vr, "Value": list(value)} if value else {"vr": vr}  # one value: pydicom's own way
+        return None
+    number = _NUMBER_TYPES.get(vr)
+    if number is not None and kind is number:
+        return {"vr": vr, "Value": [value]}
+    return None
 
 
 def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
@@ -46,18 +76,19 @@ def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
     way; anything unusual (other character sets, implicit VR, UN) goes through pydicom.
     """
     out: dict[str, Any] = {}
-    for tag in sorted(ds.keys()):
-        if tag.element == 0 or tag.group in (0x0002, 0xFFFE):
+    for tag in sorted(ds.keys(), key=int):  # as plain ints: BaseTag's own comparison is Python code
+        number = int(tag)
+        if number & 0xFFFF == 0 or number >> 16 in (0x0002, 0xFFFE):
             continue  # group lengths, file meta and item tags are not part of the model
         raw = ds.get_item(tag)
         fast = None
         if isinstance(raw, RawDataElement) and raw.VR is not None and raw.is_little_endian and raw.value is not None:
             recent = raw.VR == "SQ" and len(raw.value) <= _RECENT_MAX
-            fast = _sequences.get((int(tag), raw.value, path)) if recent else None
+            fast = _sequences.get((number, raw.value, path)) if recent else None
             if fast is None:
-                fast = _from_bytes(int(tag), raw.VR, raw.value, path)
+                fast = _from_bytes(number, raw.VR, raw.value, path)
                 if fast is not None and recent:
-                    _sequences.put((int(tag), raw.value, path), fast)
+                    _sequences.put((number, raw.value, path), fast)
                     _texts.put(id(fast), [fast, None, None])
         out[f"{tag:08X}"] = fast if fast is not None else _element(ds[tag], path)
     return out
