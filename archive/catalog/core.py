@@ -15,6 +15,7 @@ with one row and one ``DuplicateInstance``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import zlib
@@ -139,11 +140,30 @@ def column_values(ds: Dataset, header_json: dict[str, Any]) -> dict[str, dict[st
     return out
 
 
-def _subset(header_json: dict[str, Any], keywords: frozenset[str] | set[str]) -> dict[str, Any]:
-    from archive.catalog.attributes import tag_hex
-
-    tags = {tag_hex(k) for k in keywords}
+def _subset(header_json: dict[str, Any], tags: frozenset[str] | set[str]) -> dict[str, Any]:
+    """The elements of ``header_json`` whose tags (``00100010``) are in ``tags``, in its order."""
     return {t: v for t, v in header_json.items() if t in tags}
+
+
+@functools.cache
+def _level_tags() -> tuple[frozenset[str], frozenset[str]]:
+    """The tags of the study and of the series attributes: made once, not per stored instance."""
+    from archive.catalog.attributes import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, tag_hex
+
+    return frozenset(map(tag_hex, STUDY_ATTRIBUTES)), frozenset(map(tag_hex, SERIES_ATTRIBUTES))
+
+
+@functools.lru_cache(maxsize=8192)
+def _instance_tag(tag: int) -> str | None:
+    """The tag (that of its keyword) under which an element of the data set goes into the instance
+    row's attributes, or None: no keyword (private), a study or series attribute, or excluded from
+    rows. Cached by tag, which names no value."""
+    from archive.catalog.attributes import EXCLUDED_FROM_ROWS, SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, tag_hex
+
+    keyword = keyword_for_tag(tag)
+    if not keyword or keyword in STUDY_ATTRIBUTES or keyword in SERIES_ATTRIBUTES or keyword in EXCLUDED_FROM_ROWS:
+        return None
+    return tag_hex(keyword)
 
 
 def _without_bulk(obj: dict[str, Any]) -> dict[str, Any]:
@@ -239,16 +259,14 @@ class Catalog:
         the sender may write: an existing study outside all of them is refused, so a writer
         cannot pull another collection's study into its own.
         """
-        from archive.catalog.attributes import SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, EXCLUDED_FROM_ROWS
-
         ds = new.dataset
         cols = column_values(ds, new.header_json)
         cols["study"].pop("modalities_in_study")
-        study_json = _subset(new.header_json, STUDY_ATTRIBUTES)
-        series_json = _subset(new.header_json, SERIES_ATTRIBUTES)
-        # keywords from the tags alone: iterating ``ds`` would make pydicom parse every element
-        rest = {kw for kw in map(keyword_for_tag, ds.keys()) if kw} - STUDY_ATTRIBUTES - SERIES_ATTRIBUTES
-        instance_json = _subset(new.header_json, rest - EXCLUDED_FROM_ROWS)
+        study_tags, series_tags = _level_tags()
+        study_json = _subset(new.header_json, study_tags)
+        series_json = _subset(new.header_json, series_tags)
+        # from the tags alone: iterating ``ds`` would make pydicom parse every element
+        instance_json = _subset(new.header_json, set(map(_instance_tag, ds._dict)))
         header = zlib.compress(dicomjson.encode(new.header_json, compact=True).encode(), 3)
         study_uid, series_uid = cols["study"]["study_instance_uid"], cols["series"]["series_instance_uid"]
         sop_uid = cols["instance"]["sop_instance_uid"]
