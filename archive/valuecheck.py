@@ -44,7 +44,7 @@ def check_values(ds: Dataset) -> None:
     """
     for _ in ds.file_meta.iterall() if hasattr(ds, "file_meta") else ():
         pass  # converted (a value that cannot be fails), not judged: the meta is rebuilt on write
-    for tag in sorted(ds._dict):
+    for tag in sorted(ds._dict, key=int):  # as plain ints: BaseTag's own comparison is Python code
         elem = ds._dict[tag]
         if isinstance(elem, RawDataElement) and elem.VR is not None and elem.is_little_endian \
                 and elem.value is not None and _fine_top(int(tag), elem.VR, elem.value):
@@ -115,7 +115,7 @@ def _check_element(elem) -> None:
 
 
 def _convert_all(ds: Dataset) -> None:
-    for tag in sorted(ds._dict):
+    for tag in sorted(ds._dict, key=int):
         _check_element(ds[tag])
 
 
