@@ -80,7 +80,9 @@ def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
         number = int(tag)
         if number & 0xFFFF == 0 or number >> 16 in (0x0002, 0xFFFE):
             continue  # group lengths, file meta and item tags are not part of the model
-        raw = ds.get_item(tag)
+        raw = ds._dict[tag]  # what ``get_item`` answers, without its tag conversion (twice per element)
+        if isinstance(raw, RawDataElement) and raw.value is None:
+            raw = ds.get_item(tag)  # a deferred value: read and converted, as get_item does
         fast = None
         if isinstance(raw, RawDataElement) and raw.VR is not None and raw.is_little_endian and raw.value is not None:
             recent = raw.VR == "SQ" and len(raw.value) <= _RECENT_MAX
@@ -90,7 +92,9 @@ def to_json(ds: Dataset, path: str = "") -> dict[str, Any]:
                 if fast is not None and recent:
                     _sequences.put((number, raw.value, path), fast)
                     _texts.put(id(fast), [fast, None, None])
-        out[f"{tag:08X}"] = fast if fast is not None else _element(ds[tag], path)
+        if fast is None:  # converted already (``ds[tag]`` would answer the same element), or converted now
+            fast = _element(raw if isinstance(raw, DataElement) else ds[tag], path)
+        out[f"{tag:08X}"] = fast
     return out
 
 
