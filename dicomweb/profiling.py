@@ -47,14 +47,7 @@ class Profiled:
 
     def timed(self, name: str, function: Callable) -> Callable:
         """``function``, its thread CPU time added to the total ``name``."""
-        @functools.wraps(function)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            cpu = time.thread_time()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self._add(name, time.thread_time() - cpu)
-        return call
+        return thread_timed(function, lambda seconds: self._add(name, seconds))
 
     def _add(self, name: str, seconds: float) -> None:
         with self.lock:
@@ -126,6 +119,18 @@ class _ProfiledBody:
                 self.owner._run(close)
         finally:
             self.owner.finished()
+
+
+def thread_timed(function: Callable, add: Callable[[float], None]) -> Callable:
+    """``function``, each call's thread CPU seconds passed to ``add`` (also bench/store_small.py's)."""
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        cpu = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            add(time.thread_time() - cpu)
+    return call
 
 
 def _process_cpu() -> float:
