@@ -17,11 +17,15 @@ from other work moves every figure.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import importlib.util
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 #: (module, attribute, label): the parts of store_file timed, as the ingest path calls them.
@@ -35,9 +39,21 @@ PARTS = (("archive.ingest", "read_header", "read_header (with check_values)"),
 
 def _timed(function: Callable, label: str, totals: dict[str, float]) -> Callable:
     """``function``, its thread CPU added to ``totals[label]``."""
-    from dicomweb.profiling import thread_timed
+    def add(seconds: float) -> None:
+        totals[label] = totals.get(label, 0.0) + seconds
 
-    return thread_timed(function, lambda seconds: totals.__setitem__(label, totals.get(label, 0.0) + seconds))
+    return _profiling().thread_timed(function, add)
+
+
+@functools.cache
+def _profiling() -> ModuleType:
+    """This checkout's dicomweb/profiling.py (standard library only), not the measured tree's:
+    an older tree on PYTHONPATH has no ``thread_timed``."""
+    path = Path(__file__).resolve().parent.parent / "dicomweb" / "profiling.py"
+    spec = importlib.util.spec_from_file_location("_bench_profiling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> int:
@@ -45,8 +61,6 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--warm", type=int, default=10, help="instances stored first, not counted")
     args = parser.parse_args()
-    import importlib
-
     from archive.config import load_settings
     from archive.ingest import Origin
     from archive.service import Archive
