@@ -48,3 +48,35 @@ def test_row_attributes_are_those_the_keyword_sets_give(path: Path | None) -> No
     expected = _by_keywords(ds, header_json, rest - EXCLUDED_FROM_ROWS)
     got = core._subset(header_json, set(map(core._instance_tag, ds._dict)))
     assert got == expected and list(got) == list(expected)
+
+
+def _emptied_like_deid(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """Values as de-identification leaves them: converted UIDs, type 2 attributes emptied (None or "")."""
+    ds.StudyInstanceUID = pydicom.uid.generate_uid()
+    ds.SOPInstanceUID = pydicom.uid.UID("1.2.3.4")
+    ds.PatientBirthDate = None
+    ds.StudyDate = ""
+    ds.PatientSex = None
+    ds.AccessionNumber = ""
+    ds.StudyTime = None
+    ds.PatientName = ""
+    ds.ReferringPhysicianName = None
+    ds.ModalitiesInStudy = None
+    return ds
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("emptied", [False, True], ids=["as-read", "emptied"])
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")
+def test_key_columns_from_json_equal_those_from_the_data_set(path: Path, emptied: bool) -> None:
+    """``column_values`` reads what the DICOM JSON settles (UIDs, emptied values included) and
+    asks the data set for the rest: the same row values as asking the data set for every key."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    if emptied:
+        ds = _emptied_like_deid(ds)
+    got = core.column_values(ds, dicomjson.to_json(ds))
+    expected = {level: {} for level in got}
+    for key, _, _ in core._KEY_TAGS:
+        expected[key.level][key.column] = core.column_value(ds, key)
+    assert got == expected
+    assert all(type(v) in (str, int, type(None)) for level in got.values() for v in level.values())

@@ -28,6 +28,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from archive import dicomjson
 from archive.auth.access import SYSTEM, Principal
@@ -40,8 +41,8 @@ from archive.catalog.work import node_id
 from archive.errors import DuplicateInstance, NotAuthorized, NotFound
 
 HEADER_CACHE = 2048
-#: (key, its tag as DICOM JSON names it), in the order of KEYS.
-_KEY_TAGS = tuple((k, f"{tag_for_keyword(k.keyword):08X}") for k in KEYS.values())
+#: (key, its tag as DICOM JSON names it, its tag), in the order of KEYS.
+_KEY_TAGS = tuple((k, f"{tag_for_keyword(k.keyword):08X}", tag_for_keyword(k.keyword)) for k in KEYS.values())
 SHARED_SEQUENCES = 512
 SHARED_SEQUENCE_BYTES = 64 * 1024
 
@@ -119,11 +120,11 @@ def _json_value(entry: dict[str, Any], key: Key) -> Any:
         return _UNSETTLED
     if key.vr in _INTEGER_VRS:
         return values[0] if len(values) == 1 and type(values[0]) is int else _UNSETTLED
-    if not all(type(v) is str for v in values):
+    if not all(type(v) is str or type(v) is UID for v in values):  # a UID: a converted element's own value
         return _UNSETTLED
     if len(values) > 1:
         return "\\".join(values) if key.multi else _UNSETTLED
-    text = values[0]
+    text = str(values[0])  # a plain str, as column_value's str(value)
     if text == "":
         return None
     return text.replace(":", "") if key.vr == "TM" else text
@@ -133,11 +134,20 @@ def column_values(ds: Dataset, header_json: dict[str, Any]) -> dict[str, dict[st
     """``column_value`` of every key, by level, taken from ``header_json`` (the DICOM JSON of ``ds``)
     where it settles the value: asking ``ds`` converts its raw elements, ~8 us each."""
     out: dict[str, dict[str, Any]] = {level: {} for level in LEVELS}
-    for key, tag in _KEY_TAGS:
+    for key, tag, number in _KEY_TAGS:
         entry = header_json.get(tag)
         value = None if entry is None else _json_value(entry, key)
+        if value is _UNSETTLED and _emptied(ds, number):
+            value = None  # what column_value answers for None or ""
         out[key.level][key.column] = column_value(ds, key) if value is _UNSETTLED else value
     return out
+
+
+def _emptied(ds: Dataset, tag: int) -> bool:
+    """Whether ``ds`` holds the element as a converted one whose value is None or "" (what
+    de-identification leaves of a type 2 attribute): its DICOM JSON has no value to read."""
+    elem = ds._dict.get(tag)
+    return type(elem) is DataElement and (elem.value is None or elem.value == "")
 
 
 def _subset(header_json: dict[str, Any], tags: frozenset[str] | set[str]) -> dict[str, Any]:
