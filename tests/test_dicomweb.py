@@ -263,6 +263,21 @@ def test_shared_objects_from_another_implementation(client, shared_data):
     assert {"SM", "ANN", "SEG"} <= set(modalities["Value"])
 
 
+def test_overlay_elements_are_kept_as_received(client):
+    """Repeating-group elements (overlays, 60xx) have a keyword pydicom cannot map back to a tag:
+    the catalog once looked their tags up by keyword and failed the STOW-RS with a TypeError."""
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file("examples_overlay.dcm"))
+    assert 0x60000010 in ds
+    client.store_instances([ds])
+    meta = client.retrieve_instance_metadata(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert meta["60000010"]["Value"] == [ds[0x60000010].value]
+    found = client.search_for_instances(ds.StudyInstanceUID, ds.SeriesInstanceUID, fields=["60000010"])
+    assert [i["00080018"]["Value"] for i in found] == [[ds.SOPInstanceUID]]
+    assert found[0]["60000010"]["Value"] == [ds[0x60000010].value]
+
+
 def test_delete_levels(client, web_server, tmp_path):
     paths = make_slide(tmp_path, SlideSpec(seed=99, width=512, height=512))
     datasets = [dcmread(p) for p in paths]

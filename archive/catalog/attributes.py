@@ -109,14 +109,28 @@ DEFAULT_RETURN = {
 
 
 def keyword_of(name: str) -> str | None:
-    """Accept a keyword (``PatientID``) or a tag (``00100020``); None if neither."""
+    """Accept a keyword (``PatientID``) or a tag (``00100020``); None if neither.
+
+    The tag of a repeating-group element (overlays 60xx, curves 50xx) stays a tag: its keyword
+    (``OverlayRows``) names no one group, and maps back to no tag."""
     if len(name) == 8:
         try:
-            return keyword_for_tag(int(name, 16)) or None
+            tag = int(name, 16)
         except ValueError:
             pass
+        else:
+            keyword = keyword_for_tag(tag)
+            if not keyword:
+                return None
+            return keyword if tag_for_keyword(keyword) == tag else f"{tag:08X}"
     return name if tag_for_keyword(name) is not None else None
 
 
-def tag_hex(keyword: str) -> str:
-    return f"{tag_for_keyword(keyword):08X}"
+def tag_hex(name: str) -> str:
+    """The tag (``00100020``) of a keyword, or of a tag ``keyword_of`` kept as a tag."""
+    tag = tag_for_keyword(name)
+    if tag is not None:
+        return f"{tag:08X}"
+    if len(name) == 8 and all(c in "0123456789ABCDEF" for c in name):
+        return name
+    raise ValueError(f"not a DICOM keyword or tag: {name[:64]!r}")

@@ -165,15 +165,16 @@ def _level_tags() -> tuple[frozenset[str], frozenset[str]]:
 
 @functools.lru_cache(maxsize=8192)
 def _instance_tag(tag: int) -> str | None:
-    """The tag (that of its keyword) under which an element of the data set goes into the instance
-    row's attributes, or None: no keyword (private), a study or series attribute, or excluded from
-    rows. Cached by tag, which names no value."""
-    from archive.catalog.attributes import EXCLUDED_FROM_ROWS, SERIES_ATTRIBUTES, STUDY_ATTRIBUTES, tag_hex
+    """The tag (``00100010``) under which an element of the data set goes into the instance row's
+    attributes, or None: no keyword (private), a study or series attribute, or excluded from rows.
+    The element's own tag, not its keyword's: a repeating-group keyword (OverlayRows, 60xx) maps
+    back to no tag. Cached by tag, which names no value."""
+    from archive.catalog.attributes import EXCLUDED_FROM_ROWS, SERIES_ATTRIBUTES, STUDY_ATTRIBUTES
 
     keyword = keyword_for_tag(tag)
     if not keyword or keyword in STUDY_ATTRIBUTES or keyword in SERIES_ATTRIBUTES or keyword in EXCLUDED_FROM_ROWS:
         return None
-    return tag_hex(keyword)
+    return f"{tag:08X}"
 
 
 def _without_bulk(obj: dict[str, Any]) -> dict[str, Any]:
