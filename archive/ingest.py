@@ -13,9 +13,10 @@ import hashlib
 import io
 import logging
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
@@ -69,23 +70,39 @@ class StoreResult:
     message: str = ""
 
 
+#: (keyword, tag) of REQUIRED_UIDS: validate reads elements by tag, as each keyword attribute
+#: is a dictionary lookup and a Dataset.__getattr__ round trip (11 of them per instance).
+_REQUIRED_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in REQUIRED_UIDS)
+_MEDIA_SOP_CLASS, _MEDIA_SOP_INSTANCE = 0x00020002, 0x00020003
+
+
+def _value(ds: Dataset, tag: int) -> Any:
+    """``ds.get(keyword)`` by tag: the element's value (a raw one converted, as get does), None when absent."""
+    return ds[tag].value if tag in ds._dict else None
+
+
 def validate(ds: Dataset) -> None:
     """The checks every stored instance passes; messages name attributes, never values."""
-    for keyword in REQUIRED_UIDS:
-        value = ds.get(keyword)
+    values = []
+    for keyword, tag in _REQUIRED_TAGS:
+        value = _value(ds, tag)
         if value is None or value == "":
             raise DatasetDoesNotMatchSOPClass(f"missing {keyword}")
         if not is_valid_uid(str(value)):
             raise DatasetDoesNotMatchSOPClass(f"malformed {keyword}: expected digits and dots, at most 64 characters")
-    if ds.SOPClassUID not in storage_sop_classes():
+        values.append(value)
+    sop_class, sop_instance = values[0], values[1]
+    if sop_class not in storage_sop_classes():
         raise SOPClassNotSupported("SOP Class UID is not a storage SOP class this archive accepts")
-    meta_class = ds.file_meta.get("MediaStorageSOPClassUID")
-    if meta_class and meta_class != ds.SOPClassUID:
+    meta = ds.file_meta
+    meta_class = _value(meta, _MEDIA_SOP_CLASS)
+    if meta_class and meta_class != sop_class:
         raise DatasetDoesNotMatchSOPClass("MediaStorageSOPClassUID differs from SOPClassUID")
-    meta_instance = ds.file_meta.get("MediaStorageSOPInstanceUID")
-    if meta_instance and meta_instance != ds.SOPInstanceUID:
+    meta_instance = _value(meta, _MEDIA_SOP_INSTANCE)
+    if meta_instance and meta_instance != sop_instance:
         raise DatasetDoesNotMatchSOPClass("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
-    if UID(ds.file_meta.TransferSyntaxUID).name == ds.file_meta.TransferSyntaxUID:  # unknown to pydicom
+    syntax = meta.TransferSyntaxUID
+    if UID(syntax).name == syntax:  # unknown to pydicom
         raise InvalidDataset("unknown transfer syntax")
 
 
