@@ -44,11 +44,15 @@ def check_values(ds: Dataset) -> None:
     """
     for _ in ds.file_meta.iterall() if hasattr(ds, "file_meta") else ():
         pass  # converted (a value that cannot be fails), not judged: the meta is rebuilt on write
-    for tag in sorted(ds._dict, key=int):  # as plain ints: BaseTag's own comparison is Python code
-        elem = ds._dict[tag]
-        if isinstance(elem, RawDataElement) and elem.VR is not None and elem.is_little_endian \
-                and elem.value is not None and _fine_top(int(tag), elem.VR, elem.value):
-            continue
+    table = ds._dict
+    # (int, element) pairs: BaseTag's own comparison is Python code, and the tags are unique,
+    # so the elements are never compared
+    for tag, elem in sorted(zip(map(int, table), table.values())):
+        if isinstance(elem, RawDataElement):
+            vr, value = elem.VR, elem.value
+            if vr is not None and elem.is_little_endian and value is not None \
+                    and (_fine(tag, vr, value) if vr != "SQ" else _fine_top(tag, vr, value)):
+                continue
         _check_element(ds[tag])
 
 
