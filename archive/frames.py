@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from array import array
 import struct
 from typing import BinaryIO
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
@@ -30,6 +32,9 @@ ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 SEQ_DELIM = 0xE0DDFFFE
 _ITEM_HEADER = struct.Struct("<II")  # (tag as one uint32, length)
 _JPEG_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
+_ROWS, _COLUMNS, _SAMPLES_PER_PIXEL, _BITS_ALLOCATED, _NUMBER_OF_FRAMES = (
+    0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008)
+_ONE_INTEGER = re.compile(rb" *[+-]?[0-9]+ *")  # an IS value pydicom converts to that int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +141,7 @@ def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, fi
     ``spans``: the element's ``item_spans`` when already walked (in the received file
     the stored one copies the element from); else the items are walked here.
     """
-    number_of_frames = int(header_ds.get("NumberOfFrames", 1) or 1)
+    number_of_frames = int(_number(header_ds, _NUMBER_OF_FRAMES, 1) or 1)
     f.seek(pixel_offset)
     value_start, length = _element_header(f, ts)
     if length != 0xFFFFFFFF:
@@ -189,9 +194,26 @@ def _starts_by_marker(f: BinaryIO, fragments: list[tuple[int, int]], value_start
     return starts
 
 
+def _number(ds: Dataset, tag: int, default: int | None = None) -> object:
+    """``ds.get(keyword, default)`` for a US or IS element, read from its bytes when they are plain
+    (one little endian US, one integer string) and else converted by pydicom: converting the
+    five elements a frame index reads was most of its cost for a small instance. The element
+    stays as it was (raw elements are not converted here, the stored header is already written)."""
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return default
+    if isinstance(elem, RawDataElement) and elem.is_little_endian and elem.value is not None:
+        if elem.VR == "US" and len(elem.value) == 2:
+            return int.from_bytes(elem.value, "little")
+        if elem.VR == "IS" and _ONE_INTEGER.fullmatch(elem.value):
+            return int(elem.value)
+    return ds[tag].value
+
+
 def _native(ds: Dataset, value_start: int, length: int, frames: int, file_size: int) -> FrameIndex:
     try:
-        bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated)
+        bits = (int(_number(ds, _ROWS)) * int(_number(ds, _COLUMNS)) * int(_number(ds, _SAMPLES_PER_PIXEL, 1))
+                * int(_number(ds, _BITS_ALLOCATED)))
     except (AttributeError, TypeError, ValueError):
         raise InvalidDataset("native pixel data without Rows, Columns or BitsAllocated") from None
     if value_start + length > file_size:
