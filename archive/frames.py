@@ -32,7 +32,7 @@ ITEM = 0xE000FFFE  # (FFFE,E000) read as one little-endian uint32
 SEQ_DELIM = 0xE0DDFFFE
 _ITEM_HEADER = struct.Struct("<II")  # (tag as one uint32, length)
 _JPEG_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51", b"\x00\x00\x00\x0cjP  ")
-_ROWS, _COLUMNS, _SAMPLES_PER_PIXEL, _BITS_ALLOCATED, _NUMBER_OF_FRAMES = (
+_ROWS, _COLUMNS, _SAMPLES_PER_PIXEL, BITS_ALLOCATED, _NUMBER_OF_FRAMES = (
     0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280008)
 _ONE_INTEGER = re.compile(rb" *[+-]?[0-9]+ *")  # an IS value pydicom converts to that int
 
@@ -141,7 +141,7 @@ def index_frames(f: BinaryIO, header_ds: Dataset, ts: UID, pixel_offset: int, fi
     ``spans``: the element's ``item_spans`` when already walked (in the received file
     the stored one copies the element from); else the items are walked here.
     """
-    number_of_frames = int(_number(header_ds, _NUMBER_OF_FRAMES, 1) or 1)
+    number_of_frames = int(number(header_ds, _NUMBER_OF_FRAMES, 1) or 1)
     f.seek(pixel_offset)
     value_start, length = _element_header(f, ts)
     if length != 0xFFFFFFFF:
@@ -194,11 +194,11 @@ def _starts_by_marker(f: BinaryIO, fragments: list[tuple[int, int]], value_start
     return starts
 
 
-def _number(ds: Dataset, tag: int, default: int | None = None) -> object:
+def number(ds: Dataset, tag: int, default: int | None = None) -> object:
     """``ds.get(keyword, default)`` for a US or IS element, read from its bytes when they are plain
     (one little endian US, one integer string) and else converted by pydicom: converting the
-    five elements a frame index reads was most of its cost for a small instance. The element
-    stays as it was (raw elements are not converted here, the stored header is already written)."""
+    five elements a frame index reads was most of its cost for a small instance (ingest reads
+    Bits Allocated with it too). The element stays as it was: a raw one is not converted here."""
     elem = ds._dict.get(tag)
     if elem is None:
         return default
@@ -212,8 +212,8 @@ def _number(ds: Dataset, tag: int, default: int | None = None) -> object:
 
 def _native(ds: Dataset, value_start: int, length: int, frames: int, file_size: int) -> FrameIndex:
     try:
-        bits = (int(_number(ds, _ROWS)) * int(_number(ds, _COLUMNS)) * int(_number(ds, _SAMPLES_PER_PIXEL, 1))
-                * int(_number(ds, _BITS_ALLOCATED)))
+        bits = (int(number(ds, _ROWS)) * int(number(ds, _COLUMNS)) * int(number(ds, _SAMPLES_PER_PIXEL, 1))
+                * int(number(ds, BITS_ALLOCATED)))
     except (AttributeError, TypeError, ValueError):
         raise InvalidDataset("native pixel data without Rows, Columns or BitsAllocated") from None
     if value_start + length > file_size:

@@ -27,7 +27,7 @@ from archive.dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
 from archive.encoding import mark_unchanged
 from archive.errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
                             DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
-from archive.frames import ItemSpans, index_frames
+from archive.frames import BITS_ALLOCATED, ItemSpans, index_frames, number
 from archive.results import checks as results  # AI results: checked and linked at ingest
 from archive.storage import CHUNK, copy_range, raise_for_os_error, spool, stored_sha256
 from archive.uids import is_valid_uid
@@ -279,7 +279,7 @@ class Ingest:
         header_json = dicomjson.to_json(ds)
         if pixel_offset is not None:
             encapsulated = layout in ("fragment", "fragments")
-            vr = "OB" if encapsulated or int(ds.get("BitsAllocated", 8)) <= 8 else "OW"
+            vr = "OB" if encapsulated or int(number(ds, BITS_ALLOCATED, 8)) <= 8 else "OW"
             header_json["7FE00010"] = {"vr": vr, "BulkDataURI": "bulkdata/7FE00010"}
         storage_id = self.storage.commit(temp)
         try:

@@ -1,5 +1,5 @@
 """The frame index reads Rows, Columns, Samples per Pixel, Bits Allocated and Number of Frames
-from their bytes when they are plain (archive.frames._number): the same values as pydicom's
+from their bytes when they are plain (archive.frames.number): the same values as pydicom's
 conversion, the same index, and the elements left as they were.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from archive.dicomfile import read_header
-from archive.frames import _BITS_ALLOCATED, _NUMBER_OF_FRAMES, _ROWS, _number, index_frames
+from archive.frames import _NUMBER_OF_FRAMES, _ROWS, BITS_ALLOCATED, index_frames, number
 
 US_VALUES = [b"\x00\x01", b"\xff\xff", b"", b"\x01\x00\x02\x00", b"\x05"]
 IS_VALUES = [b"12", b" 7", b"3 ", b"+4", b"-2", b"007", b"", b"  ", b"1.0", b"2\\3", b"12\x00", b"x", b"1e3"]
@@ -37,7 +37,7 @@ def _before(ds: Dataset, tag: int, default):
     return ds.get(keyword_for_tag(tag), default)
 
 
-@pytest.mark.parametrize("tag, vr, values", [(_ROWS, "US", US_VALUES), (_BITS_ALLOCATED, "US", US_VALUES),
+@pytest.mark.parametrize("tag, vr, values", [(_ROWS, "US", US_VALUES), (BITS_ALLOCATED, "US", US_VALUES),
                                              (_NUMBER_OF_FRAMES, "IS", IS_VALUES)])
 @pytest.mark.parametrize("little", [True, False], ids=["little", "big"])
 def test_same_value_as_pydicom(tag, vr, values, little) -> None:
@@ -47,12 +47,12 @@ def test_same_value_as_pydicom(tag, vr, values, little) -> None:
             for default in (None, 1):
                 fresh = Dataset()
                 fresh._dict[tag] = _raw(tag, vr, value, little)
-                answer = _as_read(_number, fresh, tag, default)
+                answer = _as_read(number, fresh, tag, default)
                 reference = Dataset()
                 reference._dict[tag] = _raw(tag, vr, value, little)
                 expected = _as_read(_before, reference, tag, default)
                 assert answer == expected and type(answer) is type(expected), (value, little)
-    assert _number(Dataset(), tag, 5) == 5
+    assert number(Dataset(), tag, 5) == 5
 
 
 def _small_file(tmp_path, frames: int | None, implicit: bool = False) -> str:
