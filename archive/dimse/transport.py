@@ -23,6 +23,9 @@ elements (and an Error Comment) in Implicit VR Little Endian are the same bytes.
 other message, and any response with an Offending Element, goes through pynetdicom, and
 so does every C-STORE response while a handler bound to EVT_DIMSE_SENT may want to
 see it (one not marked ``ignores_store_responses``).
+
+A plain C-STORE request is read, and its spool file begun, by ``archive.dimse.spool``
+(``receive_stores_directly``) instead of pynetdicom's pydicom decoding.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+from archive.dimse.spool import receive_stores_directly
 
 _Handler = TypeVar("_Handler", bound=Callable)
 
@@ -70,6 +75,7 @@ class WaitingRequestHandler(RequestHandler):
         wait_for_messages(assoc.dimse, WAIT)
         wait_for_data(assoc.dul, WAIT)
         send_store_responses_directly(assoc)
+        receive_stores_directly(assoc)
         return assoc
 
 
