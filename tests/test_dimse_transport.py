@@ -2,6 +2,8 @@
 pynetdicom's encoder, pynetdicom's path whenever it cannot be plain, over real sockets."""
 from __future__ import annotations
 
+import queue
+import socket
 import threading
 
 import pytest
@@ -15,7 +17,7 @@ from pynetdicom.sop_class import VLWholeSlideMicroscopyImageStorage
 
 from archive.dimse.commit import Commitments
 from archive.dimse.transport import (NoDelayAssociationServer, WaitingRequestHandler, encode_store_response,
-                                    ignores_store_responses)
+                                    ignores_store_responses, wait_for_data)
 
 WSI = VLWholeSlideMicroscopyImageStorage
 
@@ -156,3 +158,71 @@ def test_an_unmarked_dimse_sent_handler_gets_pynetdicoms_path(monkeypatch):
 def test_the_listeners_dimse_sent_handlers_are_marked():
     """Every EVT_DIMSE_SENT handler the listener binds ignores C-STORE responses."""
     assert Commitments.on_sent.ignores_store_responses
+
+
+class _Timer:
+    expired = False
+
+
+class _DUL:
+    """What ``wait_for_data``'s look consults of pynetdicom's DUL, over a socket pair."""
+
+    def __init__(self, raw: socket.socket) -> None:
+        self.socket = type("AssociationSocket", (), {"socket": raw, "_is_connected": True,
+                                                    "ready": property(lambda s: False)})()
+        self.event_queue, self.to_provider_queue = queue.Queue(), None
+        self.state_machine = type("FSM", (), {"current_state": "Sta6"})()
+        self.artim_timer, self._kill_thread = _Timer(), False
+        self.reads = self.looks = 0
+
+    def _is_transport_event(self) -> bool:
+        self.looks += 1
+        return False
+
+    def _read_pdu_data(self) -> None:
+        self.reads += 1
+
+    def run(self) -> None:
+        """The DUL thread's body: wait_for_data closes its pipe when it returns."""
+
+    def _process_recv_primitive(self) -> bool:
+        if not self.to_provider_queue.queue:
+            return False
+        self.event_queue.put("Evt9")
+        return True
+
+
+@pytest.fixture()
+def waiting_dul():
+    ours, peer = socket.socketpair()
+    dul = _DUL(ours)
+    wait_for_data(dul, 5)
+    yield dul, peer
+    dul.run()
+    ours.close()
+    peer.close()
+
+
+def test_a_primitive_put_while_waiting_is_taken_up_in_the_same_turn(waiting_dul):
+    dul, _ = waiting_dul
+    threading.Timer(0.05, dul.to_provider_queue.put, ("a P-DATA",)).start()
+    assert dul._is_transport_event() is False
+    assert dul.event_queue.get_nowait() == "Evt9" and dul.reads == 0 and dul.looks == 1
+
+
+def test_nothing_is_taken_up_once_the_dul_is_told_to_stop(waiting_dul):
+    dul, _ = waiting_dul
+    dul._kill_thread = True
+    threading.Timer(0.05, dul.to_provider_queue.put, ("a P-DATA",)).start()
+    assert dul._is_transport_event() is False
+    assert dul.event_queue.empty()
+
+
+def test_data_seen_arriving_is_read_as_pynetdicoms_look_would(waiting_dul):
+    dul, peer = waiting_dul
+    peer.sendall(b"\x04\x00\x00\x00\x00\x00")
+    assert dul._is_transport_event() is True
+    assert (dul.reads, dul.looks) == (1, 0)
+    dul.state_machine.current_state = "Sta13"  # closing: pynetdicom's look decides
+    assert dul._is_transport_event() is False
+    assert (dul.reads, dul.looks) == (1, 1)

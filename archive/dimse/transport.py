@@ -13,7 +13,9 @@ up the moment it arrives:
   sub-operations' responses) are unchanged;
 - the DUL thread's look for incoming data (``_is_transport_event``) waits up to
   ``WAIT`` in ``select`` for the socket, or for a primitive to send: its send queue
-  writes a byte to a pipe on every put, so a response is sent at once.
+  writes a byte to a pipe on every put, so a response is sent at once (in the same
+  turn of the loop, not after its 1 ms sleep: ``send_now``); a PDU the wait saw
+  arrive is read without pynetdicom selecting once more.
 Their other checks (release, abort, timers, a dead connection) still run every ~11 ms.
 
 A plain C-STORE response (a status, the two UIDs, perhaps a comment) is encoded here
@@ -119,6 +121,18 @@ class _WakingQueue(queue.Queue):
                 self._wake = None
 
 
+def send_now(dul: Any) -> None:
+    """Take up a primitive put to send while the DUL waited, in this turn of its loop.
+
+    Its loop sleeps 1 ms after a turn with no event and only then looks at its send
+    queue: every C-STORE response would wait that long. What its next turn would do
+    first is done here (not once the thread is told to stop, nor ahead of an expired
+    ARTIM timer's event, which that turn would queue before it, nor behind another event).
+    """
+    if not dul._kill_thread and not dul.artim_timer.expired and dul.event_queue.empty():
+        dul._process_recv_primitive()
+
+
 def wait_for_data(dul: Any, wait: float) -> None:
     """Make the DUL's look for incoming data wait up to ``wait`` for the socket or a primitive to send.
 
@@ -136,13 +150,21 @@ def wait_for_data(dul: Any, wait: float) -> None:
         raw = getattr(sock, "socket", None)
         if raw is not None and not sends.queue and dul.event_queue.empty() and not sock.ready:
             try:
-                select.select([raw, readable], [], [], wait)
+                ready, _, _ = select.select([raw, readable], [], [], wait)
             except (OSError, ValueError):  # closed meanwhile: pynetdicom's own look reports it
-                pass
-            try:
-                os.read(readable, 4096)
-            except OSError:  # nothing to drain
-                pass
+                ready = []
+            if readable in ready:
+                try:
+                    os.read(readable, 4096)
+                except OSError:  # drained meanwhile
+                    pass
+            if raw in ready and sock._is_connected and dul.state_machine.current_state != "Sta13":
+                dul._read_pdu_data()  # what pynetdicom's look does next, its own select skipped
+                return True
+            if not look():
+                send_now(dul)
+                return False
+            return True
         return look()
 
     dul._is_transport_event = is_transport_event
