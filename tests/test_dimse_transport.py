@@ -226,3 +226,10 @@ def test_data_seen_arriving_is_read_as_pynetdicoms_look_would(waiting_dul):
     dul.state_machine.current_state = "Sta13"  # closing: pynetdicom's look decides
     assert dul._is_transport_event() is False
     assert (dul.reads, dul.looks) == (1, 1)
+
+
+def test_a_primitive_put_before_the_look_is_taken_up_in_the_same_turn(waiting_dul):
+    dul, _ = waiting_dul
+    dul.to_provider_queue.put("a P-DATA")  # after the turn's own look at the send queue
+    assert dul._is_transport_event() is False
+    assert dul.event_queue.get_nowait() == "Evt9" and dul.looks == 1

@@ -161,11 +161,10 @@ def wait_for_data(dul: Any, wait: float) -> None:
             if raw in ready and sock._is_connected and dul.state_machine.current_state != "Sta13":
                 dul._read_pdu_data()  # what pynetdicom's look does next, its own select skipped
                 return True
-            if not look():
-                send_now(dul)
-                return False
+        if look():
             return True
-        return look()
+        send_now(dul)  # also for one put after this turn's own look at the send queue
+        return False
 
     dul._is_transport_event = is_transport_event
     run = dul.run
