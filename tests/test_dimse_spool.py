@@ -134,15 +134,17 @@ CASES = {
     "unknown context": _storescu(_command(), context=5),
     "truncated command": [_pdata((1, b"\x03" + _command()[:-3]))],
     "no sop instance": _storescu(_command(AffectedSOPInstanceUID=None)),
+    "priority out of range": _storescu(_command(Priority=5)),
 }
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_same_messages_and_spool_files_as_pynetdicom(name: str) -> None:
-    _, theirs, their_failure = _receive(False, CASES[name])
-    _, ours, our_failure = _receive(True, CASES[name])
+    their_dimse, theirs, their_failure = _receive(False, CASES[name])
+    our_dimse, ours, our_failure = _receive(True, CASES[name])
     assert ours == theirs
     assert our_failure is their_failure
+    assert list(our_dimse.dul.event_queue.queue) == list(their_dimse.dul.event_queue.queue)  # Evt19: an abort
 
 
 def test_plain_requests_are_read_here() -> None:

@@ -43,6 +43,7 @@ _UIDS = {0x00000002: "AffectedSOPClassUID", 0x00001000: "AffectedSOPInstanceUID"
 _NUMBERS = {0x00000100: None, 0x00000110: "MessageID", 0x00000700: "Priority", 0x00000800: None,
             0x00001031: "MoveOriginatorMessageID"}
 _GROUP_LENGTH = 0x00000000
+_PRIORITY = 0x00000700  # LOW 2, MEDIUM 0, HIGH 1 (PS3.7 9.3.1.1)
 
 #: A UID every validation accepts (PS3.5 9.1): at most 64 characters, no leading zeros.
 _VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
@@ -86,6 +87,8 @@ def read_store_command(encoded: bytes) -> _Command | None:
             if length != 2:
                 return None
             number = value[0] | value[1] << 8
+            if tag == _PRIORITY and number not in (0, 1, 2):
+                return None  # pynetdicom's primitive refuses it: its path aborts the association
             if tag == 0x00000100:
                 command.command_field = number
             elif tag == 0x00000800:
