@@ -8,8 +8,13 @@ storing a small instance). ``mark_unchanged`` clears only that difference in for
 real change of character set still re-encodes. Used before writing a stored header
 (archive.ingest) and before encoding a de-identified sequence (deid.seqcache), so
 both write the same bytes.
+
+``value_at`` reads an element's value by tag, for the hot paths that would otherwise pay
+pydicom's keyword lookup and ``Dataset.__getattr__`` per attribute (ingest, deid).
 """
 from __future__ import annotations
+
+from typing import Any
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -35,3 +40,8 @@ def mark_unchanged(ds: Dataset) -> None:
         if not isinstance(elem, RawDataElement) and elem.VR == "SQ":
             for item in elem.value:
                 mark_unchanged(item)
+
+
+def value_at(ds: Dataset, tag: int, default: Any = None) -> Any:
+    """``ds.get(keyword, default)`` by tag: the element's value (a raw one converted, as get does)."""
+    return ds[tag].value if tag in ds._dict else default

@@ -13,7 +13,7 @@ import hashlib
 import io
 import logging
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import tag_for_keyword
@@ -24,7 +24,7 @@ from archive import dicomjson, headerwrite
 from archive.auth.access import SYSTEM
 from archive.catalog import NewInstance
 from archive.dicomfile import PIXEL_DATA_TAGS, Header, read_full, read_header
-from archive.encoding import mark_unchanged
+from archive.encoding import mark_unchanged, value_at
 from archive.errors import (WARNING_COERCED, WARNING_ELEMENTS_DISCARDED, WARNING_REFERENCE, ArchiveError,
                             DatasetDoesNotMatchSOPClass, DuplicateInstance, InvalidDataset, SOPClassNotSupported)
 from archive.frames import BITS_ALLOCATED, ItemSpans, index_frames, number
@@ -76,16 +76,11 @@ _REQUIRED_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in REQUIR
 _MEDIA_SOP_CLASS, _MEDIA_SOP_INSTANCE = 0x00020002, 0x00020003
 
 
-def _value(ds: Dataset, tag: int) -> Any:
-    """``ds.get(keyword)`` by tag: the element's value (a raw one converted, as get does), None when absent."""
-    return ds[tag].value if tag in ds._dict else None
-
-
 def validate(ds: Dataset) -> None:
     """The checks every stored instance passes; messages name attributes, never values."""
     values = []
     for keyword, tag in _REQUIRED_TAGS:
-        value = _value(ds, tag)
+        value = value_at(ds, tag)
         if value is None or value == "":
             raise DatasetDoesNotMatchSOPClass(f"missing {keyword}")
         if not is_valid_uid(str(value)):
@@ -95,10 +90,10 @@ def validate(ds: Dataset) -> None:
     if sop_class not in storage_sop_classes():
         raise SOPClassNotSupported("SOP Class UID is not a storage SOP class this archive accepts")
     meta = ds.file_meta
-    meta_class = _value(meta, _MEDIA_SOP_CLASS)
+    meta_class = value_at(meta, _MEDIA_SOP_CLASS)
     if meta_class and meta_class != sop_class:
         raise DatasetDoesNotMatchSOPClass("MediaStorageSOPClassUID differs from SOPClassUID")
-    meta_instance = _value(meta, _MEDIA_SOP_INSTANCE)
+    meta_instance = value_at(meta, _MEDIA_SOP_INSTANCE)
     if meta_instance and meta_instance != sop_instance:
         raise DatasetDoesNotMatchSOPClass("MediaStorageSOPInstanceUID differs from SOPInstanceUID")
     syntax = meta.TransferSyntaxUID

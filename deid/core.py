@@ -22,6 +22,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from archive.encoding import value_at
 from deid import seqcache
 from deid.errors import DeidentificationError, Dropped
 from deid.iod import iod_types
@@ -165,19 +166,14 @@ def _file_meta(header: Dataset, out: Dataset) -> FileMetaDataset:
     def put(tag: int, vr: str, value: Any) -> None:
         table[BaseTag(tag)] = DataElement(tag, vr, value)
 
-    put(0x00020001, "OB", _get(old, 0x00020001, b"\x00\x01"))  # File Meta Information Version
-    media_class = _get(old, 0x00020002)
-    put(0x00020002, "UI", _get(out, 0x00080016, media_class))  # Media Storage SOP Class UID <- SOP Class UID
-    put(0x00020003, "UI", _get(out, 0x00080018, ""))  # Media Storage SOP Instance UID <- SOP Instance UID
+    put(0x00020001, "OB", value_at(old, 0x00020001, b"\x00\x01"))  # File Meta Information Version
+    media_class = value_at(old, 0x00020002)
+    put(0x00020002, "UI", value_at(out, 0x00080016, media_class))  # Media Storage SOP Class UID <- SOP Class UID
+    put(0x00020003, "UI", value_at(out, 0x00080018, ""))  # Media Storage SOP Instance UID <- SOP Instance UID
     for tag, vr in ((0x00020010, "UI"), (0x00020012, "UI"), (0x00020013, "SH")):  # syntax, implementation
         if tag in old._dict:
-            put(tag, vr, _get(old, tag))
+            put(tag, vr, value_at(old, tag))
     return meta
-
-
-def _get(ds: Dataset, tag: int, default: Any = None) -> Any:
-    """``ds.get(keyword, default)`` by tag: the element's value (a raw one converted, as get does)."""
-    return ds[tag].value if tag in ds._dict else default
 
 
 @lru_cache(maxsize=16)
