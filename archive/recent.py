@@ -31,5 +31,9 @@ class Recent(Generic[K, V]):
                 self._map.pop(next(iter(self._map)))  # oldest first
             self._map[key] = value
 
+    def clear(self) -> None:
+        with self._lock:
+            self._map.clear()
+
     def __len__(self) -> int:
         return len(self._map)

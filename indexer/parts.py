@@ -26,6 +26,8 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import VR
 
+from archive.recent import Recent
+
 from .documents import ANN_SOP_CLASS, QIDO_KEYS, SEG_SOP_CLASS, WSI_SOP_CLASS
 from .documents import _age_years as age_years
 from .documents import _codes as codes
@@ -115,16 +117,11 @@ def instance_parts(ds: Dataset, memo: bool = False) -> InstanceParts:
     key = _parts_key(ds) if memo else None
     if key is None:
         return _read_parts(ds, memo)
-    with _memo_lock:
-        hit = _parts_memo.get(key[0])
-        if hit is not None and all(a is b for a, b in zip(hit[0], key[1])):
-            _parts_memo.move_to_end(key[0])
-            return hit[1]
+    hit = _parts_memo.get(key[0])
+    if hit is not None and all(a is b for a, b in zip(hit[0], key[1])):
+        return hit[1]
     parts = _read_parts(ds, memo)
-    with _memo_lock:
-        _parts_memo[key[0]] = (key[1], parts)
-        while len(_parts_memo) > PARTS_MEMO:
-            _parts_memo.popitem(last=False)
+    _parts_memo.put(key[0], (key[1], parts))
     return parts
 
 
@@ -142,7 +139,7 @@ _READ_TAGS = tuple(dict.fromkeys(BaseTag(tag_for_keyword(k)) for k in READ_KEYWO
 #: (in each memo); a header whose key would hold more than MEMO_KEY_BYTES is read, not kept.
 PARTS_MEMO = 256
 MEMO_KEY_BYTES = 16 * 1024
-_parts_memo: OrderedDict[tuple[Any, ...], tuple[tuple[Any, ...], InstanceParts]] = OrderedDict()
+_parts_memo: Recent[tuple[Any, ...], tuple[tuple[Any, ...], InstanceParts]] = Recent(PARTS_MEMO)
 
 
 def _parts_key(ds: Dataset) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
@@ -188,7 +185,7 @@ _TRANSFER_SYNTAX = 0x00020010
 _KEY_TAGS = frozenset((*_READ_TAGS, _TRANSFER_SYNTAX))
 _ELEMENT = Struct("<HH2sH")  # tag, explicit VR, and the length of a VR with a 2-byte length
 _LONG_LENGTH = Struct("<L")
-_file_memo: OrderedDict[tuple[Any, ...], InstanceParts] = OrderedDict()
+_file_memo: Recent[tuple[Any, ...], InstanceParts] = Recent(PARTS_MEMO)
 
 
 def stored_parts(path: Path | None, header: Callable[[], Dataset | None]) -> InstanceParts | None:
@@ -200,21 +197,15 @@ def stored_parts(path: Path | None, header: Callable[[], Dataset | None]) -> Ins
     that. A storage id names one immutable file (archive/storage), so its bytes are its header's.
     """
     key = _file_key(path) if path is not None else None
-    if key is not None:
-        with _memo_lock:
-            hit = _file_memo.get(key)
-            if hit is not None:
-                _file_memo.move_to_end(key)
-                return hit
+    hit = _file_memo.get(key) if key is not None else None
+    if hit is not None:
+        return hit
     ds = header()
     if ds is None:
         return None
     parts = instance_parts(ds, memo=True)
     if key is not None:
-        with _memo_lock:
-            _file_memo[key] = parts
-            while len(_file_memo) > PARTS_MEMO:
-                _file_memo.popitem(last=False)
+        _file_memo.put(key, parts)
     return parts
 
 
