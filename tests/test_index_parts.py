@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import pydicom
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
@@ -72,56 +73,51 @@ def _write(ds: Dataset, path, syntax: str = ExplicitVRLittleEndian) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
-def _stored(tmp_path, headers: list[Dataset]):
-    """A catalog of these headers with each written as its stored file (as serve reads them)."""
+@pytest.fixture
+def stored(tmp_path):
+    """(headers, a catalog of them, the same catalog reading each from its stored file as serve
+    does, the files' directory); both catalogs closed at teardown."""
     from archive.catalog import Catalog
 
+    headers = _headers()
     files = tmp_path / "files"
     files.mkdir()
     for ds in headers:
         _write(ds, files / f"sid-{ds.SOPInstanceUID}")
-    catalog = Catalog(tmp_path / "catalog.sqlite")
-    store_series(catalog, headers)
-    return catalog, Catalog(tmp_path / "catalog.sqlite", lambda sid: files / sid), files
+    plain = Catalog(tmp_path / "catalog.sqlite")
+    store_series(plain, headers)
+    from_files = Catalog(tmp_path / "catalog.sqlite", lambda sid: files / sid)
+    yield headers, plain, from_files, files
+    plain.close()
+    from_files.close()
 
 
-def test_memoized_parts_equal_the_parts_of_the_file(tmp_path):
-    headers = _headers()
-    plain, from_files, files = _stored(tmp_path, headers)
+def test_memoized_parts_equal_the_parts_of_the_file(stored):
+    headers, _, from_files, files = stored
     parts._parts_memo.clear()
-    try:
-        for ds in headers:
-            got = parts.instance_parts(from_files.instance_header(ds.SOPInstanceUID, f"sid-{ds.SOPInstanceUID}"),
-                                       memo=True)
-            assert got == parts.instance_parts(pydicom.dcmread(files / f"sid-{ds.SOPInstanceUID}"))
-        assert 0 < len(parts._parts_memo) <= len(headers) - 3  # the three copies were answered by the memo
-    finally:
-        plain.close()
-        from_files.close()
+    for ds in headers:
+        got = parts.instance_parts(from_files.instance_header(ds.SOPInstanceUID, f"sid-{ds.SOPInstanceUID}"),
+                                   memo=True)
+        assert got == parts.instance_parts(pydicom.dcmread(files / f"sid-{ds.SOPInstanceUID}"))
+    assert 0 < len(parts._parts_memo) <= len(headers) - 3  # the three copies were answered by the memo
 
 
-def test_worker_documents_from_files_equal_those_from_the_catalog_json(tmp_path):
-    headers = _headers()
-    plain, from_files, _ = _stored(tmp_path, headers)
+def test_worker_documents_from_files_equal_those_from_the_catalog_json(stored, tmp_path):
+    headers, plain, from_files, _ = stored
     docs = []
-    try:
-        for name, catalog in (("json", plain), ("files", from_files)):
-            index = EmbeddedIndex(tmp_path / f"{name}.sqlite")
-            state = IndexState(tmp_path / f"{name}-state.sqlite")
-            IndexWorker(catalog, index, state, batch_size=1).catch_up()
-            docs.append({uid: index.get(uid) for uid in {ds.SeriesInstanceUID for ds in headers}})
-            index.close()
-            state.close()
-        assert docs[0] == docs[1]
-        assert all(docs[0].values())
-    finally:
-        plain.close()
-        from_files.close()
+    for name, catalog in (("json", plain), ("files", from_files)):
+        index = EmbeddedIndex(tmp_path / f"{name}.sqlite")
+        state = IndexState(tmp_path / f"{name}-state.sqlite")
+        IndexWorker(catalog, index, state, batch_size=1).catch_up()
+        docs.append({uid: index.get(uid) for uid in {ds.SeriesInstanceUID for ds in headers}})
+        index.close()
+        state.close()
+    assert docs[0] == docs[1]
+    assert all(docs[0].values())
 
 
-def test_file_memo_parses_a_header_only_for_new_bytes(tmp_path):
-    headers = _headers()
-    plain, from_files, files = _stored(tmp_path, headers)
+def test_file_memo_parses_a_header_only_for_new_bytes(stored, tmp_path):
+    headers, _, from_files, _ = stored
     parts._file_memo.clear()
     parsed = []
 
@@ -129,16 +125,12 @@ def test_file_memo_parses_a_header_only_for_new_bytes(tmp_path):
         parsed.append(ds.SOPInstanceUID)
         return from_files.instance_header(ds.SOPInstanceUID, f"sid-{ds.SOPInstanceUID}")
 
-    try:
-        for ds in headers:
-            path = from_files.stored_path(f"sid-{ds.SOPInstanceUID}")
-            got = parts.stored_parts(path, lambda: header(ds))
-            assert got == parts.instance_parts(pydicom.dcmread(path))
-        assert len(parsed) == len(headers) - 3  # the three copies were not parsed
-        assert parts.stored_parts(tmp_path / "gone", lambda: None) is None
-    finally:
-        plain.close()
-        from_files.close()
+    for ds in headers:
+        path = from_files.stored_path(f"sid-{ds.SOPInstanceUID}")
+        got = parts.stored_parts(path, lambda: header(ds))
+        assert got == parts.instance_parts(pydicom.dcmread(path))
+    assert len(parsed) == len(headers) - 3  # the three copies were not parsed
+    assert parts.stored_parts(tmp_path / "gone", lambda: None) is None
 
 
 def test_file_key_only_for_files_the_scan_reads_as_pydicom_does(tmp_path):
