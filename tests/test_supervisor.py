@@ -290,6 +290,16 @@ def _stop_and_measure(server: Server, sig: int = signal.SIGTERM) -> tuple[int, f
     return code, time.monotonic() - start
 
 
+def _wait_until_spooling(server: Server, timeout: float = 30) -> None:
+    """Until the STOW's spool file exists: the worker is handling the request, not merely sent
+    its first bytes (a request the worker takes up after the stop began is refused, 503)."""
+    spool = server.data_dir / "storage" / "tmp"
+    deadline = time.monotonic() + timeout
+    while not any(spool.glob("*.part")):
+        assert time.monotonic() < deadline, "the STOW never reached the worker's spool file"
+        time.sleep(0.05)
+
+
 def _instances_after_restart(server: Server) -> list:
     server.start()
     try:
@@ -324,6 +334,7 @@ def test_sigterm_during_a_stow_lets_it_finish(tmp_path, big_slide):
                                                        result), daemon=True)
     sender.start()
     assert started.wait(30)
+    _wait_until_spooling(server)
     code, took = _stop_and_measure(server)
     sender.join(60)
     assert code == 0
