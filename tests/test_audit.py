@@ -196,3 +196,48 @@ def test_broker_reveal_is_in_the_audit_trail(tmp_path):
     assert (alert["event"], alert["user"], alert["outcome"]) == ("SecurityAlert", "broker-carol", 4)
     assert ident["EventTypeCode"][0]["originalText"] == "Use of Restricted Function"
     assert "Doe" not in json.dumps(alert)  # an argument that opened no link may be typed PHI
+
+
+def _appends(monkeypatch) -> list[int]:
+    """The number of lines of each batch the writer appends (each one write and fdatasync)."""
+    from archive.audit import log as audit_log
+
+    batches: list[int] = []
+    real = audit_log.AuditLogFile.append
+
+    def append(self, data: bytes, now):
+        batches.append(data.count(b"\n"))
+        return real(self, data, now)
+    monkeypatch.setattr(audit_log.AuditLogFile, "append", append)
+    return batches
+
+
+def test_records_close_behind_a_write_share_the_next_one(tmp_path, monkeypatch):
+    from archive.audit import trail as audit_trail
+
+    monkeypatch.setattr(audit_trail, "_GATHER", 5.0)  # long, so that a loaded machine cannot split the batch
+    batches = _appends(monkeypatch)
+    audit = trail(tmp_path)
+    audit.record("Query", principal=Who("alice"), query={"limit": "1"})
+    assert audit.flush()
+    for n in (2, 3):
+        audit.record("Query", principal=Who("alice"), query={"limit": str(n)})
+        time.sleep(0.1)  # the writer has taken up the first: it gathers instead of writing it alone
+    started = time.monotonic()
+    assert audit.flush()
+    assert time.monotonic() - started < 4  # flush cut the gathering short
+    assert batches == [1, 2]
+    assert [query_of(r)["limit"] for r in records(tmp_path)] == ["1", "2", "3"]
+
+
+def test_a_record_after_a_quiet_spell_is_written_at_once(tmp_path, monkeypatch):
+    from archive.audit import trail as audit_trail
+
+    monkeypatch.setattr(audit_trail, "_GATHER", 600.0)
+    audit = trail(tmp_path)
+    audit.record("Query", principal=Who("alice"), query={"limit": "1"})
+    deadline = time.monotonic() + 30  # without a flush: no write before it, so no gathering
+    while not records(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [query_of(r)["limit"] for r in records(tmp_path)] == ["1"]
+    audit.close()

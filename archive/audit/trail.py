@@ -6,6 +6,10 @@ Transferring on the first frame of a series, then one DICOM Instances Transferre
 per principal and series per ``frame_interval`` with the counts). Neither ever
 raises nor blocks: records go into a bounded in-memory queue drained by one
 writer thread per process, which appends them to the local log (``audit_log``).
+Group commit: a batch that follows the previous write by less than ``_GATHER`` waits
+until that much has passed (``flush`` and ``close`` cut it short), so records arriving
+close together share one write and ``fdatasync`` (one per record cost the writer ~0.5 ms
+of CPU per C-STORE); a record after a quiet spell is written at once.
 When the queue is full a record is dropped and counted, and the writer records
 a Security Alert ("Audit Recording Stopped") with the number lost as soon as it
 catches up. Forwarding to an audit repository reads the log (``audit_syslog``).
@@ -35,6 +39,8 @@ EVENTS = tuple(audit_messages.EVENTS)
 #: At most this many SOP Instance UIDs are listed in one message (the count is always exact).
 MAX_LISTED_INSTANCES = 200
 _TICK = 1.0
+#: Seconds between one batch's write and the next, at least, unless flushed (module docstring).
+_GATHER = 0.05
 
 
 class PrincipalLike(Protocol):
@@ -163,6 +169,7 @@ class AuditTrail:
         done = threading.Event()
         try:
             self._q.put(done, timeout=timeout)
+            self._hurry.set()
         except queue.Full:
             return False
         return done.wait(timeout)
@@ -196,6 +203,8 @@ class AuditTrail:
         self._lock = threading.Lock()
         self._transfers: dict[tuple, _Transfer] = {}
         self._closing = False
+        self._hurry = threading.Event()  # set by flush: write what is queued now, without gathering
+        self._last_write = 0.0  # time.monotonic() of the last batch written
         self._file = AuditLogFile(self.directory, self.settings.rotate_bytes, self.settings.fsync)
         self._reported_drops = self.dropped
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -212,6 +221,10 @@ class AuditTrail:
                 items = [self._q.get(timeout=_TICK)]
             except queue.Empty:
                 items = []
+            since = time.monotonic() - self._last_write
+            if items and since < _GATHER and not isinstance(items[0], threading.Event):
+                self._hurry.wait(_GATHER - since)  # let the records close behind join this batch
+            self._hurry.clear()
             while len(items) < 1000:
                 try:
                     items.append(self._q.get_nowait())
@@ -236,6 +249,7 @@ class AuditTrail:
             return
         lines = [json.dumps(self._line(r), separators=(",", ":"), ensure_ascii=False) for r in records]
         self._file.append(("\n".join(lines) + "\n").encode("utf-8"), datetime.now(timezone.utc))
+        self._last_write = time.monotonic()
         self.written += len(lines)
 
     def _line(self, r: _Record) -> dict[str, Any]:
