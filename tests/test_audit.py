@@ -215,7 +215,7 @@ def _appends(monkeypatch) -> list[int]:
 def test_records_close_behind_a_write_share_the_next_one(tmp_path, monkeypatch):
     from archive.audit import trail as audit_trail
 
-    monkeypatch.setattr(audit_trail, "_GATHER", 5.0)  # long, so that a loaded machine cannot split the batch
+    monkeypatch.setattr(audit_trail, "_GATHER", 600.0)  # long: a loaded machine cannot split the batch
     batches = _appends(monkeypatch)
     audit = trail(tmp_path)
     audit.record("Query", principal=Who("alice"), query={"limit": "1"})
@@ -223,9 +223,7 @@ def test_records_close_behind_a_write_share_the_next_one(tmp_path, monkeypatch):
     for n in (2, 3):
         audit.record("Query", principal=Who("alice"), query={"limit": str(n)})
         time.sleep(0.1)  # the writer has taken up the first: it gathers instead of writing it alone
-    started = time.monotonic()
-    assert audit.flush()
-    assert time.monotonic() - started < 4  # flush cut the gathering short
+    assert audit.flush(timeout=60)  # answered: flush cut the gathering short
     assert batches == [1, 2]
     assert [query_of(r)["limit"] for r in records(tmp_path)] == ["1", "2", "3"]
 
