@@ -276,8 +276,9 @@ class Catalog:
         study_tags, series_tags = _level_tags()
         study_json = _subset(new.header_json, study_tags)
         series_json = _subset(new.header_json, series_tags)
-        # from the tags alone: iterating ``ds`` would make pydicom parse every element
-        instance_json = _subset(new.header_json, set(map(_instance_tag, ds._dict)))
+        # from the tags alone: iterating ``ds`` would make pydicom parse every element; as plain
+        # ints, which the cache looks up in C (a BaseTag key compares in Python, ~70 per instance)
+        instance_json = _subset(new.header_json, set(map(_instance_tag, map(int, ds._dict))))
         header = zlib.compress(dicomjson.encode(new.header_json, compact=True).encode(), 3)
         study_uid, series_uid = cols["study"]["study_instance_uid"], cols["series"]["series_instance_uid"]
         sop_uid = cols["instance"]["sop_instance_uid"]
