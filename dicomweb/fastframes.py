@@ -65,7 +65,7 @@ class FastFrames:
                principal: Principal) -> tuple[str, bytes] | None:
         try:
             record = self.archive.locate(study, series, sop, principal)
-            choice = media.choose_frame_format(media.parse_accept(accept), record.transfer_syntax_uid, single=True)
+            choice = media.frame_format(accept, record.transfer_syntax_uid, single=True)
             n = int(number)
             if choice is None or choice.decode or not 1 <= n <= self.archive.frame_count(record):
                 return None

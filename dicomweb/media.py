@@ -5,6 +5,7 @@ import dataclasses
 import re
 
 from archive.errors import InvalidRequest
+from archive.recent import Recent
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 NATIVE = {"1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"}
@@ -107,6 +108,27 @@ def choose_frame_format(accept: list[MediaRange], stored_ts: str, single: bool) 
             if wanted_ts in (None, "*", stored_ts):
                 return FrameChoice(part, stored_ts, False, multipart)
     return None
+
+
+#: Accept headers longer than this are negotiated each time, not remembered (bounded memory).
+REMEMBERED_ACCEPT_CHARS = 512
+_frame_formats: Recent[tuple[str | None, str, bool], FrameChoice] = Recent(256)
+
+
+def frame_format(header: str | None, stored_ts: str, single: bool) -> FrameChoice | None:
+    """``choose_frame_format(parse_accept(header), ...)``, remembered per (header, stored syntax, single).
+
+    A viewer sends the same Accept header with every frame, and negotiating it again was the
+    largest cost of the frame path after the catalog lookup (a pure function of its inputs, so
+    nothing here can go stale). A header that does not parse raises InvalidRequest, as before.
+    """
+    key = (header, stored_ts, single)
+    choice = _frame_formats.get(key)
+    if choice is None:
+        choice = choose_frame_format(parse_accept(header), stored_ts, single)
+        if choice is not None and (header is None or len(header) <= REMEMBERED_ACCEPT_CHARS):
+            _frame_formats.put(key, choice)
+    return choice
 
 
 def accepts(accept: list[MediaRange], *types: str) -> str | None:

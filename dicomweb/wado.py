@@ -173,8 +173,7 @@ def frames(study: str, series: str, sop: str, frames: str):
     numbers = parse_frame_list(frames)
     store = archive()
     record = store.locate(study, series, sop, principal())
-    choice = media.choose_frame_format(media.parse_accept(request.headers.get("Accept")),
-                                       record.transfer_syntax_uid, single=len(numbers) == 1)
+    choice = media.frame_format(request.headers.get("Accept"), record.transfer_syntax_uid, single=len(numbers) == 1)
     if choice is None:
         raise NotAcceptable(f"frames are stored as {record.transfer_syntax_uid}; the Accept header allows "
                             "neither that nor uncompressed application/octet-stream")

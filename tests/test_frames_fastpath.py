@@ -1,0 +1,58 @@
+"""What the single-frame path remembers between requests: the Accept negotiation (a pure
+function of the header)."""
+from __future__ import annotations
+
+import pytest
+
+from archive.errors import InvalidRequest
+from dicomweb import media
+
+JPEG = "1.2.840.10008.1.2.4.50"
+SYNTAXES = [JPEG, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "1.2.3.4"]
+HEADERS = [
+    None, "", "*/*", "image/jpeg", "image/png", "application/octet-stream",
+    'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+    'multipart/related; type="application/octet-stream"',
+    'multipart/related; type="image/jpeg"',
+    'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50',
+    'multipart/related; type="image/jp2", multipart/related; type="image/jpeg"; q=0.5',
+    'multipart/related; type="image/jpeg"; q=0, image/jpeg',
+    'multipart/related; type="image/dicom-rle", application/octet-stream; q=0.1',
+    "IMAGE/JPEG",
+    'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50' + ", */*;q=0.1" * 60,
+]
+
+
+@pytest.mark.parametrize("single", [True, False])
+@pytest.mark.parametrize("stored", SYNTAXES)
+def test_remembered_frame_format_is_the_negotiated_one(stored, single):
+    media._frame_formats.clear()
+    for _ in range(3):  # the first call negotiates, the next ones answer from memory
+        for header in HEADERS:
+            expected = media.choose_frame_format(media.parse_accept(header), stored, single)
+            assert media.frame_format(header, stored, single) == expected, header
+
+
+def test_a_malformed_accept_header_is_refused_every_time():
+    media._frame_formats.clear()
+    for _ in range(3):
+        with pytest.raises(InvalidRequest, match="malformed q value"):
+            media.frame_format("image/jpeg; q=high", JPEG, True)
+    assert len(media._frame_formats) == 0
+
+
+def test_a_long_accept_header_is_negotiated_but_not_remembered():
+    media._frame_formats.clear()
+    long = "image/jpeg, " + ", ".join(f"image/x-{n}" for n in range(100))
+    assert len(long) > media.REMEMBERED_ACCEPT_CHARS
+    assert media.frame_format(long, JPEG, True) == media.FrameChoice("image/jpeg", JPEG, False, False)
+    assert len(media._frame_formats) == 0
+    media.frame_format("image/jpeg", JPEG, True)
+    assert len(media._frame_formats) == 1
+
+
+def test_remembered_frame_formats_are_bounded():
+    media._frame_formats.clear()
+    for n in range(1000):
+        media.frame_format(f"image/jpeg, image/x-{n}", JPEG, True)
+    assert len(media._frame_formats) <= media._frame_formats.entries
