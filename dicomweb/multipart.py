@@ -6,8 +6,8 @@ boundary per response.
 """
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -98,7 +98,10 @@ def read_parts(stream: BinaryIO, boundary: str, new_spool: Callable[[], Path]) -
 
 
 def new_boundary() -> str:
-    return uuid.uuid4().hex
+    """128 bits from the OS's CSPRNG as 32 hex digits, new for every body: a predictable boundary
+    would let bytes inside a part end it early. ``uuid4().hex`` drew the same randomness but built a
+    UUID object around it, 5% of a single-frame request's CPU."""
+    return os.urandom(16).hex()
 
 
 def part_header(boundary: str, content_type: str, location: str | None = None) -> bytes:

@@ -1,11 +1,14 @@
-"""What the single-frame path remembers between requests: the Accept negotiation (a pure
-function of the header)."""
+"""What the single-frame path remembers between requests, and what it must not: the Accept
+negotiation (remembered: a pure function of the header), the multipart boundary (never: new
+random bits for every body)."""
 from __future__ import annotations
+
+import re
 
 import pytest
 
 from archive.errors import InvalidRequest
-from dicomweb import media
+from dicomweb import media, multipart
 
 JPEG = "1.2.840.10008.1.2.4.50"
 SYNTAXES = [JPEG, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "1.2.3.4"]
@@ -56,3 +59,12 @@ def test_remembered_frame_formats_are_bounded():
     for n in range(1000):
         media.frame_format(f"image/jpeg, image/x-{n}", JPEG, True)
     assert len(media._frame_formats) <= media._frame_formats.entries
+
+
+def test_every_multipart_boundary_is_new_and_random():
+    boundaries = [multipart.new_boundary() for _ in range(2000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", b) for b in boundaries)
+    assert len(set(boundaries)) == len(boundaries)
+    # 128 random bits each: every hex digit turns up at every position
+    for position in range(32):
+        assert len({b[position] for b in boundaries}) == 16, position
