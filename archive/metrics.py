@@ -109,10 +109,23 @@ def metrics() -> _Metrics:
 
 # --- what the entry points call ------------------------------------------------------
 
+#: (route, method, status) -> that request counter and the route's latency histogram: ``labels()``
+#: (argument checks, a lock) cost as much as the two updates themselves on the frame path. At most
+#: ``HTTP_CHILDREN`` kept (a client picks the method), the rest looked up each time.
+_http_children: dict[tuple[str, str, str], tuple] = {}
+HTTP_CHILDREN = 1024
+
+
 def http_request(route: str, method: str, status: str, seconds: float) -> None:
-    m = metrics()
-    m.http_requests.labels(route, method, status).inc()
-    m.http_latency.labels(route).observe(seconds)
+    key = (route, method, status)
+    children = _http_children.get(key)
+    if children is None:
+        m = metrics()
+        children = (m.http_requests.labels(route, method, status), m.http_latency.labels(route))
+        if len(_http_children) < HTTP_CHILDREN:
+            _http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def ingested(source: str, outcome: str, size: int, seconds: float) -> None:
