@@ -75,12 +75,13 @@ class AccessSink:
         self.json = fmt == "json"
         self.pending: list[str] = []
         self.lock = threading.Lock()
+        self._stamps: dict[int, str] = {}
         self.stopped = threading.Event()
         threading.Thread(target=self._flusher, name="access-log", daemon=True).start()
         atexit.register(self.close)
 
     def write(self, fields: dict) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        stamp = self._stamp()
         if self.json:
             line = json.dumps({"time": stamp, "logger": ACCESS_LOGGER, **fields}, separators=(",", ":"))
         else:
@@ -91,6 +92,16 @@ class AccessSink:
             full = len(self.pending) >= self.MAX_PENDING
         if full:
             self.flush()
+
+    def _stamp(self) -> str:
+        """The local time to the second, formatted once a second (strftime per line cost a tenth
+        of the line)."""
+        second = int(time.time())
+        stamp = self._stamps.get(second)
+        if stamp is None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._stamps = {second: stamp}  # replaced whole: a thread reading the old one is not disturbed
+        return stamp
 
     def _flusher(self) -> None:
         while not self.stopped.wait(self.FLUSH_SECONDS):

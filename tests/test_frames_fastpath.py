@@ -1,13 +1,15 @@
 """What the single-frame path remembers between requests, and what it must not: the Accept
 negotiation (remembered: a pure function of the header), the multipart boundary (never: new
-random bits for every body)."""
+random bits for every body), the access log's time stamp (remembered for its second)."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
 from archive.errors import InvalidRequest
+from archive.logs import AccessSink
 from dicomweb import media, multipart
 
 JPEG = "1.2.840.10008.1.2.4.50"
@@ -68,3 +70,21 @@ def test_every_multipart_boundary_is_new_and_random():
     # 128 random bits each: every hex digit turns up at every position
     for position in range(32):
         assert len({b[position] for b in boundaries}) == 16, position
+
+
+def test_access_log_stamp_follows_the_clock(tmp_path, monkeypatch):
+    sink = AccessSink(tmp_path / "access.log", "text")
+    try:
+        now = [1_700_000_000.25]
+        monkeypatch.setattr(time, "time", lambda: now[0])
+        first = sink._stamp()
+        assert first == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_000_000))
+        now[0] += 0.5
+        assert sink._stamp() == first
+        now[0] += 0.5  # the next second
+        assert sink._stamp() == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_000_001))
+        now[0] += 3600
+        assert sink._stamp() == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1_700_003_601))
+    finally:
+        monkeypatch.undo()
+        sink.close()
