@@ -101,7 +101,7 @@ class Archive:
 
     def frame(self, record: InstanceRecord, number: int) -> bytes:
         """Frame ``number`` (1-based) as stored: one positioned read of the stored file."""
-        return self.frames([(record, number)])[0]
+        return self._instance_frames(record, [number])[0]
 
     def frames(self, wanted: list[tuple[InstanceRecord, int]]) -> list[bytes]:
         """Frames as stored, in the order asked: (instance, 1-based number) each.
@@ -115,18 +115,21 @@ class Archive:
         for i, (record, _) in enumerate(wanted):
             parts.setdefault(record.storage_id, []).append(i)
         for positions in parts.values():
-            record = wanted[positions[0]][0]
-            index = self._frame_index(record)
-            numbers = [wanted[i][1] for i in positions]
-            for n in numbers:
-                if not 1 <= n <= len(index):
-                    raise InvalidRequest(f"frame {n} out of range 1-{len(index)}")
-            spans = [_frame_span(index, n) for n in numbers]
-            prefetch = _following(index, max(numbers), self.storage.readahead)
-            datas = self.storage.read_ranges(record.storage_id, spans, prefetch)
-            for i, n, data in zip(positions, numbers, datas):
-                out[i] = _frame_bytes(index, n, data)
+            datas = self._instance_frames(wanted[positions[0]][0], [wanted[i][1] for i in positions])
+            for i, data in zip(positions, datas):
+                out[i] = data
         return out
+
+    def _instance_frames(self, record: InstanceRecord, numbers: list[int]) -> list[bytes]:
+        """Frames ``numbers`` of one instance, in that order, with one ``read_ranges`` call."""
+        index = self._frame_index(record)
+        for n in numbers:
+            if not 1 <= n <= len(index):
+                raise InvalidRequest(f"frame {n} out of range 1-{len(index)}")
+        spans = [_frame_span(index, n) for n in numbers]
+        prefetch = _following(index, max(numbers), self.storage.readahead)
+        datas = self.storage.read_ranges(record.storage_id, spans, prefetch)
+        return [_frame_bytes(index, n, data) for n, data in zip(numbers, datas)]
 
     def level_frames(self, record: InstanceRecord, numbers: list[int]) -> list[tuple[InstanceRecord, int]]:
         """Map frame numbers to (part, frame in part).

@@ -66,10 +66,9 @@ class FastFrames:
         try:
             record = self.archive.locate(study, series, sop, principal)
             choice = media.frame_format(accept, record.transfer_syntax_uid, single=True)
-            n = int(number)
-            if choice is None or choice.decode or not 1 <= n <= self.archive.frame_count(record):
+            if choice is None or choice.decode:
                 return None
-            data = self.archive.frame(record, n)
+            data = self.archive.frame(record, int(number))  # out of range: InvalidRequest, Flask's to answer
         except StorageUnavailable:
             raise
         except (ArchiveError, OSError, ValueError):
