@@ -9,7 +9,7 @@ import time
 import pytest
 
 from archive.errors import InvalidRequest
-from archive.logs import AccessSink
+from archive.logs import AccessSink, query_keys
 from dicomweb import media, multipart
 
 JPEG = "1.2.840.10008.1.2.4.50"
@@ -88,3 +88,9 @@ def test_access_log_stamp_follows_the_clock(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         sink.close()
+
+
+@pytest.mark.parametrize("query, logged", [("", ""), ("PatientName=DOE^JOHN&limit=5", "PatientName=&limit="),
+                                           ("&&", ""), ("flag", "flag="), ("a=1&a=2", "a=&a=")])
+def test_access_log_names_query_parameters_never_their_values(query, logged):
+    assert query_keys(query) == logged
