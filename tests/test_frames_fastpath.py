@@ -1,16 +1,24 @@
 """What the single-frame path remembers between requests, and what it must not: the Accept
 negotiation (remembered: a pure function of the header), the multipart boundary (never: new
-random bits for every body), the access log's time stamp (remembered for its second)."""
+random bits for every body), the access log's time stamp (remembered for its second), and,
+over real sockets on a two-worker server, nothing of the catalog: a collection change made by
+another process and a delete answered by either worker stop the frames at once in both."""
 from __future__ import annotations
 
 import re
 import time
 
+import pydicom
 import pytest
+import requests
 
 from archive.errors import InvalidRequest
 from archive.logs import AccessSink, query_keys
 from dicomweb import media, multipart
+
+from conftest import IDENTIFIED
+from slides import SlideSpec, make_slide
+from test_auth import bearer, cli, stow, with_admin_key
 
 JPEG = "1.2.840.10008.1.2.4.50"
 SYNTAXES = [JPEG, "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5", "1.2.3.4"]
@@ -94,3 +102,44 @@ def test_access_log_stamp_follows_the_clock(tmp_path, monkeypatch):
                                            ("&&", ""), ("flag", "flag="), ("a=1&a=2", "a=&a=")])
 def test_access_log_names_query_parameters_never_their_values(query, logged):
     assert query_keys(query) == logged
+
+
+def _frame_statuses(url: str, token: str, times: int) -> set[int]:
+    """Statuses of ``times`` single-frame GETs, each on a new connection (granian spreads those over
+    its workers), as the fast path takes them: no query string, the benchmark's Accept header."""
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    return {requests.get(url, headers={**bearer(token), "Accept": accept}, timeout=30).status_code
+            for _ in range(times)}
+
+
+def test_no_worker_serves_a_frame_after_access_is_removed_elsewhere_or_the_instance_deleted(tmp_path):
+    server = with_admin_key(tmp_path / "server", IDENTIFIED + "[auth]\nenabled = true\n").start()
+    try:
+        reader = cli(server, "keys", "create", "--name", "reader", "--grant", "a:read")
+        paths = make_slide(tmp_path / "slide", SlideSpec(width=512, height=512, seed=811, patient_id="FAST-1",
+                                                          label=False, overview=False))
+        assert stow(server, paths, "a", server.admin).status_code == 200
+        ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
+        study = ds.StudyInstanceUID
+        url = (f"{server.dicomweb}/studies/{study}/series/{ds.SeriesInstanceUID}"
+               f"/instances/{ds.SOPInstanceUID}/frames/1")
+        counted = lambda: {p.name for p in (server.data_dir / "run" / "metrics").glob("counter_*.db")}
+        for _ in range(300):  # until both workers have served (and so hold this level's index and descriptor)
+            assert _frame_statuses(url, reader, 1) == {200}
+            if len(counted()) >= 2:
+                break
+        assert len(counted()) >= 2, f"frames served by one worker only: {counted()}"
+        assert _frame_statuses(url, reader, 20) == {200}
+
+        # another process (the command line) moves the study out of the reader's collection
+        assert cli(server, "collection", "add", study, "b") == "a b"
+        assert cli(server, "collection", "remove", study, "a") == "b"
+        assert _frame_statuses(url, reader, 40) == {404}
+        assert _frame_statuses(url, server.admin, 20) == {200}
+
+        # one worker answers the delete; neither serves the frame afterwards
+        r = requests.delete(url.rsplit("/frames/", 1)[0], headers=bearer(server.admin), timeout=30)
+        assert r.status_code == 204, r.text
+        assert _frame_statuses(url, server.admin, 40) == {404}
+    finally:
+        server.stop()
