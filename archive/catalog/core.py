@@ -51,8 +51,8 @@ class InstanceRecord(NamedTuple):
     """What serving an instance needs, from one row.
 
     A NamedTuple, immutable as the frozen dataclass it was, because every frame request makes
-    one: the frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field) cost 7 times
-    as much as a tuple's, as much as the frame's pread."""
+    one: the frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field) took ~7 us,
+    a tuple's ~1 us."""
 
     study_uid: str
     series_uid: str
