@@ -21,7 +21,10 @@ from pydicom.dataset import Dataset
 if TYPE_CHECKING:
     from .parts import SeriesParts
 
-MAPPING_VERSION = 3  # 2: collections (every collection of the study, for access control); 3: species, specimen type
+# 2: collections (every collection of the study, for access control); 3: species, specimen type;
+# 4: name_starts (Elasticsearch only: fuzzy person-name QIDO as a prefix query, indexer/qido.py)
+MAPPING_VERSION = 4
+NAME_STARTS = "name_starts"  # where the ES backend indexes each person name's starts (qido.name_starts)
 
 WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 ANN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.91.1"

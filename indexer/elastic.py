@@ -20,9 +20,13 @@ from . import qido
 from .base import IndexUnavailable, Unanswerable
 from .config import IndexConfig
 from .documents import FIELDS, MAPPING_VERSION, DocumentError
-from .search import BadQuery, SearchRequest, SearchResult, public_hit
+from .search import PRIVATE_ROOTS, BadQuery, SearchRequest, SearchResult, public_hit
 
 log = logging.getLogger(__name__)
+
+NAME_STARTS_SINCE = 4  # the first mapping version whose documents all carry qido.NAME_STARTS
+PAGE = 5000  # UIDs per round trip of a QIDO answered from the index
+VERSION_TTL = 60.0  # seconds a node trusts the live index's mapping version (a reindex elsewhere swaps it)
 
 # Keyword fields that free text also searches (embedded.free_text uses the same list).
 _COPY_TO_TEXT = {"scanner.manufacturer", "scanner.model", "series.modality", "collection", "ai.algorithms",
@@ -50,6 +54,8 @@ def mapping() -> dict[str, Any]:
             if field.name in _COPY_TO_TEXT:
                 spec["copy_to"] = "text"
         node[leaf] = spec
+    root[qido.NAME_STARTS] = {"type": "object", "dynamic": "strict",
+                              "properties": {k: {"type": "keyword", "ignore_above": 1024} for k in qido.NAME_KEYS}}
     return {"dynamic": "strict", "_meta": {"mapping_version": MAPPING_VERSION}, "properties": root}
 
 
@@ -98,6 +104,7 @@ class ElasticIndex:
         self.es = client or Elasticsearch(list(config.urls), request_timeout=config.request_timeout,
                                           max_retries=0, retry_on_timeout=False, ca_certs=config.ca_certs,
                                           **config.credentials())
+        self._version: tuple[int, float] | None = None  # (mapping version of the live index, when read)
 
     # --- generations ----------------------------------------------------------------
 
@@ -119,12 +126,38 @@ class ElasticIndex:
         try:
             if not self.es.indices.exists_alias(name=self.alias):
                 self._create(with_alias=True, generation=0)
+            elif self.mapping_version(fresh=True) < MAPPING_VERSION:
+                self._add_new_fields()
         except ApiError as e:
             if e.status_code == 400 and "already_exists" in str(e):
                 return  # another process created it first
             raise _unavailable(e) from None
         except TransportError as e:
             raise _unavailable(e) from None
+
+    def mapping_version(self, fresh: bool = False) -> int:
+        """The mapping version the live index was built with (0: older than versions)."""
+        now = time.monotonic()
+        if fresh or self._version is None or now - self._version[1] > VERSION_TTL:
+            mappings = self.es.indices.get_mapping(index=self.alias)
+            versions = [m["mappings"].get("_meta", {}).get("mapping_version", 0) for m in mappings.values()]
+            self._version = (min(versions, default=0), now)
+        return self._version[0]
+
+    def _add_new_fields(self) -> None:
+        """Add the fields of this version to an index built by an older one, so writes keep
+        working after an upgrade (the strict mapping would refuse every new document); its
+        older documents lack them until ``slidearchive reindex`` (queries allow for that)."""
+        log.warning("the search index was built by mapping version %d (this version is %d): adding the new "
+                    "fields; run `slidearchive reindex` to fill them for the documents already indexed",
+                    self.mapping_version(), MAPPING_VERSION)
+        try:
+            self.es.indices.put_mapping(index=self.alias, properties=mapping()["properties"])
+        except ApiError as e:
+            if e.status_code != 400:
+                raise
+            log.error("the search index's mapping cannot take this version's fields (%s): run "
+                      "`slidearchive reindex`", e.error)
 
     def begin_rebuild(self) -> _Rebuild:
         try:
@@ -139,7 +172,7 @@ class ElasticIndex:
             return []
         operations: list[dict[str, Any]] = []
         for doc in docs:
-            operations += [{"index": {"_index": target, "_id": doc["series_uid"]}}, doc]
+            operations += [{"index": {"_index": target, "_id": doc["series_uid"]}}, qido.with_name_starts(doc)]
         try:
             response = self.es.bulk(operations=operations)
         except (TransportError, ApiError) as e:
@@ -219,7 +252,7 @@ class ElasticIndex:
                               "order": [{"_count": "desc"}, {"_key": "asc"}]}} for f in request.facets}
         try:
             kwargs = dict(index=self.alias, query=self._query(request), sort=sort, from_=request.offset,
-                          size=request.size, track_total_hits=True, source={"excludes": ["qido"]},
+                          size=request.size, track_total_hits=True, source={"excludes": list(PRIVATE_ROOTS)},
                           aggs=aggs or None)
             try:
                 response = self.es.search(**kwargs)
@@ -245,8 +278,8 @@ class ElasticIndex:
     # --- QIDO -----------------------------------------------------------------------------------
 
     def qido_uids(self, level: str, matches: Iterable[Any], fuzzy: bool, cap: int) -> list[str]:
-        query = qido.es_query(level, list(matches), fuzzy)
         try:
+            query = qido.es_query(level, list(matches), fuzzy, starts=self.mapping_version() >= NAME_STARTS_SINCE)
             if level == "study":
                 return self._distinct_studies(query, cap)
             return self._series(query, cap)
@@ -259,7 +292,7 @@ class ElasticIndex:
         out: list[str] = []
         after = None
         while True:
-            composite: dict[str, Any] = {"size": 5000, "sources": [{"s": {"terms": {"field": "study_uid"}}}]}
+            composite: dict[str, Any] = {"size": PAGE, "sources": [{"s": {"terms": {"field": "study_uid"}}}]}
             if after:
                 composite["after"] = after
             r = self.es.search(index=self.alias, query=query, size=0, aggs={"u": {"composite": composite}})
@@ -268,7 +301,7 @@ class ElasticIndex:
             if len(out) > cap:
                 raise Unanswerable(f"more than {cap} matches: too broad for the index path")
             after = r["aggregations"]["u"].get("after_key")
-            if not buckets or not after:
+            if len(buckets) < PAGE or not after:  # a short page is the last: no round trip for an empty one
                 return out
 
     def _series(self, query: dict[str, Any], cap: int) -> list[str]:
@@ -276,12 +309,12 @@ class ElasticIndex:
         after = None
         while True:
             kwargs: dict[str, Any] = {"search_after": after} if after else {}
-            r = self.es.search(index=self.alias, query=query, size=5000, sort=[{"series_uid": "asc"}],
+            r = self.es.search(index=self.alias, query=query, size=PAGE, sort=[{"series_uid": "asc"}],
                                source=False, track_total_hits=False, **kwargs)
             hits = r["hits"]["hits"]
             out += [h["_id"] for h in hits]
             if len(out) > cap:
                 raise Unanswerable(f"more than {cap} matches: too broad for the index path")
-            if len(hits) < 5000:
+            if len(hits) < PAGE:
                 return out
             after = hits[-1]["sort"]

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Iterable
 
 from .base import Index, Unanswerable
+from .documents import NAME_STARTS
 
 MAX_UIDS = 20_000  # beyond this a query is too broad to ship as a UID list: the catalog answers it
 
@@ -54,6 +55,36 @@ def _pn_patterns(m: Any, fuzzy: bool) -> list[str]:
     return [pattern + "*", "*^" + pattern + "*", "* " + pattern + "*"]
 
 
+# --- person-name starts -----------------------------------------------------------
+
+#: The person-name keys the index holds (``qido.<keyword>``, VR PN).
+NAME_KEYS = ("PatientName", "ReferringPhysicianName")
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def name_starts(value: str) -> list[str]:
+    """The lowercased name and every part of it that follows a ``^`` or a space.
+
+    A fuzzy PN match (``p*``, ``*^p*`` or ``* p*`` on the lowercased name, as the
+    catalog matches) holds exactly when some start matches ``p*``: a prefix query on
+    these, where a wildcard with a leading ``*`` would scan every name in the index.
+    Lowercased as the catalog's SQL ``lower()`` and ES's ``case_insensitive`` do: ASCII
+    letters only.
+    """
+    name = value.translate(_ASCII_LOWER)
+    starts = [name] + [name[i + 1:] for i, c in enumerate(name) if c in "^ " and i + 1 < len(name)]
+    return list(dict.fromkeys(starts))
+
+
+def with_name_starts(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with ``name_starts`` filled from its ``qido`` names (what the ES backend indexes)."""
+    keys = doc.get("qido") or {}
+    starts = {k: name_starts(keys[k]) for k in NAME_KEYS if keys.get(k)}
+    return {**doc, NAME_STARTS: starts} if starts else doc
+
+
 def _high(m: Any, high: str) -> str:
     return high + ("\uffff" if m.key.vr in ("TM", "DT") else "")
 
@@ -61,7 +92,8 @@ def _high(m: Any, high: str) -> str:
 # --- Elasticsearch --------------------------------------------------------------
 
 
-def es_clause(m: Any, fuzzy: bool) -> dict[str, Any]:
+def es_clause(m: Any, fuzzy: bool, starts: bool = True) -> dict[str, Any]:
+    """One Match as an ES query; ``starts``: the index holds ``name_starts`` for every document."""
     field = field_of(m)
     if m.kind == "empty":
         return {"bool": {"must_not": [{"exists": {"field": field}}]}}
@@ -75,19 +107,23 @@ def es_clause(m: Any, fuzzy: bool) -> dict[str, Any]:
         if high:
             bounds["lte"] = _high(m, high)
         return {"range": {field: bounds}}
+    if m.key.vr == "PN" and fuzzy and starts and m.key.keyword in NAME_KEYS:
+        value = m.values[0].lower()
+        field = f"{NAME_STARTS}.{m.key.keyword}"
+        if m.kind == "wildcard":
+            return {"wildcard": {field: {"value": _es_wildcard(value) + "*"}}}
+        return {"prefix": {field: {"value": value}}}
     if m.key.vr == "PN":
         should = [{"wildcard": {field: {"value": p, "case_insensitive": True}}} for p in _pn_patterns(m, fuzzy)]
         return should[0] if len(should) == 1 else {"bool": {"should": should, "minimum_should_match": 1}}
     if m.kind == "wildcard":
-        if m.key.multi:
-            return {"wildcard": {field: {"value": _es_wildcard(m.values[0])}}}
         return {"wildcard": {field: {"value": _es_wildcard(m.values[0])}}}
     return {"terms": {field: list(m.values)}}
 
 
-def es_query(level: str, matches: list[Any], fuzzy: bool) -> dict[str, Any]:
+def es_query(level: str, matches: list[Any], fuzzy: bool, starts: bool = True) -> dict[str, Any]:
     check(level, matches)
-    return {"bool": {"filter": [es_clause(m, fuzzy) for m in matches]}} if matches else {"match_all": {}}
+    return {"bool": {"filter": [es_clause(m, fuzzy, starts) for m in matches]}} if matches else {"match_all": {}}
 
 
 # --- SQL over the embedded value table ---------------------------------------------

@@ -9,7 +9,7 @@ import dataclasses
 import re
 from typing import Any, Iterable
 
-from .documents import FIELD_BY_NAME, FIELDS
+from .documents import FIELD_BY_NAME, FIELDS, NAME_STARTS
 
 MAX_SIZE = 100
 MAX_WINDOW = 10_000  # page * size beyond this is refused: deep paging needs search_after, not offsets
@@ -189,6 +189,10 @@ def parse_search(params: Iterable[tuple[str, str]]) -> SearchRequest:
     return request
 
 
+#: What a search hit never shows: the raw QIDO keys and the ES backend's name starts (patient names).
+PRIVATE_ROOTS = ("qido", NAME_STARTS)
+
+
 def public_hit(doc: dict[str, Any]) -> dict[str, Any]:
-    """What a search hit shows: the document without the raw QIDO keys (patient names live there)."""
-    return {k: v for k, v in doc.items() if k != "qido"}
+    """What a search hit shows: the document without the QIDO keys."""
+    return {k: v for k, v in doc.items() if k not in PRIVATE_ROOTS}

@@ -190,3 +190,59 @@ def test_answer_refuses_instance_level(catalog_and_data, make_index, tmp_path):
     index = make_index()
     with pytest.raises(Unanswerable):
         qido.answer(index, catalog, parse_qido("instance", [("SOPClassUID", "1.2.3")]), SYSTEM)
+
+
+@pytest.mark.elasticsearch
+def test_an_index_of_an_older_mapping_keeps_answering_and_taking_writes(catalog_and_data, es_node, monkeypatch,
+                                                                       tmp_path):  # noqa: F811
+    """An index built before name starts existed (mapping version 3) is upgraded in place: new
+    documents are accepted, and fuzzy names are still matched like the catalog (by wildcard) for
+    documents that carry no starts."""
+    from es_node import elastic_index
+    from indexer import elastic
+
+    catalog, data = catalog_and_data
+    index = elastic_index(es_node.url)
+    old = elastic.mapping()
+    del old["properties"]["name_starts"]
+    old["_meta"]["mapping_version"] = 3
+    try:
+        index.es.indices.create(index=f"{index.alias}-v3-0", mappings=old, aliases={index.alias: {}})
+        with monkeypatch.context() as m:  # the documents an older version wrote
+            m.setattr(qido, "with_name_starts", lambda doc: doc)
+            IndexWorker(catalog, index, IndexState(tmp_path / "state.sqlite")).catch_up()
+        index.ensure()
+        assert index.mapping_version() == 3
+        series_uid = data[0][0].SeriesInstanceUID
+        doc = index.get(series_uid)
+        assert "name_starts" not in doc and index.upsert([doc]) == []  # refused as an unknown field before
+        index.refresh()
+        fuzzy_names = 0
+        for params, query in _queries(data, "study", 200, seed=13):
+            if not (query.fuzzy and any(m.key.vr == "PN" for m in query.matches)):
+                continue
+            fuzzy_names += 1
+            unpaged = qido.replace_matches(query, query.matches)
+            unpaged.limit, unpaged.offset = None, 0
+            expected = sorted({_uid("study", r) for r in catalog.search(unpaged, principal=SYSTEM)})
+            assert index.qido_uids("study", query.matches, query.fuzzy, 10_000) == expected, params
+        assert fuzzy_names > 10
+    finally:
+        index.es.indices.delete(index=f"{index.alias}*", ignore_unavailable=True)
+        index.close()
+
+
+def test_name_starts_are_what_a_fuzzy_match_needs():
+    assert qido.name_starts("van der Berg^Anna") == ["van der berg^anna", "der berg^anna", "berg^anna", "anna"]
+    assert qido.name_starts("MÜLLER^ANNA^") == ["mÜller^anna^", "anna^"]  # ASCII case folding, as SQL lower()
+    doc = {"series_uid": "1", "qido": {"PatientName": "Doe^Jane", "PatientID": "P"}}
+    assert qido.with_name_starts(doc)["name_starts"] == {"PatientName": ["doe^jane", "jane"]}
+    assert qido.with_name_starts({"series_uid": "1", "qido": {"PatientID": "P"}}) == {"series_uid": "1",
+                                                                                     "qido": {"PatientID": "P"}}
+
+
+def test_name_keys_are_the_person_name_keys_the_index_holds():
+    from archive.catalog.attributes import KEYS
+    from indexer.documents import QIDO_KEYS
+
+    assert set(qido.NAME_KEYS) == {k for k, _ in QIDO_KEYS if KEYS[k].vr == "PN"}
