@@ -128,8 +128,9 @@ def bench_backend(name: str, index: Any, count: int, batch: int, queries: int) -
         hits += result.total
     rnd = random.Random(43)
     qido_times, refused, matched = [], 0, 0
+    by_kind: dict[str, list[float]] = {}
     for _ in range(queries):
-        params, _ = study_qido(rnd, count)
+        params, kind = study_qido(rnd, count)
         query = parse_qido("study", params)
         t = time.perf_counter()
         try:
@@ -137,10 +138,11 @@ def bench_backend(name: str, index: Any, count: int, batch: int, queries: int) -
         except Unanswerable:
             refused += 1
         qido_times.append(time.perf_counter() - t)
+        by_kind.setdefault(kind, []).append(qido_times[-1])
     return {"backend": name, "docs": count, "index_s": elapsed, "docs_per_s": count / elapsed,
             "search": percentiles(search_times), "qido": percentiles(qido_times),
             "avg_hits": hits / queries, "avg_qido_matches": matched / max(queries - refused, 1),
-            "qido_refused": refused}
+            "qido_refused": refused, "qido_by_kind": {k: percentiles(v) for k, v in by_kind.items()}}
 
 
 def start_node(home: Path) -> Any:
@@ -266,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"{r['backend']:<14}{r['docs_per_s']:>14,.0f}{r['index_s']:>11,.1f}s{r['search'][0]:>10.1f}ms"
               f"{r['search'][1]:>10.1f}ms{r['qido'][0]:>8.1f}ms{r['qido'][1]:>8.1f}ms{r['avg_hits']:>10,.0f}")
+    for r in results:
+        kinds = ", ".join(f"{k} {p50:.1f} / {p95:.1f} ms" for k, (p50, p95) in sorted(r["qido_by_kind"].items()))
+        print(f"qido p50 / p95 by kind, {r['backend']}: {kinds}")
     refused = {r["backend"]: r["qido_refused"] for r in results if r["qido_refused"]}
     if refused:
         print(f"QIDO queries too broad for the index path (answered by the catalog instead): {refused}")
