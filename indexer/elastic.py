@@ -19,7 +19,7 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 from . import qido
 from .base import IndexUnavailable, Unanswerable
 from .config import IndexConfig
-from .documents import FIELDS, MAPPING_VERSION, DocumentError
+from .documents import FIELDS, MAPPING_VERSION, NAME_STARTS, DocumentError
 from .search import PRIVATE_ROOTS, BadQuery, SearchRequest, SearchResult, public_hit
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,9 @@ class ElasticIndex:
 
     def get(self, series_uid: str) -> dict[str, Any] | None:
         try:
-            response = self.es.options(ignore_status=404).get(index=self.alias, id=series_uid)
+            # the document as written: its name starts are derived from it for the index only
+            response = self.es.options(ignore_status=404).get(index=self.alias, id=series_uid,
+                                                             source_excludes=[NAME_STARTS])
         except (TransportError, ApiError) as e:
             raise _unavailable(e) from None
         return response.get("_source") if response.get("found") else None
