@@ -24,8 +24,8 @@ from .search import PRIVATE_ROOTS, BadQuery, SearchRequest, SearchResult, public
 
 log = logging.getLogger(__name__)
 
-NAME_STARTS_SINCE = 4  # the first mapping version whose documents all carry qido.NAME_STARTS
-PAGE = 5000  # UIDs per round trip of a QIDO answered from the index
+NAME_STARTS_SINCE = 4  # the first mapping version whose documents all carry NAME_STARTS
+PAGE = 5000  # series UIDs per round trip of a series QIDO answered from the index
 VERSION_TTL = 60.0  # seconds a node trusts the live index's mapping version (a reindex elsewhere swaps it)
 
 # Keyword fields that free text also searches (embedded.free_text uses the same list).
@@ -59,8 +59,7 @@ def mapping() -> dict[str, Any]:
     # every name that starts with it (a few letters match a fifth of all patients).
     starts = {"type": "text", "analyzer": "keyword", "norms": False, "index_options": "docs",
               "index_prefixes": {"min_chars": 1, "max_chars": 12}}
-    root[qido.NAME_STARTS] = {"type": "object", "dynamic": "strict",
-                              "properties": {k: dict(starts) for k in qido.NAME_KEYS}}
+    root[NAME_STARTS] = {"type": "object", "dynamic": "strict", "properties": {k: starts for k in qido.NAME_KEYS}}
     return {"dynamic": "strict", "_meta": {"mapping_version": MAPPING_VERSION}, "properties": root}
 
 
