@@ -32,21 +32,24 @@ KILL_GRACE = 10.0
 SUPERVISOR_ENV = "SLIDEARCHIVE_SUPERVISOR_PID"
 
 
-def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+def die_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux prctl).
 
-    A parent that died before the call is caught by the ``getppid`` check. Elsewhere
-    ``watch_parent`` alone does the job.
+    Returns whether the kernel will; if not, the caller's parent watch must send it.
+    A parent that died before the call is caught by the ``getppid`` check.
     """
+    armed = False
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+            armed = libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+            if not armed:
                 log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
         except (OSError, AttributeError):
             log.warning("prctl is not available; relying on the parent watch alone")
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), sig)
+    return armed
 
 
 def watch_parent(parent_pid: int, on_gone: Callable[[], None], interval: float = 0.5) -> threading.Thread:

@@ -7,9 +7,17 @@ Python), so that requests arriving on kept-alive connections are refused (503) a
 a STOW-RS still receiving ``stop_timeout`` seconds later is refused cleanly: its
 spool file is removed, nothing of the instance is stored. It also makes the worker
 die with its supervisor.
+
+A worker must get one stop signal, not two: granian's handler, entered again while it
+runs (a second SIGTERM), deadlocks the worker. So the watch sends its own SIGTERM only
+where the kernel will not (no prctl), and starts the hard bound (``exit_after``) itself
+once the supervisor is gone, whether or not a signal got through. Should granian hang
+anyway (a second signal from elsewhere), holding the GIL, ``exit_after`` cannot run:
+SIGALRM, left at its default action, ends the process in the kernel a second later.
 """
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -35,11 +43,12 @@ def install(stop_timeout: float, supervisor_pid: int) -> None:
     _timeout = stop_timeout
     for sig in _STOP_SIGNALS:
         signal.signal(sig, _early)
-    die_with_parent(supervisor_pid)
+    kernel_signals = die_with_parent(supervisor_pid)
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    threading.Thread(target=_watch, args=(read_end, supervisor_pid), name="drain-watch", daemon=True).start()
+    threading.Thread(target=_watch, args=(read_end, supervisor_pid, kernel_signals), name="drain-watch",
+                     daemon=True).start()
 
 
 _pending: set[int] = set()
@@ -49,15 +58,18 @@ def _early(signum: int, frame) -> None:
     _pending.add(signum)
 
 
-def _watch(read_end: int, supervisor_pid: int) -> None:
+def _watch(read_end: int, supervisor_pid: int, kernel_signals: bool) -> None:
     while True:
         ready, _, _ = select.select([read_end], [], [], 0.2)
         if ready and _STOP_SIGNALS & set(os.read(read_end, 64)):
             begin()
-        if os.getppid() != supervisor_pid and not draining():  # belt and braces for prctl
-            os.kill(os.getpid(), signal.SIGTERM)
+        if os.getppid() != supervisor_pid and not draining():
+            begin()
+            if not kernel_signals:  # the kernel's SIGTERM (prctl) is on its way otherwise
+                os.kill(os.getpid(), signal.SIGTERM)
         if _pending and signal.getsignal(signal.SIGTERM) is not _early:  # granian's handlers are in place
             os.kill(os.getpid(), _pending.pop())
+            _pending.clear()  # one stop signal is enough, and two would hang granian
 
 
 def begin() -> None:
@@ -65,6 +77,7 @@ def begin() -> None:
     if _began is None:
         _began = time.monotonic()
         exit_after(_timeout + KILL_GRACE)
+        signal.alarm(math.ceil(_timeout + KILL_GRACE) + 1)  # the bound that needs no GIL
 
 
 def draining() -> bool:
