@@ -221,6 +221,7 @@ def first_frame_ms(server: Server, inst: Instance, restarts: int = FIRST_FRAME_R
 def run_frames(server: Server, levels: dict[str, Instance], seconds: int,
                max_requests: int, large: str, tmp: Path) -> tuple[list[FrameResult], tuple[float, str]]:
     """Every level on one running server, then the first frame after a restart."""
+    server.settle()
     results = []
     for level, inst in levels.items():
         print(f"  {server.name}: frames of {level} ({inst.frames} frames) for up to {seconds} s ...",

@@ -12,7 +12,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import requests
 
 import procs
 
@@ -77,6 +80,9 @@ class Server:
     def environment(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def settle(self, timeout: float = 120.0) -> None:
+        """Wait until work the server does after an ingest answered is done (nothing by default)."""
+
     def stop(self) -> None:
         procs.stop_group(self.proc)
         self.proc = None
@@ -118,6 +124,17 @@ class SlideArchive(Server):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         return env
+
+    def settle(self, timeout: float = 120.0) -> None:
+        """Wait for the index worker's outbox to be empty (``/health/ready``), so that a frame
+        load started after the STOW does not share the cores with the indexing of the slide."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            index = requests.get(self.base + "/health/ready", timeout=10).json()["components"].get("index", {})
+            if index.get("status") != "ok" or not index.get("lag_events"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name}: the index worker did not catch up within {timeout:.0f} s")
 
 
 
