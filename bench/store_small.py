@@ -10,9 +10,13 @@ flushes (``storage.commit``: fdatasync and directory fsyncs; ``add_instance``: S
 
     PYTHONPATH=. python bench/store_small.py [--count 300] [--warm 10]
 
-PYTHONPATH names the tree measured (else an installed copy is); point it at another tree
-(e.g. a checkout of main) to compare, alternating the two in the same minutes, as the load
-from other work moves every figure.
+PYTHONPATH names the tree measured (else an installed copy is). The load from other work
+moves every figure, so compare two trees in the same minutes: ``--against TREE`` keeps one
+process of each (this PYTHONPATH's and TREE's) and has them take turns of ``--per-turn``
+instances, and prints the thread CPU of ``store_file`` and of its de-identification and
+header write (``Ingest._deidentify``) with the ratio of the two trees paired by turn:
+
+    PYTHONPATH=. python bench/store_small.py --against /path/to/main [--turns 20 --per-turn 30]
 """
 from __future__ import annotations
 
@@ -20,7 +24,10 @@ import argparse
 import functools
 import importlib
 import importlib.util
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,11 +63,77 @@ def _profiling() -> ModuleType:
     return module
 
 
+def _turn_child(per_turn: int, turns: int, work: Path) -> None:
+    """``--against``'s child: for each line read, ``per_turn`` instances stored; prints the mean
+    thread CPU of store_file and of ``Ingest._deidentify`` in them, in ms."""
+    from archive.config import load_settings
+    from archive.ingest import Origin
+    from archive.service import Archive
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dataset import make_small_instances
+
+    paths = make_small_instances(work / "in", per_turn * (turns + 1))
+    archive = Archive(load_settings(None, data_dir=str(work / "data")))
+    archive.ingest.warm_up()
+    spent = {"deidentify": 0.0}
+    archive.ingest._deidentify = _timed(archive.ingest._deidentify, "deidentify", spent)
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        spent["deidentify"], total = 0.0, 0.0
+        for path in paths[:per_turn]:
+            started = time.thread_time()
+            archive.store_file(path, Origin("stow"))
+            total += time.thread_time() - started
+        del paths[:per_turn]
+        print(json.dumps([total / per_turn * 1e3, spent["deidentify"] / per_turn * 1e3]), flush=True)
+
+
+def _against(tree: Path, per_turn: int, turns: int) -> int:
+    """This tree and ``tree`` in turns, the order swapped every turn (the first turn warms up)."""
+    trees = {"this": os.environ.get("PYTHONPATH", ""), "against": str(tree)}
+    rows: dict[str, list[list[float]]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="store-small-turns-") as tmp:
+        children = {name: subprocess.Popen(
+            [sys.executable, __file__, "--per-turn", str(per_turn), "--turns", str(turns), "--turn-child",
+             f"{tmp}/{name}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": path}) for name, path in trees.items()}
+        for child in children.values():
+            assert child.stdout.readline().strip() == "ready"
+        for turn in range(turns + 1):
+            for name in (list(trees) if turn % 2 == 0 else list(reversed(trees))):
+                children[name].stdin.write("go\n")
+                children[name].stdin.flush()
+                figures = json.loads(children[name].stdout.readline())
+                if turn:
+                    rows[name].append(figures)
+        for child in children.values():
+            child.stdin.close()
+            child.wait(timeout=60)
+    for name, figures in rows.items():
+        print(f"{name} ({trees[name] or '.'}): store_file {statistics.median(r[0] for r in figures):.2f} ms CPU "
+              f"(de-identification and header write {statistics.median(r[1] for r in figures):.2f}), "
+              f"median of {len(figures)} turns of {per_turn}")
+    for k, what in ((0, "store_file"), (1, "de-identification and header write")):
+        ratios = [a[k] / b[k] for a, b in zip(rows["this"], rows["against"])]
+        print(f"{what}: this / against, paired by turn: median {statistics.median(ratios):.3f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--warm", type=int, default=10, help="instances stored first, not counted")
+    parser.add_argument("--against", type=Path, metavar="TREE", help="take turns with TREE's code instead")
+    parser.add_argument("--turns", type=int, default=20, help="with --against: turns counted")
+    parser.add_argument("--per-turn", type=int, default=30, help="with --against: instances a turn")
+    parser.add_argument("--turn-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.turn_child:
+        _turn_child(args.per_turn, args.turns, args.turn_child)
+        return 0
+    if args.against:
+        return _against(args.against, args.per_turn, args.turns)
     from archive.config import load_settings
     from archive.ingest import Origin
     from archive.service import Archive
