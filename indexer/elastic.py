@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 NAME_STARTS_SINCE = 4  # the first mapping version whose documents all carry NAME_STARTS
 PAGE = 5000  # series UIDs per round trip of a series QIDO answered from the index
 VERSION_TTL = 60.0  # seconds a node trusts the live index's mapping version (a reindex elsewhere swaps it)
+#: A rebuilt generation is merged into segments of at most this size before it goes live:
+#: Lucene's default largest merged segment, so the segments stay mergeable as writes go on.
+MERGED_SEGMENT_BYTES = 5 * 1024 ** 3
+MERGE_TIMEOUT = 3600.0  # seconds the rebuild waits for that merge before it swaps unmerged
 
 # Keyword fields that free text also searches (embedded.free_text uses the same list).
 _COPY_TO_TEXT = {"scanner.manufacturer", "scanner.model", "series.modality", "collection", "ai.algorithms",
@@ -80,6 +84,7 @@ class _Rebuild:
         try:
             es.indices.put_settings(index=self.concrete, settings={"index": {"refresh_interval": "1s"}})
             es.indices.refresh(index=self.concrete)
+            self._merge()
             old = list(es.indices.get_alias(name=alias).keys()) if es.indices.exists_alias(name=alias) else []
             actions = [{"remove": {"index": o, "alias": alias}} for o in old if o != self.concrete]
             actions.append({"add": {"index": self.concrete, "alias": alias}})
@@ -89,6 +94,23 @@ class _Rebuild:
                     es.indices.delete(index=o, ignore_unavailable=True)
         except (TransportError, ApiError) as e:
             raise _unavailable(e) from None
+
+    def _merge(self) -> None:
+        """Merge the bulk load's segments before the swap. Queries served while Elasticsearch still
+        merges them in the background were two to three times slower at a million slides (study
+        QIDO p95 81 against 29 ms, bench/FINDINGS.md 2026-12-04); the merge took 16 s there. A
+        merge that fails or runs out of time is logged and the generation goes live unmerged."""
+        es = self.index.es
+        try:
+            stats = es.indices.stats(index=self.concrete, metric="store")
+            size = stats["indices"][self.concrete]["primaries"]["store"]["size_in_bytes"]
+            per_shard = size / max(self.index.config.shards, 1)
+            segments = max(1, -(-int(per_shard) // MERGED_SEGMENT_BYTES))
+            es.options(request_timeout=MERGE_TIMEOUT).indices.forcemerge(index=self.concrete,
+                                                                         max_num_segments=segments)
+        except (TransportError, ApiError, KeyError) as e:
+            log.warning("the new index generation %s goes live unmerged (%s); queries are slower until "
+                        "Elasticsearch has merged it", self.concrete, type(e).__name__)
 
     def abort(self) -> None:
         try:
