@@ -63,19 +63,26 @@ def _profiling() -> ModuleType:
     return module
 
 
-def _turn_child(per_turn: int, turns: int, work: Path) -> None:
-    """``--against``'s child: for each line read, ``per_turn`` instances stored; prints the mean
-    thread CPU of store_file and of ``Ingest._deidentify`` in them, in ms."""
+def _archive(work: Path, count: int):
+    """(an Archive on a fresh data directory after the servers' warm-up, ``count`` small instances)."""
     from archive.config import load_settings
-    from archive.ingest import Origin
     from archive.service import Archive
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from dataset import make_small_instances
 
-    paths = make_small_instances(work / "in", per_turn * (turns + 1))
+    files = make_small_instances(work / "small", count)
     archive = Archive(load_settings(None, data_dir=str(work / "data")))
     archive.ingest.warm_up()
+    return archive, files
+
+
+def _turn_child(per_turn: int, turns: int, work: Path) -> None:
+    """``--against``'s child: for each line read, ``per_turn`` instances stored; prints the mean
+    thread CPU of store_file and of ``Ingest._deidentify`` in them, in ms."""
+    from archive.ingest import Origin
+
+    archive, paths = _archive(work, per_turn * (turns + 1))
     spent = {"deidentify": 0.0}
     archive.ingest._deidentify = _timed(archive.ingest._deidentify, "deidentify", spent)
     print("ready", flush=True)
@@ -134,17 +141,10 @@ def main() -> int:
         return 0
     if args.against:
         return _against(args.against, args.per_turn, args.turns)
-    from archive.config import load_settings
     from archive.ingest import Origin
-    from archive.service import Archive
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from dataset import make_small_instances
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = make_small_instances(Path(tmp) / "small", args.warm + args.count)
-        archive = Archive(load_settings(None, data_dir=str(Path(tmp) / "data")))
-        archive.ingest.warm_up()
+        archive, files = _archive(Path(tmp), args.warm + args.count)
         origin = Origin("stow")
         for path in files[:args.warm]:
             archive.store_file(path, origin)

@@ -11,6 +11,7 @@ the worker retries with back-off and the API answers with 503.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Iterable
 
@@ -104,8 +105,7 @@ class _Rebuild:
         try:
             stats = es.indices.stats(index=self.concrete, metric="store")
             size = stats["indices"][self.concrete]["primaries"]["store"]["size_in_bytes"]
-            per_shard = size / max(self.index.config.shards, 1)
-            segments = max(1, -(-int(per_shard) // MERGED_SEGMENT_BYTES))
+            segments = max(1, math.ceil(size / max(self.index.config.shards, 1) / MERGED_SEGMENT_BYTES))
             es.options(request_timeout=MERGE_TIMEOUT).indices.forcemerge(index=self.concrete,
                                                                          max_num_segments=segments)
         except (TransportError, ApiError, KeyError) as e:

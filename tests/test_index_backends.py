@@ -237,54 +237,52 @@ def test_stain_as_a_user_types_it(filled):
         parse_search([("stain", "giemsa")])
 
 
+
+@pytest.fixture
+def elastic(es_node):  # noqa: F811
+    """A fresh Elasticsearch index alone (the rebuild's merge is Elasticsearch's)."""
+    from es_node import elastic_index
+
+    index = elastic_index(es_node.url)
+    index.ensure()
+    yield index
+    index.es.indices.delete(index=f"{index.alias}*", ignore_unavailable=True)
+    index.close()
+
+
 def _segments(index, concrete: str) -> int:
     shards = index.es.indices.segments(index=concrete)["indices"][concrete]["shards"].values()
     return sum(len(copy["segments"]) for copies in shards for copy in copies)
 
 
 @pytest.mark.elasticsearch
-def test_a_rebuilt_elasticsearch_generation_goes_live_merged(es_node):  # noqa: F811
+def test_a_rebuilt_elasticsearch_generation_goes_live_merged(elastic):
     """The bulk load's segments are merged before the swap: queries served while Elasticsearch
     merged them in the background were two to three times slower at a million slides."""
-    from es_node import elastic_index
-
-    index = elastic_index(es_node.url)
-    try:
-        index.ensure()
-        rebuild = index.begin_rebuild()
-        docs = list(documents(90))
-        for i in range(0, len(docs), 30):
-            assert rebuild.upsert(docs[i:i + 30]) == []
-            index.es.indices.refresh(index=rebuild.concrete)  # one segment per batch
-        assert _segments(index, rebuild.concrete) == 3
-        rebuild.commit()
-        live = next(iter(index.es.indices.get_alias(name=index.alias)))
-        assert live == rebuild.concrete
-        assert _segments(index, live) == 1
-        assert index.count() == 90
-    finally:
-        index.es.indices.delete(index=f"{index.alias}*", ignore_unavailable=True)
-        index.close()
+    rebuild = elastic.begin_rebuild()
+    docs = list(documents(90))
+    for i in range(0, len(docs), 30):
+        assert rebuild.upsert(docs[i:i + 30]) == []
+        elastic.es.indices.refresh(index=rebuild.concrete)  # one segment per batch
+    assert _segments(elastic, rebuild.concrete) == 3
+    rebuild.commit()
+    live = next(iter(elastic.es.indices.get_alias(name=elastic.alias)))
+    assert live == rebuild.concrete
+    assert _segments(elastic, live) == 1
+    assert elastic.count() == 90
 
 
 @pytest.mark.elasticsearch
-def test_a_rebuild_whose_merge_fails_still_goes_live(es_node, monkeypatch, caplog):  # noqa: F811
+def test_a_rebuild_whose_merge_fails_still_goes_live(elastic, monkeypatch, caplog):
     from elasticsearch import ApiError
-    from es_node import elastic_index
 
-    index = elastic_index(es_node.url)
-    try:
-        index.ensure()
-        rebuild = index.begin_rebuild()
-        assert rebuild.upsert(list(documents(10))) == []
+    rebuild = elastic.begin_rebuild()
+    assert rebuild.upsert(list(documents(10))) == []
 
-        def refuse(*args, **kwargs):
-            raise ApiError("merge refused", meta=type("Meta", (), {"status": 503})(), body={})
+    def refuse(*args, **kwargs):
+        raise ApiError("merge refused", meta=type("Meta", (), {"status": 503})(), body={})
 
-        monkeypatch.setattr(type(index.es.indices), "forcemerge", refuse)
-        rebuild.commit()
-        assert index.count() == 10
-        assert "goes live unmerged" in caplog.text
-    finally:
-        index.es.indices.delete(index=f"{index.alias}*", ignore_unavailable=True)
-        index.close()
+    monkeypatch.setattr(type(elastic.es.indices), "forcemerge", refuse)
+    rebuild.commit()
+    assert elastic.count() == 10
+    assert "goes live unmerged" in caplog.text
