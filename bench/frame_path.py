@@ -21,8 +21,10 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 
@@ -32,6 +34,9 @@ def main() -> None:
     p.add_argument("slide_dir", type=Path)
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--profile", action="store_true", help="cProfile: calls per request and the top functions")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads calling the app at once (as granian's blocking threads do), measuring the process CPU "
+                        "per request (the writer threads' too); 0: the calling thread's CPU alone")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-frame-path-", dir="/tmp"))
     try:
@@ -78,26 +83,49 @@ def run(a: argparse.Namespace, work: Path) -> None:
     for n in numbers[:500]:  # warm: frame index, descriptors, statement cache, metric children
         request(n)
     statuses.clear()
-    profile = cProfile.Profile() if a.profile else None
-    cpu = time.thread_time()
-    if profile is not None:
-        profile.enable()
-    for n in numbers:
-        request(n)
-    if profile is not None:
-        profile.disable()
-    cpu = time.thread_time() - cpu
+    if a.threads:
+        cpu = _threaded(request, numbers, a.threads)
+    else:
+        profile = cProfile.Profile() if a.profile else None
+        cpu = time.thread_time()
+        if profile is not None:
+            profile.enable()
+        for n in numbers:
+            request(n)
+        if profile is not None:
+            profile.disable()
+        cpu = time.thread_time() - cpu
     bad = [s for s in statuses if not s.startswith("200")]
     if bad:
         sys.exit(f"{len(bad)} requests not answered 200, e.g. {bad[0]}")
     import archive as measured
 
-    print(f"{cpu / len(numbers) * 1e6:.1f} us thread CPU per request ({len(numbers)} random frames of a "
+    clock = "thread" if not a.threads else f"process ({a.threads} threads)"
+    print(f"{cpu / len(numbers) * 1e6:.1f} us {clock} CPU per request ({len(numbers)} random frames of a "
           f"{frames}-frame level, code from {Path(measured.__file__).parent.parent})")
-    if profile is not None:
+    if a.profile and not a.threads:
         stats = pstats.Stats(profile)
         print(f"{stats.total_calls / len(numbers):.1f} function calls per request (cProfile)")
         stats.sort_stats("tottime").print_stats(25)
+
+
+def _threaded(request: Callable[[int], None], numbers: list[int], threads: int) -> float:
+    """Process CPU seconds of ``threads`` threads sharing ``numbers`` between them, all at once."""
+    start = threading.Barrier(threads + 1)
+
+    def body(share: list[int]) -> None:
+        start.wait()
+        for n in share:
+            request(n)
+
+    workers = [threading.Thread(target=body, args=(numbers[i::threads],)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    start.wait()
+    cpu = time.process_time()
+    for w in workers:
+        w.join()
+    return time.process_time() - cpu
 
 
 if __name__ == "__main__":

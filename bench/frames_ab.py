@@ -1,6 +1,10 @@
 """Frames from two checkouts of slidearchive side by side: a before/after in the same minutes.
 
     python bench/frames_ab.py SLIDE_DIR /path/to/before [--rounds 4] [--seconds 4] [--config TOML]
+        [--before-config TOML]
+
+``--before-config`` adds lines to the "before" server's configuration only: with the same
+checkout as both, it compares two settings (``--before-config $'[server]\\nthreads = 1'``).
 
 Both servers run at once with the slide STOWed into each; wrk (as in frames.py) loads the
 largest level of one, then of the other, alternating for ``--rounds`` rounds, so that the
@@ -25,9 +29,13 @@ from servers import REPO, SlideArchive
 class SlideArchiveAt(SlideArchive):
     """slidearchive from the checkout at ``repo``."""
 
-    def __init__(self, workdir: Path, repo: Path) -> None:
+    def __init__(self, workdir: Path, repo: Path, config: str) -> None:
         super().__init__(workdir)
-        self.repo = repo
+        self.repo, self.config = repo, config
+
+    def command(self) -> list[str]:
+        os.environ["BENCH_SLIDEARCHIVE_CONFIG"] = self.config  # read by SlideArchive.command
+        return super().command()
 
     def environment(self) -> dict[str, str]:
         env = super().environment()
@@ -42,9 +50,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=int, default=4)
     p.add_argument("--config", default="", help="TOML lines added to both servers' configuration")
+    p.add_argument("--before-config", default="", help="TOML lines added to the 'before' server's only")
     a = p.parse_args()
     procs.exit_on_sigterm()
-    os.environ["BENCH_SLIDEARCHIVE_CONFIG"] = "[auth]\nenabled = false\n" + a.config
+    config = "[auth]\nenabled = false\n" + a.config
     slide = sorted(a.slide_dir.glob("*.dcm"))
     big = max((dataset.describe(s) for s in slide), key=lambda i: i.frames)
     work = Path(tempfile.mkdtemp(prefix="bench-frames-ab-", dir="/tmp"))
@@ -53,7 +62,8 @@ def main() -> None:
     try:
         levels = {}
         for name, repo in checkouts.items():
-            started[name] = SlideArchiveAt(work / name, repo)
+            extra = "\n" + a.before_config if name == "before" and a.before_config else ""
+            started[name] = SlideArchiveAt(work / name, repo, config + extra)
             levels[name] = frames.load(started[name], slide, {"large": big}, work)["large"]
         results: dict[str, list[frames.FrameResult]] = {name: [] for name in checkouts}
         for n in range(a.rounds):
