@@ -21,6 +21,7 @@ from archive import metrics
 from archive.audit import AuditTrail
 from archive.auth.access import Principal
 from archive.catalog import Catalog, InstanceRecord
+from archive.catalog.rowcache import InstanceCache
 from archive.config import Settings
 from archive.dicomfile import PIXEL_DATA_TAGS, read_header
 from archive.errors import InvalidRequest, NotFound, StorageUnavailable
@@ -67,10 +68,12 @@ class Archive:
 
     # --- reads ------------------------------------------------------------------
 
-    def locate(self, study: str, series: str | None, sop: str, principal: Principal) -> InstanceRecord:
+    def locate(self, study: str, series: str | None, sop: str, principal: Principal,
+               rows: InstanceCache | None = None) -> InstanceRecord:
         """The instance, checked to be inside the study (and series) the URL names and readable
-        by ``principal``; "not found" either way, so existence does not leak."""
-        record = self.catalog.instance(sop, principal=principal)
+        by ``principal``; "not found" either way, so existence does not leak. ``rows``: the
+        frame path's cache of catalog rows (archive/catalog/rowcache.py), asked instead."""
+        record = (rows or self.catalog).instance(sop, principal=principal)
         if record is None or record.study_uid != study or (series and record.series_uid != series):
             raise NotFound("no such instance")
         return record

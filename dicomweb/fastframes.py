@@ -8,7 +8,8 @@ so behaviour and error messages stay the same; storage that did not answer is
 handed over as the error it raised, so the frame is not read (and waited for)
 twice. It authenticates from the same credential cache as the app; a request it
 cannot authenticate, or for an instance the principal may not read, goes to
-Flask, which answers 401 or 404.
+Flask, which answers 401 or 404. The instance's catalog row comes from memory
+while the SQLite catalog is unchanged (archive/catalog/rowcache.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable, Iterable
 
 from archive.auth.access import Principal
 from archive.auth.authn import Authenticator, Unauthenticated
+from archive.catalog.rowcache import InstanceCache
 from archive.errors import ArchiveError, StorageUnavailable
 from archive.logs import ROUTE_ENVIRON
 from archive.service import Archive
@@ -35,6 +37,7 @@ class FastFrames:
         self.archive = archive
         self.authenticator = authenticator
         self.origins = set(archive.settings.auth.cors_origins)
+        self.rows = InstanceCache.for_catalog(archive.catalog)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if environ.get("REQUEST_METHOD") == "GET" and not environ.get("QUERY_STRING"):
@@ -64,7 +67,7 @@ class FastFrames:
     def _frame(self, study: str, series: str, sop: str, number: str, accept: str | None,
                principal: Principal) -> tuple[str, bytes] | None:
         try:
-            record = self.archive.locate(study, series, sop, principal)
+            record = self.archive.locate(study, series, sop, principal, self.rows)
             choice = media.frame_format(accept, record.transfer_syntax_uid, single=True)
             if choice is None or choice.decode:
                 return None
