@@ -128,7 +128,7 @@ class Server:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, sig)
             try:
-                self.process.wait(20)
+                self.process.wait(45)  # the documented bound: stop_timeout (30 s) + 10 s
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)

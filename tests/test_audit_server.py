@@ -193,7 +193,8 @@ def test_stop_records_application_stop(audited):
     server.stop()
     stops = [r for r in events(list(read_records(server.data_dir / "audit")), "ApplicationActivity")
              if r["AuditMessage"]["EventIdentification"]["EventTypeCode"][0]["originalText"] == "Application Stop"]
-    assert len(stops) == 1
+    assert len(stops) == 1, (f"exit status {server.process.returncode}; the server's output ends:\n"
+                             f"{server.log_path.read_text()[-3000:]}")
 
 
 def test_frame_counts_are_written_when_the_server_stops(make_server, tmp_path):
