@@ -33,7 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("slide_dir", type=Path)
     p.add_argument("--requests", type=int, default=20000)
-    p.add_argument("--profile", action="store_true", help="cProfile: calls per request and the top functions")
+    p.add_argument("--profile", action="store_true", help="cProfile: calls per request and the top functions (one thread only)")
     p.add_argument("--threads", type=int, default=0,
                    help="threads calling the app at once (as granian's blocking threads do), measuring the process CPU "
                         "per request (the writer threads' too); 0: the calling thread's CPU alone")

@@ -2,8 +2,8 @@
 
 Every single-frame request asked SQLite for its instance row. Each such call releases the
 GIL inside ``sqlite3_step``, and an HTTP worker's threads handing it to one another there
-tripled the CPU of a request: ``bench/frame_path.py --threads 4`` measured 121 us of
-process CPU per request, 45 us with the row kept in memory (bench/FINDINGS.md).
+tripled the CPU of a request: ``bench/frame_path.py --threads 4`` measured 121-131 us of
+process CPU per request, 54-62 us with this cache (bench/FINDINGS.md, "2026-12-07").
 
 A kept row is used only while no transaction has been committed since it was read, by any
 connection of any process. That is read from SQLite's own WAL-index header: the first 48
