@@ -49,6 +49,20 @@ def scrape_until(server: Server, done, token: str | None = None, timeout: float 
         time.sleep(0.1)
 
 
+def settled(server: Server, name: str, timeout: float = 10, **labels) -> dict:
+    """A scrape once the count of ``name`` has stopped moving: a request the Flask app answers
+    (a frame the fast path handed over) is counted when its response is closed, after the client
+    has it, so a scrape right after the last answer may miss it."""
+    deadline = time.time() + timeout
+    last = scrape(server)
+    while True:
+        time.sleep(0.3)
+        now = scrape(server)
+        if value(now, name, **labels) == value(last, name, **labels) or time.time() > deadline:
+            return now
+        last = now
+
+
 def value(samples: dict, name: str, **labels) -> float:
     """The sum over the samples of ``name`` whose labels include ``labels`` (0 when there is none)."""
     want = set(labels.items())
@@ -95,25 +109,29 @@ def test_requests_of_every_worker_are_counted(node, slide):
             break
         requests.get(url, headers={"Accept": "application/octet-stream"}, timeout=30)
     assert len(counter_files()) >= 2, f"counts from one process only: {counter_files()}"
-    before = scrape(node)
+    before = settled(node, "slidearchive_http_requests_total", route=FRAME_ROUTE, status="200")
     frames, queries = 30, 7
     for _ in range(frames):  # new connections: granian spreads them over its workers
         assert requests.get(url, headers={"Accept": "application/octet-stream"}, timeout=30).status_code == 200
     for _ in range(queries):
         assert requests.get(f"{node.dicomweb}/studies", params={"PatientID": "METRICS-1"}, timeout=30).ok
     assert requests.get(url.replace("/frames/1", "/frames/9999"), timeout=30).status_code == 400
+    base = value(before, "slidearchive_http_requests_total", route=FRAME_ROUTE, status="200")
+    scrape_until(node, lambda s: value(s, "slidearchive_http_requests_total", route=FRAME_ROUTE,
+                                       status="200") >= base + frames)
     after = [scrape(node) for _ in range(6)]  # whichever worker answers the scrape, it sums them all
     frame_counts = {value(a, "slidearchive_http_requests_total", route=FRAME_ROUTE, status="200") for a in after}
-    base = value(before, "slidearchive_http_requests_total", route=FRAME_ROUTE, status="200")
     assert frame_counts == {base + frames}, frame_counts
+    qido_before = value(before, "slidearchive_http_requests_total", route=QIDO_ROUTE, method="GET", status="200")
+    latency_before = value(before, "slidearchive_http_request_duration_seconds_count", route=FRAME_ROUTE)
     after[-1] = scrape_until(node, lambda s: value(s, "slidearchive_http_requests_total", route=QIDO_ROUTE,
-                                                   method="GET", status="200") >= queries +
-                             value(before, "slidearchive_http_requests_total", route=QIDO_ROUTE, method="GET",
-                                   status="200"))
+                                                   method="GET", status="200") >= qido_before + queries
+                             and value(s, "slidearchive_http_request_duration_seconds_count",
+                                       route=FRAME_ROUTE) >= latency_before + frames + 1)  # the 400 too
     qido = value(after[-1], "slidearchive_http_requests_total", route=QIDO_ROUTE, method="GET", status="200")
-    assert qido - value(before, "slidearchive_http_requests_total", route=QIDO_ROUTE, method="GET", status="200") == queries
+    assert qido - qido_before == queries
     latency = value(after[-1], "slidearchive_http_request_duration_seconds_count", route=FRAME_ROUTE)
-    assert latency - value(before, "slidearchive_http_request_duration_seconds_count", route=FRAME_ROUTE) == frames + 1
+    assert latency - latency_before == frames + 1
     assert value(after[-1], "slidearchive_http_request_duration_seconds_bucket", route=FRAME_ROUTE, le="+Inf") == latency
     assert value(after[-1], "slidearchive_errors_total", error="InvalidRequest", interface="http") >= 1
 
