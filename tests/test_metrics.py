@@ -49,18 +49,17 @@ def scrape_until(server: Server, done, token: str | None = None, timeout: float 
         time.sleep(0.1)
 
 
-def settled(server: Server, name: str, timeout: float = 10, **labels) -> dict:
+def settled(server: Server, name: str, **labels) -> dict:
     """A scrape once the count of ``name`` has stopped moving: a request the Flask app answers
     (a frame the fast path handed over) is counted when its response is closed, after the client
     has it, so a scrape right after the last answer may miss it."""
-    deadline = time.time() + timeout
-    last = scrape(server)
-    while True:
-        time.sleep(0.3)
-        now = scrape(server)
-        if value(now, name, **labels) == value(last, name, **labels) or time.time() > deadline:
-            return now
-        last = now
+    counts: list[float] = []
+
+    def still(samples: dict) -> bool:
+        counts.append(value(samples, name, **labels))
+        return len(counts) > 1 and counts[-1] == counts[-2]
+
+    return scrape_until(server, still)
 
 
 def value(samples: dict, name: str, **labels) -> float:

@@ -23,17 +23,17 @@ from __future__ import annotations
 import mmap
 import os
 import sqlite3
-import threading
 from pathlib import Path
 
 from archive.auth.access import Principal
+from archive.recent import Recent
 
 from .core import Catalog, InstanceRecord, scope
 from .sqlite import SqliteDatabase
 
 #: Two copies of the 48-byte WalIndexHdr: equal unless a writer is between them.
 _HEADER = 48
-#: Rows kept (about 1 KB each); when full, all are dropped at once. A viewer asks for a few levels at a time.
+#: Rows kept (about 1 KB each), oldest dropped first. A viewer asks for a few levels at a time.
 SIZE = 1024
 
 
@@ -64,8 +64,7 @@ class InstanceCache:
 
     def __init__(self, catalog: Catalog, header: WalHeader):
         self.catalog, self.header = catalog, header
-        self._rows: dict[tuple, tuple[bytes, InstanceRecord]] = {}
-        self._lock = threading.Lock()
+        self._rows: Recent[tuple, tuple[bytes, InstanceRecord]] = Recent(SIZE)
 
     @classmethod
     def for_catalog(cls, catalog: Catalog) -> InstanceCache | None:
@@ -88,10 +87,7 @@ class InstanceCache:
             return kept[1]
         record = self.catalog.instance(sop_uid, principal=principal)
         if record is not None:
-            with self._lock:
-                if len(self._rows) >= SIZE:
-                    self._rows.clear()
-                self._rows[key] = (version, record)
+            self._rows.put(key, (version, record))
         return record
 
     def close(self) -> None:
