@@ -295,15 +295,37 @@ def exposition(data_dir: Path, supervisor_pid: int | None) -> bytes:
     metrics()  # every metric exists (at zero) from the first scrape on
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=directory)
+        registry.register(_ProcessFiles(Path(directory)))
     else:  # an app outside serve (tests of one blueprint): this process alone
         registry = REGISTRY
     registry_with_node = CollectorRegistry()
     registry_with_node.register(_Both(registry, NodeCollector(data_dir, supervisor_pid)))
     return generate_latest(registry_with_node)
+
+
+class _ProcessFiles:
+    """Every process's counter files, summed (prometheus_client's MultiProcessCollector.merge).
+
+    A process creates its file empty and only then sizes it; a scrape in between would make
+    the merge fail on the empty file (struct.error, a 500). A file only grows once sized, so
+    an empty one is a process that has counted nothing yet: skipped.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def collect(self):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for path in self.directory.glob("*.db"):
+            try:
+                if path.stat().st_size > 0:
+                    files.append(str(path))
+            except FileNotFoundError:  # emptied by a restart of the node
+                continue
+        return MultiProcessCollector.merge(files, accumulate=True)
 
 
 class _Both:

@@ -96,6 +96,18 @@ def test_exposition_parses_and_names_every_family(node):
     assert all(v > 10_000_000 for v in memory.values()), memory
 
 
+def test_a_counter_file_just_created_does_not_break_the_scrape(node):
+    """A process opens its counter file empty and sizes it a moment later; a scrape in that moment
+    (a worker's first request at start) answered 500 from prometheus_client's merge."""
+    empty = node.data_dir / "run" / "metrics" / "counter_999999999.db"
+    empty.touch()
+    try:
+        samples = scrape(node)
+        assert value(samples, "slidearchive_background_up") == 1
+    finally:
+        empty.unlink()
+
+
 def test_requests_of_every_worker_are_counted(node, slide):
     r = stow(node, slide)
     assert r.status_code == 200, r.text
