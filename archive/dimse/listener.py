@@ -216,7 +216,10 @@ class DimseListener:
         """Stop accepting, let associations finish until ``deadline`` (monotonic), abort the rest."""
         self.close_listeners()
         # A connection that has not negotiated an association yet (or a port probe) is not waited for.
-        while any(a.is_established for a in self.ae.active_associations) and time.monotonic() < deadline:
+        # One released or aborted a moment ago is: its A-RELEASE-RP may still be queued for the DUL
+        # thread, and closing the transport under it makes the peer see an abort after a good store.
+        while any(a.is_established or a.is_released or a.is_aborted for a in self.ae.active_associations) \
+                and time.monotonic() < deadline:
             time.sleep(0.1)
         remaining = self.ae.active_associations
         established = [a for a in remaining if a.is_established]
