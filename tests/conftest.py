@@ -43,26 +43,29 @@ def make_wsi(out: Path, *args: str) -> dict[str, Path]:
     return {p.stem: p for p in sorted(Path(out).glob("*.dcm"))}
 
 
-#: Listening ports come from below Linux's ephemeral range (32768-60999), one block per xdist
-#: worker: a port the kernel handed out (bind to 0) can be taken by any outgoing connection
-#: before the server that was meant to listen on it binds it (a Java peer failed that way in CI).
-PORT_BLOCK = 4000
+#: Listening ports come from 20000-31999, below Linux's ephemeral range (32768-60999), split in
+#: one block per xdist worker: a port the kernel handed out (bind to 0) can be taken by an
+#: outgoing connection before the server meant to listen on it binds it (a Java peer failed
+#: that way in CI), and two workers never pick the same port.
+PORTS = range(20000, 32000)
 _next_port = itertools.count()
 
 
 def free_port() -> int:
     """A loopback port nobody listens on now, from this test worker's own block."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    base = 20000 + (int(worker) if worker.isdigit() else 0) % 3 * PORT_BLOCK
-    for _ in range(PORT_BLOCK):
-        port = base + next(_next_port) % PORT_BLOCK
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    block = len(PORTS) // workers
+    base = PORTS.start + worker * block
+    for _ in range(block):
+        port = base + next(_next_port) % block
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port in {base}-{base + PORT_BLOCK - 1}")
+    raise RuntimeError(f"no free port in {base}-{base + block - 1}")
 
 
 def _wait_port(port: int, deadline: float) -> bool:
