@@ -51,9 +51,9 @@ def _row(r: dict) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from archive.cli import _settings
+    from archive.config import load_settings
 
-    settings = _settings(args)
+    settings = load_settings(args.config, data_dir=args.data_dir)
     trail = AuditTrail(settings.audit, settings.data_dir, settings.dimse.ae_title)
     found = select(read_records(trail.directory, args.since), args)
     count = 0
