@@ -34,7 +34,7 @@ def main(settings: Settings, parent_pid: int, report: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     watch_parent(parent_pid, stop.set)
-    from archive.server import quiet_libraries
+    from archive.logs import quiet_libraries
 
     quiet_libraries()
     from archive.audit.syslog import start as start_forwarder

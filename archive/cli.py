@@ -71,18 +71,6 @@ def _files(paths: list[str]) -> Iterator[tuple[Path, bool]]:
             yield path, True
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """A Part 10 file: 128-byte preamble then ``DICM``, and not a DICOMDIR (a media index, not an instance)."""
-    if path.name.upper() == "DICOMDIR":
-        return False
-    try:
-        with open(path, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
 class Progress:
     """A bar redrawn in place on a terminal; on a pipe or log file, a plain line per tenth done."""
 
@@ -113,6 +101,7 @@ class Progress:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from archive.dicomfile import looks_like_dicom
     from archive.ingest import Origin
     from archive.service import Archive
 
@@ -399,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command != "serve":  # serve quiets them in archive.preload
-        from archive.server import quiet_libraries
+        from archive.logs import quiet_libraries
 
         quiet_libraries()
     try:

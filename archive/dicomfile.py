@@ -248,3 +248,15 @@ def read_full(path: Path) -> Dataset:
         return dcmread(path)
     except Exception as e:  # noqa: BLE001 - any parse failure is the same answer
         raise InvalidDataset(f"cannot parse the data set: {type(e).__name__}") from None
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A Part 10 file: 128-byte preamble then ``DICM``, and not a DICOMDIR (a media index, not an instance)."""
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False

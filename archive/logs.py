@@ -189,3 +189,12 @@ class _Counted:
                 close()
         finally:
             self.done(self.size)
+
+
+def quiet_libraries() -> None:
+    """pydicom logs invalid values verbatim and pynetdicom logs data sets at debug: both could carry PHI."""
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -35,7 +35,7 @@ def preload() -> None:
 
     The whole-slide IOD table and the rule table are loaded whether or not a de-identification policy is on
     (the default profile is): 4 MB, shared."""
-    from archive.server import quiet_libraries
+    from archive.logs import quiet_libraries
 
     for name in MODULES:
         try:

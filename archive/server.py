@@ -87,6 +87,7 @@ def _prepare(settings: Settings) -> str | None:
     thread of the archive that its forked children would inherit.
     """
     from archive.config import ConfigError
+    from archive.logs import quiet_libraries
     from archive.service import Archive
 
     from indexer.config import load_index_config
@@ -293,15 +294,6 @@ def _sweep(settings: Settings) -> None:
     if spool.is_dir():
         for leftover in spool.iterdir():
             leftover.unlink(missing_ok=True)
-
-
-def quiet_libraries() -> None:
-    """pydicom logs invalid values verbatim and pynetdicom logs data sets at debug: both could carry PHI."""
-    import pydicom.config
-
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 def serve(settings: Settings) -> int:

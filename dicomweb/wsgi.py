@@ -16,8 +16,8 @@ from flask import Flask
 
 def app_from_environment() -> Flask:
     from archive.lifecycle import SUPERVISOR_ENV
-    from archive.logs import AccessLog, configure
-    from archive.server import SETTINGS_ENV, quiet_libraries
+    from archive.logs import AccessLog, configure, quiet_libraries
+    from archive.server import SETTINGS_ENV
 
     from . import create_app, drain, profiling
 

@@ -18,7 +18,7 @@ _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 def _import_one(settings, path: Path, origin, entry, workers: int) -> "ImportOutcome | ArchiveError":
     """One slide in a pool process: its own Archive (catalog and ledger connections), no bar."""
-    from archive.server import quiet_libraries
+    from archive.logs import quiet_libraries
     from archive.service import Archive
 
     quiet_libraries()
@@ -137,7 +137,7 @@ class Batch:
     def _parallel(self, path: Path, origin, quiet: bool) -> "ImportOutcome | ArchiveError":
         """The first call hands every vendor file of the batch to a pool; each call waits for its own file."""
         if self._pool is None:
-            from archive.cli import looks_like_dicom
+            from archive.dicomfile import looks_like_dicom
 
             self._pool = concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
             for f in self.files:

@@ -50,7 +50,7 @@ def _alive(pid: int) -> bool:
 
 def run(job_dir: Path) -> int:
     from archive.errors import ArchiveError
-    from archive.server import quiet_libraries
+    from archive.logs import quiet_libraries
     from archive.service import Archive
 
     from .run import VendorImporter
