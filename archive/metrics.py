@@ -318,13 +318,7 @@ class _ProcessFiles:
     def collect(self):
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        files = []
-        for path in self.directory.glob("*.db"):
-            try:
-                if path.stat().st_size > 0:
-                    files.append(str(path))
-            except FileNotFoundError:  # emptied by a restart of the node
-                continue
+        files = [str(path) for path in self.directory.glob("*.db") if path.stat().st_size > 0]
         return MultiProcessCollector.merge(files, accumulate=True)
 
 
