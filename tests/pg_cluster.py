@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import uuid
+import zlib
 from pathlib import Path
 
 SUPERUSER = "slidearchive"
@@ -104,7 +105,9 @@ class PgCluster:
 
 def rows(url: str) -> list[tuple[str, bytes]]:
     """Every row of every table of the database at ``url``, one (table, bytes) each: binary columns as
-    their raw bytes, others as text, so a byte search finds what a file search of SQLite would."""
+    their raw bytes, others as text, so a byte search finds what a file search of SQLite would. A
+    zlib stream (the instance's DICOM JSON header) is given as what it holds: its compressed bytes
+    hide an identifier from the search and match a short one by chance (b"DOE" did, in CI)."""
     import psycopg
 
     out = []
@@ -113,8 +116,15 @@ def rows(url: str) -> list[tuple[str, bytes]]:
         for table in tables:
             for row in db.execute(f'SELECT * FROM "{table}"'):
                 out.append((f"catalog table {table}", b"\0".join(
-                    bytes(v) if isinstance(v, (bytes, memoryview)) else str(v).encode() for v in row)))
+                    _inflated(bytes(v)) if isinstance(v, (bytes, memoryview)) else str(v).encode() for v in row)))
     return out
+
+
+def _inflated(value: bytes) -> bytes:
+    try:
+        return zlib.decompress(value)
+    except zlib.error:
+        return value
 
 
 _cluster: PgCluster | None = None
