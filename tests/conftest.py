@@ -29,7 +29,8 @@ import s3_server  # noqa: E402
 TEST_STORAGE = os.environ.get("SLIDEARCHIVE_TEST_STORAGE", "local")
 S3_PREFIX = "archive"  # the key prefix of those servers' objects
 
-import pg_cluster  # noqa: E402  (tests/ is on sys.path from here on)
+import catalog_rows  # noqa: E402  (tests/ is on sys.path from here on)
+import pg_cluster  # noqa: E402
 
 #: The catalog backend the suite's servers use: "sqlite" (default) or "postgresql".
 TEST_CATALOG = os.environ.get("SLIDEARCHIVE_TEST_CATALOG", "sqlite")
@@ -170,12 +171,21 @@ class Server:
     def kept(self) -> list[tuple[str, bytes]]:
         """Everything this server keeps at rest, as (where, bytes): the files of its data directory
         (key files under ``secrets`` left out), its bucket's objects, every row of a PostgreSQL
-        catalog, and its log. What the privacy tests search for identifiers, whatever the backends."""
+        catalog, and its log. What the privacy tests search for identifiers, whatever the backends.
+
+        A SQLite catalog's files are searched with its zlib columns cut out, and its rows as well,
+        those columns inflated (catalog_rows.sqlite_rows): compressed bytes would hide an identifier
+        and could match a short one by chance."""
         roots = [self.data_dir] + ([self.bucket_dir] if self.bucket_dir else [])
         kept = [(str(p), p.read_bytes()) for root in roots for p in root.rglob("*")
                 if p.is_file() and "secrets" not in p.relative_to(root).parts]
         if isinstance(self.catalog_location, str):
-            kept += pg_cluster.rows(self.catalog_location)
+            kept += catalog_rows.postgresql_rows(self.catalog_location)
+        elif self.catalog_location.exists():
+            rows, compressed = catalog_rows.sqlite_rows(self.catalog_location)
+            catalog_files = str(self.catalog_location)  # with its -wal and -shm
+            kept = [(where, catalog_rows.without(data, compressed) if where.startswith(catalog_files) else data)
+                    for where, data in kept] + rows
         return kept + [("server log", self.log_path.read_bytes())]
 
 

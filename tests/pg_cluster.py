@@ -16,7 +16,6 @@ import socket
 import subprocess
 import tempfile
 import uuid
-import zlib
 from pathlib import Path
 
 SUPERUSER = "slidearchive"
@@ -101,30 +100,6 @@ class PgCluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def rows(url: str) -> list[tuple[str, bytes]]:
-    """Every row of every table of the database at ``url``, one (table, bytes) each: binary columns as
-    their raw bytes, others as text, so a byte search finds what a file search of SQLite would. A
-    zlib stream (the instance's DICOM JSON header) is given as what it holds: its compressed bytes
-    hide an identifier from the search and match a short one by chance (b"DOE" did, in CI)."""
-    import psycopg
-
-    out = []
-    with psycopg.connect(url) as db:
-        tables = [t for (t,) in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
-                out.append((f"catalog table {table}", b"\0".join(
-                    _inflated(bytes(v)) if isinstance(v, (bytes, memoryview)) else str(v).encode() for v in row)))
-    return out
-
-
-def _inflated(value: bytes) -> bytes:
-    try:
-        return zlib.decompress(value)
-    except zlib.error:
-        return value
 
 
 _cluster: PgCluster | None = None
