@@ -11,35 +11,41 @@ from pathlib import Path
 
 
 def postgresql_rows(url: str) -> list[tuple[str, bytes]]:
-    """Every row of every table of the PostgreSQL database at ``url``, one (table, bytes) each: zlib
-    columns inflated, other binary columns as their bytes, the rest as text."""
+    """Every row of every table of the PostgreSQL database at ``url``, as ``_dump`` gives them."""
     import psycopg
 
-    out = []
     with psycopg.connect(url) as db:
-        tables = [t for (t,) in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
-        for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
-                out.append((f"catalog table {table}", b"\0".join(
-                    _inflated(bytes(v)) if isinstance(v, (bytes, memoryview)) else str(v).encode() for v in row)))
-    return out
+        return _dump(db, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")[0]
 
 
 def sqlite_rows(path: Path) -> tuple[list[tuple[str, bytes]], list[bytes]]:
-    """(every row of the SQLite catalog at ``path`` as ``postgresql_rows`` gives them, the zlib values among them)."""
+    """Every row of the SQLite catalog at ``path``, and the zlib values among them (``_dump``)."""
     import sqlite3
 
-    out, compressed = [], []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        for table in tables:
-            for row in db.execute(f'SELECT * FROM "{table}"'):
-                compressed += [v for v in row if isinstance(v, bytes) and _inflated(v) is not v]
-                out.append((f"catalog table {table}", b"\0".join(
-                    _inflated(v) if isinstance(v, bytes) else str(v).encode() for v in row)))
+        return _dump(db, "SELECT name FROM sqlite_master WHERE type = 'table'")
     finally:
         db.close()
+
+
+def _dump(db, tables_sql: str) -> tuple[list[tuple[str, bytes]], list[bytes]]:
+    """(one (table, bytes) per row of each table ``tables_sql`` names: zlib columns inflated, other
+    binary columns as their bytes, the rest as text; the zlib values as stored)."""
+    out, compressed = [], []
+    for (table,) in db.execute(tables_sql).fetchall():
+        for row in db.execute(f'SELECT * FROM "{table}"').fetchall():
+            fields = []
+            for value in row:
+                if isinstance(value, (bytes, memoryview)):
+                    value = bytes(value)
+                    inflated = _inflated(value)
+                    if inflated is not None:
+                        compressed.append(value)
+                    fields.append(value if inflated is None else inflated)
+                else:
+                    fields.append(str(value).encode())
+            out.append((f"catalog table {table}", b"\0".join(fields)))
     return out, compressed
 
 
@@ -62,8 +68,9 @@ def without(data: bytes, values: list[bytes], anchor: int = 32) -> bytes:
     return bytes(out)
 
 
-def _inflated(value: bytes) -> bytes:
+def _inflated(value: bytes) -> bytes | None:
+    """What a zlib value holds; None for bytes that are not one."""
     try:
         return zlib.decompress(value)
     except zlib.error:
-        return value
+        return None
