@@ -146,6 +146,13 @@ class Conflict(InvalidRequest):
     title = "Conflict"
 
 
+class SeriesOfAnotherStudy(Conflict):
+    """The instance names a Series Instance UID already held under a different Study Instance UID:
+    stored, it would be filed where its own header says it is not."""
+
+    title = "Series of another study"
+
+
 class NotAcceptable(ArchiveError):
     """The requested media type or transfer syntax cannot be produced."""
 

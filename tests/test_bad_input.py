@@ -124,6 +124,27 @@ def test_duplicates(web_server, slide):
     assert "already stored" in other.headers["Warning"]
 
 
+def test_series_of_another_study(web_server, slide):
+    """Found by fuzzing: an instance with a new study but a series held under another study was
+    answered "stored" under its own study and filed under the other one (deleted with it)."""
+    assert _stow(web_server, [slide[0].read_bytes()]).status_code in (200, 202)
+    ds = dcmread(slide[1])
+    held_study = ds.StudyInstanceUID
+    ds.StudyInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    r = _stow(web_server, [_bytes(ds)])
+    assert r.status_code == 409 and _failure_reasons(r) == [0xC000]
+    assert "another study" in r.headers["Warning"]
+    qido = f"{web_server.dicomweb}/instances"
+    assert requests.get(qido, params={"SOPInstanceUID": ds.SOPInstanceUID}).json() == []
+    assert requests.get(f"{web_server.dicomweb}/studies", params={"StudyInstanceUID": ds.StudyInstanceUID}
+                        ).json() == []  # the study row made for it went with the refusal
+    held = requests.get(f"{web_server.dicomweb}/studies/{held_study}/series/{ds.SeriesInstanceUID}/instances")
+    assert ds.SOPInstanceUID not in held.text
+    result = _verify(web_server)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_bad_retrieve_requests(web_server, slide):
     ds = dcmread(slide[0], stop_before_pixels=True)
     assert _stow(web_server, [slide[0].read_bytes()]).status_code in (200, 202)

@@ -90,6 +90,25 @@ def test_store_again_is_success(server, tmp_path):
     assert_healthy(server)
 
 
+def test_series_of_another_study_is_refused(server, tmp_path):
+    """A new study naming a series held under another study: a failure with a reason, nothing filed."""
+    make_slide(tmp_path / "s", SlideSpec(width=256, height=256, seed=44, patient_id="DIMSE-TWO-STUDIES",
+                                         label=False, overview=False))
+    first = sorted((tmp_path / "s").iterdir())[0]
+    assert store(server, first, options=PROPOSE["jpeg"]).returncode == 0
+    ds = pydicom.dcmread(first)
+    ds.StudyInstanceUID, ds.SOPInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(tmp_path / "other.dcm")
+    refused = store(server, tmp_path / "other.dcm", options=[*PROPOSE["jpeg"], "-d"])
+    out = refused.stdout + refused.stderr
+    assert "0xc000: Error: Cannot understand" in out and "belongs to a series of another study" in out, out[-3000:]
+    client = DICOMwebClient(url=server.dicomweb)
+    assert not client.search_for_instances(search_filters={"SOPInstanceUID": ds.SOPInstanceUID})
+    assert not client.search_for_studies(search_filters={"StudyInstanceUID": ds.StudyInstanceUID})
+    assert_healthy(server)
+
+
 def test_many_senders_at_once(server, tmp_path):
     """Several scanners sending at the same time: every association is served, every slide stored."""
     import subprocess

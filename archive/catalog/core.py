@@ -38,7 +38,7 @@ from archive.catalog.database import NO_LIMIT, Database, is_url, open_database
 from archive.catalog.query import Query, match_sql
 from archive.catalog.schema import migrate
 from archive.catalog.work import node_id
-from archive.errors import DuplicateInstance, NotAuthorized, NotFound
+from archive.errors import DuplicateInstance, NotAuthorized, NotFound, SeriesOfAnotherStudy
 
 HEADER_CACHE = 2048
 #: (key, its tag as DICOM JSON names it, its tag), in the order of KEYS.
@@ -319,8 +319,10 @@ class Catalog:
             from archive.results.links import queue_link
 
             queue_link(db, ds, self.node)
-            if new_series or not self._count_one_more(db, study_fk, series_fk):
+            if new_series:
                 self._recount(db, study_fk, series_fk)
+            elif not self._count_one_more(db, study_fk, series_fk):  # rolled back with all the above
+                raise SeriesOfAnotherStudy("the Series Instance UID belongs to a series of another study")
             db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
                        "VALUES ('stored',?,?,?,?)", (study_uid, series_uid, sop_uid, time.time()))
 
@@ -382,9 +384,9 @@ class Catalog:
     @staticmethod
     def _count_one_more(db, study_fk: int, series_fk: int) -> bool:
         """Add the instance just inserted into an existing series to its counts (what ``_recount``
-        would find, without counting the series again); False when the series is not the study's
-        (then ``_recount`` decides). The study row first, as ``_recount`` locks it: writers to one
-        study take turns in the same order."""
+        would find, without counting the series again); False when the series is not the study's.
+        The study row first, as ``_recount`` locks it: writers to one study take turns in the same
+        order."""
         if db.execute("UPDATE study SET instance_count=instance_count+1 WHERE pk=? AND EXISTS "
                       "(SELECT 1 FROM series s WHERE s.pk=? AND s.study_fk=study.pk)",
                       (study_fk, series_fk)).rowcount != 1:
