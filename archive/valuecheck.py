@@ -113,9 +113,18 @@ def _check_element(elem) -> None:
             raise DatasetDoesNotMatchSOPClass(f"{_name(elem)} has VR {elem.VR[:2]}, the data dictionary says {vr}")
         if vm == "1" and vr in _NUMERIC_VRS and elem.VM > 1:
             raise DatasetDoesNotMatchSOPClass(f"{_name(elem)} has {elem.VM} values, the data dictionary says 1")
+    if elem.VR == "IS" and not all(map(_integer, elem.value if elem.VM > 1 else [elem.value])):
+        # pydicom keeps what it cannot read as a number as text (warning): the frame index, the
+        # catalog and the search index would fail on it later
+        raise DatasetDoesNotMatchSOPClass(f"{_name(elem)} has a value that is not an integer string (VR IS)")
     if elem.VR == "SQ":
         for item in elem.value:
             _convert_all(item)
+
+
+def _integer(value: object) -> bool:
+    """An IS value pydicom read as a number (an ``IS``, or an ``ISfloat`` with no fraction), or empty."""
+    return value is None or value == "" or isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _convert_all(ds: Dataset) -> None:

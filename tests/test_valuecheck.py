@@ -31,18 +31,22 @@ NUMERIC = {"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD", "IS", "DS"}
 
 
 def reference(ds: pydicom.Dataset) -> None:
-    """The check as it was: convert everything, then judge VR and VM of standard elements."""
+    """The check as it was: convert everything, then judge VR and VM of standard elements and the
+    numbers of every IS element (pydicom keeps an IS it cannot read as text)."""
     for _ in ds.file_meta.iterall():
         pass
     for elem in ds.iterall():
         entry = DicomDictionary.get(elem.tag)
-        if entry is None or elem.VR == "UN" or " or " in entry[0]:
-            continue
         name = elem.keyword or f"({elem.tag.group:04X},{elem.tag.element:04X})"
-        if elem.VR != entry[0]:
-            raise ArchiveError(f"{name} has VR {elem.VR[:2]}, the data dictionary says {entry[0]}")
-        if entry[1] == "1" and entry[0] in NUMERIC and elem.VM > 1:
-            raise ArchiveError(f"{name} has {elem.VM} values, the data dictionary says 1")
+        if entry is not None and elem.VR != "UN" and " or " not in entry[0]:
+            if elem.VR != entry[0]:
+                raise ArchiveError(f"{name} has VR {elem.VR[:2]}, the data dictionary says {entry[0]}")
+            if entry[1] == "1" and entry[0] in NUMERIC and elem.VM > 1:
+                raise ArchiveError(f"{name} has {elem.VM} values, the data dictionary says 1")
+        values = list(elem.value) if elem.VM > 1 else [elem.value]
+        if elem.VR == "IS" and not all(v in (None, "") or isinstance(v, int)
+                                       or (isinstance(v, float) and v.is_integer()) for v in values):
+            raise ArchiveError(f"{name} has a value that is not an integer string (VR IS)")
 
 
 def verdict(check, data: bytes) -> str:
@@ -165,6 +169,7 @@ def _at(data: bytes, tag: int, nested: bool) -> tuple[int, bool]:
     (0x00280010, False, "vr", b"UL", "refused: BytesLengthException"),  # two bytes as UL
     (0x00080100, True, "vr", b"LO", "CodeValue has VR LO, the data dictionary says SH"),
     (0x00209164, True, "vr", b"LO", "DimensionOrganizationUID has VR LO, the data dictionary says UI"),
+    (0x00280008, False, "value", b"\x01", "NumberOfFrames has a value that is not an integer string"),
 ])
 def test_known_refusals(tag, nested, kind, arg, message) -> None:
     """Top level and inside sequence items: the attribute is named, as before."""
