@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -198,3 +199,12 @@ def quiet_libraries() -> None:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def failure_site(e: BaseException, depth: int = 3) -> str:
+    """Where an unexpected exception was raised, innermost first ("frames.py:144 index_frames <
+    ingest.py:269 _commit"): file names, lines and functions only, so an operator can find the
+    fault without the exception's text, which may quote data-set values."""
+    frames = traceback.extract_tb(e.__traceback__)[-depth:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames)) or "unknown"
+

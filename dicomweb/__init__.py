@@ -15,6 +15,7 @@ from archive.auth.access import Principal, requires
 from archive.auth.authn import Authenticator
 from archive.config import Settings
 from archive.errors import ArchiveError
+from archive.logs import failure_site
 from archive.metrics import error as count_error
 from archive.service import Archive
 
@@ -61,7 +62,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     def unexpected(e: Exception):
         # Never the exception text: it may quote data-set values.
         count_error(e, "http")
-        log.error("unexpected %s in %s %s", type(e).__name__, request.method, request.path)
+        log.error("unexpected %s in %s %s at %s", type(e).__name__, request.method, request.path,
+                  failure_site(e))
         return _error(500, "Internal server error", "unexpected server error; see the server log")
 
     @app.before_request

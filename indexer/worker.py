@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, Iterable
 
 from archive.auth.access import SYSTEM
+from archive.logs import failure_site
 
 from .base import Index, IndexUnavailable
 
@@ -159,7 +160,8 @@ def sync_series(index: Index, source: DocumentSource, state: IndexState, series_
         try:
             built[uid] = source.document(uid, parts)
         except Exception as e:  # a header the builder cannot read: keep it for a retry after a fix
-            log.warning("cannot build the index document of series %s: %s", uid, type(e).__name__)
+            log.warning("cannot build the index document of series %s: %s at %s", uid, type(e).__name__,
+                        failure_site(e))
             state.record_failure(uid, f"build: {type(e).__name__}")
     docs = list(built.values())
     rejected = target.upsert(docs) if docs else []

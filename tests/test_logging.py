@@ -88,3 +88,22 @@ def test_logging_configuration_errors(tmp_path, text, message):
     path.write_text(text)
     result = run("serve", "--data-dir", str(tmp_path / "data"), "--config", str(path), "--no-dimse")
     assert result.returncode == 2 and "configuration error" in result.stderr and message in result.stderr
+
+
+def test_failure_site_names_code_not_values():
+    """An unexpected failure's log line says where it was raised, without the exception's text."""
+    from archive.logs import failure_site
+
+    def read_number(value: str) -> int:
+        return int(value)
+
+    def index(value: str) -> int:
+        return read_number(value)
+
+    try:
+        index("DOE^JANE")
+    except ValueError as e:
+        site = failure_site(e)
+    assert re.fullmatch(r"test_logging\.py:\d+ read_number < test_logging\.py:\d+ index"
+                        r" < test_logging\.py:\d+ test_failure_site_names_code_not_values", site), site
+    assert "DOE" not in site

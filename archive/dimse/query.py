@@ -27,6 +27,7 @@ from archive.catalog.query import Query, parse_match
 from archive.dimse import audit as dimse_audit
 from archive.dimse.policy import QUERY, REFUSED_NOT_AUTHORIZED, PeerPolicy, calling_ae
 from archive.errors import ArchiveError, DatasetDoesNotMatchSOPClass
+from archive.logs import failure_site
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def handle_find(event, archive, policy: PeerPolicy, ae_title: str,
         yield _failure(e.dimse_status, e.message), None
         return
     except Exception as e:  # noqa: BLE001
-        log.error("C-FIND from %s failed: %s", ae, type(e).__name__)
+        log.error("C-FIND from %s failed: %s at %s", ae, type(e).__name__, failure_site(e))
         yield _failure(0xC000, f"processing failure: {type(e).__name__}"), None
         return
     log.info("C-FIND from %s: %d matches", ae, count)

@@ -32,6 +32,7 @@ from archive.dimse import audit as dimse_audit
 from archive.dimse.policy import REFUSED_NOT_AUTHORIZED, RETRIEVE, PeerPolicy, calling_ae
 from archive.dimse.query import UNIQUE_KEY, plan, query_level
 from archive.errors import ArchiveError, DatasetDoesNotMatchSOPClass
+from archive.logs import failure_site
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def handle_get(event, archive, policy: PeerPolicy, *, who: Callable[[Any], Princ
         yield _failure(e.dimse_status, e.message), None
         return
     except Exception as e:  # noqa: BLE001
-        log.error("C-GET from %s failed: %s", ae, type(e).__name__)
+        log.error("C-GET from %s failed: %s at %s", ae, type(e).__name__, failure_site(e))
         yield 1
         yield _failure(0xC000, f"processing failure: {type(e).__name__}"), None
         return

@@ -22,6 +22,7 @@ from archive.dimse import audit as dimse_audit
 from archive.dimse.policy import REFUSED_NOT_AUTHORIZED, STORE, PeerPolicy, calling_ae
 from archive.errors import ArchiveError
 from archive.ingest import Origin
+from archive.logs import failure_site
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def handle_store(event, archive, policy: PeerPolicy, collection: str, who: Calla
         log.warning("C-STORE from %s failed: 0x%04X %s", ae, e.dimse_status, e.title)
         return _status(e.dimse_status, e.message)
     except Exception as e:  # noqa: BLE001 - any other failure is a DICOM status, not a dead association
-        log.error("C-STORE from %s failed: %s", ae, type(e).__name__)
+        log.error("C-STORE from %s failed: %s at %s", ae, type(e).__name__, failure_site(e))
         return _status(CANNOT_UNDERSTAND, f"processing failure: {type(e).__name__}")
     finally:
         path.unlink(missing_ok=True)  # already moved when stored; removed on any failure
