@@ -1,7 +1,7 @@
 """Fuzzing the real server over real sockets (issue 9, item 5).
 
 Hypothesis drives mutated DICOM files through STOW-RS and C-STORE, identifiers of
-raw bytes through C-FIND, and mutated paths, query strings, headers and bodies
+raw bytes through C-FIND and C-GET, and mutated paths, query strings, headers and bodies
 through every route of the Flask app (read from its URL map, so a new route is
 fuzzed without touching this file). The properties: every answer is a 2xx or a
 4xx with a message (a DICOM failure status with an Error Comment for DIMSE), never
@@ -418,9 +418,26 @@ FIND_TAGS = [0x00080005, 0x00080020, 0x00080030, 0x00080050, 0x00080052, 0x00080
 FIND_VALUES = [b"", b"*", b"?", b"DOE*", b"*^*", b"20200101-20251231", b"-", b"20251301", b"2020-", b"-2020",
                b"1.2.3\\1.2.4", b"\\", b"1." + b"2" * 80, b"0", b"-1", b"1e999", b"\xc3\xa9", b"\x00", b"a" * 300,
                b"SM", b"ISO_IR 192", b"ISO 2022 IR 87", b"2.25.1", b"*1*", b"%", b"_", b"STUDY", b"SERIES",
-               b"IMAGE", b"PATIENT", b"FOO", b"\x01\x00", b"\xfe\xff\x00\xe0\xff\xff\xff\xff"]
-find_identifier = st.lists(st.tuples(st.sampled_from(FIND_TAGS),
-                                     st.sampled_from(FIND_VALUES) | st.binary(max_size=24)), min_size=1, max_size=6)
+               b"IMAGE", b"PATIENT", b"FOO", b"\x01\x00", b"\xfe\xff\x00\xe0\xff\xff\xff\xff",
+               b"<study>", b"<series>", b"<instance>", b"<instance>\\<study>"]  # the seed's UIDs, filled in
+#: A Query/Retrieve Level (mostly a valid one) and up to six elements, which may replace it.
+find_identifier = st.builds(
+    lambda level, rest: [(0x00080052, level), *rest],
+    st.sampled_from([b"PATIENT", b"STUDY", b"SERIES", b"IMAGE"]) | st.sampled_from(FIND_VALUES),
+    st.lists(st.tuples(st.sampled_from(FIND_TAGS), st.sampled_from(FIND_VALUES) | st.binary(max_size=24)), max_size=6))
+#: For C-GET, which needs the unique keys down to its level: mostly the seed's, sometimes mangled.
+UNIQUE_KEYS = [(b"STUDY", 0x0020000D, b"<study>"), (b"SERIES", 0x0020000E, b"<series>"),
+               (b"IMAGE", 0x00080018, b"<instance>")]
+
+
+def _unique_key(tag: int, uid: bytes):
+    return st.tuples(st.just(tag), st.sampled_from([uid, uid, uid, uid + b"\\2.25.9", b"", b"*", b"2.25.1", uid + b"\x00"]))
+
+
+get_identifier = find_identifier | st.integers(1, 3).flatmap(lambda depth: st.builds(
+    lambda keys, rest: [(0x00080052, UNIQUE_KEYS[depth - 1][0]), *keys, *rest],
+    st.tuples(*[_unique_key(tag, uid) for _, tag, uid in UNIQUE_KEYS[:depth]]),
+    st.lists(st.tuples(st.sampled_from(FIND_TAGS), st.sampled_from(FIND_VALUES)), max_size=2)))
 
 
 class RawIdentifier:
@@ -433,58 +450,122 @@ class RawIdentifier:
         return iter(())
 
 
-def encode_identifier(elements: list[tuple[int, bytes]]) -> bytes:
-    """Implicit VR Little Endian elements in tag order (the last value of a repeated tag), padded to even lengths.
+def encode_identifier(elements: list[tuple[int, bytes]], t: Target) -> bytes:
+    """Implicit VR Little Endian elements in tag order (the last value of a repeated tag), padded to even
+    lengths, the seed's UIDs filled in (so that some identifiers match what is held).
 
     Never empty: pynetdicom would announce an identifier and send none, and the server would wait for it."""
-    chosen = dict(elements)
+    uids = {b"<study>": t.study, b"<series>": t.series, b"<instance>": t.instances[0]}
+    chosen = {}
+    for tag, value in elements:
+        for name, uid in uids.items():
+            value = value.replace(name, uid.encode())
+        chosen[tag] = value
     return b"".join(struct.pack("<HHI", t >> 16, t & 0xFFFF, len(v) + len(v) % 2) + v + b" " * (len(v) % 2)
                     for t, v in sorted(chosen.items()))
 
 
+SM = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+class QueryRetrieveSCU:
+    """One association for every C-FIND and C-GET (re-opened when the server ends it), identifiers sent raw."""
+
+    GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"  # Study Root C-GET
+
+    def __init__(self, port: int):
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+        from pynetdicom import AE, build_role
+
+        self.ae = AE(ae_title=IDENTIFIED_AE)
+        for model in [*FIND_MODELS, self.GET_MODEL]:
+            self.ae.add_requested_context(model, [ImplicitVRLittleEndian])
+        self.ae.add_requested_context(SM, [JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = TIMEOUT
+        self.roles = [build_role(SM, scp_role=True)]
+        self.port, self.assoc, self.received = port, None, 0
+
+    def _association(self):
+        from pynetdicom import evt
+
+        if self.assoc is None or not self.assoc.is_established:
+            self.assoc = self.ae.associate("127.0.0.1", self.port, ae_title="SLIDEARCHIVE", ext_neg=self.roles,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._stored)])
+            assert self.assoc.is_established, "the server refused a new association"
+        return self.assoc
+
+    def _stored(self, event) -> int:
+        self.received += 1
+        return 0x0000
+
+    def find(self, identifier: bytes, model: str) -> list:
+        return list(self._association().send_c_find(RawIdentifier(identifier), model))
+
+    def get(self, identifier: bytes) -> list:
+        return list(self._association().send_c_get(RawIdentifier(identifier), self.GET_MODEL))
+
+    def close(self) -> None:
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+
+
 @pytest.fixture(scope="module")
-def find_scu(target):
-    """One association for every C-FIND (re-opened if the server ends it), identifiers sent raw."""
-    from pydicom.uid import ImplicitVRLittleEndian
-    from pynetdicom import AE, association
+def qr_scu(target):
+    from pynetdicom import association
 
     encode = association.encode
     association.encode = lambda ds, *a: ds.data if isinstance(ds, RawIdentifier) else encode(ds, *a)
-    ae = AE(ae_title=IDENTIFIED_AE)
-    for model in FIND_MODELS:
-        ae.add_requested_context(model, [ImplicitVRLittleEndian])
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT
-    state = {"assoc": None}
-
-    def find(identifier: bytes, model: str) -> list:
-        assoc = state["assoc"]
-        if assoc is None or not assoc.is_established:
-            assoc = state["assoc"] = ae.associate("127.0.0.1", target.server.dimse_port, ae_title="SLIDEARCHIVE")
-            assert assoc.is_established, "the server refused a new association"
-        return list(assoc.send_c_find(RawIdentifier(identifier), model))
-
-    yield find
+    client = QueryRetrieveSCU(target.server.dimse_port)
+    yield client
+    client.close()
     association.encode = encode
-    if state["assoc"] is not None and state["assoc"].is_established:
-        state["assoc"].release()
+
+
+def statuses_of(responses: list) -> list[int]:
+    """Every response's status; fails when the last answer is missing (an abort, a timeout)."""
+    statuses = [r[0].Status for r in responses if r[0] is not None and "Status" in r[0]]
+    assert statuses and len(statuses) == len(responses), "no final response (association aborted?)"
+    return statuses
+
+
+def assert_failure_explained(status: int, last) -> None:
+    if status & 0xF000 in (0xA000, 0xC000) and status not in (0xA701, 0xA702):  # sub-operation counts say why
+        assert last.get("ErrorComment"), f"failure 0x{status:04X} without an Error Comment"
 
 
 @fuzz_settings(200)
 @given(elements=find_identifier, model=st.sampled_from(FIND_MODELS))
-def test_cfind_mutated_identifier(target, find_scu, elements, model):
+def test_cfind_mutated_identifier(target, qr_scu, elements, model):
     """Pending matches then Success, or one failure with an Error Comment; never an abort or a dead server."""
-    responses = find_scu(encode_identifier(elements), model)
+    responses = qr_scu.find(encode_identifier(elements, target), model)
     assert target.server.process.poll() is None, "server died"
-    statuses = [r[0].Status for r in responses if r[0] is not None and "Status" in r[0]]
-    assert statuses and len(statuses) == len(responses), "no final C-FIND response (association aborted?)"
+    statuses = statuses_of(responses)
     event(f"0x{statuses[-1]:04X}")
     assert all(s in (0xFF00, 0xFF01) for s in statuses[:-1]), [hex(s) for s in statuses]
-    final, last = statuses[-1], responses[-1][0]
-    if final != 0x0000:
-        assert final & 0xF000 in (0xA000, 0xC000) or final == 0x0122, hex(final)
-        assert last.get("ErrorComment"), f"failure 0x{final:04X} without an Error Comment"
+    final = statuses[-1]
+    assert final == 0x0000 or final & 0xF000 in (0xA000, 0xC000) or final == 0x0122, hex(final)
+    assert_failure_explained(final, responses[-1][0])
     for status, identifier in responses[:-1]:
         assert identifier is not None and identifier.get("QueryRetrieveLevel"), "a match without its level"
+
+
+@fuzz_settings(100)
+@given(elements=get_identifier)
+def test_cget_mutated_identifier(target, qr_scu, elements):
+    """The same identifiers through C-GET (and so through what C-MOVE selects with): pending sub-operations,
+    then a final status that the standard allows, with an Error Comment for a refusal."""
+    before = qr_scu.received
+    responses = qr_scu.get(encode_identifier(elements, target))
+    assert target.server.process.poll() is None, "server died"
+    statuses = statuses_of(responses)
+    event(f"0x{statuses[-1]:04X}")
+    assert all(s == 0xFF00 for s in statuses[:-1]), [hex(s) for s in statuses]
+    final, last = statuses[-1], responses[-1][0]
+    assert final in (0x0000, 0xB000, 0xFE00) or final & 0xF000 in (0xA000, 0xC000), hex(final)
+    assert_failure_explained(final, last)
+    if final == 0x0000:  # every sub-operation was a C-STORE this SCU took (and answered Success)
+        assert qr_scu.received - before == last.get("NumberOfCompletedSuboperations", 0)
+        event("instances received" if qr_scu.received > before else "nothing matched")
 
 
 # --- every route ---------------------------------------------------------------------------------

@@ -198,6 +198,7 @@ def handle_move(event, archive, policy: PeerPolicy, remotes: dict[str, RemoteAE]
     except ArchiveError as e:
         records, error = [], e
     except Exception as e:  # noqa: BLE001
+        log.error("C-MOVE from %s failed: %s at %s", ae, type(e).__name__, failure_site(e))
         records, error = [], ArchiveError(f"processing failure: {type(e).__name__}")
     kwargs = {"contexts": move_contexts(records), "max_pdu": max_pdu,
               "evt_handlers": [(evt.EVT_ESTABLISHED, lambda ev: route_sends(ev.assoc))]}
