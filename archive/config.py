@@ -354,13 +354,15 @@ def parse_remote(text: str) -> RemoteAE:
 
 
 def _ae_title(value: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"invalid AE title: a string of 1-16 printable characters, got {_kind(value)}")
     if not value or len(value) > 16 or "\\" in value or not value.isprintable():
         raise ConfigError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
     return value.strip()
 
 
 def _port(value: int, where: str) -> int:
-    if not 0 <= value <= 65535:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ConfigError(f"{where}: port {value} out of range 0-65535")
     return value
 
@@ -371,7 +373,7 @@ def _dimse(table: dict) -> DimseSettings:
     if unknown:
         raise ConfigError(f"[dimse] unknown keys: {', '.join(sorted(unknown))}")
     remotes = []
-    for i, r in enumerate(table.get("remote", [])):
+    for i, r in enumerate(_entries(table, "remote", "dimse.remote")):
         try:
             if not isinstance(r.get("tls", False), bool):
                 raise ValueError("tls must be true or false")
@@ -381,8 +383,9 @@ def _dimse(table: dict) -> DimseSettings:
             raise ConfigError(f"[[dimse.remote]] entry {i + 1}: needs ae_title, host and port, "
                               f"tls true or false ({e})") from None
     peers = []
-    for i, p in enumerate(table.get("peer", [])):
-        allow = frozenset(p.get("allow", ["store", "query", "retrieve"]))
+    for i, p in enumerate(_entries(table, "peer", "dimse.peer")):
+        allow = frozenset(_strings(p, "allow", f"[[dimse.peer]] entry {i + 1}") if "allow" in p
+                          else ("store", "query", "retrieve"))
         if not allow <= {"store", "query", "retrieve"} or "ae_title" not in p:
             raise ConfigError(f"[[dimse.peer]] entry {i + 1}: needs ae_title and allow within store/query/retrieve")
         peers.append(PeerRule(_ae_title(p["ae_title"]), allow,
@@ -416,6 +419,8 @@ def _audit(table: dict) -> AuditSettings:
     if values.get("queue_size", 1) < 1 or values.get("rotate_bytes", 1) < 4096 or values.get("frame_interval", 1) <= 0:
         raise ConfigError("[audit] queue_size must be at least 1, rotate_bytes at least 4096, frame_interval above 0")
     syslog = table.get("syslog")
+    if syslog is not None and not isinstance(syslog, dict):
+        raise ConfigError(f"[audit] syslog must be a table ([audit.syslog]), got {_kind(syslog)}")
     if syslog is not None:
         skinds = {"host": str, "port": int, "ca_file": str, "cert_file": str, "key_file": str, "server_name": str,
                   "retry_seconds": float}
@@ -517,6 +522,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                          "datasets", "metrics", "web", "catalog", "storage"}
     if unknown:
         raise ConfigError(f"unknown configuration sections: {', '.join(sorted(unknown))}")
+    for name, section in raw.items():  # the parts below read every section as a table
+        if not isinstance(section, dict):
+            raise ConfigError(f"{name} must be a table ([{name}]), got {_kind(section)}")
     server = raw.get("server", {})
     kinds = {"data_dir": str, "host": str, "http_port": int, "public_base_url": str,
              "workers": int, "threads": int, "default_collection": str, "trusted_proxies": list,
@@ -636,6 +644,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _kind(value: Any) -> str:
+    """A TOML value's kind, for messages (never the value: it may be a secret)."""
+    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a float"}.get(type(value), type(value).__name__)
+
+
+def _entries(table: dict, key: str, where: str) -> list[dict]:
+    """An array of tables (``[[where]]`` entries), each entry a table."""
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+        raise ConfigError(f"{where} must be an array of tables ([[{where}]] entries), got {_kind(value)}")
+    return value
+
+
 def _strings(table: dict, key: str, where: str) -> tuple[str, ...]:
     value = table.get(key, [])
     if isinstance(value, str):
@@ -666,7 +688,7 @@ def _auth(table: dict) -> AuthSettings:
     if not 0 <= values.get("token_cache_seconds", 60) <= 3600:
         raise ConfigError("[auth] token_cache_seconds must be 0-3600")
     issuers = []
-    for i, entry in enumerate(table.get("issuer", [])):
+    for i, entry in enumerate(_entries(table, "issuer", "auth.issuer")):
         where = f"[[auth.issuer]] entry {i + 1}"
         extra = set(entry) - {"issuer", "audience", "algorithms", "discovery_url", "collections_claim", "passports"}
         if extra:
@@ -683,7 +705,7 @@ def _auth(table: dict) -> AuthSettings:
             collections_claim=str(entry.get("collections_claim", "collections")),
             passports=bool(entry.get("passports", True))))
     visas = []
-    for i, entry in enumerate(table.get("visa_issuer", [])):
+    for i, entry in enumerate(_entries(table, "visa_issuer", "auth.visa_issuer")):
         where = f"[[auth.visa_issuer]] entry {i + 1}"
         extra = set(entry) - {"issuer", "jku", "collections", "roles"}
         if extra:

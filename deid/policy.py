@@ -135,22 +135,34 @@ def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list
     unknown = set(spec) - known
     if unknown:
         raise PolicyError(f"policy {name}: unknown settings {sorted(unknown)}")
-    identified = bool(spec.get("identified", False))
+    # a string "false" must not read as true: identified = "no" would store patients' names
+    identified = _setting(spec, "identified", bool, name, False)
+    relink = _setting(spec, "relink", bool, name, False)
+    names = _setting(spec, "options", list, name, [])
+    if not all(isinstance(o, str) for o in names):
+        raise PolicyError(f"policy {name}: options must be a list of option names")
     try:
-        options = frozenset(Option.from_name(o) for o in spec.get("options", []))
+        options = frozenset(Option.from_name(o) for o in names)
     except ValueError as exc:
         raise PolicyError(f"policy {name}: {exc}") from None
+    key_file = _setting(spec, "key_file", str, name, "")
+    pub = _setting(spec, "broker_public_key", str, name, "")
+    area = _setting(spec, "overview_label_area", list, name, None)
+    if area is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in area):
+        raise PolicyError(f"policy {name}: overview_label_area is [x, y, width, height] in whole pixels")
     key = b""
     if not identified:
-        if spec.get("key_file"):
-            key = read_key(Path(spec["key_file"]))
+        if key_file:
+            try:
+                key = read_key(Path(key_file).expanduser())
+            except OSError as exc:
+                raise PolicyError(f"policy {name}: key_file {key_file[:200]!r} cannot be read "
+                                  f"({exc.strerror or type(exc).__name__})") from None
         else:
             if not shared_key:
                 shared_key.append(key_source() if key_source else default_key(data_dir))
             key = shared_key[0]
-    area = spec.get("overview_label_area")
-    pub = spec.get("broker_public_key")
-    if pub and spec.get("relink"):
+    if pub and relink:
         try:
             load_public_key(Path(pub))
         except (OSError, ValueError) as exc:
@@ -159,14 +171,35 @@ def _policy(name: str, spec: Mapping[str, Any], data_dir: Path, shared_key: list
         name=name,
         options=options,
         key=key,
-        relink=bool(spec.get("relink", False)),
+        relink=relink,
         broker_public_key=Path(pub) if pub else None,
-        label=str(spec.get("label", "drop")),
-        overview=str(spec.get("overview", "drop")),
-        overview_label_area=tuple(int(v) for v in area) if area is not None else None,  # type: ignore[arg-type]
+        label=_setting(spec, "label", str, name, "drop"),
+        overview=_setting(spec, "overview", str, name, "drop"),
+        overview_label_area=tuple(area) if area is not None else None,  # type: ignore[arg-type]
         identified=identified,
         safe_private=load_safe_private() if Option.RETAIN_SAFE_PRIVATE in options else frozenset(),
     )
+
+
+_KINDS = {bool: "true or false", str: "a string", list: "an array"}
+
+
+def _setting(spec: Mapping[str, Any], key: str, kind: type, name: str, default: Any) -> Any:
+    """``spec[key]`` when it is of ``kind`` (a boolean is not an integer here), else ``default`` when absent."""
+    if key not in spec:
+        return default
+    value = spec[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise PolicyError(f"policy {name}: {key} must be {_KINDS[kind]}")
+    return value
+
+
+def _names(sources: Mapping[str, Any], key: str) -> dict[str, str]:
+    """``[deid.sources.<key>]``: source -> policy name, both strings."""
+    table = sources.get(key) or {}
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise PolicyError(f"[deid.sources] {key} must be a table of policy names ({key} = {{ NAME = \"policy\" }})")
+    return table
 
 
 def load_policies(section: Mapping[str, Any] | None, data_dir: Path,
@@ -178,15 +211,18 @@ def load_policies(section: Mapping[str, Any] | None, data_dir: Path,
     every node maps an identifier to the same pseudonym."""
     section = dict(section or {})
     shared_key: list[bytes] = []
-    specs = dict(section.get("policies") or {})
+    specs = section.get("policies") or {}
+    if not isinstance(specs, dict) or not all(isinstance(spec, dict) for spec in specs.values()):
+        raise PolicyError("[deid] policies must be tables, one per policy ([deid.policies.NAME])")
     if not specs:
         specs = {"basic": {}}
-    policies = {name: _policy(name, spec or {}, Path(data_dir), shared_key, key_source)
-                for name, spec in specs.items()}
-    default = str(section.get("default", "basic" if "basic" in policies else next(iter(policies))))
-    sources = dict(section.get("sources") or {})
-    by_ae = {str(k).strip(): str(v) for k, v in dict(sources.get("ae") or {}).items()}
-    by_collection = {str(k): str(v) for k, v in dict(sources.get("collection") or {}).items()}
+    policies = {name: _policy(name, spec, Path(data_dir), shared_key, key_source) for name, spec in specs.items()}
+    default = section.get("default", "basic" if "basic" in policies else next(iter(policies)))
+    sources = section.get("sources") or {}
+    if not isinstance(default, str) or not isinstance(sources, dict):
+        raise PolicyError("[deid] default must be a policy name and sources a table ([deid.sources])")
+    by_ae = {k.strip(): v for k, v in _names(sources, "ae").items()}
+    by_collection = _names(sources, "collection")
     for ref in [default, *by_ae.values(), *by_collection.values()]:
         if ref not in policies:
             raise PolicyError(f"[deid] refers to undefined policy {ref!r}")
