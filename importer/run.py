@@ -66,7 +66,7 @@ class VendorImporter:
                 files = convert(path, fmt, work, entry, fingerprint, self.workers,
                                 (lambda d, t: progress("converting", d, t)) if progress else None)
             except OSError as e:
-                raise _os_error(e) from None
+                raise _os_error(e, fmt) from None
             except ArchiveError:
                 raise
             except Exception as e:  # a reader failing on a damaged file; its text may quote the file's metadata
@@ -112,9 +112,11 @@ class VendorImporter:
         self.ledger.forget(fingerprint)
 
 
-def _os_error(e: OSError) -> ArchiveError:
+def _os_error(e: OSError, fmt: VendorFormat) -> ArchiveError:
     import errno
 
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return OutOfResources(f"converting: {os.strerror(e.errno)}")
-    return ArchiveError(f"converting: {type(e).__name__} ({os.strerror(e.errno) if e.errno else 'I/O error'})")
+    if e.errno is None:  # not the system's: turbojpeg raises OSError for image data it cannot decode
+        return NotASlide(f"{fmt.name}: conversion failed (image data that cannot be decoded; damaged?)")
+    return ArchiveError(f"converting: {os.strerror(e.errno)}")

@@ -287,6 +287,10 @@ def test_bad_files_fail_one_by_one_and_the_batch_goes_on(tmp_path):
     (folder / "notes.svs").write_text("not a slide at all\n")
     (folder / "scan.czi").write_bytes(b"ZISRAWFILE" + b"\0" * 100)
     (folder / "bad-code.svs").write_bytes(good.read_bytes()[:-1] + b"\0")  # valid file, but its row is bad
+    ndpi = bytearray(make_ndpi(tmp_path / "n.ndpi", width=1024, height=768, seed=9).read_bytes())
+    dht = ndpi.index(b"\xff\xc4")  # the first strip's Huffman table, made undecodable (turbojpeg: OSError)
+    ndpi[dht + 5:dht + 9] = b"\xff" * 4
+    (folder / "damaged.ndpi").write_bytes(bytes(ndpi))
     manifest = tmp_path / "m.json"
     manifest.write_text(json.dumps({"files": [
         {"file": "in/good.svs", "stain": "SCT:12710003:hematoxylin stain"},
@@ -301,7 +305,8 @@ def test_bad_files_fail_one_by_one_and_the_batch_goes_on(tmp_path):
     assert "scan.czi: Unsupported slide format: Zeiss CZI" in err
     assert "bad-code.svs: Invalid manifest" in err and "check digit" in err
     assert "row 3" in err and "does not exist" in err  # in/missing.svs
-    assert "vendor slides: 1 converted, 0 already imported, 5 failed" in result.stdout
+    assert "damaged.ndpi: Not a slide: Hamamatsu NDPI: conversion failed (image data that cannot be decoded" in err
+    assert "vendor slides: 1 converted, 0 already imported, 6 failed" in result.stdout
     verify = run("verify", "--data-dir", str(data), "--checksums")
     assert verify.returncode == 0, verify.stdout  # nothing half-stored, no temp files
     assert not any((data / "imports" / "work").iterdir())
