@@ -185,7 +185,7 @@ _KINDS = {bool: "true or false", str: "a string", list: "an array"}
 
 
 def _setting(spec: Mapping[str, Any], key: str, kind: type, name: str, default: Any) -> Any:
-    """``spec[key]`` when it is of ``kind`` (a boolean is not an integer here), else ``default`` when absent."""
+    """``spec[key]``, which must be of ``kind`` (a boolean is not an integer here); ``default`` when absent."""
     if key not in spec:
         return default
     value = spec[key]
