@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -310,6 +311,38 @@ def test_bad_files_fail_one_by_one_and_the_batch_goes_on(tmp_path):
     verify = run("verify", "--data-dir", str(data), "--checksums")
     assert verify.returncode == 0, verify.stdout  # nothing half-stored, no temp files
     assert not any((data / "imports" / "work").iterdir())
+
+
+def test_vendor_files_with_bytes_changed_convert_or_fail_with_a_reason(tmp_path):
+    """SVS and NDPI files with a few bytes changed (in the header, in the image data, near the end):
+    each one is converted or reported failed with a reason, the batch goes on, nothing is half-stored."""
+    import random
+
+    data, folder = tmp_path / "data", tmp_path / "in"
+    data.mkdir()
+    folder.mkdir()
+    sources = [make_svs(tmp_path / "s.svs", width=1024, height=768, seed=7, levels=2).read_bytes(),
+               make_ndpi(tmp_path / "n.ndpi", width=1024, height=768, seed=7).read_bytes()]
+    rng = random.Random(2)  # fixed: the same files in every run
+    names = []
+    for n in range(20):
+        source = sources[n % 2]
+        changed = bytearray(source)
+        for _ in range(rng.choice([1, 2, 4, 16])):
+            at = rng.choice([rng.randrange(512), len(changed) - 1 - rng.randrange(2048), rng.randrange(len(changed))])
+            changed[at] = rng.randrange(256)
+        names.append(f"m{n}.{'svs' if n % 2 == 0 else 'ndpi'}")
+        (folder / names[-1]).write_bytes(bytes(changed))
+    result = run("import", str(folder), "--data-dir", str(data), "-q")
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr[-3000:]
+    summary = re.search(r"vendor slides: (\d+) converted, 0 already imported, (\d+) failed", result.stdout)
+    assert summary and int(summary.group(1)) + int(summary.group(2)) == len(names), result.stdout
+    failed = [line for line in result.stderr.splitlines() if re.match(rf"{re.escape(str(folder))}/m\d+\.", line)]
+    assert len(failed) == int(summary.group(2)), result.stderr[-3000:]
+    assert all(re.search(r": (Not a slide|Unsupported slide format): \S", line) for line in failed), failed
+    verify = run("verify", "--data-dir", str(data), "--checksums")
+    assert verify.returncode == 0, verify.stdout
 
 
 def test_an_interrupted_import_is_undone_and_redone(tmp_path):
