@@ -290,3 +290,53 @@ def test_a_node_killed_mid_stow_leaves_nothing_partial_and_the_retry_on_the_othe
             victim.start()
     _verify(victim)  # the restarted node swept what the killed one had spooled
     assert {_value(i, "00080018") for i in _stored_uids(victim, "NC")} == set(sops)
+
+
+def test_stores_on_one_node_and_deletes_on_the_other_leave_a_consistent_study(cluster, tmp_path):
+    """STOW-RS into one series on both nodes while node 2 deletes the study again and again: the
+    rows each transaction relies on change under it (PostgreSQL, READ COMMITTED). Found this way:
+    foreign key violations answered 500 to either side. Now no 5xx, and afterwards the catalog,
+    the bucket, QIDO-RS and the study's counts agree."""
+    level = make_slide(tmp_path / "r", SlideSpec(256, 256, seed=504, patient_id="NODES-3", accession="NR",
+                                                 label=False, overview=False))[0]
+    answers: list[tuple[str, int, str]] = []
+    first = stow(cluster[0], [level])
+    assert first.status_code == 202, first.text  # stored, with de-identification's warning
+    study = first.json()["00081199"]["Value"][0]["00081190"]["Value"][0].split("/studies/")[1].split("/")[0]
+
+    def copy(n: int) -> Path:
+        ds = pydicom.dcmread(level)  # its own file meta: the threads write copies at once
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = tmp_path / f"copy{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    def store_copies(node, start: int) -> None:
+        for n in range(start, start + 25):
+            r = stow(node, [copy(n)])
+            answers.append(("stow", r.status_code, r.text[:300]))
+
+    def delete_again() -> None:
+        for _ in range(25):
+            r = requests.delete(f"{cluster[1].dicomweb}/studies/{study}", timeout=60)
+            answers.append(("delete", r.status_code, r.text[:300]))
+
+    workers = [threading.Thread(target=store_copies, args=(cluster[0], 0)),
+               threading.Thread(target=store_copies, args=(cluster[0], 100)),
+               threading.Thread(target=store_copies, args=(cluster[1], 200)),
+               threading.Thread(target=delete_again)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(300)
+    unexpected = [a for a in answers if (a[0], a[1]) not in {("stow", 202), ("delete", 204), ("delete", 404)}]
+    assert not unexpected, unexpected[:5]
+    assert len(answers) == 100
+    _verify(cluster[0])
+    held = requests.get(f"{cluster[0].dicomweb}/studies/{study}/instances", timeout=30)
+    count = len(held.json()) if held.status_code == 200 else 0
+    listed = requests.get(f"{cluster[1].dicomweb}/studies", params={"StudyInstanceUID": study}, timeout=30).json()
+    if count:
+        assert listed and listed[0]["00201208"]["Value"] == [count], listed  # counts kept with the rows
+    else:
+        assert listed == [], listed

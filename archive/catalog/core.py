@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import random
 import time
 import zlib
 from collections import OrderedDict
@@ -38,7 +39,7 @@ from archive.catalog.database import NO_LIMIT, Database, is_url, open_database
 from archive.catalog.query import Query, match_sql
 from archive.catalog.schema import migrate
 from archive.catalog.work import node_id
-from archive.errors import DuplicateInstance, NotAuthorized, NotFound, SeriesOfAnotherStudy
+from archive.errors import Busy, DuplicateInstance, NotAuthorized, NotFound, SeriesOfAnotherStudy
 
 HEADER_CACHE = 2048
 #: (key, its tag as DICOM JSON names it, its tag), in the order of KEYS.
@@ -226,6 +227,14 @@ def _scope_sql(collections: frozenset[str] | None, study: str, listing: bool) ->
             names)
 
 
+#: How often a write that met a concurrent one's change runs (Catalog._retried).
+_ATTEMPTS = 6
+
+
+class _Replaced(Exception):
+    """The study row an instance was being added to was deleted meanwhile: the write runs again."""
+
+
 class Catalog:
     def __init__(self, location: Path | str, stored_file: Callable[[str], Path] | None = None, *,
                  pool_size: int = 8, pool_timeout: float = 5.0):
@@ -285,7 +294,8 @@ class Catalog:
         header = zlib.compress(dicomjson.encode(new.header_json, compact=True).encode(), 3)
         study_uid, series_uid = cols["study"]["study_instance_uid"], cols["series"]["series_instance_uid"]
         sop_uid = cols["instance"]["sop_instance_uid"]
-        with self.transaction() as db:
+
+        def insert(db) -> None:
             if db.execute("SELECT 1 FROM instance WHERE sop_instance_uid=?", (sop_uid,)).fetchone():
                 raise DuplicateInstance("an instance with this SOP Instance UID is already stored")
             study_fk = self._pk(db, "study", "study_instance_uid", study_uid)
@@ -322,9 +332,13 @@ class Catalog:
             if new_series:
                 self._recount(db, study_fk, series_fk)
             elif not self._count_one_more(db, study_fk, series_fk):  # rolled back with all the above
+                if db.execute("SELECT 1 FROM study WHERE pk=?", (study_fk,)).fetchone() is None:
+                    raise _Replaced  # deleted (and stored again) since it was looked up
                 raise SeriesOfAnotherStudy("the Series Instance UID belongs to a series of another study")
             db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
                        "VALUES ('stored',?,?,?,?)", (study_uid, series_uid, sop_uid, time.time()))
+
+        self._retried(insert)
 
     @staticmethod
     def _pk(db, table: str, uid_col: str, uid: str) -> int | None:
@@ -365,11 +379,13 @@ class Catalog:
         Only what ``principal`` may delete; what it may not even read is "not found".
         """
         records = self.instances(study_uid, series_uid, sop_uid, principal=principal, role="delete")
-        if not records and self.instances(study_uid, series_uid, sop_uid, principal=principal):
+        if not records and principal.collections("delete") is not None \
+                and self.instances(study_uid, series_uid, sop_uid, principal=principal):
             raise NotAuthorized("deleting here needs the delete role on the study's collection")
         if not records:
             raise NotFound("no such study, series or instance")
-        with self.transaction() as db:
+
+        def remove(db) -> None:
             series = set()
             for r in records:
                 row = db.execute("DELETE FROM instance WHERE sop_instance_uid=? RETURNING series_fk",
@@ -379,7 +395,23 @@ class Catalog:
                 db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
                            "VALUES ('deleted',?,?,?,?)", (r.study_uid, r.series_uid, r.sop_instance_uid, time.time()))
             self._remove_empty(db, series)
+
+        self._retried(remove)
         return records
+
+    def _retried(self, work: Callable[[Any], None]) -> None:
+        """``work(db)`` in one transaction, run again when a concurrent one (another HTTP worker or
+        node on PostgreSQL, READ COMMITTED) changed rows it relied on: a study deleted while an
+        instance joins it, an instance joining a series being removed, a deadlock between the two.
+        The next run sees what the other committed. SQLite runs one writer at a time."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                with self.transaction() as db:
+                    work(db)
+                return
+            except (*self.db.dialect.conflicts, _Replaced):
+                time.sleep(random.uniform(0, 0.02 * 2 ** attempt))  # apart, so they do not meet again
+        raise Busy("the study kept changing under this request (concurrent stores and deletes); try again")
 
     @staticmethod
     def _count_one_more(db, study_fk: int, series_fk: int) -> bool:

@@ -23,6 +23,9 @@ class Dialect(Protocol):
     lock_rows: str
     #: The exception a UNIQUE constraint raises.
     unique_violation: type[BaseException]
+    #: What a transaction raises when a concurrent one changed rows it relied on (a study deleted
+    #: while an instance joins it, a deadlock between two): running it again sees their outcome.
+    conflicts: tuple[type[BaseException], ...]
     #: SQLite's implicit row id of a table, by that engine's name, and the column DDL adds for it.
     rowid: str
     rowid_column: str

@@ -43,6 +43,7 @@ class PostgresDialect:
     skip_locked = " FOR UPDATE SKIP LOCKED"
     lock_rows = " FOR UPDATE"
     unique_violation = psycopg.errors.UniqueViolation
+    conflicts = (psycopg.errors.ForeignKeyViolation, psycopg.errors.DeadlockDetected)
     #: The implicit row id SQLite gives a table: PostgreSQL tables that need it have a column ``seq``.
     rowid = "seq"
     rowid_column = ", seq BIGINT GENERATED ALWAYS AS IDENTITY"

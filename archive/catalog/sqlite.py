@@ -18,6 +18,7 @@ class SqliteDialect:
     skip_locked = ""  # BEGIN IMMEDIATE already serializes writers
     lock_rows = ""
     unique_violation = sqlite3.IntegrityError
+    conflicts = ()  # BEGIN IMMEDIATE: one writer at a time, nothing changes under a transaction
     rowid = "rowid"
     rowid_column = ""
 
