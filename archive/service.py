@@ -5,12 +5,13 @@ touch files or SQL themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -19,7 +20,7 @@ from pydicom.uid import UID
 from archive import dicomjson
 from archive import metrics
 from archive.audit import AuditTrail
-from archive.auth.access import Principal
+from archive.auth.access import SYSTEM, Principal
 from archive.catalog import Catalog, InstanceRecord
 from archive.catalog.rowcache import InstanceCache
 from archive.config import Settings
@@ -80,7 +81,22 @@ class Archive:
 
     def open(self, record: InstanceRecord) -> BinaryIO:
         """The stored instance as a read-only binary file (local file or ranged GETs)."""
-        return self.storage.open(record.storage_id)
+        with self._reading(record):
+            return self.storage.open(record.storage_id)
+
+    @contextlib.contextmanager
+    def _reading(self, record: InstanceRecord) -> Iterator[None]:
+        """Reads of ``record``'s bytes. Missing because the instance was deleted (and perhaps stored
+        again, as other bytes) since its row was read, by a DELETE on another worker or node:
+        NotFound. Missing while the catalog still lists these bytes stays FileNotFoundError, a
+        fault (``slidearchive verify`` reports it)."""
+        try:
+            yield
+        except FileNotFoundError:
+            now = self.catalog.instance(record.sop_instance_uid, principal=SYSTEM)
+            if now is None or now.storage_id != record.storage_id:
+                raise NotFound("the instance was deleted while it was being read") from None
+            raise
 
     def local_copy(self, record: InstanceRecord):
         """Context manager: a local path holding the stored instance (the file itself, or an S3 download)."""
@@ -131,7 +147,8 @@ class Archive:
                 raise InvalidRequest(f"frame {n} out of range 1-{len(index)}")
         spans = [_frame_span(index, n) for n in numbers]
         prefetch = _following(index, max(numbers), self.storage.readahead)
-        datas = self.storage.read_ranges(record.storage_id, spans, prefetch)
+        with self._reading(record):
+            datas = self.storage.read_ranges(record.storage_id, spans, prefetch)
         return [_frame_bytes(index, n, data) for n, data in zip(numbers, datas)]
 
     def level_frames(self, record: InstanceRecord, numbers: list[int]) -> list[tuple[InstanceRecord, int]]:
@@ -156,11 +173,12 @@ class Archive:
         return len(self._frame_index(record))
 
     def read_range(self, record: InstanceRecord, offset: int, length: int) -> bytes:
-        return self.storage.read_range(record.storage_id, offset, length)
+        with self._reading(record):
+            return self.storage.read_range(record.storage_id, offset, length)
 
     def header(self, record: InstanceRecord) -> Dataset:
         """The stored header up to the pixel data, parsed."""
-        with self.open(record) as f:
+        with self._reading(record), self.open(record) as f:
             return dcmread(f, stop_before_pixels=True)
 
     def pixel_value_range(self, record: InstanceRecord) -> tuple[int, int]:
@@ -171,7 +189,7 @@ class Archive:
         """
         if record.frame_layout is None:
             raise NotFound("this instance has no pixel data")
-        with self.open(record) as f:
+        with self._reading(record), self.open(record) as f:
             dcmread(f, stop_before_pixels=True)  # leaves ``f`` at the pixel data element's tag
             start, length = _element_header(f, UID(record.transfer_syntax_uid))
         if length != 0xFFFFFFFF:
@@ -184,7 +202,7 @@ class Archive:
         try:
             parsed = dicomjson.bulk_path(path)
             if int(parsed[0]) > min(PIXEL_DATA_TAGS):  # after the pixel data, which is stepped over
-                with self.local_copy(record) as stored:
+                with self._reading(record), self.local_copy(record) as stored:
                     value = dicomjson.resolve(read_header(stored).complete(), parsed).value  # read while it exists
             else:
                 value = dicomjson.resolve(self.header(record), parsed).value

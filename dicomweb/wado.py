@@ -180,7 +180,7 @@ def frames(study: str, series: str, sop: str, frames: str):
     data = store.frames(store.level_frames(record, numbers))
     audit_frames(study, series, sop, len(data))
     if choice.decode:
-        header = render.header_dict(store.catalog.header_json(sop) or "{}")
+        header = _header(sop)
         data = [render.native_bytes(render.decode_frame(d, record.transfer_syntax_uid, header)) for d in data]
     part_type = f"{choice.media_type}; transfer-syntax={choice.transfer_syntax}"
     if not choice.multipart:
@@ -191,6 +191,14 @@ def frames(study: str, series: str, sop: str, frames: str):
 
 
 # --- rendered and thumbnail ------------------------------------------------------------
+
+
+def _header(sop: str) -> dict:
+    """The instance's header as DICOM JSON, for decoding its frames."""
+    text = archive().catalog.header_json(sop)
+    if text is None:
+        raise NotFound("the instance was deleted while it was being read")
+    return render.header_dict(text)
 
 
 def _render_media() -> str:
@@ -210,7 +218,7 @@ def _rendered_response(img, record: InstanceRecord, default_viewport: tuple[int,
 
 def _instance_image(record: InstanceRecord):
     store = archive()
-    header = render.header_dict(store.catalog.header_json(record.sop_instance_uid) or "{}")
+    header = _header(record.sop_instance_uid)
     return render.assemble(header, store.frame_count(record), lambda n: store.frame(record, n),
                            record.transfer_syntax_uid)
 
@@ -234,7 +242,7 @@ def rendered_frame(study: str, series: str, sop: str, frames: str):
     record = store.locate(study, series, sop, principal())
     if numbers[0] > store.frame_count(record):
         raise InvalidRequest(f"frame {numbers[0]} out of range 1-{store.frame_count(record)}")
-    header = render.header_dict(store.catalog.header_json(sop) or "{}")
+    header = _header(sop)
     arr = render.decode_frame(store.frame(record, numbers[0]), record.transfer_syntax_uid, header)
     return _rendered_response(render.to_image(arr, header), record)
 
