@@ -2,6 +2,7 @@
 SCP keeps serving (echoscu answers, ``slidearchive verify`` exits 0, the spool is empty)."""
 from __future__ import annotations
 
+import struct
 import time
 from io import BytesIO
 from pathlib import Path
@@ -466,3 +467,38 @@ def test_association_threads_leave_nothing_open(server):
     assert _wait(lambda: _pipes(pid) <= before, timeout=60), (before, _pipes(pid))
     assert _store_status(server, _wsi_dataset(StudyInstanceUID=None)) == 0xA900  # a store is still answered
     assert echo_ok(server)
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    """One Implicit VR Little Endian element, padded to an even length."""
+    value += b"\0" * (len(value) % 2)
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _p_data(context_id: int, control: int, data: bytes) -> bytes:
+    """A P-DATA-TF PDU with one presentation data value (PS3.8 9.3.5)."""
+    item = struct.pack(">IBB", len(data) + 2, context_id, control) + data
+    return struct.pack(">BBI", 0x04, 0x00, len(item)) + item
+
+
+def test_a_command_naming_an_unknown_sop_class_leaves_no_spool_file(server):
+    """Found by sending mutated command sets in raw PDUs: a C-STORE-RQ on the slide's context whose
+    Affected SOP Class UID is no storage class. pynetdicom aborts the association without calling
+    the handler, which is what removes the received data set: it stayed in the spool until a restart."""
+    ds = _wsi_dataset()
+    buffer = BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True)
+    data_set = buffer.getvalue()
+    body = b"".join([_element(0x00000002, b"1.2.840.10008.5.1.4.1.1.77.1.99"), _element(0x00000100, b"\x01\x00"),
+                     _element(0x00000110, b"\x07\x00"), _element(0x00000700, b"\x00\x00"),
+                     _element(0x00000800, b"\x00\x00"), _element(0x00001000, str(ds.SOPInstanceUID).encode())])
+    command = _element(0x00000000, struct.pack("<I", len(body))) + body
+    assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
+    assert assoc.is_established
+    context_id = assoc.accepted_contexts[0].context_id
+    assoc.dul.socket.socket.sendall(_p_data(context_id, 0x03, command) + _p_data(context_id, 0x02, data_set))
+    deadline = time.monotonic() + 30
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted, "the SCP neither answered nor aborted"
+    assert_healthy(server)  # the spool among the rest

@@ -20,6 +20,7 @@ would have had by then.
 """
 from __future__ import annotations
 
+import os
 import re
 import struct
 from io import BytesIO
@@ -211,3 +212,22 @@ def receive_stores_directly(assoc: Any) -> None:
         return None
 
     dimse.receive_primitive = receive_primitive
+
+
+def discard_spooled(assoc: Any) -> bool:
+    """Remove the spool file of a C-STORE that did not arrive in full (pynetdicom's message or one
+    begun here keep it at ``dimse.message._data_set_file``); True when there was one to remove."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    spooled = getattr(message, "_data_set_file", None)
+    if spooled is None:
+        return False
+    try:
+        spooled.close()
+    except OSError:
+        pass
+    try:
+        os.unlink(spooled.name)
+    except FileNotFoundError:  # stored (moved) or removed already
+        return False
+    return True
+

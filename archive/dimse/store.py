@@ -10,7 +10,6 @@ which ``discard_partial`` removes when the association ends.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ from pydicom.dataset import Dataset
 from archive.auth.access import Principal, target_collection
 from archive.dimse import audit as dimse_audit
 from archive.dimse.policy import REFUSED_NOT_AUTHORIZED, STORE, PeerPolicy, calling_ae
+from archive.dimse.spool import discard_spooled
 from archive.errors import ArchiveError
 from archive.ingest import Origin
 from archive.logs import failure_site
@@ -85,17 +85,5 @@ def handle_store(event, archive, policy: PeerPolicy, collection: str, who: Calla
 
 def discard_partial(event) -> None:
     """Remove the spool file of a C-STORE that did not arrive in full (EVT_ABORTED / EVT_CONN_CLOSE)."""
-    dimse = getattr(event.assoc, "dimse", None)
-    message = getattr(dimse, "message", None)
-    spooled = getattr(message, "_data_set_file", None)
-    if spooled is None:
-        return
-    try:
-        spooled.close()
-    except OSError:
-        pass
-    try:
-        os.unlink(spooled.name)
+    if discard_spooled(event.assoc):
         log.warning("discarded a partial C-STORE from %s", calling_ae(event))
-    except FileNotFoundError:
-        pass

@@ -31,6 +31,8 @@ A plain C-STORE request is read, and its spool file begun, by ``archive.dimse.sp
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
 import select
@@ -44,9 +46,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from archive.dimse.spool import receive_stores_directly
+from archive.dimse.spool import discard_spooled, receive_stores_directly
 
 _Handler = TypeVar("_Handler", bound=Callable)
+log = logging.getLogger(__name__)
 
 #: The longest either loop waits for work before its other checks (seconds).
 WAIT = 0.01
@@ -78,7 +81,41 @@ class WaitingRequestHandler(RequestHandler):
         wait_for_data(assoc.dul, WAIT)
         send_store_responses_directly(assoc)
         receive_stores_directly(assoc)
+        discard_when_done(assoc)
         return assoc
+
+
+def discard_when_done(assoc: Any) -> None:
+    """Remove a C-STORE's spool file once nothing will store it, whichever way that comes about.
+
+    ``handle_store`` removes it when it has stored or refused the instance, and EVT_ABORTED or
+    EVT_CONN_CLOSE (``store.discard_partial``) when a transfer breaks off. Two ways escaped both
+    and left the file until a restart: a request pynetdicom answers itself without calling the
+    handler (an unknown SOP Class UID in its command set), and an association whose DUL thread
+    failed on a malformed PDU and aborted by itself. By the time a request has been served, or the
+    association's thread ends, nothing writes to the file any more."""
+    serve, run = assoc._serve_request, assoc.run
+
+    def serve_then_discard(message: Any, context_id: int) -> None:
+        try:
+            serve(message, context_id)
+        finally:
+            path = getattr(message, "_dataset_path", None)
+            if path is not None and os.path.exists(path):
+                with contextlib.suppress(OSError):
+                    message._dataset_file.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    log.warning("discarded the data set of a C-STORE request that was not handled")
+
+    def run_then_discard() -> None:
+        try:
+            run()
+        finally:
+            if discard_spooled(assoc):
+                log.warning("discarded a partial C-STORE left by an association that ended abnormally")
+
+    assoc._serve_request, assoc.run = serve_then_discard, run_then_discard
 
 
 def wait_for_messages(dimse: Any, wait: float) -> None:
