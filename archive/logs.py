@@ -207,4 +207,3 @@ def failure_site(e: BaseException, depth: int = 3) -> str:
     fault without the exception's text, which may quote data-set values."""
     frames = traceback.extract_tb(e.__traceback__)[-depth:]
     return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames)) or "unknown"
-

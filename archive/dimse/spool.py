@@ -230,4 +230,3 @@ def discard_spooled(assoc: Any) -> bool:
     except FileNotFoundError:  # stored (moved) or removed already
         return False
     return True
-
