@@ -33,13 +33,13 @@ def test_reads_during_deletes_answer_200_or_404(server, tmp_path):
     level = make_slide(tmp_path / "s", SlideSpec(width=512, height=512, tile=128, seed=61, label=False,
                                                  overview=False))[0]
     ds = pydicom.dcmread(level, stop_before_pixels=True)
-    base = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    series = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    base = f"{series}/instances/{ds.SOPInstanceUID}"
     reads = {"metadata": (f"{base}/metadata", "application/dicom+json"),
              "frame": (f"{base}/frames/1", FRAME_ACCEPT),
              "rendered frame": (f"{base}/frames/1/rendered", "image/jpeg"),
              "rendered": (f"{base}/rendered", "image/png"),
-             "series metadata": (f"{server.dicomweb}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-                                 "/metadata", "application/dicom+json")}
+             "series metadata": (f"{series}/metadata", "application/dicom+json")}
     answers: collections.Counter = collections.Counter()
     odd: list[tuple[str, int, str]] = []
     done = threading.Event()

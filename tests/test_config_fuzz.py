@@ -47,8 +47,8 @@ PLACES = sorted({(section, key) for section, table in DEFAULTS.items() for key i
                  if not isinstance(table[key], dict)} | {(*path, key) for path, keys in NESTED.items() for key in keys}
                 | {path for path in NESTED if len(path) > 1})
 WORDS = ["", " ", "basic", "identified", "default", "store", "query", "retrieve", "read", "write", "delete", "RS256",
-         "HS256", "embedded", "elasticsearch", "refuse", "warn", "off", "only", "separate", "1.2", "1.3", "text", "json",
-         "debug", "STORESCU", "A" * 17, "bad\\ae", "127.0.0.1", "0.0.0.0", "::1", "localhost", "http://127.0.0.1:1",
+         "HS256", "embedded", "elasticsearch", "refuse", "warn", "off", "only", "separate", "1.2", "1.3", "text",
+         "json", "debug", "STORESCU", "A" * 17, "bad\\ae", "127.0.0.1", "0.0.0.0", "::1", "localhost", "http://127.0.0.1:1",
          "https://issuer.invalid", "s3://bucket/prefix", "s3://user:pw@bucket", "postgresql://x@127.0.0.1/db",
          "file:///etc/passwd", "../../etc/passwd", "/nonexistent/file.pem", "10.1234", "UPPER-Prefix", "é", "*"]
 scalars = st.one_of(st.sampled_from(WORDS), st.text(max_size=12), st.booleans(),
