@@ -80,9 +80,9 @@ class Archive:
         return record
 
     def open(self, record: InstanceRecord) -> BinaryIO:
-        """The stored instance as a read-only binary file (local file or ranged GETs)."""
-        with self._reading(record):
-            return self.storage.open(record.storage_id)
+        """The stored instance as a read-only binary file (local file or ranged GETs); FileNotFoundError
+        when it is gone (the streaming retrieves skip an instance deleted meanwhile)."""
+        return self.storage.open(record.storage_id)
 
     @contextlib.contextmanager
     def _reading(self, record: InstanceRecord) -> Iterator[None]:

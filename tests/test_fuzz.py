@@ -462,8 +462,8 @@ def encode_identifier(elements: list[tuple[int, bytes]], t: Target) -> bytes:
         for name, uid in uids.items():
             value = value.replace(name, uid.encode())
         chosen[tag] = value
-    return b"".join(struct.pack("<HHI", t >> 16, t & 0xFFFF, len(v) + len(v) % 2) + v + b" " * (len(v) % 2)
-                    for t, v in sorted(chosen.items()))
+    return b"".join(struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(v) + len(v) % 2) + v + b" " * (len(v) % 2)
+                    for tag, v in sorted(chosen.items()))
 
 
 SM = "1.2.840.10008.5.1.4.1.1.77.1.6"

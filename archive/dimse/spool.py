@@ -219,14 +219,17 @@ def discard_spooled(assoc: Any) -> bool:
     begun here keep it at ``dimse.message._data_set_file``); True when there was one to remove."""
     message = getattr(getattr(assoc, "dimse", None), "message", None)
     spooled = getattr(message, "_data_set_file", None)
-    if spooled is None:
-        return False
+    return spooled is not None and remove_spool_file(spooled, spooled.name)
+
+
+def remove_spool_file(file: Any, path: str | Path) -> bool:
+    """Close ``file`` and remove it from the spool; False when it was no longer there."""
     try:
-        spooled.close()
+        file.close()
     except OSError:
         pass
     try:
-        os.unlink(spooled.name)
+        os.unlink(path)
     except FileNotFoundError:  # stored (moved) or removed already
         return False
     return True

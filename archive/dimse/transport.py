@@ -31,7 +31,6 @@ A plain C-STORE request is read, and its spool file begun, by ``archive.dimse.sp
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -46,7 +45,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from archive.dimse.spool import discard_spooled, receive_stores_directly
+from archive.dimse.spool import discard_spooled, receive_stores_directly, remove_spool_file
 
 _Handler = TypeVar("_Handler", bound=Callable)
 log = logging.getLogger(__name__)
@@ -101,12 +100,8 @@ def discard_when_done(assoc: Any) -> None:
             serve(message, context_id)
         finally:
             path = getattr(message, "_dataset_path", None)
-            if path is not None and os.path.exists(path):
-                with contextlib.suppress(OSError):
-                    message._dataset_file.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    log.warning("discarded the data set of a C-STORE request that was not handled")
+            if path is not None and remove_spool_file(message._dataset_file, path):
+                log.warning("discarded the data set of a C-STORE request that was not handled")
 
     def run_then_discard() -> None:
         try:
