@@ -1,4 +1,5 @@
-"""The background process of ``slidearchive serve``: the DIMSE listener and the index worker.
+"""The background process of ``slidearchive serve``: the DIMSE listener, the index worker and,
+with S3 storage, the removal of deleted instances' objects (archive/storage/removals.py).
 
 It tells the supervisor over a pipe whether it started (``("ready", ports)`` or
 ``("failed", message)``), then writes a heartbeat (``<data_dir>/run/background.json``)
@@ -43,6 +44,7 @@ def main(settings: Settings, parent_pid: int, report: Any) -> None:
     configure(settings.logging, settings.data_dir)
     start_forwarder(settings.audit, settings.data_dir)
     worker = _start_index_worker(settings)
+    sweeper = _start_removals(settings)
     listener = None
     if settings.dimse.enabled:
         from archive.dimse.listener import DimseListener
@@ -54,7 +56,7 @@ def main(settings: Settings, parent_pid: int, report: Any) -> None:
             sys.exit(EXIT_START_FAILED)
     from archive import nodeconfig
 
-    heartbeat = Heartbeat(settings, parent_pid, listener, worker, nodeconfig.start(settings))
+    heartbeat = Heartbeat(settings, parent_pid, listener, worker, nodeconfig.start(settings), sweeper)
     heartbeat.beat()
     report.send(("ready", listener.ports if listener else []))
     report.close()
@@ -71,6 +73,8 @@ def main(settings: Settings, parent_pid: int, report: Any) -> None:
         listener.drain(time.monotonic() + settings.stop_timeout, KILL_GRACE / 2)
     if worker is not None:
         worker.stop(KILL_GRACE / 2)
+    if sweeper is not None:
+        sweeper.stop(KILL_GRACE / 2)
     if heartbeat.config_check is not None:
         heartbeat.config_check.stop()
     heartbeat.beat("stopped")
@@ -89,12 +93,23 @@ def _start_index_worker(settings: Settings):
     return start_worker(settings, Catalog.open(settings, storage.local_path if storage.kind == "local" else None))
 
 
+def _start_removals(settings: Settings):
+    """The sweeper of deleted instances' objects: S3 only (local files are removed at once)."""
+    if not settings.storage.is_s3:
+        return None
+    from archive.catalog import Catalog
+    from archive.storage import open_storage
+    from archive.storage.removals import Sweeper
+
+    return Sweeper(Catalog.open(settings).db, open_storage(settings))
+
+
 class Heartbeat:
     """What this process reports about its components, written for the HTTP workers to read."""
 
-    def __init__(self, settings: Settings, parent_pid: int, listener, worker, config_check=None):
+    def __init__(self, settings: Settings, parent_pid: int, listener, worker, config_check=None, sweeper=None):
         self.run = RunFiles(settings.data_dir)
-        self.parent_pid, self.listener, self.worker = parent_pid, listener, worker
+        self.parent_pid, self.listener, self.worker, self.sweeper = parent_pid, listener, worker, sweeper
         self.config_check = config_check  # archive/nodeconfig.py: None unless the catalog is shared
 
     def beat(self, state: str = "running") -> str | None:
@@ -109,6 +124,8 @@ class Heartbeat:
         index = self._index()
         if state == "running" and index.get("enabled") and not index["ok"]:
             problem = problem or "the index worker stopped"
+        if state == "running" and self.sweeper is not None and not self.sweeper.thread.is_alive():
+            problem = problem or "the removal of deleted instances' objects stopped"
         self.run.write(self.run.background, {"pid": os.getpid(), "supervisor": self.parent_pid, "time": time.time(),
                                              "state": state, "dimse": dimse, "index": index,
                                              "configuration": self.config_check.check() if self.config_check

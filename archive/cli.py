@@ -165,7 +165,7 @@ def _vendor_batch(archive, args: argparse.Namespace, files: list[tuple[Path, boo
 def cmd_verify(args: argparse.Namespace) -> int:
     """The catalog against storage (files or S3 objects): missing, orphaned, and with --checksums corrupt."""
     from archive.service import Archive
-    from archive.storage import stored_sha256
+    from archive.storage import removals, stored_sha256
     from archive.storage.local import leftovers
 
     archive = Archive(_existing_archive(args, need_catalog=True))
@@ -173,7 +173,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stored = archive.storage.objects()  # storage id -> size
     kind = "objects" if archive.storage.kind == "s3" else "files"
     missing = [sid for sid in rows if sid not in stored]
-    orphans, young = _orphans(archive, sorted(set(stored) - set(rows)), args.orphans_after * 60)
+    awaiting = removals.awaiting(archive.catalog.db) & (set(stored) - set(rows))  # deleted, not orphans
+    orphans, young = _orphans(archive, sorted(set(stored) - set(rows) - awaiting), args.orphans_after * 60)
     corrupt: dict[str, str] = {}
     if args.checksums:
         for sid, uid in rows.items():
@@ -186,7 +187,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 corrupt[sid] = "SHA-256 differs from the catalog's"
     temps = len(leftovers(archive.storage.tmp, args.orphans_after * 60))
     open_uploads, stale = _open_uploads(archive, args.stale_uploads_after)
-    print(f"{len(rows)} instances in the catalog, {len(stored)} {kind} in storage")
+    print(f"{len(rows)} instances in the catalog, {len(stored)} {kind} in storage"
+          + (f" ({len(awaiting)} of deleted instances, awaiting removal: [storage] removal_delay)" if awaiting else ""))
     print(f"missing {kind}: {len(missing)}; {kind} without catalog rows: {len(orphans)}; "
           f"checksum mismatches: {len(corrupt)}; temp files: {temps}"
           + (f"; incomplete uploads: {len(stale)}" if archive.storage.kind == "s3" else ""))

@@ -233,6 +233,9 @@ class StorageSettings:
     frame_cache_mb: int = 64
     #: S3 with a cache: KB of the frames after a missed frame read into the cache with it (0 = none).
     frame_readahead_kb: int = 128
+    #: S3: seconds a deleted instance's object stays, for the retrieves already reading it
+    #: (archive/storage/removals.py). Local files are removed at once.
+    removal_delay: float = 300.0
 
     @property
     def is_s3(self) -> bool:
@@ -592,7 +595,7 @@ def _web(table: dict, auth: AuthSettings) -> WebSettings:
 
 def _storage(table: dict) -> StorageSettings:
     kinds = {"url": str, "timeout": float, "part_size_mb": int, "upload_concurrency": int, "frame_cache_mb": int,
-             "frame_readahead_kb": int}
+             "frame_readahead_kb": int, "removal_delay": float}
     unknown = set(table) - set(kinds)
     if unknown:
         raise ConfigError(f"[storage] unknown keys: {', '.join(sorted(unknown))}")
@@ -612,6 +615,8 @@ def _storage(table: dict) -> StorageSettings:
         raise ConfigError("[storage] frame_cache_mb must be 0-65536")
     if not 0 <= settings.frame_readahead_kb <= 16384:
         raise ConfigError("[storage] frame_readahead_kb must be 0-16384")
+    if not 0 <= settings.removal_delay <= 86400:
+        raise ConfigError("[storage] removal_delay must be 0-86400 seconds")
     return settings
 
 

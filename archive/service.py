@@ -25,7 +25,7 @@ from archive.catalog import Catalog, InstanceRecord
 from archive.catalog.rowcache import InstanceCache
 from archive.config import Settings
 from archive.dicomfile import PIXEL_DATA_TAGS, read_header
-from archive.errors import InvalidRequest, NotFound, StorageUnavailable
+from archive.errors import InvalidRequest, NotFound
 from archive.frames import FrameIndex, _element_header, strip_items, unpack_bits
 from archive.ingest import Ingest, Origin, StoreResult
 from archive.storage import open_storage
@@ -222,18 +222,21 @@ class Archive:
     def delete(self, study: str, series: str | None, sop: str | None, principal: Principal) -> list[InstanceRecord]:
         """Remove the instances (catalog first, then bytes); returns what was deleted.
 
-        Storage that cannot be reached refuses the delete before anything changes (503); if
-        it goes away half-way, the bytes left behind are orphans that ``verify --repair`` removes.
+        Storage that cannot be reached refuses the delete before anything changes (503). A
+        bucket's objects go ``removal_delay`` seconds later, removed by the background process
+        of any node (archive/storage/removals.py). Local files go at once; if that fails half-way,
+        the files left behind are orphans that ``verify --repair`` removes.
         """
         self.storage.check()
-        records = self.catalog.delete(study, series, sop, principal=principal)
+        delay = self.storage.removal_delay
+        records = self.catalog.delete(study, series, sop, principal=principal, removal_delay=delay)
         _withdraw_from_releases(self.catalog, records)
-        for record in records:
+        for record in records if delay is None else ():
             try:
                 self.storage.remove(record.storage_id)
-            except StorageUnavailable:
-                log.warning("storage unreachable while deleting: storage id %s left as an orphan for verify --repair",
-                            record.storage_id)
+            except OSError as e:
+                log.warning("removing a deleted instance's file failed (%s): storage id %s left as an orphan for "
+                            "verify --repair", e.strerror or type(e).__name__, record.storage_id)
         return records
 
 

@@ -82,7 +82,9 @@ def _wait_port(port: int, deadline: float) -> bool:
 class Server:
     """``slidearchive serve`` as a child process; its output goes to ``log_path``."""
 
-    def __init__(self, root: Path, config: str = "", dimse: bool = True, args: tuple[str, ...] = ()):
+    def __init__(self, root: Path, config: str = "", dimse: bool = True, args: tuple[str, ...] = (),
+                 storage: str = ""):
+        """``storage``: lines of a [storage] section, added to the bucket's when the suite runs on S3."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
@@ -101,7 +103,9 @@ class Server:
         self.bucket_dir: Path | None = None
         if TEST_STORAGE == "s3" and "[storage]" not in config:
             section, self.bucket_dir = s3_storage_config(self.env)
-            config += section
+            config += section + storage
+        elif storage:
+            config += "\n[storage]\n" + storage
         self.config_path.write_text(config if "[auth]" in config else AUTH_OFF + config)
         self.dimse = dimse
         self.args = args

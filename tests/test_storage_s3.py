@@ -244,3 +244,27 @@ def test_range_cache_is_bounded_in_bytes():
     assert cache.get(("c", 0, 50_000)) is None
     cache.forget("a")
     assert cache.bytes == 10_000
+
+
+def test_removals_wait_for_their_delay_and_outlast_an_outage(s3proxy, bucket, tmp_path, monkeypatch, faults):
+    """archive/storage/removals.py: a due removal deletes the object once, a later one waits, and one
+    the bucket refused (S3 down) stays due for a later sweep instead of leaving an orphan."""
+    from archive.catalog import Catalog
+    from archive.catalog.work import STORAGE_REMOVAL, WorkQueue
+    from archive.storage import removals
+
+    storage = make_storage(s3proxy, bucket, tmp_path, monkeypatch, endpoint=faults.endpoint, timeout=2.0)
+    db = Catalog(tmp_path / "catalog.sqlite").db
+    due, later = (storage.commit(temp_with(storage, b"x" * 1000)) for _ in range(2))
+    queue = WorkQueue(db)
+    queue.add(STORAGE_REMOVAL, {"storage_id": due})
+    queue.add(STORAGE_REMOVAL, {"storage_id": later}, delay=300)
+    assert removals.awaiting(db) == {due, later}
+    faults.set("503")
+    assert removals.sweep(db, storage) == 0
+    faults.set("pass")
+    assert set(storage.objects()) == {due, later} and removals.awaiting(db) == {due, later}
+    db.execute("UPDATE work_item SET due=0 WHERE kind=? AND payload LIKE ?", (STORAGE_REMOVAL, f"%{due}%"))
+    assert removals.sweep(db, storage) == 1
+    assert set(storage.objects()) == {later} and removals.awaiting(db) == {later}
+    assert removals.sweep(db, storage) == 0  # the other is not due for five minutes

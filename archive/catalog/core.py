@@ -38,7 +38,7 @@ from archive.catalog.attributes import KEYS, LEVELS, Key
 from archive.catalog.database import NO_LIMIT, Database, is_url, open_database
 from archive.catalog.query import Query, match_sql
 from archive.catalog.schema import migrate
-from archive.catalog.work import node_id
+from archive.catalog.work import STORAGE_REMOVAL, WorkQueue, node_id
 from archive.errors import Busy, DuplicateInstance, NotAuthorized, NotFound, SeriesOfAnotherStudy
 
 HEADER_CACHE = 2048
@@ -373,10 +373,12 @@ class Catalog:
         return (row[0], True) if row else (db.execute(select, (cols[uid_col],)).fetchone()[0], False)
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
-               principal: Principal) -> list[InstanceRecord]:
+               principal: Principal, removal_delay: float | None = None) -> list[InstanceRecord]:
         """Remove rows (and now-empty parents); returns the removed instances (their bytes go after commit).
 
-        Only what ``principal`` may delete; what it may not even read is "not found".
+        Only what ``principal`` may delete; what it may not even read is "not found". With
+        ``removal_delay``, the same transaction records that their bytes are to be removed that many
+        seconds later (archive/storage/removals.py); without, the caller removes them.
         """
         records = self.instances(study_uid, series_uid, sop_uid, principal=principal, role="delete")
         if not records and principal.collections("delete") is not None \
@@ -395,6 +397,10 @@ class Catalog:
                 db.execute("INSERT INTO outbox(event, study_uid, series_uid, sop_instance_uid, created_at) "
                            "VALUES ('deleted',?,?,?,?)", (r.study_uid, r.series_uid, r.sop_instance_uid, time.time()))
             self._remove_empty(db, series)
+            if removal_delay is not None:
+                queue = WorkQueue(db)
+                for r in records:
+                    queue.add(STORAGE_REMOVAL, {"storage_id": r.storage_id}, delay=removal_delay)
 
         self._retried(remove)
         return records

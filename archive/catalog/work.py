@@ -21,6 +21,9 @@ from typing import Any
 
 from archive.catalog.database import Database
 
+#: The kind of the item a delete leaves for its instance's bytes in a bucket (archive/storage/removals.py).
+STORAGE_REMOVAL = "storage-removal"
+
 
 def node_id() -> str:
     """This process, as lease owners are named: host, pid and a random part (pids get reused)."""

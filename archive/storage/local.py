@@ -65,6 +65,8 @@ class StorageArea:
     kind = "local"
     #: Bytes of following frames worth reading ahead on a frame miss: none, a pread is cheap.
     readahead = 0
+    #: A deleted instance's file is removed at once (None): one already open stays readable after unlink.
+    removal_delay = None
 
     def __init__(self, root: Path):
         self.root = Path(root)

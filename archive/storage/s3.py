@@ -59,6 +59,8 @@ class S3Storage:
         #: Bytes of the frames after a missed one read with it into the cache (none without a cache).
         self.readahead = settings.frame_readahead_kb << 10 if self.cache is not None else 0
         self.in_flight = InFlight()
+        #: Seconds a deleted instance's object stays (archive/storage/removals.py).
+        self.removal_delay = settings.removal_delay
         self._stores: dict[int, object] = {}
         self._lock = threading.Lock()
 
