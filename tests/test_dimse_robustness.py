@@ -485,10 +485,11 @@ def _p_data(context_id: int, control: int, data: bytes) -> bytes:
     return struct.pack(">BBI", 0x04, 0x00, len(item)) + item
 
 
-def test_a_command_naming_an_unknown_sop_class_leaves_no_spool_file(server):
+def test_a_command_naming_an_unknown_sop_class_is_refused_and_leaves_no_spool_file(server):
     """Found by sending mutated command sets in raw PDUs: a C-STORE-RQ on the slide's context whose
-    Affected SOP Class UID is no storage class. pynetdicom aborts the association without calling
-    the handler, which is what removes the received data set: it stayed in the spool until a restart."""
+    Affected SOP Class UID is no storage class. pynetdicom aborted the association without calling
+    the handler, which is what removes the received data set: it stayed in the spool until a restart.
+    It is now answered 0x0122 (SOP Class not supported), and the association goes on."""
     ds = _wsi_dataset()
     buffer = BytesIO()
     ds.save_as(buffer, implicit_vr=False, little_endian=True)
@@ -500,9 +501,16 @@ def test_a_command_naming_an_unknown_sop_class_leaves_no_spool_file(server):
     assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
     assert assoc.is_established
     context_id = assoc.accepted_contexts[0].context_id
-    assoc.dul.socket.socket.sendall(_p_data(context_id, 0x03, command) + _p_data(context_id, 0x02, data_set))
-    deadline = time.monotonic() + 30
-    while assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert assoc.is_aborted, "the SCP neither answered nor aborted"
+    try:
+        assoc._reactor_checkpoint.clear()  # the response is read here, not by the SCU's reactor
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        assoc.dul.socket.socket.sendall(_p_data(context_id, 0x03, command) + _p_data(context_id, 0x02, data_set))
+        _, rsp = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
+        assert rsp is not None and rsp.Status == 0x0122, rsp
+        assert rsp.MessageIDBeingRespondedTo == 7 and rsp.AffectedSOPInstanceUID == ds.SOPInstanceUID
+        assert "Status" in assoc.send_c_store(_wsi_dataset()) and assoc.is_established  # and goes on answering
+    finally:
+        assoc.release()
     assert_healthy(server)  # the spool among the rest

@@ -40,12 +40,15 @@ import struct
 import threading
 from typing import Any, Callable, TypeVar
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from archive.dimse.spool import discard_spooled, receive_stores_directly, remove_spool_file
+from archive.errors import SOPClassNotSupported
 
 _Handler = TypeVar("_Handler", bound=Callable)
 log = logging.getLogger(__name__)
@@ -97,7 +100,10 @@ def discard_when_done(assoc: Any) -> None:
 
     def serve_then_discard(message: Any, context_id: int) -> None:
         try:
-            serve(message, context_id)
+            if isinstance(message, C_STORE) and not _names_storage_class(assoc, message):
+                _refuse_sop_class(assoc, message, context_id)
+            else:
+                serve(message, context_id)
         finally:
             path = getattr(message, "_dataset_path", None)
             if path is not None and remove_spool_file(message._dataset_file, path):
@@ -111,6 +117,28 @@ def discard_when_done(assoc: Any) -> None:
                 log.warning("discarded a partial C-STORE left by an association that ended abnormally")
 
     assoc._serve_request, assoc.run = serve_then_discard, run_then_discard
+
+
+def _names_storage_class(assoc: Any, request: C_STORE) -> bool:
+    """Whether pynetdicom serves this C-STORE-RQ as storage (its lookup in ``_serve_request``)."""
+    uid = request.AffectedSOPClassUID
+    uid = assoc.acceptor.accepted_common_extended.get(uid, (uid,))[0]
+    return _config.UNRESTRICTED_STORAGE_SERVICE or uid_to_service_class(uid) is StorageServiceClass
+
+
+def _refuse_sop_class(assoc: Any, request: C_STORE, context_id: int) -> None:
+    """Answer a C-STORE-RQ naming no storage SOP class with 0x0122 (SOP Class not supported).
+
+    pynetdicom aborted the association instead, and with it every other transfer on it."""
+    log.warning("C-STORE refused: 0x%04X, the request's Affected SOP Class UID is no storage SOP class",
+                SOPClassNotSupported.dimse_status)
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = request.MessageID
+    response.AffectedSOPClassUID = request.AffectedSOPClassUID
+    response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+    response.Status = SOPClassNotSupported.dimse_status
+    response.ErrorComment = "Affected SOP Class UID is not a storage SOP class"
+    assoc.dimse.send_msg(response, context_id)
 
 
 def wait_for_messages(dimse: Any, wait: float) -> None:
