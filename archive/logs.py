@@ -11,6 +11,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -27,6 +28,37 @@ ROUTE_ENVIRON = "slidearchive.route"
 #: The route label of a request no route matched (an unknown URL).
 UNMATCHED = "unmatched"
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Where a library's message quotes a received value ("Invalid 'Affected SOP Instance UID' value '...'",
+#: "Invalid value for VR UI: '...'"): from the quote on, the rest of the message is cut.
+_QUOTED_VALUE = re.compile(r"(value\b[^'\n]{0,40})'.*", re.S)
+
+
+class _LibraryRecords(logging.Filter):
+    """pynetdicom and pydicom quote received values in their warnings and errors (a malformed UID
+    of a peer's command, the text of an exception with its traceback), and so may Python warnings:
+    values that may be a patient's identifiers. Their records are written with the value cut and,
+    instead of the traceback, the exception's type and where it was raised (``failure_site``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("pynetdicom", "pydicom", "py.warnings")):
+            return True
+        if isinstance(record.msg, BaseException):  # LOGGER.exception(exc): the message is the exception's text
+            message = f"unexpected {type(record.msg).__name__}"
+        else:
+            message = _QUOTED_VALUE.sub(r"\1(not logged)", record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f" at {failure_site(record.exc_info[1])}"
+        record.msg, record.args, record.exc_info, record.exc_text = message, (), None, None
+        return True
+
+
+def _thread_failed(failure: threading.ExceptHookArgs) -> None:
+    """A thread ended by an exception is logged by type and place, not printed with its text."""
+    if failure.exc_type is SystemExit:
+        return
+    name = failure.thread.name if failure.thread is not None else "a thread"
+    logging.getLogger(__name__).error("%s ended on an unexpected %s at %s", name, failure.exc_type.__name__,
+                                      failure_site(failure.exc_value) if failure.exc_value else "unknown")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -48,6 +80,8 @@ def configure(settings: LoggingSettings, data_dir: Path, access: bool = False) -
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if settings.format == "json" else logging.Formatter(_TEXT))
+    handler.addFilter(_LibraryRecords())
+    threading.excepthook = _thread_failed
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

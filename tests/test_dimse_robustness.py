@@ -2,6 +2,7 @@
 SCP keeps serving (echoscu answers, ``slidearchive verify`` exits 0, the spool is empty)."""
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from io import BytesIO
@@ -514,3 +515,82 @@ def test_a_command_naming_an_unknown_sop_class_is_refused_and_leaves_no_spool_fi
     finally:
         assoc.release()
     assert_healthy(server)  # the spool among the rest
+
+
+def _item(item_type: int, data: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(data)) + data
+
+
+def _raw_association(server) -> socket.socket:
+    """An association with one whole-slide context (id 1), negotiated by hand (PS3.8 9.3.2): no
+    pynetdicom on this side, so what comes back is read as the server sent it."""
+    context = (struct.pack(">BBBB", 1, 0, 0, 0) + _item(0x30, WSI.encode())
+               + _item(0x40, ExplicitVRLittleEndian.encode()))
+    user = _item(0x51, struct.pack(">I", 65536)) + _item(0x52, b"1.2.3.4")
+    body = (struct.pack(">HH", 1, 0) + ARCHIVE_AE.ljust(16).encode() + b"RAWPEER".ljust(16) + b"\0" * 32
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + _item(0x20, context) + _item(0x50, user))
+    sock = socket.create_connection(("127.0.0.1", server.dimse_port), timeout=30)
+    sock.sendall(struct.pack(">BBI", 1, 0, len(body)) + body)
+    assert _read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+    return sock
+
+
+def _read_pdu(sock: socket.socket) -> tuple[int | None, bytes]:
+    """(PDU type, its body), or (None, b"") when the server closed the connection."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n and (chunk := sock.recv(n - len(data))):
+            data += chunk
+        return data
+
+    head = exactly(6)
+    if len(head) < 6:
+        return None, b""
+    return head[0], exactly(struct.unpack(">I", head[2:])[0])
+
+
+def _store_command(sop_instance: bytes, command_field: bool = True) -> bytes:
+    body = b"".join([_element(0x00000002, WSI.encode())]
+                    + ([_element(0x00000100, b"\x01\x00")] if command_field else [])
+                    + [_element(0x00000110, b"\x07\x00"), _element(0x00000700, b"\x00\x00"),
+                       _element(0x00000800, b"\x00\x00"), _element(0x00001000, sop_instance)])
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def _data_set() -> bytes:
+    buffer = BytesIO()
+    _wsi_dataset().save_as(buffer, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def test_a_peer_s_malformed_uid_is_not_logged(server):
+    """pynetdicom logged "Non-conformant 'Affected SOP Instance UID' value '<the UID>'": an original
+    identifier in the log, whatever the policy. The value is cut from its records (archive/logs.py)."""
+    marker = b"98765432123"
+    sock = _raw_association(server)
+    try:
+        sock.sendall(_p_data(1, 0x03, _store_command(b"1.2.826.0.1.3680043.8.498.0" + marker))
+                     + _p_data(1, 0x02, _data_set()))
+        assert _read_pdu(sock)[0] == 0x04  # a C-STORE response
+    finally:
+        sock.close()
+    assert_healthy(server)
+    log = server.log_path.read_text()
+    assert "Non-conformant 'Affected SOP Instance UID' value (not logged)" in log
+    assert marker.decode() not in log
+
+
+def test_a_command_set_pynetdicom_cannot_read_is_answered_with_an_a_abort(server):
+    """A C-STORE-RQ without its Command Field stopped pynetdicom's state machine (AttributeError), and
+    the connection was closed without an A-ABORT, a traceback with the exception's text in the log."""
+    sock = _raw_association(server)
+    try:
+        sock.sendall(_p_data(1, 0x03, _store_command(generate_uid().encode(), command_field=False))
+                     + _p_data(1, 0x02, _data_set()))
+        kind, body = _read_pdu(sock)
+        assert kind == 0x07 and body[2:4] == b"\x02\x00", (kind, body)  # A-ABORT by the service provider
+    finally:
+        sock.close()
+    assert_healthy(server)
+    log = server.log_path.read_text()
+    assert "could not be read (AttributeError at" in log and "Traceback" not in log

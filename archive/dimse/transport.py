@@ -49,6 +49,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from archive.dimse.spool import discard_spooled, receive_stores_directly, remove_spool_file
 from archive.errors import SOPClassNotSupported
+from archive.logs import failure_site
 
 _Handler = TypeVar("_Handler", bound=Callable)
 log = logging.getLogger(__name__)
@@ -232,11 +233,33 @@ def wait_for_data(dul: Any, wait: float) -> None:
     def run_then_close() -> None:
         try:
             run()
+        except Exception as e:  # noqa: BLE001 - pynetdicom's state machine failed on what the peer sent
+            abort_after_failure(dul, e)
         finally:
             sends.close()
             os.close(readable)
 
     dul.run = run_then_close
+
+
+#: A-ABORT (PS3.8 9.3.8): source 2, the service provider; reason 0, not specified.
+_A_ABORT = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 0))
+
+
+def abort_after_failure(dul: Any, e: Exception) -> None:
+    """Send the peer an A-ABORT when pynetdicom's DUL thread failed on a message it sent.
+
+    pynetdicom's state machine stops on an exception it did not expect (a command set it cannot
+    read, say) and the connection was then closed without a word: the peer could not tell a
+    refusal from a network fault. The log says where it failed, never the message's values."""
+    log.warning("DIMSE message from %s could not be read (%s at %s): association aborted",
+                getattr(dul.assoc.requestor, "ae_title", "?"), type(e).__name__, failure_site(e))
+    raw = getattr(dul.socket, "socket", None)
+    if raw is not None:
+        try:
+            raw.sendall(_A_ABORT)
+        except OSError:  # the peer has gone already
+            pass
 
 
 #: C-STORE-RSP (PS3.7 9.3.1.2): Command Field, and Command Data Set Type "no data set".
