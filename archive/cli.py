@@ -170,10 +170,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     archive = Archive(_existing_archive(args, need_catalog=True))
     rows = archive.catalog.storage_ids()
+    # Before the listing: a removal's item goes only after its object, so an object listed then
+    # that was awaiting removal is among these, though a node removed it meanwhile.
+    awaiting = removals.awaiting(archive.catalog.db)
     stored = archive.storage.objects()  # storage id -> size
     kind = "objects" if archive.storage.kind == "s3" else "files"
     missing = [sid for sid in rows if sid not in stored]
-    awaiting = removals.awaiting(archive.catalog.db) & (set(stored) - set(rows))  # deleted, not orphans
+    awaiting &= set(stored) - set(rows)  # deleted, not orphans
     orphans, young = _orphans(archive, sorted(set(stored) - set(rows) - awaiting), args.orphans_after * 60)
     corrupt: dict[str, str] = {}
     if args.checksums:
@@ -227,9 +230,9 @@ def _orphans(archive, candidates: list[str], grace: float) -> tuple[list[str], l
     younger than ``grace`` seconds may be an instance being stored right now, not an orphan."""
     if not candidates or grace <= 0:
         return candidates, []
-    written = archive.storage.modified(set(candidates))
-    young = [sid for sid in candidates if time.time() - written.get(sid, 0.0) < grace]
-    return [sid for sid in candidates if sid not in young], young
+    written = archive.storage.modified(set(candidates))  # without those removed since the listing
+    young = [sid for sid in candidates if sid in written and time.time() - written[sid] < grace]
+    return [sid for sid in candidates if sid in written and sid not in young], young
 
 
 def _open_uploads(archive, minutes: float) -> tuple[list, list]:

@@ -145,6 +145,24 @@ def test_verify_leaves_bytes_stored_moments_ago_alone(tmp_path, config):
     assert not fresh.exists() and not spool.exists()
 
 
+def test_verify_counts_no_orphan_for_bytes_removed_since_its_listing(tmp_path):
+    """Found by bench/soak.py on S3: bytes a node removed between verify's listing and its look at
+    their age (a deleted instance's, due) were counted as orphans; on local storage the look failed
+    with FileNotFoundError."""
+    from types import SimpleNamespace
+
+    from archive.cli import _orphans
+    from archive.storage import StorageArea
+
+    storage = StorageArea(tmp_path / "storage")
+    old = storage.root / "ab" / "cd" / "abcd0000000000000000000000000001"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"orphan")
+    os.utime(old, (time.time() - 7200,) * 2)
+    gone = "abcd0000000000000000000000000002"  # listed, then removed
+    assert _orphans(SimpleNamespace(storage=storage), sorted([old.name, gone]), 3600) == ([old.name], [])
+
+
 @pytest.mark.parametrize("text, message", [
     ("[server\nhost=", "not valid TOML"),
     ("[server]\nhttp_port = 'eighty'", "http_port must be int"),

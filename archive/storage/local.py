@@ -166,9 +166,14 @@ class StorageArea:
         """Nothing to reach: the directory is checked by /health/ready's free-space test."""
 
     def modified(self, storage_ids: set[str]) -> dict[str, float]:
-        """When each of these files was written (seconds since the epoch), wherever it lies."""
-        return {f.name: f.stat().st_mtime for f in self.root.glob("*/*/*")
-                if f.name in storage_ids and f.parent.parent.name != "tmp"}
+        """When each of these files was written (seconds since the epoch), wherever it lies; a file
+        removed meanwhile is left out."""
+        found: dict[str, float] = {}
+        for f in self.root.glob("*/*/*"):
+            if f.name in storage_ids and f.parent.parent.name != "tmp":
+                with contextlib.suppress(FileNotFoundError):
+                    found[f.name] = f.stat().st_mtime
+        return found
 
     def sweep_temp(self, older_than: float = 0.0) -> int:
         """Remove temp files left by a crash (those not written for ``older_than`` seconds); how many."""
