@@ -231,7 +231,9 @@ class Archive:
         delay = self.storage.removal_delay
         records = self.catalog.delete(study, series, sop, principal=principal, removal_delay=delay)
         _withdraw_from_releases(self.catalog, records)
-        for record in records if delay is None else ():
+        if delay is not None:
+            return records  # the background process removes the objects when they are due
+        for record in records:
             try:
                 self.storage.remove(record.storage_id)
             except OSError as e:
