@@ -25,6 +25,11 @@ from conftest import IDENTIFIED, TEST_STORAGE, Server
 from slides import SlideSpec, make_slide
 
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+STOW_TYPE = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+
+
+def _stow_body(path) -> bytes:
+    return b"--b\r\nContent-Type: application/dicom\r\n\r\n" + path.read_bytes() + b"\r\n--b--\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +53,12 @@ def test_reads_during_deletes_answer_200_or_404(server, tmp_path):
     answers: collections.Counter = collections.Counter()
     odd: list[tuple[str, int, str]] = []
     done = threading.Event()
-    body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + level.read_bytes() + b"\r\n--b--\r\n"
+    body = _stow_body(level)
 
     def churn() -> None:
         try:
             for _ in range(20):
-                r = requests.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers={
-                    "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+                r = requests.post(f"{server.dicomweb}/studies", data=body, timeout=60, headers=STOW_TYPE)
                 answers["stow", r.status_code] += 1
                 r = requests.delete(f"{server.dicomweb}/studies/{ds.StudyInstanceUID}", timeout=60)
                 answers["delete", r.status_code] += 1
@@ -99,9 +103,7 @@ def test_a_whole_instance_streaming_while_deleted_arrives_whole(server, tmp_path
     level = make_slide(tmp_path / "s", SlideSpec(width=2048, height=2048, tile=512, codec="native", levels=1,
                                                  seed=62, label=False, overview=False))[0]
     ds = pydicom.dcmread(level, stop_before_pixels=True)
-    r = requests.post(f"{server.dicomweb}/studies", data=b"--b\r\nContent-Type: application/dicom\r\n\r\n"
-                      + level.read_bytes() + b"\r\n--b--\r\n", timeout=120,
-                      headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    r = requests.post(f"{server.dicomweb}/studies", data=_stow_body(level), timeout=120, headers=STOW_TYPE)
     assert r.status_code == 200, r.text
     study = f"{server.dicomweb}/studies/{ds.StudyInstanceUID}"
     url = f"{study}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
@@ -135,9 +137,7 @@ def test_deleted_bytes_are_removed(tmp_path):
         level = make_slide(tmp_path / "s", SlideSpec(width=256, height=256, tile=128, seed=63, label=False,
                                                      overview=False))[0]
         ds = pydicom.dcmread(level, stop_before_pixels=True)
-        r = requests.post(f"{s.dicomweb}/studies", data=b"--b\r\nContent-Type: application/dicom\r\n\r\n"
-                          + level.read_bytes() + b"\r\n--b--\r\n", timeout=60,
-                          headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+        r = requests.post(f"{s.dicomweb}/studies", data=_stow_body(level), timeout=60, headers=STOW_TYPE)
         assert r.status_code == 200, r.text
         assert len(s.stored_files()) == 1
         assert requests.delete(f"{s.dicomweb}/studies/{ds.StudyInstanceUID}", timeout=60).status_code == 204

@@ -486,19 +486,29 @@ def _p_data(context_id: int, control: int, data: bytes) -> bytes:
     return struct.pack(">BBI", 0x04, 0x00, len(item)) + item
 
 
+def _store_command(sop_instance: bytes, command_field: bool = True, sop_class: bytes = WSI.encode()) -> bytes:
+    """A C-STORE-RQ command set (Message ID 7) in Implicit VR Little Endian, written by hand."""
+    body = b"".join([_element(0x00000002, sop_class)]
+                    + ([_element(0x00000100, b"\x01\x00")] if command_field else [])
+                    + [_element(0x00000110, b"\x07\x00"), _element(0x00000700, b"\x00\x00"),
+                       _element(0x00000800, b"\x00\x00"), _element(0x00001000, sop_instance)])
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def _data_set(ds: Dataset | None = None) -> bytes:
+    buffer = BytesIO()
+    (ds or _wsi_dataset()).save_as(buffer, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
 def test_a_command_naming_an_unknown_sop_class_is_refused_and_leaves_no_spool_file(server):
     """Found by sending mutated command sets in raw PDUs: a C-STORE-RQ on the slide's context whose
     Affected SOP Class UID is no storage class. pynetdicom aborted the association without calling
     the handler, which is what removes the received data set: it stayed in the spool until a restart.
     It is now answered 0x0122 (SOP Class not supported), and the association goes on."""
     ds = _wsi_dataset()
-    buffer = BytesIO()
-    ds.save_as(buffer, implicit_vr=False, little_endian=True)
-    data_set = buffer.getvalue()
-    body = b"".join([_element(0x00000002, b"1.2.840.10008.5.1.4.1.1.77.1.99"), _element(0x00000100, b"\x01\x00"),
-                     _element(0x00000110, b"\x07\x00"), _element(0x00000700, b"\x00\x00"),
-                     _element(0x00000800, b"\x00\x00"), _element(0x00001000, str(ds.SOPInstanceUID).encode())])
-    command = _element(0x00000000, struct.pack("<I", len(body))) + body
+    command = _store_command(str(ds.SOPInstanceUID).encode(), sop_class=b"1.2.840.10008.5.1.4.1.1.77.1.99")
+    data_set = _data_set(ds)
     assoc = _associate(server, (WSI, ExplicitVRLittleEndian))
     assert assoc.is_established
     context_id = assoc.accepted_contexts[0].context_id
@@ -547,20 +557,6 @@ def _read_pdu(sock: socket.socket) -> tuple[int | None, bytes]:
     if len(head) < 6:
         return None, b""
     return head[0], exactly(struct.unpack(">I", head[2:])[0])
-
-
-def _store_command(sop_instance: bytes, command_field: bool = True) -> bytes:
-    body = b"".join([_element(0x00000002, WSI.encode())]
-                    + ([_element(0x00000100, b"\x01\x00")] if command_field else [])
-                    + [_element(0x00000110, b"\x07\x00"), _element(0x00000700, b"\x00\x00"),
-                       _element(0x00000800, b"\x00\x00"), _element(0x00001000, sop_instance)])
-    return _element(0x00000000, struct.pack("<I", len(body))) + body
-
-
-def _data_set() -> bytes:
-    buffer = BytesIO()
-    _wsi_dataset().save_as(buffer, implicit_vr=False, little_endian=True)
-    return buffer.getvalue()
 
 
 def test_a_peer_s_malformed_uid_is_not_logged(server):
