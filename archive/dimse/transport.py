@@ -101,7 +101,7 @@ def discard_when_done(assoc: Any) -> None:
 
     def serve_then_discard(message: Any, context_id: int) -> None:
         try:
-            if isinstance(message, C_STORE) and not _names_storage_class(assoc, message):
+            if isinstance(message, C_STORE) and message.is_valid_request and not _names_storage_class(assoc, message):
                 _refuse_sop_class(assoc, message, context_id)
             else:
                 serve(message, context_id)
