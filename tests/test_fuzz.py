@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,10 +501,22 @@ class QueryRetrieveSCU:
         return 0x0000
 
     def find(self, identifier: bytes, model: str) -> list:
-        return list(self._association().send_c_find(RawIdentifier(identifier), model))
+        return self._answers(self._association().send_c_find(RawIdentifier(identifier), model))
 
     def get(self, identifier: bytes) -> list:
-        return list(self._association().send_c_get(RawIdentifier(identifier), self.GET_MODEL))
+        return self._answers(self._association().send_c_get(RawIdentifier(identifier), self.GET_MODEL))
+
+    def _answers(self, responses) -> list:
+        """Every response, then a wait for this SCU's reactor to run again. pynetdicom's next send_c_*
+        pauses the reactor and waits for ``_is_paused``, which the reactor clears only once it has
+        passed the checkpoint: sent before that, a quick final response was taken by the reactor
+        ("Received unexpected C-GET service message") and the request waited out the timeout."""
+        answers = list(responses)
+        deadline = time.monotonic() + 5
+        while self.assoc is not None and self.assoc.is_established and self.assoc._is_paused \
+                and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return answers
 
     def close(self) -> None:
         if self.assoc is not None and self.assoc.is_established:
