@@ -441,3 +441,49 @@ def test_nodes_creating_the_elasticsearch_index_at_once_make_one_writable_index(
     first.es.indices.delete(index=f"{first.alias}*", ignore_unavailable=True)
     for n in nodes:
         n.close()
+
+
+def test_a_patient_row_deleted_between_its_conflict_and_its_read_makes_the_store_run_again(postgresql_url,
+                                                                                          monkeypatch):
+    """Found by test_nodes on PostgreSQL (stores on one node, deletes on the other): the patient row an
+    ``INSERT ... ON CONFLICT DO NOTHING`` conflicted with was gone by the SELECT after it (a study delete
+    removing its now-empty patient, READ COMMITTED), and add_instance failed on a TypeError: a 500.
+    The other node's two commits are made here at those two moments; the store now runs again."""
+    import contextlib
+
+    node, other = Catalog(postgresql_url), Catalog(postgresql_url)
+    ds = slide_headers(1, seed=8)[0]
+    key = (str(ds.PatientID), "")
+    steps: list[str] = []
+
+    class Interfered:
+        def __init__(self, session):
+            self.session = session
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def execute(self, sql, params=()):
+            result = self.session.execute(sql, params)
+            if sql.startswith("SELECT pk FROM patient") and not steps:  # none yet: another node adds it
+                other.db.execute("INSERT INTO patient(patient_id, issuer_of_patient_id) VALUES (?,?)", key)
+                steps.append("inserted")
+            elif sql.startswith("INSERT INTO patient") and steps == ["inserted"]:  # conflicted: it deletes it
+                other.db.execute("DELETE FROM patient WHERE patient_id=? AND issuer_of_patient_id=?", key)
+                steps.append("deleted")
+            return result
+
+    transaction = node.db.transaction
+
+    @contextlib.contextmanager
+    def interfered():
+        with transaction() as session:
+            yield Interfered(session)
+
+    monkeypatch.setattr(node.db, "transaction", interfered)
+    node.add_instance(_new(ds), "c")
+    assert steps == ["inserted", "deleted"]
+    assert [r.sop_instance_uid for r in node.instances(str(ds.StudyInstanceUID), principal=SYSTEM)] == \
+        [str(ds.SOPInstanceUID)]
+    for n in (node, other):
+        n.close()

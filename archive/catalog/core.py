@@ -232,7 +232,17 @@ _ATTEMPTS = 6
 
 
 class _Replaced(Exception):
-    """The study row an instance was being added to was deleted meanwhile: the write runs again."""
+    """A row an instance was being added to (its study, or the patient or series row another node
+    had just inserted) was deleted meanwhile: the write runs again."""
+
+
+def _found(row) -> int:
+    """The pk a SELECT after ``INSERT ... ON CONFLICT DO NOTHING`` found. On PostgreSQL (READ
+    COMMITTED) the row that conflicted can be deleted by another node between the two statements
+    (a study delete removing its now-empty patient): then the whole write runs again."""
+    if row is None:
+        raise _Replaced
+    return row[0]
 
 
 class Catalog:
@@ -357,7 +367,7 @@ class Catalog:
                              "patient_birth_date, patient_sex) VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING pk",
                              (*key, p["patient_name"], p["patient_birth_date"], p["patient_sex"])).fetchone()
             row = row or db.execute(select, key).fetchone()
-        return row[0]
+        return _found(row)
 
     @staticmethod
     def _upsert(db, table: str, uid_col: str, cols: dict, extra: Callable[[], dict]) -> tuple[int, bool]:
@@ -370,7 +380,7 @@ class Catalog:
         values = dict(cols, **extra())
         row = db.execute(f"INSERT INTO {table}({','.join(values)}) VALUES ({','.join('?' * len(values))}) "
                          f"ON CONFLICT ({uid_col}) DO NOTHING RETURNING pk", list(values.values())).fetchone()
-        return (row[0], True) if row else (db.execute(select, (cols[uid_col],)).fetchone()[0], False)
+        return (row[0], True) if row else (_found(db.execute(select, (cols[uid_col],)).fetchone()), False)
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None, *,
                principal: Principal, removal_delay: float | None = None) -> list[InstanceRecord]:
