@@ -25,7 +25,7 @@ from archive.logs import failure_site
 
 log = logging.getLogger(__name__)
 
-#: Seconds between a node's looks for due removals (one indexed SELECT when there are none).
+#: Seconds between a node's looks for due removals (one claiming UPDATE, through the work_item_due index).
 INTERVAL = 5.0
 #: How long a node holds the items it claimed before another node may take them (seconds).
 LEASE = 120.0
