@@ -176,8 +176,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stored = archive.storage.objects()  # storage id -> size
     kind = "objects" if archive.storage.kind == "s3" else "files"
     missing = [sid for sid in rows if sid not in stored]
-    awaiting &= set(stored) - set(rows)  # deleted, not orphans
-    orphans, young = _orphans(archive, sorted(set(stored) - set(rows) - awaiting), args.orphans_after * 60)
+    unlisted = set(stored) - set(rows)
+    awaiting &= unlisted  # deleted, not orphans
+    orphans, young = _orphans(archive, sorted(unlisted - awaiting), args.orphans_after * 60)
     corrupt: dict[str, str] = {}
     if args.checksums:
         for sid, uid in rows.items():
@@ -231,8 +232,9 @@ def _orphans(archive, candidates: list[str], grace: float) -> tuple[list[str], l
     if not candidates or grace <= 0:
         return candidates, []
     written = archive.storage.modified(set(candidates))  # without those removed since the listing
-    young = [sid for sid in candidates if sid in written and time.time() - written[sid] < grace]
-    return [sid for sid in candidates if sid in written and sid not in young], young
+    present = [sid for sid in candidates if sid in written]
+    young = [sid for sid in present if time.time() - written[sid] < grace]
+    return [sid for sid in present if sid not in young], young
 
 
 def _open_uploads(archive, minutes: float) -> tuple[list, list]:

@@ -68,8 +68,11 @@ class WorkQueue:
         """Remove a finished item; False when our lease ran out and another node took it over."""
         return self.db.execute("DELETE FROM work_item WHERE id=? AND owner=?", (item.id, self.owner)).rowcount == 1
 
-    def retry(self, item: WorkItem, delay: float) -> None:
-        """Give an item back, due again after ``delay`` seconds."""
+    def retry(self, item: WorkItem, delay: float | None = None) -> None:
+        """Give an item back, due again after ``delay`` seconds (by default 30 s, doubling with each
+        attempt, at most an hour)."""
+        if delay is None:
+            delay = min(3600.0, 30.0 * 2 ** min(item.attempts, 7))
         self.db.execute("UPDATE work_item SET owner=NULL, lease_until=NULL, due=? WHERE id=? AND owner=?",
                         (time.time() + delay, item.id, self.owner))
 

@@ -84,6 +84,7 @@ class WaitingRequestHandler(RequestHandler):
         wait_for_data(assoc.dul, WAIT)
         send_store_responses_directly(assoc)
         receive_stores_directly(assoc)
+        refuse_stores_of_other_classes(assoc)
         discard_when_done(assoc)
         return assoc
 
@@ -93,18 +94,15 @@ def discard_when_done(assoc: Any) -> None:
 
     ``handle_store`` removes it when it has stored or refused the instance, and EVT_ABORTED or
     EVT_CONN_CLOSE (``store.discard_partial``) when a transfer breaks off. Two ways escaped both
-    and left the file until a restart: a request pynetdicom answers itself without calling the
-    handler (an unknown SOP Class UID in its command set), and an association whose DUL thread
+    and left the file until a restart: a request no handler is called for (one naming no storage
+    SOP class, answered by ``refuse_stores_of_other_classes``), and an association whose DUL thread
     failed on a malformed PDU and aborted by itself. By the time a request has been served, or the
     association's thread ends, nothing writes to the file any more."""
     serve, run = assoc._serve_request, assoc.run
 
     def serve_then_discard(message: Any, context_id: int) -> None:
         try:
-            if isinstance(message, C_STORE) and message.is_valid_request and not _names_storage_class(assoc, message):
-                _refuse_sop_class(assoc, message, context_id)
-            else:
-                serve(message, context_id)
+            serve(message, context_id)
         finally:
             path = getattr(message, "_dataset_path", None)
             if path is not None and remove_spool_file(message._dataset_file, path):
@@ -120,6 +118,21 @@ def discard_when_done(assoc: Any) -> None:
     assoc._serve_request, assoc.run = serve_then_discard, run_then_discard
 
 
+def refuse_stores_of_other_classes(assoc: Any) -> None:
+    """Answer a C-STORE-RQ whose Affected SOP Class UID is no storage SOP class with 0x0122 (SOP
+    Class not supported): pynetdicom aborted the association instead, and with it every other
+    transfer on it. Any other message is served by pynetdicom as before."""
+    serve = assoc._serve_request
+
+    def serve_or_refuse(message: Any, context_id: int) -> None:
+        if isinstance(message, C_STORE) and message.is_valid_request and not _names_storage_class(assoc, message):
+            _refuse_sop_class(assoc, message, context_id)
+        else:
+            serve(message, context_id)
+
+    assoc._serve_request = serve_or_refuse
+
+
 def _names_storage_class(assoc: Any, request: C_STORE) -> bool:
     """Whether pynetdicom serves this C-STORE-RQ as storage (its lookup in ``_serve_request``)."""
     uid = request.AffectedSOPClassUID
@@ -128,9 +141,6 @@ def _names_storage_class(assoc: Any, request: C_STORE) -> bool:
 
 
 def _refuse_sop_class(assoc: Any, request: C_STORE, context_id: int) -> None:
-    """Answer a C-STORE-RQ naming no storage SOP class with 0x0122 (SOP Class not supported).
-
-    pynetdicom aborted the association instead, and with it every other transfer on it."""
     log.warning("C-STORE refused: 0x%04X, the request's Affected SOP Class UID is no storage SOP class",
                 SOPClassNotSupported.dimse_status)
     response = C_STORE()

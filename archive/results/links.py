@@ -203,7 +203,7 @@ def sync(catalog, limit: int = 100) -> int:
         except Exception as e:  # noqa: BLE001 - one unreadable result must not stop the others
             log.warning("linking result %s failed (%s, attempt %d); retried later",
                         item.payload["sop"], type(e).__name__, item.attempts)
-            queue.retry(item, min(3600.0, 30.0 * 2 ** min(item.attempts, 7)))
+            queue.retry(item)
             continue
         queue.done(item)  # record() removed it already, unless the instance is not a result it links
         linked += 1

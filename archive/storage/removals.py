@@ -45,7 +45,7 @@ def sweep(db: Any, storage: Any, limit: int = 100) -> int:
         try:
             storage.remove(item.payload["storage_id"])  # already gone is fine: a retry after a crash
         except StorageUnavailable:
-            queue.retry(item, min(3600.0, 30.0 * 2 ** min(item.attempts, 7)))
+            queue.retry(item)
             continue
         queue.done(item)
         removed += 1
