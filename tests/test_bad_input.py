@@ -166,6 +166,19 @@ def test_bad_retrieve_requests(web_server, slide):
     assert r.status_code == 406
 
 
+@pytest.mark.parametrize("key, value", [("PatientID", "a\x00b"), ("PatientName", "Doe\x00*"),
+                                        ("ModalitiesInStudy", "SM\x00"), ("AccessionNumber", "\x07"),
+                                        ("StudyDate", "2020\x00")])
+def test_control_characters_in_query_values(web_server, slide, key, value):
+    """A NUL (or other C0 control) in a matching value is no DICOM string: 400 naming the key, at every
+    level. PostgreSQL refuses a NUL in a text parameter, which was answered 500."""
+    for level in ("studies", "series", "instances"):
+        r = requests.get(f"{web_server.dicomweb}/{level}", params={key: value})
+        assert r.status_code == 400, (level, r.status_code, r.text)
+        assert r.json()["message"].startswith(f"{key}: control character U+00"), r.text
+    assert requests.get(f"{web_server.dicomweb}/studies", params={"PatientName": "\x1b$B*"}).status_code == 200  # ESC: ISO 2022
+
+
 def test_catalog_and_storage_consistent_after_bad_input(web_server):
     assert requests.get(f"{web_server.url}/health").status_code == 200
     result = _verify(web_server)

@@ -179,6 +179,22 @@ def test_bad_date_is_cannot_understand(server, slides):
     assert _statuses(server, identifier)[-1] == 0xC000
 
 
+def test_control_character_in_a_key_is_refused_with_a_reason(server, slides):
+    """A NUL inside a matching value: 0xC000 with an Error Comment that names the key, not a database error."""
+    ae = AE(ae_title="FINDPY")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title=ARCHIVE_AE)
+    assert assoc.is_established
+    try:
+        for key in ("PatientID", "StudyDescription"):
+            answers = list(assoc.send_c_find(_identifier("STUDY", **{key: "a\x00b*"}),
+                                             StudyRootQueryRetrieveInformationModelFind))
+            status = answers[-1][0]
+            assert status.Status == 0xC000 and status.ErrorComment.startswith(f"{key}: control character"), status
+    finally:
+        assoc.release()
+
+
 def test_key_below_level_is_identifier_mismatch(server, slides):
     assert _statuses(server, _identifier("STUDY", SeriesInstanceUID="1.2.3"))[-1] == 0xA900
 

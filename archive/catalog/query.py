@@ -19,6 +19,9 @@ from archive.catalog.database import Dialect
 MAX_LIMIT = 10000
 _DA = re.compile(r"\d{8}")
 _TM = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+#: C0 control characters no DICOM string value holds (PS3.5 6.1.2.3): all but ESC (ISO 2022
+#: escapes) and the TAB, LF, FF and CR that text VRs allow. PostgreSQL refuses NUL in a text value.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f]")
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield", "orderby"}
 
 
@@ -86,6 +89,9 @@ def parse_match(key: Key, raw: str) -> Match | None:
         return None
     if raw == '""':
         return Match(key, "empty", ())
+    if key.vr != "UI" and (bad := _CONTROL_CHARACTER.search(raw)):
+        raise InvalidRequest(f"{key.keyword}: control character U+{ord(bad.group()):04X} is not allowed "
+                             "in a DICOM string value")
     if key.vr == "UI":
         parts = [p for p in re.split(r"[,\\]", raw) if p]
         return Match(key, "list" if len(parts) > 1 else "single", tuple(check_uid(p, key.keyword) for p in parts))
