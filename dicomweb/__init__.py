@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from archive.auth.access import Principal, requires
 from archive.auth.authn import Authenticator
+from archive.catalog.query import check_text
 from archive.config import Settings
 from archive.errors import ArchiveError
 from archive.logs import failure_site
@@ -73,6 +74,12 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
             response.headers["Connection"] = "close"
             return response
         return None
+
+    @app.before_request
+    def refuse_control_characters():
+        # Every route's query parameters, before any reaches the catalog: PostgreSQL refuses NUL.
+        for name, value in request.args.items(multi=True):
+            check_text(f"query parameter {name[:64]!r}", name + value)
 
     @app.before_request
     def answer_failed_fast_frame():

@@ -83,15 +83,21 @@ def _check_value(key: Key, value: str) -> str:
     return value
 
 
+def check_text(name: str, value: str) -> None:
+    """Refuse a value holding a control character that no DICOM string holds (never quoting it)."""
+    if bad := _CONTROL_CHARACTER.search(value):
+        raise InvalidRequest(f"{name}: control character U+{ord(bad.group()):04X} is not allowed "
+                             "in a DICOM string value")
+
+
 def parse_match(key: Key, raw: str) -> Match | None:
     """One key's value into a Match; None for universal matching."""
     if raw in ("", "*"):
         return None
     if raw == '""':
         return Match(key, "empty", ())
-    if key.vr != "UI" and (bad := _CONTROL_CHARACTER.search(raw)):
-        raise InvalidRequest(f"{key.keyword}: control character U+{ord(bad.group()):04X} is not allowed "
-                             "in a DICOM string value")
+    if key.vr != "UI":
+        check_text(key.keyword, raw)
     if key.vr == "UI":
         parts = [p for p in re.split(r"[,\\]", raw) if p]
         return Match(key, "list" if len(parts) > 1 else "single", tuple(check_uid(p, key.keyword) for p in parts))
