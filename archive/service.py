@@ -222,12 +222,11 @@ class Archive:
     def delete(self, study: str, series: str | None, sop: str | None, principal: Principal) -> list[InstanceRecord]:
         """Remove the instances (catalog first, then bytes); returns what was deleted.
 
-        Storage that cannot be reached refuses the delete before anything changes (503). A
-        bucket's objects go ``removal_delay`` seconds later, removed by the background process
-        of any node (archive/storage/removals.py). Local files go at once; if that fails half-way,
-        the files left behind are orphans that ``verify --repair`` removes.
+        A bucket's objects go ``removal_delay`` seconds later, removed by the background process
+        of any node (archive/storage/removals.py), which tries again while the bucket is
+        unreachable: so the delete needs the catalog only. Local files go at once; if that fails
+        half-way, the files left behind are orphans that ``verify --repair`` removes.
         """
-        self.storage.check()
         delay = self.storage.removal_delay
         records = self.catalog.delete(study, series, sop, principal=principal, removal_delay=delay)
         _withdraw_from_releases(self.catalog, records)
