@@ -6,6 +6,7 @@ requests they can answer and a bad request becomes one 400 with a message.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Iterable
 
@@ -101,12 +102,14 @@ def coerce(field: str, raw: str) -> Any:
     """A query-string value as the field's type; BadQuery when it does not parse."""
     kind = FIELD_BY_NAME[field].type
     try:
-        if kind == "integer":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
+        number = int(raw) if kind == "integer" else float(raw) if kind == "float" else None
     except ValueError:
         raise BadQuery(f"{field} takes a number, got {raw[:40]!r}") from None
+    if number is not None:
+        # What both indexes hold: a 64-bit integer (Elasticsearch's long, SQLite's INTEGER), a finite double.
+        if not (-2 ** 63 <= number < 2 ** 63 if kind == "integer" else math.isfinite(number)):
+            raise BadQuery(f"{field} takes a {'64-bit integer' if kind == 'integer' else 'finite number'}")
+        return number
     if kind == "boolean":
         if raw.lower() not in ("true", "false"):
             raise BadQuery(f"{field} takes true or false")

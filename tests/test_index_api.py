@@ -54,6 +54,10 @@ def test_filters_with_repeated_values(client):
     ("facet=series_uid", "cannot facet"),
     ("page=200&size=100", "page * size"),
     ("study.date.gte=2020-01-01", "YYYYMMDD"),
+    ("pyramid.width_lte=99999999999999999999", "64-bit integer"),  # was a 500 (OverflowError in SQLite)
+    ("pyramid.width=-9223372036854775809", "64-bit integer"),
+    ("magnification.gte=1e400", "finite number"),
+    ("magnification=nan", "finite number"),
 ])
 def test_queries_the_index_cannot_answer_get_400_with_a_message(client, query, word):
     r = client.get(f"/api/search?{query}")
