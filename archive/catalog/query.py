@@ -125,7 +125,8 @@ def _key_for(name: str, level: str) -> Key:
     if key is None:
         raise InvalidRequest(f"matching on {keyword} is not supported; supported keys: {', '.join(sorted(KEYS))}")
     if LEVELS.index(key.level) > LEVELS.index(level):
-        raise InvalidRequest(f"{keyword} is a {key.level}-level attribute and cannot be matched in a {level} query")
+        raise InvalidRequest(f"{keyword} is an attribute of the {key.level} level and cannot be matched in "
+                             f"a {level} query")
     return key
 
 
