@@ -86,8 +86,7 @@ def _check_value(key: Key, value: str) -> str:
 def check_text(name: str, value: str) -> None:
     """Refuse a value holding a control character that no DICOM string holds (never quoting it)."""
     if bad := _CONTROL_CHARACTER.search(value):
-        raise InvalidRequest(f"{name}: control character U+{ord(bad.group()):04X} is not allowed "
-                             "in a DICOM string value")
+        raise InvalidRequest(f"{name}: control character U+{ord(bad.group()):04X} is not allowed")
 
 
 def parse_match(key: Key, raw: str) -> Match | None:
@@ -96,11 +95,10 @@ def parse_match(key: Key, raw: str) -> Match | None:
         return None
     if raw == '""':
         return Match(key, "empty", ())
-    if key.vr != "UI":
-        check_text(key.keyword, raw)
     if key.vr == "UI":
         parts = [p for p in re.split(r"[,\\]", raw) if p]
         return Match(key, "list" if len(parts) > 1 else "single", tuple(check_uid(p, key.keyword) for p in parts))
+    check_text(key.keyword, raw)
     if key.vr in ("DA", "TM", "DT") and "-" in raw:
         low, _, high = raw.partition("-")
         if "-" in high or (not low and not high):
