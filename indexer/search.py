@@ -105,10 +105,12 @@ def coerce(field: str, raw: str) -> Any:
         number = int(raw) if kind == "integer" else float(raw) if kind == "float" else None
     except ValueError:
         raise BadQuery(f"{field} takes a number, got {raw[:40]!r}") from None
+    # What both indexes hold: a 64-bit integer (Elasticsearch's long, SQLite's INTEGER), a finite double.
+    if kind == "integer" and not -2 ** 63 <= number < 2 ** 63:
+        raise BadQuery(f"{field} takes a 64-bit integer")
+    if kind == "float" and not math.isfinite(number):
+        raise BadQuery(f"{field} takes a finite number")
     if number is not None:
-        # What both indexes hold: a 64-bit integer (Elasticsearch's long, SQLite's INTEGER), a finite double.
-        if not (-2 ** 63 <= number < 2 ** 63 if kind == "integer" else math.isfinite(number)):
-            raise BadQuery(f"{field} takes a {'64-bit integer' if kind == 'integer' else 'finite number'}")
         return number
     if kind == "boolean":
         if raw.lower() not in ("true", "false"):
